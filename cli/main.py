@@ -1,0 +1,17 @@
+"""Entry point of the `sppo` command."""
+
+import typer
+
+app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as pkg_version
+
+    typer.echo(pkg_version("sppo-service"))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Celery worker that runs the training engine for jobs."""
