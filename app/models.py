@@ -1,0 +1,211 @@
+"""SQLAlchemy 2 models: the whole schema. Alembic migrations (migrations/) are the only way it is created.
+
+Timestamps are integer unix seconds everywhere (the OpenAI API speaks unix seconds; integers compare the
+same on SQLite and PostgreSQL). Every tenant-owned row carries `tenant_id`, and services filter on it.
+"""
+
+import enum
+import secrets
+import time
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints, so migrations can alter them identically on SQLite (batch mode) and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL needs BIGINT for long-lived tables.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    """A public object id such as `ftjob-3f9c...`: random, so ids leak neither counts nor order."""
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {int: BigInteger, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobStatus(enum.StrEnum):
+    validating_files = "validating_files"
+    queued = "queued"
+    running = "running"
+    paused = "paused"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+FINISHED_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("org"))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("key"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # sha256 hex of the key; the key itself is shown once and never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(default=now)
+    last_used_at: Mapped[int | None]
+    revoked_at: Mapped[int | None]
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("file"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(512))  # client's name: metadata only, never a path
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_uri: Mapped[str] = mapped_column(String(1024))  # relative to data_dir, or a URL later
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    line_count: Mapped[int] = mapped_column(default=0)
+    # Item fields present on every line: grader templates may only reference these.
+    item_fields: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(256))
+    # File ids without a foreign key: a finished job keeps naming its file after the file is deleted.
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32), default=JobStatus.queued)
+    # Lease and retry bookkeeping, owned by the worker.
+    attempt: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    heartbeat_at: Mapped[int | None]
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    # NULL while queued and not yet handed to the broker (e.g. broker down): re-dispatched later.
+    dispatched_at: Mapped[int | None]
+    # Progress.
+    current_step: Mapped[int] = mapped_column(default=0)
+    total_steps: Mapped[int | None]
+    trained_tokens: Mapped[int | None]
+    estimated_finish: Mapped[int | None]
+    # Outcome.
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_param: Mapped[str | None] = mapped_column(String(256))
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(256))
+    result_files: Mapped[list[Any]] = mapped_column(default=list)
+    # Request as given, plus what the worker resolved ("auto" and defaults filled in).
+    method: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    resolved_hyperparameters: Mapped[dict[str, Any] | None]
+    seed: Mapped[int]
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    created_at: Mapped[int] = mapped_column(default=now)
+    updated_at: Mapped[int] = mapped_column(default=now, onupdate=now)
+    started_at: Mapped[int | None]
+    finished_at: Mapped[int | None]
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+    # seq orders events written within the same second; id is the public handle.
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftevent"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[int] = mapped_column(default=now)
+    level: Mapped[str] = mapped_column(String(8), default="info")  # info | warn | error (OpenAI's names)
+    type: Mapped[str] = mapped_column(String(16), default="message")  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step_number"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftckpt"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step_number: Mapped[int]
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256))
+    uri: Mapped[str] = mapped_column(String(1024))  # checkpoint directory (relative to data_dir or a URL)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class MetricPoint(Base):
+    """One training step's metrics (names as in INTERFACES: `rollout/reward_mean`, `train/clipfrac`, ...)."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class FineTunedModel(Base):
+    __tablename__ = "fine_tuned_models"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)  # e.g. ft:sppo-tiny:org:suffix:job
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    base_model: Mapped[str] = mapped_column(String(256))
+    adapter_uri: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("eval"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(32), default=JobStatus.queued)
+    model: Mapped[str] = mapped_column(String(256))  # base model, fine-tuned model or checkpoint name
+    file_id: Mapped[str] = mapped_column(String(64))
+    grader: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    samples: Mapped[int] = mapped_column(default=1)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # temperature, max_response_tokens, ...
+    scores: Mapped[dict[str, Any] | None]  # eval/pass@1, eval/avg@k
+    result_uri: Mapped[str | None] = mapped_column(String(1024))  # per-item results
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    created_at: Mapped[int] = mapped_column(default=now)
+    finished_at: Mapped[int | None]

