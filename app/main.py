@@ -1,10 +1,57 @@
 """The ASGI application `app.main:app`: wiring only (app factory, routers, middleware, error handlers)."""
 
-from fastapi import FastAPI
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+
+from app.api.routes import files, health, jobs, models
+from app.db import get_sessionmaker
+from app.dispatch import dispatch_pending_jobs
+from app.errors import install_error_handlers
+from app.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+REDISPATCH_INTERVAL_S = 30.0
+
+
+def _redispatch_once() -> None:
+    with get_sessionmaker()() as session:
+        dispatch_pending_jobs(session, settings=get_settings())
+
+
+async def _redispatch_loop() -> None:
+    """Queued jobs that missed the broker (it was down) are sent again once it is back."""
+    while True:
+        try:
+            await asyncio.to_thread(_redispatch_once)
+        except Exception:  # keep the loop alive; the next round tries again
+            log.exception("re-dispatching queued jobs failed")
+        await asyncio.sleep(REDISPATCH_INTERVAL_S)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(_redispatch_loop())
+    yield
+    task.cancel()
 
 
 def create_app() -> FastAPI:
-    return FastAPI(title="SPPO Service", version="0.1.0")
+    settings = get_settings()
+    app = FastAPI(title="SPPO Service", version="0.1.0", lifespan=lifespan)
+    v1 = APIRouter(prefix="/v1")
+    for module in (files, jobs, models):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.add_middleware(UploadLimitMiddleware, path="/v1/files", max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 413, gets an id
+    return app
 
 
 app = create_app()

@@ -2,7 +2,6 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +90,6 @@ def normalize_database_url(url: str) -> str:
 
 
 @lru_cache
-def get_settings(**overrides: Any) -> Settings:
-    """The process-wide settings (cached; tests pass overrides or set env vars before first use)."""
-    return Settings(**overrides)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -2,7 +2,10 @@
 
 import typer
 
+from cli import admin
+
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
+app.add_typer(admin.app)
 
 
 @app.command()

@@ -1,0 +1,67 @@
+"""`/v1/files`: upload, list, retrieve, download and delete training files."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi.responses import FileResponse
+
+from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
+from app.schemas.common import DeletedPublic, ListPublic
+from app.schemas.files import FileObject
+from app.services import files
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+
+@router.post("", response_model=FileObject)
+def upload_file(
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: CurrentTenant,
+    file: UploadFile,
+    purpose: Annotated[str, Form()],
+) -> FileObject:
+    created = files.create_file(
+        session,
+        settings=settings,
+        tenant=tenant,
+        upload=file.file,
+        filename=file.filename or "",
+        purpose=purpose,
+    )
+    return FileObject.of(created)
+
+
+@router.get("", response_model=ListPublic[FileObject])
+def list_files(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    purpose: str | None = None,
+) -> ListPublic[FileObject]:
+    rows, has_more = files.list_files(session, tenant=tenant, purpose=purpose, after=after, limit=limit)
+    return ListPublic.page([FileObject.of(f) for f in rows], has_more=has_more, ids=[f.id for f in rows])
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(session: SessionDep, tenant: CurrentTenant, file_id: str) -> FileObject:
+    return FileObject.of(files.get_file(session, tenant=tenant, file_id=file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def file_content(
+    session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, file_id: str
+) -> FileResponse:
+    file = files.get_file(session, tenant=tenant, file_id=file_id)
+    return FileResponse(
+        files.file_path(settings, file), media_type="application/jsonl", filename=file.filename
+    )
+
+
+@router.delete("/{file_id}", response_model=DeletedPublic)
+def delete_file(
+    session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, file_id: str
+) -> DeletedPublic:
+    files.delete_file(session, settings=settings, tenant=tenant, file_id=file_id)
+    return DeletedPublic(id=file_id, object="file")

@@ -1,0 +1,102 @@
+"""Hand-offs to the worker through Redis: the Celery task message and the per-job control key.
+
+The API sends the task by name (`sppo.train` on queue `training`) and never imports the worker code.
+"""
+
+import logging
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import redis
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.errors import ServiceUnavailable
+from app.models import Job, JobStatus, now
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+TRAIN_TASK = "sppo.train"
+TRAIN_QUEUE = "training"
+CONTROL_TTL_S = 7 * 24 * 3600  # a flag nobody read for a week belongs to a job that is long gone
+
+
+def control_key(job_id: str) -> str:
+    return f"sppo:jobs:{job_id}:control"
+
+
+@lru_cache
+def _celery(broker_url: str) -> "Celery":
+    from celery import Celery
+
+    # Fail fast when the broker is down: the job stays queued and is re-dispatched later.
+    return Celery(broker=broker_url, broker_connection_timeout=2, broker_connection_max_retries=1)
+
+
+@lru_cache
+def redis_client(url: str) -> "redis.Redis":
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def send_training_task(settings: Settings, job_id: str) -> bool:
+    """Publish the training task; False (logged) if the broker could not take it."""
+    try:
+        _celery(str(settings.redis_url)).send_task(
+            TRAIN_TASK,
+            args=[job_id],
+            queue=TRAIN_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        )
+    except Exception:  # any broker failure: the job must survive it, so log and report
+        log.warning(
+            "could not dispatch job %s to the %s queue; it stays queued", job_id, TRAIN_QUEUE, exc_info=True
+        )
+        return False
+    return True
+
+
+def dispatch(session: Session, *, settings: Settings, job_id: str) -> bool:
+    """Send a committed, queued job to the broker and record it. A job sent twice is harmless: the worker's
+    claim (queued → running) is a guarded transition, so only one run ever starts."""
+    if not send_training_task(settings, job_id):
+        return False
+    session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=now()))
+    session.commit()
+    return True
+
+
+def dispatch_pending_jobs(session: Session, *, settings: Settings) -> int:
+    """Re-send queued jobs that never reached the broker (it was down when they were created or resumed)."""
+    pending = session.scalars(
+        select(Job.id)
+        .where(Job.status == JobStatus.queued, Job.dispatched_at.is_(None))
+        .order_by(Job.created_at)
+    ).all()
+    sent = 0
+    for job_id in pending:
+        if not dispatch(session, settings=settings, job_id=job_id):
+            break  # the broker is still down; try again on the next round
+        sent += 1
+    if sent:
+        log.info("re-dispatched %d queued job(s)", sent)
+    return sent
+
+
+def set_control(settings: Settings, job_id: str, value: str) -> None:
+    """Ask the worker running `job_id` to "cancel" or "pause" (it checks between steps)."""
+    try:
+        redis_client(str(settings.redis_url)).set(control_key(job_id), value, ex=CONTROL_TTL_S)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable("The job control store (Redis) is unreachable; try again.") from exc
+
+
+def clear_control(settings: Settings, job_id: str) -> None:
+    try:
+        redis_client(str(settings.redis_url)).delete(control_key(job_id))
+    except redis.RedisError as exc:
+        raise ServiceUnavailable("The job control store (Redis) is unreachable; try again.") from exc

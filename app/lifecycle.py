@@ -1,0 +1,65 @@
+"""Job status transitions and events: the one place the job lifecycle is written, by the API and the worker.
+
+`validating_files → queued → running → succeeded | failed | cancelled`, plus `paused` (resumable).
+Every transition is a single `UPDATE ... WHERE id = :id AND status IN (:expected)` and writes an event in
+the same transaction, so two actors racing on a job (API cancel vs. worker finish, two workers claiming)
+can never both win. A transition that matches no row returns False: the caller lost the race, and a
+worker must then stop working on the job (this is what makes an immediate `cancelled` safe).
+"""
+
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, JobStatus, now
+
+# OpenAI's event levels; the engine says "warning", the API speaks "warn".
+_LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+
+
+def add_event(
+    session: Session,
+    *,
+    job_id: str,
+    message: str,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    event = JobEvent(job_id=job_id, message=message, level=_LEVELS.get(level, "info"), type=type, data=data)
+    session.add(event)
+    return event
+
+
+def transition(
+    session: Session,
+    *,
+    job_id: str,
+    expected: Collection[JobStatus],
+    to: JobStatus,
+    message: str,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job to `to` if its status is one of `expected`; write `message` as an event. Not committed.
+
+    `values` are further columns set in the same UPDATE (e.g. `finished_at`, `worker_id`, `error_code`).
+    """
+    stamp = now()
+    if to in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled):
+        values.setdefault("finished_at", stamp)
+    if to is JobStatus.running:
+        values.setdefault("started_at", stamp)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([str(s) for s in expected]))
+        .values(status=str(to), updated_at=stamp, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id=job_id, message=message, level=level, data={"status": str(to), **(data or {})})
+    return True

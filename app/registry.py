@@ -1,0 +1,46 @@
+"""The base-model registry: a directory of Hugging Face model folders, plus the built-in `sppo-tiny` fixture.
+
+A request's model name is only ever matched against this listing, never joined onto a path, so no
+request string can reach the filesystem. The worker resolves names with the same function.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.settings import Settings
+
+FIXTURE_MODEL = "sppo-tiny"
+
+
+@dataclass(frozen=True)
+class BaseModelEntry:
+    name: str
+    path: Path | None  # None for the built-in fixture, which the engine builds on demand
+    created: int
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def list_base_models(settings: Settings) -> list[BaseModelEntry]:
+    """`sppo-tiny` plus every `<dir>` and `<org>/<dir>` under the registry holding a config.json."""
+    entries = [BaseModelEntry(FIXTURE_MODEL, None, 0)]
+    root = settings.registry_dir
+    if not root.is_dir():
+        return entries
+    for child in sorted(root.iterdir()):
+        if child.name.startswith("."):
+            continue
+        candidates = [child] if _is_model_dir(child) else sorted(child.iterdir()) if child.is_dir() else []
+        for candidate in candidates:
+            if _is_model_dir(candidate) and not candidate.name.startswith("."):
+                name = str(candidate.relative_to(root).as_posix())
+                entries.append(
+                    BaseModelEntry(name, candidate, int((candidate / "config.json").stat().st_mtime))
+                )
+    return entries
+
+
+def find_base_model(settings: Settings, name: str) -> BaseModelEntry | None:
+    return next((entry for entry in list_base_models(settings) if entry.name == name), None)

@@ -1,0 +1,1 @@
+"""Request and response schemas, one family per entity (OpenAI shapes plus documented extensions)."""

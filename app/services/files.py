@@ -1,0 +1,149 @@
+"""Uploaded files: streamed to disk under a server-generated name, size-limited, hashed and validated."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from app.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
+from app.services.pagination import page
+from app.settings import Settings
+
+PURPOSES = ("fine-tune",)
+_CHUNK = 1024 * 1024
+
+
+def file_path(settings: Settings, file: File) -> Path:
+    return settings.data_dir / file.storage_uri
+
+
+def inspect_jsonl(path: Path) -> tuple[int, list[str]]:
+    """Check every line is a training item; return (item count, fields present on every item).
+
+    Raises InvalidRequest naming the first bad line (1-based) and what is wrong with it.
+    """
+    count = 0
+    common: set[str] | None = None
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue  # blank lines (e.g. a trailing newline) carry no item
+            item = _parse_item(raw, number)
+            count += 1
+            common = set(item) if common is None else common & set(item)
+    if count == 0:
+        raise InvalidRequest("The file contains no training items.", param="file", code="invalid_file")
+    return count, sorted(common or ())
+
+
+def _parse_item(raw: bytes, number: int) -> dict[str, Any]:
+    def bad(what: str) -> InvalidRequest:
+        return InvalidRequest(f"Invalid file: line {number}: {what}", param="file", code="invalid_file")
+
+    try:
+        item = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise bad("not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise bad(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(item, dict):
+        raise bad(f"expected a JSON object, got {type(item).__name__}")
+    messages = item.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("'messages' must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad(f"messages[{index}] must be an object with 'role' and 'content'")
+        if not isinstance(message.get("role"), str) or not message["role"]:
+            raise bad(f"messages[{index}].role must be a non-empty string")
+        if not isinstance(message.get("content"), str):
+            raise bad(f"messages[{index}].content must be a string")
+    return item
+
+
+def create_file(
+    session: Session, *, settings: Settings, tenant: Tenant, upload: IO[bytes], filename: str, purpose: str
+) -> File:
+    if purpose not in PURPOSES:
+        raise InvalidRequest(
+            f"Invalid purpose '{purpose}'; expected one of {list(PURPOSES)}.", param="purpose"
+        )
+    file_id = new_id("file")
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    final = settings.files_dir / f"{file_id}.jsonl"
+    partial = final.with_suffix(".part")
+    try:
+        size, digest = _copy_limited(upload, partial, limit=settings.max_upload_bytes)
+        line_count, fields = inspect_jsonl(partial)
+        os.replace(partial, final)
+        file = File(
+            id=file_id,
+            tenant_id=tenant.id,
+            filename=filename[:512],
+            purpose=purpose,
+            bytes=size,
+            sha256=digest,
+            storage_uri=str(final.relative_to(settings.data_dir)),
+            line_count=line_count,
+            item_fields=fields,
+        )
+        session.add(file)
+        session.commit()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        raise
+    return file
+
+
+def _copy_limited(upload: IO[bytes], target: Path, *, limit: int) -> tuple[int, str]:
+    size = 0
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        while chunk := upload.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"File is larger than the {limit} byte limit.", param="file")
+            digest.update(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
+
+
+def get_file(session: Session, *, tenant: Tenant, file_id: str) -> File:
+    file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant.id))
+    if file is None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    return file
+
+
+def list_files(
+    session: Session, *, tenant: Tenant, purpose: str | None, after: str | None, limit: int
+) -> tuple[list[File], bool]:
+    query = select(File).where(File.tenant_id == tenant.id)
+    if purpose is not None:
+        query = query.where(File.purpose == purpose)
+    return page(session, query, created=File.created_at, ident=File.id, after=after, limit=limit)
+
+
+def delete_file(session: Session, *, settings: Settings, tenant: Tenant, file_id: str) -> None:
+    file = get_file(session, tenant=tenant, file_id=file_id)
+    in_use = session.scalar(
+        select(Job.id).where(
+            Job.tenant_id == tenant.id,
+            Job.status.in_([*ACTIVE_STATUSES, JobStatus.paused]),
+            (Job.training_file == file_id) | (Job.validation_file == file_id),
+        )
+    )
+    if in_use is not None:
+        raise Conflict(
+            f"File {file_id} is used by fine-tuning job {in_use}, which has not finished.", param="id"
+        )
+    path = file_path(settings, file)
+    session.delete(file)
+    session.commit()
+    path.unlink(missing_ok=True)

@@ -1,0 +1,211 @@
+"""Fine-tuning jobs: create (validated whole, quota-checked, dispatched), list, retrieve, and control.
+
+Cancel of a running job marks it `cancelled` at once and sets the Redis control key "cancel". This is
+safe because every write the worker makes is a transition guarded by `status = 'running'` (see
+app/lifecycle.py): once the API has cancelled the job, the worker's next heartbeat, checkpoint or
+finish matches no row, and the worker stops. The control key only makes it stop sooner (within a step).
+Pause has no such shortcut: the worker must write a checkpoint first, so it moves running → paused.
+"""
+
+import logging
+import secrets
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from app import dispatch
+from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from app.lifecycle import add_event, transition
+from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant
+from app.registry import find_base_model
+from app.schemas.jobs import MAX_SEED, JobCreate
+from app.services.pagination import page
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+S = JobStatus
+
+
+def _training_file(session: Session, *, tenant: Tenant, file_id: str, param: str) -> File:
+    file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant.id))
+    if file is None:
+        raise InvalidRequest(f"No such file: '{file_id}'.", param=param, code="invalid_file")
+    if file.purpose != "fine-tune":
+        raise InvalidRequest(f"File '{file_id}' has purpose '{file.purpose}', not 'fine-tune'.", param=param)
+    return file
+
+
+def _check_quota(session: Session, *, settings: Settings, tenant: Tenant) -> None:
+    # Lock the tenant row (PostgreSQL) so two concurrent creates cannot both slip under the limit.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    limit = settings.max_concurrent_jobs_per_tenant
+    if (active or 0) >= limit:
+        raise QuotaExceeded(f"You have {active} queued or running jobs; the limit is {limit}.")
+
+
+def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
+    if find_base_model(settings, request.model) is None:
+        raise InvalidRequest(
+            f"Model '{request.model}' is not available for fine-tuning; see GET /v1/models.",
+            param="model",
+            code="model_not_found",
+        )
+    files = [_training_file(session, tenant=tenant, file_id=request.training_file, param="training_file")]
+    if request.validation_file is not None:
+        files.append(
+            _training_file(session, tenant=tenant, file_id=request.validation_file, param="validation_file")
+        )
+    for param, fields in request.method.grader_fields().items():
+        for file in files:
+            missing = sorted(fields - set(file.item_fields))
+            if missing:
+                raise InvalidRequest(
+                    f"Grader template references item field(s) {missing} that not every line of "
+                    f"file '{file.id}' has (fields on every line: {list(file.item_fields)}).",
+                    param=param,
+                )
+    _check_quota(session, settings=settings, tenant=tenant)
+    method = request.method.model_dump(mode="json", exclude_none=True)
+    job = Job(
+        tenant_id=tenant.id,
+        model=request.model,
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        status=S.queued,
+        method=method,
+        hyperparameters=method["reinforcement"]["hyperparameters"],
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        suffix=request.suffix,
+        metadata_=request.metadata,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job_id=job.id, message="Created fine-tuning job", data={"status": S.queued.value})
+    session.commit()
+    _dispatch(session, settings=settings, job=job)
+    return job
+
+
+def _dispatch(session: Session, *, settings: Settings, job: Job) -> None:
+    if not dispatch.dispatch(session, settings=settings, job_id=job.id):
+        add_event(session, job_id=job.id, level="warn", message="Job queue unreachable; the job stays queued")
+        session.commit()
+    session.refresh(job)
+
+
+def get_job(session: Session, *, tenant: Tenant, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
+    if job is None:
+        raise NotFound(f"No fine-tuning job with id '{job_id}'.", param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(
+    session: Session, *, tenant: Tenant, after: str | None, limit: int, metadata: dict[str, str]
+) -> tuple[list[Job], bool]:
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    for key, value in metadata.items():
+        # JSON path lookup renders as json_extract on SQLite and ->> on PostgreSQL; key and value are bound.
+        query = query.where(Job.metadata_[key].as_string() == value)
+    return page(session, query, created=Job.created_at, ident=Job.id, after=after, limit=limit)
+
+
+def cancel_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    if job.status == S.cancelled:
+        return job  # idempotent
+    if job.status == S.running:
+        # Tell the worker first, so it stops within a step; the guarded writes make it stop regardless.
+        _try_control(settings, job_id, "cancel")
+    if not transition(
+        session,
+        job_id=job_id,
+        expected=(S.validating_files, S.queued, S.running, S.paused),
+        to=S.cancelled,
+        message="Job cancelled by the user",
+    ):
+        raise Conflict(f"Job {job_id} has already {session.scalar(_status(job_id))}; it cannot be cancelled.")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def pause_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    if job.status in (S.paused,):
+        return job
+    if job.status == S.running:
+        # The worker checkpoints, then moves the job running → paused; the job answers "running" until then.
+        dispatch.set_control(settings, job_id, "pause")
+        add_event(session, job_id=job_id, message="Pause requested; the job pauses after its next checkpoint")
+        session.commit()
+        return job
+    # A job no worker holds yet pauses at once (the worker's queued → running claim will then fail).
+    if not transition(
+        session, job_id=job_id, expected=(S.validating_files, S.queued), to=S.paused, message="Job paused"
+    ):
+        raise Conflict(
+            f"Job {job_id} is {session.scalar(_status(job_id))}; only an active job can be paused."
+        )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    if job.status in (S.validating_files, S.queued, S.running):
+        if job.status == S.running:
+            dispatch.clear_control(settings, job_id)  # withdraw a pause the worker has not acted on yet
+        return job
+    _check_quota(session, settings=settings, tenant=tenant)
+    # A stale "pause" flag would pause the resumed run at its first step.
+    dispatch.clear_control(settings, job_id)
+    if not transition(
+        session, job_id=job_id, expected=(S.paused,), to=S.queued, message="Job resumed", dispatched_at=None
+    ):
+        raise Conflict(
+            f"Job {job_id} is {session.scalar(_status(job_id))}; only a paused job can be resumed."
+        )
+    session.commit()
+    _dispatch(session, settings=settings, job=job)
+    return job
+
+
+def _status(job_id: str) -> Select[str]:
+    return select(Job.status).where(Job.id == job_id)
+
+
+def _try_control(settings: Settings, job_id: str, value: str) -> None:
+    try:
+        dispatch.set_control(settings, job_id, value)
+    except Exception:  # the DB transition alone still stops the worker (see the module docstring)
+        log.warning("could not set the %s flag for job %s in Redis", value, job_id, exc_info=True)
+
+
+def list_events(
+    session: Session, *, tenant: Tenant, job_id: str, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    get_job(session, tenant=tenant, job_id=job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        cursor = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after))
+        if cursor is None:
+            raise InvalidRequest(f"No event with id '{after}' in this job.", param="after")
+        query = query.where(JobEvent.seq < cursor)
+    events = list(session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    return events[:limit], len(events) > limit
+
+
+def list_checkpoints(
+    session: Session, *, tenant: Tenant, job_id: str, after: str | None, limit: int
+) -> tuple[list[Checkpoint], bool]:
+    get_job(session, tenant=tenant, job_id=job_id)
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    return page(session, query, created=Checkpoint.step_number, ident=Checkpoint.id, after=after, limit=limit)

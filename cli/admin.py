@@ -1,0 +1,112 @@
+"""Server administration: API keys, `sppo serve` and `sppo run` (heavy imports stay inside the commands)."""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Run and administer the API server.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DEV_TENANT = "dev"
+DEV_KEY_FILE = "dev-api-key"
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name (created on first use).")],
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+    from app.db import session_scope
+    from app.services.keys import create_key
+
+    with session_scope() as session:
+        created = create_key(session, tenant_name=tenant, key_name=name)
+        typer.echo(f"Created key {created.api_key.id} for tenant '{tenant}' (shown only once):", err=True)
+        typer.echo(created.plaintext)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List API keys (id, tenant, prefix, state); never the keys themselves."""
+    from app.db import session_scope
+    from app.services.keys import list_keys
+
+    with session_scope() as session:
+        for key, owner in list_keys(session, tenant_name=tenant):
+            state = "revoked" if key.revoked_at is not None else "active"
+            typer.echo(f"{key.id}\t{owner.name}\t{key.prefix}...\t{state}\t{key.name or ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by `sppo keys list`.")]) -> None:
+    """Revoke an API key; requests with it answer 401 from now on."""
+    from app.db import session_scope
+    from app.errors import NotFound
+    from app.services.keys import revoke_key
+
+    try:
+        with session_scope() as session:
+            revoke_key(session, key_id=key_id)
+    except NotFound as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Revoked {key_id}.")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default SPPO_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SPPO_PORT).")] = None,
+) -> None:
+    """Run the API server (`uvicorn app.main:app`); run migrations first (`alembic upgrade head`)."""
+    import uvicorn
+
+    from app.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+def ensure_dev_key(key_file: Path) -> str:
+    """The dev tenant's key, created once and kept in a 0600 file so every `sppo run` prints the same one."""
+    from app.db import session_scope
+    from app.services.keys import authenticate, create_key
+
+    if key_file.exists():
+        key = key_file.read_text().strip()
+        with session_scope() as session:
+            try:
+                authenticate(session, authorization=f"Bearer {key}")
+                return key
+            except Exception:  # revoked, or the database was reset: make a new one
+                pass
+    with session_scope() as session:
+        key = create_key(session, tenant_name=DEV_TENANT, key_name="dev").plaintext
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+@app.command()
+def run() -> None:
+    """Everything for local use: migrate the database, ensure a dev API key, start the API.
+
+    Each step is one call, so later steps (a Redis server, a worker) slot in as more lines here.
+    """
+    from app.db import upgrade_database
+    from app.settings import get_settings
+
+    settings = get_settings()
+    upgrade_database(settings.db_url)
+    key = ensure_dev_key(settings.data_dir / DEV_KEY_FILE)
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"SPPO Service at {url}/v1  (docs: {url}/docs)")
+    typer.echo(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
+    typer.echo(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
+    serve(host=settings.host, port=settings.port)
