@@ -2,10 +2,13 @@
 
 import typer
 
-from cli import admin
+from cli import admin, evals, files, jobs
 
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 app.add_typer(admin.app)
+app.add_typer(files.app, name="files")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(evals.app, name="evals")
 
 
 @app.command()

@@ -1,0 +1,200 @@
+"""`sppo jobs create|list|get|cancel|pause|resume|watch|download`: fine-tuning jobs."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli import transfer
+from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect
+from cli.files import upload_file
+from cli.output import JsonOpt, console, fmt_number, fmt_status, fmt_time, key_values, print_json, table
+
+app = typer.Typer(help="Create, watch and control fine-tuning jobs.", no_args_is_help=True)
+
+DEFAULT_GRADER = (
+    '{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", '
+    '"reference": "{{item.answer}}", "operation": "eq"}'
+)
+
+
+def _value(text: str) -> Any:
+    """`-H batch_size=8` → 8, `-H critic=separate` → "separate": JSON when it parses, else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: list[str], option: str, parse: bool) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        found[key] = _value(value) if parse else value
+    return found
+
+
+def file_id_or_upload(client: Client, value: str) -> str:
+    """A file id as given, or the id of a local JSONL file uploaded first (so one command starts a job)."""
+    path = Path(value)
+    if path.is_file():
+        uploaded = upload_file(client, path)
+        console.print(f"Uploaded {path.name} as [cyan]{uploaded['id']}[/]", highlight=False)
+        return str(uploaded["id"])
+    return value
+
+
+@app.command("create")
+def create(
+    model: Annotated[str, typer.Option(help="Base model, e.g. sppo-tiny (see GET /v1/models).")],
+    training_file: Annotated[str, typer.Option(help="A file id, or a local JSONL file to upload first.")],
+    validation_file: Annotated[str | None, typer.Option(help="A file id or a local JSONL file.")] = None,
+    algorithm: Annotated[str, typer.Option(help="sppo, grpo or ppo.")] = "sppo",
+    grader: Annotated[str, typer.Option(help="Grader spec as JSON.")] = DEFAULT_GRADER,
+    hyperparameter: Annotated[
+        list[str] | None,
+        typer.Option("--hyperparameter", "-H", help="KEY=VALUE, repeatable (e.g. -H batch_size=8)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    suffix: Annotated[str | None, typer.Option(help="Suffix of the fine-tuned model name.")] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create a reinforcement fine-tuning job; prints its id."""
+    try:
+        grader_spec = json.loads(grader)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--grader") from None
+    hyper = _pairs(hyperparameter or [], "--hyperparameter", parse=True)
+    meta = _pairs(metadata or [], "--metadata", parse=False)
+    with connect(base_url, api_key) as client:
+        body: dict[str, Any] = {
+            "model": model,
+            "training_file": file_id_or_upload(client, training_file),
+            "method": {
+                "type": "reinforcement",
+                "reinforcement": {"algorithm": algorithm, "grader": grader_spec, "hyperparameters": hyper},
+            },
+        }
+        if validation_file is not None:
+            body["validation_file"] = file_id_or_upload(client, validation_file)
+        optional = {"seed": seed, "suffix": suffix, "metadata": meta or None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        job = client.post("/fine_tuning/jobs", body)
+    if json_:
+        print_json(job)
+        return
+    console.print(f"Created job [bold cyan]{job['id']}[/] ({fmt_status(job['status'])})", highlight=False)
+
+
+def _algorithm(job: dict[str, Any]) -> str:
+    return str(job.get("method", {}).get("reinforcement", {}).get("algorithm", "-"))
+
+
+def _progress(job: dict[str, Any]) -> str:
+    total = job.get("total_steps")
+    return f"{job['current_step']}/{total}" if total else str(job["current_step"])
+
+
+@app.command("list")
+def list_jobs(
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many jobs.")] = 20,
+    after: Annotated[str | None, typer.Option(help="List the jobs after this job id.")] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List your jobs, newest first."""
+    with connect(base_url, api_key) as client:
+        listing = client.get("/fine_tuning/jobs", limit=limit, after=after)
+    if json_:
+        print_json(listing)
+        return
+    grid = table("id", "status", "model", "algorithm", "step", "created", "finished")
+    for job in listing["data"]:
+        grid.add_row(
+            job["id"],
+            fmt_status(job["status"]),
+            job["model"],
+            _algorithm(job),
+            _progress(job),
+            fmt_time(job["created_at"]),
+            fmt_time(job["finished_at"]),
+        )
+    console.print(grid)
+    if listing["has_more"]:
+        console.print(f"More: sppo jobs list --after {listing['last_id']}", highlight=False)
+
+
+def show_job(job: dict[str, Any]) -> None:
+    rows: dict[str, Any] = {
+        "id": job["id"],
+        "status": fmt_status(job["status"]),
+        "model": job["model"],
+        "algorithm": _algorithm(job),
+        "step": _progress(job),
+        "training_file": job["training_file"],
+        "validation_file": job["validation_file"] or "-",
+        "fine_tuned_model": job["fine_tuned_model"] or "-",
+        "created": fmt_time(job["created_at"]),
+        "finished": fmt_time(job["finished_at"]),
+    }
+    if job.get("error"):
+        rows["error"] = f"[red]{job['error']['message']}[/] ({job['error']['code']})"
+    console.print(key_values("Fine-tuning job", rows))
+    hyper = job["method"]["reinforcement"].get("hyperparameters") or {}
+    if hyper:
+        console.print(key_values("Hyperparameters", {k: fmt_number(v) for k, v in hyper.items()}))
+
+
+@app.command("get")
+def get(job_id: str, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, json_: JsonOpt = False) -> None:
+    """Show one job, with its hyperparameters and error (if any)."""
+    with connect(base_url, api_key) as client:
+        job = client.get(f"/fine_tuning/jobs/{job_id}")
+    if json_:
+        print_json(job)
+    else:
+        show_job(job)
+
+
+def _control(action: str, job_id: str, base_url: str | None, api_key: str | None, json_: bool) -> None:
+    with connect(base_url, api_key) as client:
+        job = client.post(f"/fine_tuning/jobs/{job_id}/{action}")
+    if json_:
+        print_json(job)
+    else:
+        console.print(f"{job['id']}: {fmt_status(job['status'])}", highlight=False)
+
+
+@app.command("cancel")
+def cancel(
+    job_id: str, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, json_: JsonOpt = False
+) -> None:
+    """Cancel a job (it stops within one training step)."""
+    _control("cancel", job_id, base_url, api_key, json_)
+
+
+@app.command("pause")
+def pause(
+    job_id: str, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, json_: JsonOpt = False
+) -> None:
+    """Pause a job (a running job checkpoints first)."""
+    _control("pause", job_id, base_url, api_key, json_)
+
+
+@app.command("resume")
+def resume(
+    job_id: str, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, json_: JsonOpt = False
+) -> None:
+    """Resume a paused job from its last checkpoint."""
+    _control("resume", job_id, base_url, api_key, json_)
+
+
+app.command("watch")(transfer.watch)
+app.command("download")(transfer.download)

@@ -1,0 +1,173 @@
+"""`sppo jobs watch` (live progress from the metrics stream) and `sppo jobs download` (adapter archive)."""
+
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TransferSpeedColumn,
+)
+
+from cli.client import ApiError, ApiKeyOpt, BaseUrlOpt, Client, connect
+from cli.output import console, fmt_number, fmt_status, table
+
+# `sppo jobs watch` exits with the job's outcome, so scripts can branch on it.
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2, "paused": 3}
+SHOWN_METRICS = (
+    "rollout/reward_mean",
+    "rollout/accuracy",
+    "eval/pass@1",
+    "train/policy_loss",
+    "train/critic_loss",
+    "rollout/response_length_mean",
+    "perf/tokens_per_s",
+)
+POLL_S = 1.0
+
+
+def _updates(client: Client, job_id: str) -> Iterator[dict[str, Any]]:
+    """Step metrics as they arrive: from the SSE stream, or by polling when the server has no stream."""
+    try:
+        for event in client.events(f"/fine_tuning/jobs/{job_id}/metrics/stream"):
+            try:
+                payload = event.json()
+            except ValueError:
+                continue
+            if isinstance(payload, dict):
+                yield payload
+        return
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    # No stream route on this server: poll the job (its status and step) until it settles.
+    while True:
+        yield {}
+        time.sleep(POLL_S)
+
+
+def _metric_rows(payload: dict[str, Any]) -> dict[str, Any]:
+    metrics = payload.get("metrics")
+    if isinstance(metrics, dict):
+        return metrics
+    return {k: v for k, v in payload.items() if "/" in k}
+
+
+def _view(job: dict[str, Any], step: int, metrics: dict[str, Any], bar: Progress, task: Any) -> Group:
+    total = job.get("total_steps")
+    bar.update(
+        task, completed=step, total=total or None, description=f"{job['id']} {fmt_status(job['status'])}"
+    )
+    grid = table("metric", "value", title=f"step {step}")
+    for name in SHOWN_METRICS:
+        if name in metrics:
+            grid.add_row(name, fmt_number(metrics[name]))
+    return Group(bar, grid)
+
+
+def watch(
+    job_id: str,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Follow a job live until it finishes; exit code 0 succeeded, 1 failed, 2 cancelled, 3 paused."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    task = bar.add_task(job_id, total=None)
+    with connect(base_url, api_key) as client:
+        job = client.get(f"/fine_tuning/jobs/{job_id}")
+        step, metrics = int(job["current_step"]), dict[str, Any]()
+        last_poll = time.monotonic()
+        with Live(_view(job, step, metrics, bar, task), console=console, refresh_per_second=4) as live:
+            while job["status"] not in EXIT_CODES:
+                for payload in _updates(client, job_id):
+                    metrics = {**metrics, **_metric_rows(payload)}
+                    step = int(payload.get("step", step))
+                    if isinstance(payload.get("status"), str):
+                        job["status"] = payload["status"]
+                    # Status, totals and errors live on the job: refresh it now and then, and at the end.
+                    if job["status"] in EXIT_CODES or time.monotonic() - last_poll >= POLL_S:
+                        job, last_poll = client.get(f"/fine_tuning/jobs/{job_id}"), time.monotonic()
+                        step = max(step, int(job["current_step"]))
+                    live.update(_view(job, step, metrics, bar, task))
+                    if job["status"] in EXIT_CODES:
+                        break
+                else:  # the stream ended: read the job's final state (or reconnect if it is still going)
+                    job = client.get(f"/fine_tuning/jobs/{job_id}")
+                    live.update(_view(job, max(step, int(job["current_step"])), metrics, bar, task))
+    status = str(job["status"])
+    if job.get("error"):
+        console.print(f"[red]{job['error']['message']}[/]", highlight=False)
+    console.print(f"Job {job_id} {fmt_status(status)}", highlight=False)
+    raise typer.Exit(EXIT_CODES[status])
+
+
+def _latest_checkpoint(client: Client, job_id: str) -> dict[str, Any]:
+    listing = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints", limit=100)
+    if not listing["data"]:
+        raise ApiError(f"Job {job_id} has no checkpoints yet.")
+    return dict(max(listing["data"], key=lambda c: c["step_number"]))
+
+
+def _unpack(archive: Path, target: Path) -> None:
+    """Unpack a zip or tar archive, refusing members that would land outside `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            root = target.resolve()
+            for name in bundle.namelist():
+                if not (root / name).resolve().is_relative_to(root):
+                    raise ApiError(f"Refusing to unpack {name!r}: it points outside {target}.")
+            bundle.extractall(target)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as bundle:
+            bundle.extractall(target, filter="data")  # the "data" filter rejects absolute paths and links out
+    else:
+        raise ApiError("The server sent an adapter that is neither a zip nor a tar archive.")
+
+
+def download(
+    job_id: str,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Checkpoint id (ftckpt-...); default: the job's latest checkpoint.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory to unpack into.")] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Download a checkpoint's LoRA adapter and unpack it (loadable with peft.PeftModel.from_pretrained)."""
+    with connect(base_url, api_key) as client:
+        ckpt_id = checkpoint or str(_latest_checkpoint(client, job_id)["id"])
+        target = output or Path(f"{job_id}-{ckpt_id}")
+        columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn())
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            Progress(*columns, TransferSpeedColumn(), console=console) as bar,
+        ):
+            task = bar.add_task(f"adapter {ckpt_id}", total=None)
+            archive = Path(tmp) / "adapter.archive"
+            client.download(
+                f"/fine_tuning/jobs/{job_id}/checkpoints/{ckpt_id}/adapter",
+                archive,
+                lambda done, total: bar.update(task, completed=done, total=total),
+            )
+            if target.exists() and any(target.iterdir()):
+                raise ApiError(f"{target} exists and is not empty; choose another --output.")
+            try:
+                _unpack(archive, target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+    console.print(f"Adapter unpacked into [bold]{target}[/]", highlight=False)
