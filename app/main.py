@@ -13,6 +13,7 @@ from app.dispatch import dispatch_pending_jobs
 from app.errors import install_error_handlers
 from app.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from app.settings import get_settings
+from app.web import install_dashboard
 
 log = logging.getLogger(__name__)
 REDISPATCH_INTERVAL_S = 30.0
@@ -48,8 +49,11 @@ def create_app() -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    install_dashboard(app)
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, path="/v1/files", max_bytes=settings.max_upload_bytes)
+    # The new-job form carries a training and a validation file; each is also checked on its own.
+    app.add_middleware(UploadLimitMiddleware, path="/jobs/new", max_bytes=2 * settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 413, gets an id
     return app
 

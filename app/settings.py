@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         default=None,
         description="Directory of HF model folders (each with a config.json); default: data_dir/models.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs dashboard session cookies; default: a random one kept in "
+        "data_dir/session-secret (0600), so sessions survive restarts of a single-machine install.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `sppo serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `sppo serve` listens on.")
 
@@ -49,6 +54,8 @@ class Settings(BaseSettings):
         if self.database_url is None:
             self.database_url = SecretStr(f"sqlite:///{self.data_dir / 'sppo.db'}")
         self.database_url = SecretStr(normalize_database_url(self.database_url.get_secret_value()))
+        if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
+            raise ValueError("SPPO_SESSION_SECRET must be at least 32 characters")
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ValueError(f"SPPO_DATA_DIR {self.data_dir} exists and is not a directory")
         return self

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import transfer
-from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect
+from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect, err_console
 from cli.files import upload_file
 from cli.output import JsonOpt, console, fmt_number, fmt_status, fmt_time, key_values, print_json, table
 
@@ -42,7 +42,8 @@ def file_id_or_upload(client: Client, value: str) -> str:
     path = Path(value)
     if path.is_file():
         uploaded = upload_file(client, path)
-        console.print(f"Uploaded {path.name} as [cyan]{uploaded['id']}[/]", highlight=False)
+        # stderr, so `--json` output on stdout stays one JSON document
+        err_console.print(f"Uploaded {path.name} as [cyan]{uploaded['id']}[/]", highlight=False)
         return str(uploaded["id"])
     return value
 

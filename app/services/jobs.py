@@ -107,9 +107,17 @@ def get_job(session: Session, *, tenant: Tenant, job_id: str) -> Job:
 
 
 def list_jobs(
-    session: Session, *, tenant: Tenant, after: str | None, limit: int, metadata: dict[str, str]
+    session: Session,
+    *,
+    tenant: Tenant,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str],
+    status: str | None = None,
 ) -> tuple[list[Job], bool]:
     query = select(Job).where(Job.tenant_id == tenant.id)
+    if status is not None:  # the dashboard's status filter
+        query = query.where(Job.status == status)
     for key, value in metadata.items():
         # JSON path lookup renders as json_extract on SQLite and ->> on PostgreSQL; key and value are bound.
         query = query.where(Job.metadata_[key].as_string() == value)

@@ -1,0 +1,81 @@
+"""Read models for the dashboard: metric series, latest metrics per job, and which controls a job allows.
+
+Queries stay here (not in page routes); every one is scoped to the tenant through `get_job`/`tenant_id`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import FINISHED_STATUSES, Job, JobStatus, MetricPoint, Tenant
+from app.services.jobs import get_job
+
+S = JobStatus
+# Mirrors the guarded transitions in app/services/jobs.py: which statuses each control accepts.
+_ACTIONS: dict[str, tuple[JobStatus, ...]] = {
+    "pause": (S.validating_files, S.queued, S.running),
+    "resume": (S.paused,),
+    "cancel": (S.validating_files, S.queued, S.running, S.paused),
+}
+
+
+def allowed_actions(job: Job) -> list[str]:
+    """The controls that would change this job now (pause of an already-pausing job still shows)."""
+    return [action for action, statuses in _ACTIONS.items() if job.status in statuses]
+
+
+def is_finished(job: Job) -> bool:
+    return job.status in FINISHED_STATUSES
+
+
+@dataclass(frozen=True)
+class Point:
+    step: int
+    elapsed_s: float  # wall-clock seconds since the job started
+    metrics: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"step": self.step, "t": self.elapsed_s, "metrics": self.metrics}
+
+
+def _elapsed(job: Job, point: MetricPoint) -> float:
+    # The engine's own clock when it reports one; else the row's timestamp (whole seconds).
+    reported = point.metrics.get("perf/elapsed_s")
+    if isinstance(reported, int | float):
+        return float(reported)
+    return float(point.created_at - (job.started_at or job.created_at))
+
+
+def metric_points(
+    session: Session, *, tenant: Tenant, job_id: str, after_step: int = -1, limit: int = 10_000
+) -> list[Point]:
+    """The job's step metrics in step order, after `after_step` (for incremental updates)."""
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    rows = session.scalars(
+        select(MetricPoint)
+        .where(MetricPoint.job_id == job.id, MetricPoint.step > after_step)
+        .order_by(MetricPoint.step)
+        .limit(limit)
+    )
+    return [Point(row.step, _elapsed(job, row), dict(row.metrics)) for row in rows]
+
+
+def latest_metrics(session: Session, *, tenant: Tenant, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The last step's metrics of each of the tenant's jobs in `job_ids` (jobs without any are absent)."""
+    if not job_ids:
+        return {}
+    last = (
+        select(MetricPoint.job_id, func.max(MetricPoint.step).label("step"))
+        .join(Job, Job.id == MetricPoint.job_id)
+        .where(Job.tenant_id == tenant.id, MetricPoint.job_id.in_(job_ids))
+        .group_by(MetricPoint.job_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(MetricPoint).join(
+            last, (MetricPoint.job_id == last.c.job_id) & (MetricPoint.step == last.c.step)
+        )
+    )
+    return {row.job_id: dict(row.metrics) for row in rows}

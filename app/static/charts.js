@@ -1,0 +1,124 @@
+/* Live training curves (uPlot): a job page fed by the dashboard's SSE stream, and the compare view. */
+(function () {
+  "use strict";
+
+  function css(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+  var COLORS = ["--c1", "--c2", "--c3", "--c4", "--c5", "--c6"];
+
+  function axes(xLabel) {
+    var text = css("--muted"), grid = css("--grid");
+    var axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    return [Object.assign({ label: xLabel, labelSize: 20 }, axis), Object.assign({ size: 60 }, axis)];
+  }
+
+  function fmt(v) {
+    if (v == null) return "—";
+    var a = Math.abs(v);
+    return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : +v.toPrecision(4) + "";
+  }
+
+  function width(el) {
+    return Math.max(el.clientWidth, 200);
+  }
+
+  function makePlot(el, labels, data, xLabel, timeX) {
+    el.innerHTML = "";
+    var series = [{ label: xLabel, value: function (u, v) { return v == null ? "—" : timeX ? fmt(v) + " s" : v; } }];
+    labels.forEach(function (label, i) {
+      series.push({ label: label, stroke: css(COLORS[i % COLORS.length]), width: 2, spanGaps: true,
+                    value: function (u, v) { return fmt(v); }, points: { size: 4 } });
+    });
+    var plot = new uPlot({
+      width: width(el), height: 200, series: series, axes: axes(xLabel),
+      scales: { x: { time: false } }, cursor: { drag: { x: true, y: false } },
+      legend: { live: true },
+    }, data, el);
+    // Follow the card's width (laptop ↔ phone, rotating).
+    new ResizeObserver(function () { plot.setSize({ width: width(el), height: 200 }); }).observe(el);
+    return plot;
+  }
+
+  /* Job page: one chart per card (data-metrics lists its series), appended to as steps stream in. */
+  function jobPage(root, points) {
+    var steps = [], values = {};
+    var charts = Array.prototype.map.call(root.querySelectorAll(".chart"), function (el) {
+      return { el: el, metrics: el.dataset.metrics.split(","), labels: el.dataset.labels.split(","), plot: null };
+    });
+    charts.forEach(function (c) { c.metrics.forEach(function (m) { values[m] = []; }); });
+
+    function add(point) {
+      if (steps.length && point.step <= steps[steps.length - 1]) return; // a replayed step
+      steps.push(point.step);
+      Object.keys(values).forEach(function (m) {
+        var v = point.metrics[m];
+        values[m].push(typeof v === "number" ? v : null);
+      });
+    }
+
+    function draw() {
+      root.dataset.points = steps.length;
+      root.dataset.lastStep = steps.length ? steps[steps.length - 1] : "";
+      charts.forEach(function (c) {
+        var has = c.metrics.some(function (m) { return values[m].some(function (v) { return v !== null; }); });
+        if (!has) return;
+        var data = [steps.slice()].concat(c.metrics.map(function (m) { return values[m].slice(); }));
+        if (c.plot) c.plot.setData(data);
+        else c.plot = makePlot(c.el, c.labels, data, "step", false);
+      });
+    }
+
+    points.forEach(add);
+    draw();
+    if (root.dataset.finished === "true" || !window.EventSource) return;
+
+    // Same-origin EventSource sends the session cookie; `after` skips the steps already drawn.
+    var url = "/ui/jobs/" + encodeURIComponent(root.dataset.jobId) + "/stream";
+    var source = null;
+    function connect() {
+      var last = steps.length ? steps[steps.length - 1] : -1;
+      source = new EventSource(url + "?after=" + last);
+      source.addEventListener("metrics", function (e) { add(JSON.parse(e.data)); draw(); });
+      source.addEventListener("end", function () { source.close(); root.dataset.finished = "true"; });
+      source.onerror = function () {
+        // The browser reconnects with the original URL; reconnect ourselves so `after` stays current.
+        source.close();
+        if (root.dataset.finished !== "true") setTimeout(connect, 3000);
+      };
+    }
+    connect();
+  }
+
+  /* Compare view: several jobs' curves of one metric on one chart, by step or by wall-clock seconds. */
+  function comparePage(el, series) {
+    if (!series.length) return;
+    var plot = null;
+    function draw(mode) {
+      var col = mode === "time" ? 1 : 0;
+      var tables = series.map(function (s) {
+        var xs = [], ys = [];
+        s.points.forEach(function (p) { if (p[2] != null) { xs.push(p[col]); ys.push(p[2]); } });
+        return [xs, ys];
+      });
+      var data = uPlot.join(tables);
+      if (plot) plot.destroy();
+      plot = makePlot(el, series.map(function (s) { return s.label; }), data,
+                      mode === "time" ? "seconds since start" : "step", mode === "time");
+      el.dataset.mode = mode;
+    }
+    document.querySelectorAll("[data-x]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        document.querySelectorAll("[data-x]").forEach(function (b) {
+          b.setAttribute("aria-pressed", b === button ? "true" : "false");
+          b.classList.toggle("primary", b === button);
+        });
+        draw(button.dataset.x);
+      });
+    });
+    document.querySelector('[data-x="step"]').classList.add("primary");
+    draw("step");
+  }
+
+  window.SppoCharts = { jobPage: jobPage, comparePage: comparePage };
+})();

@@ -1,0 +1,13 @@
+"""The browser dashboard: server-rendered pages over the same services as the JSON API."""
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.web import actions, forms, pages
+from app.web.render import STATIC_DIR
+
+
+def install_dashboard(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for module in (forms, pages, actions):  # forms first: /jobs/new must win over /jobs/{job_id}
+        app.include_router(module.router)

@@ -1,0 +1,183 @@
+"""The new-job form: uploads go through the files service, the job through `JobCreate` and the jobs
+service, so the form shows exactly the API's validation messages (no second copy of the rules)."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from app.api.deps import SessionDep, SettingsDep
+from app.errors import APIError, validation_error
+from app.models import Tenant
+from app.schemas.jobs import JobCreate
+from app.services import files, jobs
+from app.services.models import list_models
+from app.settings import Settings
+from app.web.render import PageRoute, redirect, render
+from app.web.session import CSRF_FIELD, CsrfChecked, WebTenant
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+HYPERPARAMETERS = (
+    ("n_epochs", "Epochs", "auto"),
+    ("batch_size", "Batch size (prompts/step)", "auto"),
+    ("learning_rate_multiplier", "Learning-rate multiplier", "auto"),
+    ("group_size", "Samples per prompt", "default (grpo: 8)"),
+    ("max_response_tokens", "Max response tokens", "default"),
+    ("temperature", "Temperature", "default"),
+    ("eval_interval", "Eval interval (steps)", "auto"),
+    ("eval_samples", "Eval samples (k)", "auto"),
+)
+GRADER_FIELDS = {
+    "string_check": ("input", "reference", "operation"),
+    "math": ("input", "reference"),
+    "regex": ("input", "pattern", "reference", "operation"),
+}
+DEFAULTS = {
+    "model": "sppo-tiny",
+    "algorithm": "sppo",
+    "grader_type": "string_check",
+    "grader_input": "{{sample.output_text}}",
+    "grader_reference": "{{item.answer}}",
+    "grader_operation": "eq",
+    "grader_pattern": "",
+    "critic": "",
+}
+
+
+def _number(text: str) -> Any:
+    """A form field as the JSON value a client would send: 8 → int, 0.5 → float, "auto" stays text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def job_request(form: FormData, training_file: str, validation_file: str | None) -> dict[str, Any]:
+    """The JSON body `POST /v1/fine_tuning/jobs` would get for this form (empty fields left out)."""
+    grader_type = _text(form, "grader_type")
+    grader: dict[str, Any] = {"type": grader_type, "name": grader_type}
+    for field in GRADER_FIELDS.get(grader_type, ()):
+        grader[field] = _text(form, f"grader_{field}")
+    hyper = {name: _number(_text(form, name)) for name, _, _ in HYPERPARAMETERS if _text(form, name)}
+    if _text(form, "critic"):
+        hyper["critic"] = _text(form, "critic")
+    body: dict[str, Any] = {
+        "model": _text(form, "model"),
+        "training_file": training_file,
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {
+                "algorithm": _text(form, "algorithm"),
+                "grader": grader,
+                "hyperparameters": hyper,
+            },
+        },
+    }
+    if validation_file:
+        body["validation_file"] = validation_file
+    if _text(form, "seed"):
+        body["seed"] = _number(_text(form, "seed"))
+    if _text(form, "suffix"):
+        body["suffix"] = _text(form, "suffix")
+    return body
+
+
+def _file_id(
+    form: FormData, name: str, *, session: SessionDep, settings: Settings, tenant: Tenant, label: str
+) -> str | None:
+    """An uploaded file (stored via the files service) or the id of an existing one picked in the form."""
+    upload = form.get(f"{name}_upload")
+    if isinstance(upload, UploadFile) and upload.filename:
+        try:
+            created = files.create_file(
+                session,
+                settings=settings,
+                tenant=tenant,
+                upload=upload.file,
+                filename=upload.filename,
+                purpose="fine-tune",
+            )
+        except APIError as error:
+            error.message, error.param = f"{label}: {error.message}", name
+            raise
+        return created.id
+    return _text(form, name) or None
+
+
+def _form_page(
+    request: Request,
+    session: SessionDep,
+    settings: Settings,
+    tenant: Tenant,
+    values: dict[str, str],
+    **extra: Any,
+) -> Response:
+    recent, _ = files.list_files(session, tenant=tenant, purpose="fine-tune", after=None, limit=100)
+    context = {
+        "models": [
+            m.id for m in list_models(session, settings=settings, tenant=tenant) if m.owned_by == "system"
+        ],
+        "files": recent,
+        "hyperparameters": HYPERPARAMETERS,
+        "values": {**DEFAULTS, **values},
+        "error": None,
+        "error_field": None,
+        **extra,
+    }
+    return render(request, "new_job.html", context, status_code=400 if extra.get("error") else 200)
+
+
+@router.get("/jobs/new")
+def new_job_page(request: Request, session: SessionDep, settings: SettingsDep, tenant: WebTenant) -> Response:
+    return _form_page(request, session, settings, tenant, {})
+
+
+async def form_data(request: Request) -> FormData:
+    return await request.form()  # Starlette caches it: the CSRF check and the route read the same parse
+
+
+@router.post("/jobs/new", dependencies=[CsrfChecked])
+def create_job(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: WebTenant,
+    form: Annotated[FormData, Depends(form_data)],
+) -> Response:
+    values = {k: v for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
+    try:
+        for name, label in (("training_file", "Training file"), ("validation_file", "Validation file")):
+            # After an upload, the picker holds the new file, so a corrected form need not upload again.
+            values[name] = (
+                _file_id(form, name, label=label, session=session, settings=settings, tenant=tenant) or ""
+            )
+        body = job_request(form, values["training_file"], values["validation_file"] or None)
+        try:
+            job_create = JobCreate.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc.errors()) from None
+        job = jobs.create_job(session, settings=settings, tenant=tenant, request=job_create)
+    except APIError as error:
+        return _form_page(
+            request, session, settings, tenant, values, error=error.message, error_field=_field(error.param)
+        )
+    return redirect(request, f"/jobs/{job.id}")
+
+
+def _field(param: str | None) -> str | None:
+    """The form field to highlight for an API param (`method.reinforcement.hyperparameters.batch_size`)."""
+    if param is None:
+        return None
+    last = param.rsplit(".", 1)[-1]
+    if ".grader." in f".{param}.":
+        return "grader_type" if last == "type" else f"grader_{last}"
+    return last

@@ -1,0 +1,156 @@
+"""Dashboard pages: sign-in, the jobs list, a job's page (and its live panel), the compare view.
+
+Each route reads through the same service functions as the JSON API (app/services/*), scoped to the
+session's tenant, and renders a template; htmx requests get just the fragment that refreshes.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request, Response
+
+from app.api.deps import SessionDep
+from app.errors import AuthenticationError
+from app.models import JobStatus
+from app.schemas.jobs import JobPublic
+from app.services import dashboard, jobs
+from app.services.sessions import sign_in
+from app.web.render import PageRoute, redirect, render, signed_in
+from app.web.session import CsrfChecked, WebSessionDep, WebTenant, clear_session
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+PAGE_SIZE = 20
+STATUSES = [s.value for s in JobStatus]
+CHART_METRICS = (
+    "rollout/reward_mean",
+    "rollout/accuracy",
+    "eval/pass@1",
+    "train/policy_loss",
+    "train/critic_loss",
+    "rollout/response_length_mean",
+    "perf/tokens_per_s",
+)
+
+
+def _local_path(url: str | None) -> str:
+    """Only same-site paths may be a post-sign-in target (no open redirect to another host)."""
+    return url if url and url.startswith("/") and not url.startswith("//") else "/"
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None) -> Response:
+    return render(request, "login.html", {"next": _local_path(next), "error": None})
+
+
+@router.post("/login", dependencies=[CsrfChecked])
+def login(
+    request: Request,
+    session: SessionDep,
+    web: WebSessionDep,
+    api_key: Annotated[str, Form(max_length=256)],
+    next: Annotated[str, Form(max_length=512)] = "/",
+) -> Response:
+    try:
+        web.key_id = sign_in(session, key=api_key)
+    except AuthenticationError as error:
+        context = {"next": _local_path(next), "error": error.message}
+        return render(request, "login.html", context, status_code=401)
+    return signed_in(request, redirect(request, _local_path(next)), web)
+
+
+@router.post("/logout", dependencies=[CsrfChecked])
+def logout(request: Request) -> Response:
+    response = redirect(request, "/login")
+    clear_session(response)
+    return response
+
+
+@router.get("/")
+def jobs_page(
+    request: Request,
+    session: SessionDep,
+    tenant: WebTenant,
+    status: Annotated[str | None, Query(max_length=32)] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    status = status if status in STATUSES else None
+    rows, has_more = jobs.list_jobs(
+        session, tenant=tenant, after=after, limit=PAGE_SIZE, metadata={}, status=status
+    )
+    context: dict[str, Any] = {
+        "jobs": [JobPublic.of(job) for job in rows],
+        "latest": dashboard.latest_metrics(session, tenant=tenant, job_ids=[job.id for job in rows]),
+        "has_more": has_more,
+        "next_after": rows[-1].id if rows else None,
+        "status": status,
+        "after": after,
+        "statuses": STATUSES,
+        "any_active": any(not dashboard.is_finished(job) for job in rows),
+    }
+    name = "_jobs_table.html" if request.headers.get("hx-request") else "jobs.html"
+    return render(request, name, context)
+
+
+def _job_context(session: SessionDep, tenant: WebTenant, job_id: str) -> dict[str, Any]:
+    job = jobs.get_job(session, tenant=tenant, job_id=job_id)
+    events, _ = jobs.list_events(session, tenant=tenant, job_id=job_id, after=None, limit=50)
+    checkpoints, _ = jobs.list_checkpoints(session, tenant=tenant, job_id=job_id, after=None, limit=100)
+    public = JobPublic.of(job)
+    return {
+        "job": public,
+        "algorithm": public.method.get("reinforcement", {}).get("algorithm", "sppo"),
+        "hyperparameters": public.method.get("reinforcement", {}).get("hyperparameters") or {},
+        "grader": public.method.get("reinforcement", {}).get("grader") or {},
+        "events": events,
+        "checkpoints": checkpoints,
+        "actions": dashboard.allowed_actions(job),
+        "finished": dashboard.is_finished(job),
+    }
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, session: SessionDep, tenant: WebTenant, job_id: str) -> Response:
+    context = _job_context(session, tenant, job_id)
+    points = dashboard.metric_points(session, tenant=tenant, job_id=job_id)
+    context["points"] = [p.as_json() for p in points]
+    context["chart_metrics"] = CHART_METRICS
+    return render(request, "job.html", context)
+
+
+@router.get("/ui/jobs/{job_id}/panel")
+def job_panel(request: Request, session: SessionDep, tenant: WebTenant, job_id: str) -> Response:
+    """The parts of the job page that change (status, controls, checkpoints, events), polled by htmx."""
+    return render(request, "_job_panel.html", _job_context(session, tenant, job_id))
+
+
+@router.get("/compare")
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    tenant: WebTenant,
+    job: Annotated[list[str] | None, Query(max_length=64)] = None,
+    metric: Annotated[str, Query(max_length=64)] = "rollout/reward_mean",
+) -> Response:
+    metric = metric if metric in CHART_METRICS else "rollout/reward_mean"
+    recent, _ = jobs.list_jobs(session, tenant=tenant, after=None, limit=50, metadata={})
+    chosen = list(dict.fromkeys(job or []))[:8]
+    series = []
+    for job_id in chosen:
+        picked = jobs.get_job(session, tenant=tenant, job_id=job_id)
+        points = dashboard.metric_points(session, tenant=tenant, job_id=job_id)
+        algorithm = picked.method.get("reinforcement", {}).get("algorithm", "sppo")
+        series.append(
+            {
+                "id": job_id,
+                "label": f"{algorithm} · {job_id[-6:]}",
+                "points": [[p.step, p.elapsed_s, p.metrics.get(metric)] for p in points],
+            }
+        )
+    context = {
+        "recent": [JobPublic.of(j) for j in recent],
+        "chosen": chosen,
+        "metric": metric,
+        "metrics": CHART_METRICS,
+        "series": series,
+    }
+    return render(request, "compare.html", context)

@@ -1,0 +1,133 @@
+"""Dashboard sessions and CSRF: a signed, HttpOnly, SameSite cookie holding the API key's id and a token.
+
+The API key itself is only ever in the sign-in POST body; the cookie carries its id (signed with
+SPPO_SESSION_SECRET) and a per-session CSRF token. Every POST must echo that token, as a form field
+or the X-CSRF-Token header htmx sends, compared in constant time.
+"""
+
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from app.api.deps import SessionDep, SettingsDep
+from app.models import Tenant
+from app.services.sessions import session_tenant
+from app.settings import Settings
+
+COOKIE = "sppo_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+MAX_AGE_S = 12 * 3600
+SECRET_FILE = "session-secret"
+
+
+class LoginRequired(Exception):
+    """No valid session: pages redirect to the sign-in page, state-changing requests are refused."""
+
+
+class CsrfFailed(Exception):
+    """A POST without the session's CSRF token."""
+
+
+@dataclass
+class WebSession:
+    csrf: str
+    key_id: str | None = None
+    dirty: bool = field(default=False, compare=False)  # must be (re)sent to the browser
+
+
+def _secret_from_file(path: Path) -> str:
+    """A random secret created once with mode 0600 (like the dev API key), so restarts keep sessions."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+@lru_cache
+def _serializer(secret: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt="sppo.dashboard.session")
+
+
+def serializer(settings: Settings) -> URLSafeTimedSerializer:
+    if settings.session_secret is not None:
+        return _serializer(settings.session_secret.get_secret_value())
+    return _serializer(_secret_from_file(settings.data_dir / SECRET_FILE))
+
+
+def load_session(request: Request, settings: SettingsDep) -> WebSession:
+    """The request's session, or a fresh anonymous one (with a new CSRF token) to be set on the response."""
+    cached = request.scope.get("sppo.web_session")
+    if isinstance(cached, WebSession):
+        return cached
+    data: Any = None
+    raw = request.cookies.get(COOKIE)
+    if raw:
+        try:
+            data = serializer(settings).loads(raw, max_age=MAX_AGE_S)
+        except BadSignature:  # includes expired
+            data = None
+    if isinstance(data, dict) and isinstance(data.get("csrf"), str):
+        key_id = data.get("kid")
+        web = WebSession(csrf=data["csrf"], key_id=key_id if isinstance(key_id, str) else None)
+    else:
+        web = WebSession(csrf=secrets.token_urlsafe(32), dirty=True)
+    request.scope["sppo.web_session"] = web
+    return web
+
+
+WebSessionDep = Annotated[WebSession, Depends(load_session)]
+
+
+def save_session(request: Request, response: Response, web: WebSession, settings: Settings) -> None:
+    value = serializer(settings).dumps({"csrf": web.csrf, "kid": web.key_id})
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=MAX_AGE_S,
+        httponly=True,
+        samesite="lax",  # sent on top-level navigation from a link, never on cross-site POSTs
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+
+
+def clear_session(response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/")
+
+
+def get_web_tenant(web: WebSessionDep, session: SessionDep) -> Tenant:
+    if web.key_id is None:
+        raise LoginRequired
+    tenant = session_tenant(session, key_id=web.key_id)
+    if tenant is None:  # the key was revoked or deleted since sign-in
+        raise LoginRequired
+    return tenant
+
+
+WebTenant = Annotated[Tenant, Depends(get_web_tenant)]
+
+
+async def check_csrf(request: Request, web: WebSessionDep) -> None:
+    """Dependency of every POST: the token from the header or form must equal the session's."""
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None:
+        form = await request.form()  # parsed once; the route's Form()/File() params reuse it
+        value = form.get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    if web.dirty or not sent or not hmac.compare_digest(sent.encode(), web.csrf.encode()):
+        raise CsrfFailed
+
+
+CsrfChecked = Depends(check_csrf)
