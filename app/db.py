@@ -47,9 +47,17 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error (for the CLI and the worker)."""
-    with get_sessionmaker(url)() as session, session.begin():
-        yield session
+    """A session that commits on success and rolls back on error (for the CLI and the worker).
+
+    Service functions may commit inside it (they do, for the API); this commits whatever is left.
+    """
+    with get_sessionmaker(url)() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
 
 def alembic_config(url: str) -> Any:

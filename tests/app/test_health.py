@@ -1,0 +1,58 @@
+"""Probes, Prometheus metrics, the model listing and the error contract (request ids, no stack traces)."""
+
+import logging
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+
+from .conftest import REGISTRY_MODEL, Server, assert_error
+
+
+def test_health_ready_metrics(server: Server) -> None:
+    with server.client() as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").json() == {"status": "ok", "database": "ok", "redis": "ok"}
+        text = client.get("/metrics").text
+    assert "# TYPE sppo_http_requests_total counter" in text
+    assert 'route="/health",status="200"' in text
+    assert 'sppo_jobs{status="queued"}' in text
+    assert "org-" not in text and "ftjob-" not in text and "file-" not in text  # templates, not ids
+
+
+def test_models_lists_registry_and_fixture(api: httpx.Client) -> None:
+    models = api.get("/v1/models").json()
+    assert models["object"] == "list"
+    ids = [m["id"] for m in models["data"]]
+    assert ids == ["sppo-tiny", REGISTRY_MODEL]  # "not-a-model" has no config.json
+    assert all(m["object"] == "model" and m["owned_by"] == "system" for m in models["data"])
+
+
+def test_unknown_route_and_request_id(server: Server) -> None:
+    with server.client() as client:
+        response = client.get("/v1/nothing-here", headers={"X-Request-ID": "trace-123"})
+    assert_error(response, 404)
+    assert response.headers["X-Request-ID"] == "trace-123"
+    with server.client() as client:
+        generated = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers[
+            "X-Request-ID"
+        ]
+    assert generated != "bad id\twith spaces" and len(generated) == 32
+
+
+def test_unexpected_error_is_500_with_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app()
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+        response = client.get("/boom")
+    error = assert_error(response, 500)
+    request_id = response.headers["X-Request-ID"]
+    assert request_id in error["message"]
+    assert "secret internal detail" not in response.text and "Traceback" not in response.text
+    assert any(request_id in record.getMessage() for record in caplog.records)

@@ -1,0 +1,66 @@
+"""`sppo keys create/list/revoke` and the dev key of `sppo run`, against a real migrated database."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.db import session_scope, upgrade_database
+from app.errors import AuthenticationError
+from app.services.keys import authenticate
+
+SPPO = str(Path(sys.executable).parent / "sppo")
+
+
+def _sppo(*args: str, db_url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SPPO_DATABASE_URL": db_url, "SPPO_DATA_DIR": str(data_dir)}
+    return subprocess.run([SPPO, *args], env=env, capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade_database(db_url)
+    created = _sppo("keys", "create", "--tenant", "acme", "--name", "ci", db_url=db_url, data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("sk-sppo-") and "shown only once" in created.stderr
+    with session_scope(db_url) as session:
+        assert authenticate(session, authorization=f"Bearer {key}").name == "acme"
+
+    listed = _sppo("keys", "list", db_url=db_url, data_dir=tmp_path)
+    key_id, tenant, prefix, state, name = listed.stdout.strip().split("\t")
+    assert (tenant, prefix, state, name) == ("acme", f"{key[:12]}...", "active", "ci")
+    assert key not in listed.stdout
+
+    assert _sppo("keys", "revoke", key_id, db_url=db_url, data_dir=tmp_path).returncode == 0
+    assert "revoked" in _sppo("keys", "list", "--tenant", "acme", db_url=db_url, data_dir=tmp_path).stdout
+    with session_scope(db_url) as session, pytest.raises(AuthenticationError):
+        authenticate(session, authorization=f"Bearer {key}")
+    missing = _sppo("keys", "revoke", "key-nope", db_url=db_url, data_dir=tmp_path)
+    assert missing.returncode == 1 and "key-nope" in missing.stderr
+
+
+def test_dev_key_is_stable_and_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.admin import ensure_dev_key
+
+    db_url = f"sqlite:///{tmp_path / 'dev.db'}"
+    upgrade_database(db_url)
+    monkeypatch.setenv("SPPO_DATABASE_URL", db_url)
+    from app.db import get_engine, get_sessionmaker
+    from app.settings import get_settings
+
+    for cached in (get_settings, get_engine, get_sessionmaker):
+        cached.cache_clear()
+    try:
+        key_file = tmp_path / "data" / "dev-api-key"
+        first = ensure_dev_key(key_file)
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert ensure_dev_key(key_file) == first
+        key_file.write_text("sk-sppo-stale\n")  # e.g. the database was reset: a new key replaces it
+        assert ensure_dev_key(key_file) != first
+    finally:
+        for cached in (get_settings, get_engine, get_sessionmaker):
+            cached.cache_clear()
