@@ -1,14 +1,18 @@
 """Probes, Prometheus metrics, the model listing and the error contract (request ids, no stack traces)."""
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.db import session_scope
 from app.main import create_app
+from app.models import FineTunedModel
 
-from .conftest import REGISTRY_MODEL, Server, assert_error
+from .conftest import REGISTRY_MODEL, Server, assert_error, method
 
 
 def test_health_ready_metrics(server: Server) -> None:
@@ -22,12 +26,39 @@ def test_health_ready_metrics(server: Server) -> None:
     assert "org-" not in text and "ftjob-" not in text and "file-" not in text  # templates, not ids
 
 
-def test_models_lists_registry_and_fixture(api: httpx.Client) -> None:
+def test_models_lists_registry_fixture_and_own_fine_tuned(
+    server: Server, api: httpx.Client, upload: Callable[..., dict[str, Any]]
+) -> None:
     models = api.get("/v1/models").json()
     assert models["object"] == "list"
     ids = [m["id"] for m in models["data"]]
     assert ids == ["sppo-tiny", REGISTRY_MODEL]  # "not-a-model" has no config.json
     assert all(m["object"] == "model" and m["owned_by"] == "system" for m in models["data"])
+
+    body = {"model": "sppo-tiny", "training_file": upload()["id"], "method": method()}
+    job = api.post("/v1/fine_tuning/jobs", json=body).json()
+    name = f"ft:sppo-tiny:{job['organization_id']}::{job['id']}"
+    with session_scope(server.db_url) as session:  # what the worker records when a job succeeds
+        session.add(
+            FineTunedModel(
+                id=name,
+                tenant_id=job["organization_id"],
+                job_id=job["id"],
+                base_model="sppo-tiny",
+                adapter_uri="x",
+            )
+        )
+    owned = api.get("/v1/models").json()["data"][-1]
+    assert owned["id"] == name and owned["owned_by"] == job["organization_id"]
+    with server.client(server.new_key()) as other:
+        assert name not in [m["id"] for m in other.get("/v1/models").json()["data"]]
+
+
+def test_invalid_json_body(api: httpx.Client) -> None:
+    response = api.post(
+        "/v1/fine_tuning/jobs", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert assert_error(response, 400)["code"] == "invalid_json"
 
 
 def test_unknown_route_and_request_id(server: Server) -> None:
