@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db import session_scope, upgrade_database
+from app.db import session_scope
 from app.services.keys import create_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     (registry / REGISTRY_MODEL / "config.json").write_text("{}")
     (registry / "not-a-model").mkdir()  # no config.json: must not be listed
     db_url = f"sqlite:///{data_dir / 'api.db'}"
-    upgrade_database(db_url)
     port = _free_port()
     env = {
         **os.environ,
@@ -78,6 +77,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
     }
+    # Exactly the documented deployment: `alembic upgrade head`, then `uvicorn app.main:app`.
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
     log_path = data_dir / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

@@ -1,16 +1,20 @@
 """Probes, Prometheus metrics, the model listing and the error contract (request ids, no stack traces)."""
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.api.deps import get_session
+from app.db import get_sessionmaker, session_scope
 from app.main import create_app
 from app.models import FineTunedModel
+from app.settings import Settings, get_settings
 
 from .conftest import REGISTRY_MODEL, Server, assert_error, method
 
@@ -80,10 +84,27 @@ def test_unexpected_error_is_500_with_request_id(caplog: pytest.LogCaptureFixtur
     def boom() -> None:
         raise RuntimeError("secret internal detail")
 
-    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+    # Not entered as a context manager: no lifespan, so no re-dispatch loop on the default database.
+    client = TestClient(app, raise_server_exceptions=False)
+    with caplog.at_level(logging.ERROR):
         response = client.get("/boom")
     error = assert_error(response, 500)
     request_id = response.headers["X-Request-ID"]
     assert request_id in error["message"]
     assert "secret internal detail" not in response.text and "Traceback" not in response.text
     assert any(request_id in record.getMessage() for record in caplog.records)
+
+
+def test_ready_is_503_when_redis_is_down(tmp_path: Path) -> None:
+    app = create_app()
+    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # type: ignore[arg-type]
+    app.dependency_overrides[get_settings] = lambda: settings
+
+    def session() -> Iterator[Session]:
+        with get_sessionmaker(settings.db_url)() as s:
+            yield s
+
+    app.dependency_overrides[get_session] = session
+    response = TestClient(app).get("/ready")
+    assert response.status_code == 503
+    assert response.json()["database"] == "ok" and response.json()["redis"].startswith("error")

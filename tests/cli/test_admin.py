@@ -64,3 +64,46 @@ def test_dev_key_is_stable_and_private(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         for cached in (get_settings, get_engine, get_sessionmaker):
             cached.cache_clear()
+
+
+def _start_run(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start `sppo run`; return the process and the dev key it prints."""
+    process = subprocess.Popen(
+        [SPPO, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    key = ""
+    for line in process.stdout:
+        if line.startswith("Dev API key"):
+            key = line.rsplit(" ", 1)[-1].strip()
+        if "Uvicorn running" in line or "Application startup complete" in line:
+            return process, key
+    pytest.fail("sppo run exited before the server started")
+
+
+def test_sppo_run_migrates_serves_and_keeps_the_dev_key(tmp_path: Path, redis_url: str) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url}
+    env.pop("SPPO_DATABASE_URL", None)
+    keys = []
+    for _ in range(2):
+        process, key = _start_run(env)
+        try:
+            response = httpx.get(
+                f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200 and response.json()["data"][0]["id"] == "sppo-tiny"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            assert process.stdout is not None
+            process.stdout.close()
+        keys.append(key)
+    assert keys[0] == keys[1] and keys[0].startswith("sk-sppo-")
+    assert (tmp_path / "sppo.db").exists()  # the default SQLite database under the data dir
