@@ -1,0 +1,222 @@
+"""The dashboard against a live server: sign-in, sessions and CSRF, tenant isolation, pages and the stream."""
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.models import ApiKey, MetricPoint
+from app.security import hash_api_key
+from app.services.keys import revoke_key
+
+from ..conftest import ITEM, Server, method
+from .conftest import Browser, csrf_of
+
+NewJob = Callable[..., dict[str, Any]]
+
+
+def job_status(api: httpx.Client, job_id: str) -> str:
+    return str(api.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"])
+
+
+def test_sign_in_keeps_the_key_out_of_cookie_and_pages(server: Server, key: str) -> None:
+    browser = Browser(server)
+    first = browser.get("/")
+    assert first.status_code == 303 and first.headers["location"] == "/login?next=/"
+
+    browser.csrf = csrf_of(browser.get("/login").text)
+    wrong = browser.post("/login", {"api_key": "sk-sppo-wrong", "next": "/"})
+    assert wrong.status_code == 401 and "Incorrect API key provided" in wrong.text
+
+    signed = browser.post("/login", {"api_key": key, "next": "//evil.example/"})
+    assert signed.status_code == 303 and signed.headers["location"] == "/"  # no open redirect
+    cookie = signed.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
+    assert key not in signed.headers["set-cookie"] and key.lower() not in cookie
+    page = browser.get("/")
+    assert page.status_code == 200 and key not in page.text and "Fine-tuning jobs" in page.text
+
+
+def test_revoked_key_ends_the_session(server: Server, browser: Browser, key: str) -> None:
+    assert browser.get("/").status_code == 200
+    with session_scope(server.db_url) as session:
+        key_id = session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key)))
+        assert key_id is not None
+        revoke_key(session, key_id=key_id)
+    assert browser.get("/").status_code == 303
+
+
+def test_jobs_list_filters_by_status_and_pages(browser: Browser, api: httpx.Client, new_job: NewJob) -> None:
+    older, newer = new_job(), new_job("grpo")
+    assert api.post(f"/v1/fine_tuning/jobs/{older['id']}/cancel").status_code == 200
+    page = browser.get("/").text
+    assert older["id"] in page and newer["id"] in page and "grpo" in page and "0/?" in page
+    cancelled = browser.get("/", params={"status": "cancelled"}).text
+    assert older["id"] in cancelled and newer["id"] not in cancelled
+    # Jobs created in the same second order by id: page after whichever the list shows first.
+    first, second = re.findall(r'data-job-id="([^"]+)"', page)
+    after = browser.get("/", params={"after": first}).text
+    assert second in after and first not in after
+    fragment = browser.get("/", headers={"HX-Request": "true"}).text
+    assert fragment.lstrip().startswith('<div id="jobs"') or 'id="jobs"' in fragment[:400]
+    assert "<html" not in fragment
+
+
+def test_job_page_controls_follow_the_state(browser: Browser, api: httpx.Client, new_job: NewJob) -> None:
+    job = new_job()
+    page = browser.get(f"/jobs/{job['id']}").text
+    assert job["id"] in page and "batch_size" in page and "string_check" in page
+    assert 'data-action="pause"' in page and 'data-action="cancel"' in page
+    assert 'data-action="resume"' not in page
+
+    assert browser.post(f"/jobs/{job['id']}/pause").status_code == 303
+    assert job_status(api, job["id"]) == "paused"
+    panel = browser.get(f"/ui/jobs/{job['id']}/panel").text
+    assert 'data-action="resume"' in panel and 'data-action="pause"' not in panel
+    assert 'hx-swap-oob="true"' in panel and "Job paused" in panel  # the event log refreshes too
+
+    assert browser.post(f"/jobs/{job['id']}/cancel").status_code == 303
+    finished = browser.get(f"/jobs/{job['id']}").text
+    assert job_status(api, job["id"]) == "cancelled"
+    assert "data-action=" not in finished and 'hx-trigger="every 2s"' not in finished
+    conflict = browser.post(f"/jobs/{job['id']}/resume")
+    assert conflict.status_code == 409 and "only a paused job can be resumed" in conflict.text
+
+
+def test_cancel_needs_the_session_cookie_and_its_csrf_token(
+    server: Server, browser: Browser, api: httpx.Client, new_job: NewJob
+) -> None:
+    job_id = new_job()["id"]
+    with httpx.Client(base_url=server.base_url) as stranger:  # no cookie at all
+        response = stranger.post(f"/jobs/{job_id}/cancel", data={"csrf_token": browser.csrf})
+        assert response.status_code in (401, 403)
+    bad = browser.http.post(f"/jobs/{job_id}/cancel", data={"csrf_token": "x" * 43})
+    assert bad.status_code == 403
+    missing = browser.http.post(f"/jobs/{job_id}/cancel")
+    assert missing.status_code == 403
+    wrong_header = browser.http.post(f"/jobs/{job_id}/cancel", headers={"X-CSRF-Token": "nope"})
+    assert wrong_header.status_code == 403
+    assert job_status(api, job_id) == "queued"
+
+    via_htmx = browser.http.post(
+        f"/jobs/{job_id}/cancel", headers={"X-CSRF-Token": browser.csrf, "HX-Request": "true"}
+    )
+    assert via_htmx.status_code == 204 and via_htmx.headers["hx-redirect"] == f"/jobs/{job_id}"
+    assert job_status(api, job_id) == "cancelled"
+
+
+def test_another_tenants_job_is_not_found(server: Server, api: httpx.Client, new_job: NewJob) -> None:
+    job_id = new_job()["id"]
+    other = Browser(server)
+    assert other.sign_in(server.new_key()).status_code == 303
+    for path in (f"/jobs/{job_id}", f"/ui/jobs/{job_id}/panel", f"/ui/jobs/{job_id}/stream"):
+        response = other.get(path)
+        assert response.status_code == 404, path
+        assert job_id in response.text and "<html" in response.text  # an HTML error page, not JSON
+    assert other.get("/compare", params={"job": job_id}).status_code == 404
+    assert other.post(f"/jobs/{job_id}/cancel").status_code == 404
+    assert job_id not in other.get("/").text
+    assert job_status(api, job_id) == "queued"
+
+
+def test_new_job_form_shows_the_api_messages(browser: Browser, api: httpx.Client) -> None:
+    bad_file = b'{"messages": []}\n'
+    api_error = api.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("bad.jsonl", bad_file)})
+    form = browser.post(
+        "/jobs/new", {"model": "sppo-tiny"}, files={"training_file_upload": ("bad.jsonl", bad_file)}
+    )
+    assert form.status_code == 400
+    assert api_error.json()["error"]["message"] in form.text.replace("&#39;", "'")
+
+    good = {"training_file_upload": ("train.jsonl", (ITEM * 2).encode())}
+    fields = {
+        "model": "sppo-tiny",
+        "algorithm": "grpo",
+        "grader_type": "string_check",
+        "grader_input": "{{sample.output_text}}",
+        "grader_reference": "{{item.answer}}",
+        "grader_operation": "eq",
+        "batch_size": "0",
+        "n_epochs": "auto",
+    }
+    rejected = browser.post("/jobs/new", fields, files=good)
+    file_id = api.get("/v1/files").json()["data"][0]["id"]
+    body = method(batch_size=0, n_epochs="auto")
+    body["reinforcement"]["algorithm"] = "grpo"
+    expected = api.post(
+        "/v1/fine_tuning/jobs", json={"model": "sppo-tiny", "training_file": file_id, "method": body}
+    )
+    assert rejected.status_code == 400 and expected.status_code == 400
+    assert expected.json()["error"]["message"] in rejected.text.replace("&#39;", "'")
+    assert 'class="field invalid"' in rejected.text
+    assert f'value="{file_id}" selected' in rejected.text  # the upload is kept for the corrected form
+
+    created = browser.post("/jobs/new", {**fields, "batch_size": "2", "training_file": file_id, "seed": "5"})
+    assert created.status_code == 303
+    job = api.get(f"/v1/fine_tuning/jobs/{created.headers['location'].rsplit('/', 1)[-1]}").json()
+    assert job["seed"] == 5 and job["method"]["reinforcement"]["algorithm"] == "grpo"
+    assert job["method"]["reinforcement"]["hyperparameters"] == {"batch_size": 2, "n_epochs": "auto"}
+
+
+def add_points(server: Server, job_id: str, steps: range) -> None:
+    """Step metrics as the worker persists them."""
+    with session_scope(server.db_url) as session:
+        for step in steps:
+            metrics = {"rollout/reward_mean": step / 10, "perf/elapsed_s": 2.0 * step}
+            session.add(MetricPoint(job_id=job_id, step=step, metrics=metrics))
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in response.text.split("\n\n"):
+        lines = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_stream_sends_new_steps_then_ends(
+    server: Server, browser: Browser, api: httpx.Client, new_job: NewJob
+) -> None:
+    job_id = new_job()["id"]
+    add_points(server, job_id, range(1, 4))
+    api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    response = browser.get(f"/ui/jobs/{job_id}/stream", params={"after": 1})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response)
+    assert [e for e, _ in events] == ["metrics", "metrics", "status", "end"]
+    assert [d["step"] for e, d in events if e == "metrics"] == [2, 3]
+    assert events[0][1] == {
+        "step": 2,
+        "t": 4.0,
+        "metrics": {"rollout/reward_mean": 0.2, "perf/elapsed_s": 4.0},
+    }
+    assert events[-1][1]["status"] == "cancelled"
+
+
+def test_compare_puts_jobs_on_one_chart(server: Server, browser: Browser, new_job: NewJob) -> None:
+    sppo, grpo = new_job("sppo"), new_job("grpo")
+    add_points(server, sppo["id"], range(1, 3))
+    add_points(server, grpo["id"], range(1, 4))
+    page = browser.get("/compare", params={"job": [sppo["id"], grpo["id"]]}).text
+    data = json.loads(
+        page.split('<script id="compare-data" type="application/json">')[1].split("</script>")[0]
+    )
+    assert [s["id"] for s in data] == [sppo["id"], grpo["id"]]
+    assert data[1]["label"].startswith("grpo") and data[1]["points"] == [
+        [1, 2.0, 0.1],
+        [2, 4.0, 0.2],
+        [3, 6.0, 0.3],
+    ]
+
+
+def test_sign_out_clears_the_session(browser: Browser) -> None:
+    response = browser.post("/logout")
+    assert response.status_code == 303 and "sppo_session=" in response.headers["set-cookie"]
+    assert browser.get("/").status_code == 303
