@@ -2,10 +2,11 @@
 
 import typer
 
-from cli import admin
+from cli import admin, worker
 
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 app.add_typer(admin.app)
+app.add_typer(worker.app)
 
 
 @app.command()
