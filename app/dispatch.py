@@ -13,20 +13,13 @@ from sqlalchemy.orm import Session
 
 from app.errors import ServiceUnavailable
 from app.models import Job, JobStatus, now
+from app.queues import CONTROL_TTL_S, EVALUATE_TASK, EVALUATION_QUEUE, TRAIN_QUEUE, TRAIN_TASK, control_key
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
-
-TRAIN_TASK = "sppo.train"
-TRAIN_QUEUE = "training"
-CONTROL_TTL_S = 7 * 24 * 3600  # a flag nobody read for a week belongs to a job that is long gone
-
-
-def control_key(job_id: str) -> str:
-    return f"sppo:jobs:{job_id}:control"
 
 
 @lru_cache
@@ -56,6 +49,18 @@ def send_training_task(settings: Settings, job_id: str) -> bool:
         log.warning(
             "could not dispatch job %s to the %s queue; it stays queued", job_id, TRAIN_QUEUE, exc_info=True
         )
+        return False
+    return True
+
+
+def send_evaluation_task(settings: Settings, evaluation_id: str) -> bool:
+    """Publish an evaluation task; False (logged) if the broker could not take it."""
+    try:
+        _celery(str(settings.redis_url)).send_task(
+            EVALUATE_TASK, args=[evaluation_id], queue=EVALUATION_QUEUE, retry=False
+        )
+    except Exception:  # the caller reports it; the evaluation row records the failure
+        log.warning("could not dispatch evaluation %s", evaluation_id, exc_info=True)
         return False
     return True
 

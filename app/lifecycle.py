@@ -7,10 +7,10 @@ can never both win. A transition that matches no row returns False: the caller l
 worker must then stop working on the job (this is what makes an immediate `cancelled` safe).
 """
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, JobStatus, now
@@ -42,11 +42,14 @@ def transition(
     message: str,
     level: str = "info",
     data: dict[str, Any] | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
     **values: Any,
 ) -> bool:
     """Move a job to `to` if its status is one of `expected`; write `message` as an event. Not committed.
 
     `values` are further columns set in the same UPDATE (e.g. `finished_at`, `worker_id`, `error_code`).
+    `where` adds guards to the same UPDATE, e.g. `Job.worker_id == me` so that a worker whose job was
+    requeued and claimed by another worker can no longer finish it.
     """
     stamp = now()
     if to in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled):
@@ -55,7 +58,7 @@ def transition(
         values.setdefault("started_at", stamp)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([str(s) for s in expected]))
+        .where(Job.id == job_id, Job.status.in_([str(s) for s in expected]), *where)
         .values(status=str(to), updated_at=stamp, **values)
         .execution_options(synchronize_session=False)
     )

@@ -7,31 +7,30 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
-from app.api.routes import files, health, jobs, models
+from app.api.routes import evaluations, files, health, jobs, metrics, models
 from app.db import get_sessionmaker
-from app.dispatch import dispatch_pending_jobs
 from app.errors import install_error_handlers
 from app.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from app.services.reaper import reap_once
 from app.settings import get_settings
 from app.web import install_dashboard
 
 log = logging.getLogger(__name__)
-REDISPATCH_INTERVAL_S = 30.0
 
 
-def _redispatch_once() -> None:
+def _reap_once() -> None:
     with get_sessionmaker()() as session:
-        dispatch_pending_jobs(session, settings=get_settings())
+        reap_once(session, settings=get_settings())
 
 
 async def _redispatch_loop() -> None:
-    """Queued jobs that missed the broker (it was down) are sent again once it is back."""
+    """Lost jobs are requeued, and queued jobs that missed the broker are sent again (app/services/reaper)."""
     while True:
         try:
-            await asyncio.to_thread(_redispatch_once)
+            await asyncio.to_thread(_reap_once)
         except Exception:  # keep the loop alive; the next round tries again
-            log.exception("re-dispatching queued jobs failed")
-        await asyncio.sleep(REDISPATCH_INTERVAL_S)
+            log.exception("recovering lost jobs failed")
+        await asyncio.sleep(get_settings().reaper_interval_s)
 
 
 @contextlib.asynccontextmanager
@@ -45,7 +44,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="SPPO Service", version="0.1.0", lifespan=lifespan)
     v1 = APIRouter(prefix="/v1")
-    for module in (files, jobs, models):
+    for module in (files, jobs, metrics, models, evaluations):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

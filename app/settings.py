@@ -40,6 +40,20 @@ class Settings(BaseSettings):
         description="Key that signs dashboard session cookies; default: a random one kept in "
         "data_dir/session-secret (0600), so sessions survive restarts of a single-machine install.",
     )
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a worker writes its running job's heartbeat."
+    )
+    heartbeat_lease_s: int = Field(
+        default=120,
+        ge=2,
+        description="A running job whose heartbeat is older than this is presumed lost and requeued.",
+    )
+    reaper_interval_s: float = Field(
+        default=15.0, gt=0, description="How often the API looks for lost jobs and undelivered tasks."
+    )
+    device: str | None = Field(
+        default=None, description="Worker device (cpu, cuda, cuda:1, mps); default: cuda when available."
+    )
     host: str = Field(default="127.0.0.1", description="Address `sppo serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `sppo serve` listens on.")
 
@@ -69,6 +83,18 @@ class Settings(BaseSettings):
     @property
     def safe_db_url(self) -> str:
         return make_url(self.db_url).render_as_string(hide_password=True)
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> "Settings":
+        # A lease shorter than two heartbeats would requeue healthy jobs.
+        if self.heartbeat_lease_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("SPPO_HEARTBEAT_LEASE_S must be at least twice SPPO_HEARTBEAT_INTERVAL_S")
+        return self
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Per-job working directories: engine checkpoints, final adapters, evaluation results."""
+        return self.data_dir / "jobs"
 
     @property
     def files_dir(self) -> Path:

@@ -95,18 +95,22 @@ def ensure_dev_key(key_file: Path) -> str:
 
 @app.command()
 def run() -> None:
-    """Everything for local use: migrate the database, ensure a dev API key, start the API.
+    """Everything for local use: Redis, database migrations, a dev API key, one worker, the API.
 
-    Each step is one call, so later steps (a Redis server, a worker) slot in as more lines here.
+    Each step is one call; Ctrl-C stops the API, then the worker and the Redis server it started.
     """
     from app.db import upgrade_database
     from app.settings import get_settings
+    from cli.stack import local_stack
 
     settings = get_settings()
-    upgrade_database(settings.db_url)
-    key = ensure_dev_key(settings.data_dir / DEV_KEY_FILE)
-    url = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"SPPO Service at {url}/v1  (docs: {url}/docs)")
-    typer.echo(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
-    typer.echo(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
-    serve(host=settings.host, port=settings.port)
+    with local_stack(settings.data_dir, str(settings.redis_url)):
+        get_settings.cache_clear()  # SPPO_REDIS_URL may now name the Redis started for this run
+        settings = get_settings()
+        upgrade_database(settings.db_url)
+        key = ensure_dev_key(settings.data_dir / DEV_KEY_FILE)
+        url = f"http://{settings.host}:{settings.port}"
+        typer.echo(f"SPPO Service at {url}/v1  (docs: {url}/docs)")
+        typer.echo(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
+        typer.echo(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
+        serve(host=settings.host, port=settings.port)

@@ -2,10 +2,11 @@
 
 import typer
 
-from cli import admin, evals, files, jobs
+from cli import admin, evals, files, jobs, worker
 
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 app.add_typer(admin.app)
+app.add_typer(worker.app)
 app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(evals.app, name="evals")

@@ -1,0 +1,53 @@
+"""`/v1/evaluations` (extension): score a base model, checkpoint or fine-tuned model on a file."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
+from app.schemas.common import ListPublic
+from app.schemas.evaluations import EvaluationCreate, EvaluationPublic
+from app.services import evaluations
+
+router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+
+
+@router.post("", response_model=EvaluationPublic)
+def create_evaluation(
+    session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, body: EvaluationCreate
+) -> EvaluationPublic:
+    created = evaluations.create_evaluation(session, settings=settings, tenant=tenant, request=body)
+    return EvaluationPublic.of(created)
+
+
+@router.get("", response_model=ListPublic[EvaluationPublic])
+def list_evaluations(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ListPublic[EvaluationPublic]:
+    rows, has_more = evaluations.list_evaluations(session, tenant=tenant, after=after, limit=limit)
+    return ListPublic.page(
+        [EvaluationPublic.of(e) for e in rows], has_more=has_more, ids=[e.id for e in rows]
+    )
+
+
+@router.get("/{evaluation_id}", response_model=EvaluationPublic)
+def retrieve_evaluation(session: SessionDep, tenant: CurrentTenant, evaluation_id: str) -> EvaluationPublic:
+    return EvaluationPublic.of(
+        evaluations.get_evaluation(session, tenant=tenant, evaluation_id=evaluation_id)
+    )
+
+
+@router.get("/{evaluation_id}/results", response_class=FileResponse)
+def evaluation_results(
+    session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, evaluation_id: str
+) -> FileResponse:
+    evaluation = evaluations.get_evaluation(session, tenant=tenant, evaluation_id=evaluation_id)
+    return FileResponse(
+        evaluations.results_path(settings, evaluation),
+        media_type="application/jsonl",
+        filename=f"{evaluation.id}-results.jsonl",
+    )

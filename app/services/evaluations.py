@@ -1,0 +1,123 @@
+"""Evaluations: validate, resolve the model to (base model, adapter), queue on the evaluation queue, read.
+
+The model name is resolved here, tenant-scoped, and the result is stored with the evaluation, so the
+worker never resolves a name a tenant could not see.
+"""
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import dispatch
+from app.errors import InvalidRequest, NotFound, ServiceUnavailable
+from app.models import Checkpoint, Evaluation, FineTunedModel, Job, JobStatus, Tenant, now
+from app.registry import find_base_model
+from app.schemas.evaluations import EvaluationCreate
+from app.schemas.method import template_fields
+from app.services.files import get_file
+from app.services.pagination import page
+from app.settings import Settings
+
+
+def resolve_model(
+    session: Session, *, settings: Settings, tenant: Tenant, name: str
+) -> tuple[str, str | None]:
+    """(base model name, adapter uri or None) for a base model, fine-tuned model or checkpoint name."""
+    if find_base_model(settings, name) is not None:
+        return name, None
+    fine_tuned = session.scalar(
+        select(FineTunedModel).where(FineTunedModel.id == name, FineTunedModel.tenant_id == tenant.id)
+    )
+    if fine_tuned is not None:
+        return fine_tuned.base_model, fine_tuned.adapter_uri
+    found = session.execute(
+        select(Job.model, Checkpoint.uri)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.fine_tuned_model_checkpoint == name, Job.tenant_id == tenant.id)
+    ).first()
+    if found is not None:
+        return found[0], found[1]
+    raise InvalidRequest(
+        f"Model '{name}' is not a base model, fine-tuned model or checkpoint you can use; "
+        "see GET /v1/models.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def create_evaluation(
+    session: Session, *, settings: Settings, tenant: Tenant, request: EvaluationCreate
+) -> Evaluation:
+    base_model, adapter_uri = resolve_model(session, settings=settings, tenant=tenant, name=request.model)
+    try:
+        file = get_file(session, tenant=tenant, file_id=request.file)
+    except NotFound:
+        raise InvalidRequest(f"No such file: '{request.file}'.", param="file", code="invalid_file") from None
+    for attr in ("input", "reference"):
+        missing = sorted(template_fields(getattr(request.grader, attr)) - set(file.item_fields))
+        if missing:
+            raise InvalidRequest(
+                f"Grader template references item field(s) {missing} that not every line of file "
+                f"'{file.id}' has (fields on every line: {list(file.item_fields)}).",
+                param=f"grader.{attr}",
+            )
+    if adapter_uri is not None and not _stored(settings, adapter_uri):
+        raise InvalidRequest(f"The adapter of '{request.model}' is no longer stored.", param="model")
+    evaluation = Evaluation(
+        tenant_id=tenant.id,
+        status=JobStatus.queued,
+        model=request.model,
+        file_id=file.id,
+        grader=request.grader.model_dump(mode="json"),
+        samples=request.samples,
+        params={
+            "temperature": request.temperature,
+            "max_response_tokens": request.max_response_tokens,
+            "base_model": base_model,
+            "adapter_uri": adapter_uri,
+        },
+        metadata_=request.metadata,
+    )
+    session.add(evaluation)
+    session.commit()
+    if not dispatch.send_evaluation_task(settings, evaluation.id):
+        evaluation.status = JobStatus.failed
+        evaluation.error_code = "queue_unreachable"
+        evaluation.error_message = (
+            "The evaluation queue (Redis) was unreachable; create the evaluation again."
+        )
+        evaluation.finished_at = now()
+        session.commit()
+        raise ServiceUnavailable(evaluation.error_message)
+    return evaluation
+
+
+def _stored(settings: Settings, uri: str) -> bool:
+    path = Path(uri)
+    return (path if path.is_absolute() else settings.data_dir / path).is_dir()
+
+
+def get_evaluation(session: Session, *, tenant: Tenant, evaluation_id: str) -> Evaluation:
+    evaluation = session.scalar(
+        select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.tenant_id == tenant.id)
+    )
+    if evaluation is None:
+        raise NotFound(f"No evaluation with id '{evaluation_id}'.", param="evaluation_id")
+    return evaluation
+
+
+def list_evaluations(
+    session: Session, *, tenant: Tenant, after: str | None, limit: int
+) -> tuple[list[Evaluation], bool]:
+    query = select(Evaluation).where(Evaluation.tenant_id == tenant.id)
+    return page(session, query, created=Evaluation.created_at, ident=Evaluation.id, after=after, limit=limit)
+
+
+def results_path(settings: Settings, evaluation: Evaluation) -> Path:
+    if evaluation.result_uri is None:
+        raise NotFound(f"Evaluation '{evaluation.id}' has no results yet.", param="evaluation_id")
+    path = settings.data_dir / evaluation.result_uri
+    if not path.is_file():
+        raise NotFound(f"The results of evaluation '{evaluation.id}' are no longer stored.")
+    return path

@@ -1,0 +1,123 @@
+"""A job's progress for clients: the metric series (DB), the live stream (Redis) and checkpoint adapters.
+
+The live stream is read with blocking `XREAD`s, so an idle stream costs one Redis round trip per
+`BLOCK_MS`, and the job's status is checked between reads: when the job has finished and everything it
+wrote has been sent, the stream ends with an `end` event carrying the final status.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import get_sessionmaker
+from app.errors import InvalidRequest, NotFound
+from app.models import FINISHED_STATUSES, Checkpoint, Job, MetricPoint, Tenant
+from app.services.jobs import get_job
+from app.settings import Settings
+from app.streams import metrics_stream_key
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 2000
+READ_COUNT = 500
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def list_metrics(
+    session: Session, *, tenant: Tenant, job_id: str, after_step: int | None, limit: int
+) -> tuple[list[MetricPoint], bool]:
+    """Metric points in step order, after `after_step`; returns (points, has_more)."""
+    get_job(session, tenant=tenant, job_id=job_id)
+    query = select(MetricPoint).where(MetricPoint.job_id == job_id)
+    if after_step is not None:
+        query = query.where(MetricPoint.step > after_step)
+    points = list(session.scalars(query.order_by(MetricPoint.step).limit(limit + 1)))
+    return points[:limit], len(points) > limit
+
+
+def check_stream_cursor(last_event_id: str | None) -> str:
+    """The stream id to read after: the client's Last-Event-ID, or the start of the stream."""
+    if last_event_id is None or last_event_id == "":
+        return "0-0"
+    if not _STREAM_ID.match(last_event_id):
+        raise InvalidRequest("Last-Event-ID must be an id sent by this stream.", param="Last-Event-ID")
+    return last_event_id
+
+
+def _job_status(job_id: str) -> str | None:
+    with get_sessionmaker()() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def _sse(event: str, data: str, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+async def metric_events(settings: Settings, *, job_id: str, cursor: str) -> AsyncIterator[str]:
+    """Server-Sent Events: one `metrics` event per stream record (id = stream id), then `end`."""
+    client = aioredis.Redis.from_url(str(settings.redis_url), socket_connect_timeout=2)
+    key = metrics_stream_key(job_id)
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            status = await asyncio.to_thread(_job_status, job_id)
+            finished = status is None or status in FINISHED_STATUSES
+            # A finished job wrote its last record before its final status: read what is left, no waiting.
+            block = None if finished else BLOCK_MS
+            batches: Any = await client.xread({key: cursor}, count=READ_COUNT, block=block)
+            records: list[tuple[bytes, dict[bytes, bytes]]] = batches[0][1] if batches else []
+            for entry_id, fields in records:
+                cursor = entry_id.decode()
+                yield _sse("metrics", fields[b"data"].decode(), cursor)
+            if finished and not records:
+                yield _sse("end", json.dumps({"status": status}))
+                return
+            if not records:
+                yield ": keep-alive\n\n"  # lets proxies and clients see the connection is alive
+    finally:
+        await client.aclose()
+
+
+def get_checkpoint(session: Session, *, tenant: Tenant, job_id: str, checkpoint_id: str) -> Checkpoint:
+    get_job(session, tenant=tenant, job_id=job_id)
+    checkpoint = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.id == checkpoint_id)
+    )
+    if checkpoint is None:
+        raise NotFound(f"No checkpoint '{checkpoint_id}' in job '{job_id}'.", param="checkpoint_id")
+    return checkpoint
+
+
+def adapter_archive(settings: Settings, checkpoint: Checkpoint) -> Path:
+    """A temporary .tar.gz of the checkpoint's peft adapter, as `<checkpoint id>/adapter_config.json, ...`.
+
+    Extract it and pass the folder to `peft.PeftModel.from_pretrained(base_model, folder)`. The caller
+    deletes the file once it is sent.
+    """
+    source = Path(checkpoint.uri)
+    source = source if source.is_absolute() else settings.data_dir / source
+    if not (source / "adapter_config.json").is_file():
+        raise NotFound(
+            f"The adapter of checkpoint '{checkpoint.id}' is no longer stored.", param="checkpoint_id"
+        )
+    fd, name = tempfile.mkstemp(prefix="sppo-adapter-", suffix=".tar.gz")
+    os.close(fd)
+    try:
+        with tarfile.open(name, "w:gz") as archive:
+            archive.add(source, arcname=checkpoint.id)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)

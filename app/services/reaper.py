@@ -1,0 +1,154 @@
+"""Recovery of lost work, run periodically by the API (see app/main.py) under a Redis lock.
+
+- A `running` job whose heartbeat is older than the lease lost its worker (killed, machine gone, network
+  split): it is requeued with `attempt + 1` and the next run resumes from its last checkpoint; after
+  `max_attempts` runs it fails with a clear error.
+- A `queued` job that never reached the broker (`dispatched_at` NULL) is sent again, and so is one whose
+  message the broker no longer holds (Redis restarted without persistence, or a flushed database).
+
+Why the API and not Celery beat: the API is always running when jobs exist, `make run` then needs no
+extra process, and the reaper's writes are the same guarded transitions as everyone else's, so several
+API processes reaping at once would be safe even without the lock (the lock only saves work).
+Every requeue is guarded by the stale heartbeat it observed, so a worker that heartbeats in the meantime
+keeps its job.
+"""
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import Session
+
+from app import dispatch
+from app.lifecycle import transition
+from app.models import Job, JobStatus, now
+from app.queues import TRAIN_QUEUE
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+S = JobStatus
+LOCK_KEY = "sppo:reaper:lock"
+UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker and not yet acknowledged
+PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: `<queue>\x06\x16<priority>` for priorities > 0
+
+
+@dataclass
+class ReapReport:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    redispatched: int = 0
+
+
+def _last_sign_of_life() -> ColumnElement[int]:
+    return func.coalesce(Job.heartbeat_at, Job.started_at, Job.updated_at)
+
+
+def reap_lost_jobs(session: Session, *, settings: Settings) -> ReapReport:
+    """Requeue (or fail, after max_attempts) running jobs whose heartbeat is older than the lease."""
+    report = ReapReport()
+    cutoff = now() - settings.heartbeat_lease_s
+    alive = _last_sign_of_life()
+    stale = session.execute(
+        select(Job.id, Job.attempt, Job.max_attempts, Job.worker_id).where(
+            Job.status == S.running,
+            alive < cutoff,
+        )
+    ).all()
+    for job_id, attempt, max_attempts, worker_id in stale:
+        guard = [alive < cutoff, Job.worker_id == worker_id]
+        silent = f"Worker {worker_id} stopped responding (no heartbeat for {settings.heartbeat_lease_s}s)"
+        if attempt >= max_attempts:
+            message = f"{silent}; the job failed after {attempt} attempt(s)."
+            done = transition(
+                session,
+                job_id=job_id,
+                expected=(S.running,),
+                to=S.failed,
+                message=message,
+                level="error",
+                where=guard,
+                error_code="worker_lost",
+                error_message=f"{message} Check the worker logs; it may run out of memory on this job.",
+                error_param=None,
+                estimated_finish=None,
+            )
+            if done:
+                report.failed.append(job_id)
+        else:
+            done = transition(
+                session,
+                job_id=job_id,
+                expected=(S.running,),
+                to=S.queued,
+                message=f"{silent}; requeued as attempt {attempt + 1} of {max_attempts}, "
+                "resuming from the last checkpoint",
+                level="warn",
+                where=guard,
+                attempt=Job.attempt + 1,
+                worker_id=None,
+                heartbeat_at=None,
+                dispatched_at=None,
+                estimated_finish=None,
+            )
+            if done:
+                report.requeued.append(job_id)
+        session.commit()
+    return report
+
+
+def broker_holds(client: "redis.Redis", job_id: str) -> bool:
+    """Whether a training message for `job_id` waits in the queue or is reserved by a worker.
+
+    Celery's message headers carry the task arguments as text (`argsrepr`), so a substring test finds it.
+    """
+    needle = job_id.encode()
+    queues = [TRAIN_QUEUE] + [f"{TRAIN_QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
+    for queue in queues:
+        if any(needle in message for message in client.lrange(queue, 0, -1)):
+            return True
+    return any(needle in message for message in client.hvals(UNACKED_KEY))
+
+
+def find_lost_messages(session: Session, *, settings: Settings, client: "redis.Redis") -> list[str]:
+    """Queued jobs dispatched a while ago whose message the broker no longer holds: mark them undispatched."""
+    cutoff = now() - settings.heartbeat_lease_s
+    candidates = session.scalars(
+        select(Job.id).where(Job.status == S.queued, Job.dispatched_at < cutoff)
+    ).all()
+    lost = [job_id for job_id in candidates if not broker_holds(client, job_id)]
+    if lost:
+        session.execute(
+            update(Job).where(Job.id.in_(lost), Job.status == S.queued).values(dispatched_at=None)
+        )
+        session.commit()
+        log.warning("the broker lost the messages of %d queued job(s); sending them again", len(lost))
+    return lost
+
+
+def reap_once(session: Session, *, settings: Settings) -> ReapReport:
+    """One round: lost running jobs, lost messages, undispatched jobs. Skipped while another API holds it."""
+    client = dispatch.redis_client(str(settings.redis_url))
+    lock = None
+    try:
+        lock = client.lock(LOCK_KEY, timeout=max(5.0, settings.reaper_interval_s * 2), blocking=False)
+        if not lock.acquire():
+            return ReapReport()
+    except redis.RedisError:
+        lock = None  # Redis down: the guarded writes make a lock-free round safe; dispatch waits for Redis
+    try:
+        report = reap_lost_jobs(session, settings=settings)
+        for job_id in report.requeued:
+            log.warning("requeued lost job %s", job_id)
+        for job_id in report.failed:
+            log.error("job %s failed: its worker was lost too often", job_id)
+        if lock is not None:
+            find_lost_messages(session, settings=settings, client=client)
+        report.redispatched = dispatch.dispatch_pending_jobs(session, settings=settings)
+        return report
+    finally:
+        if lock is not None:
+            with contextlib.suppress(redis.RedisError):  # expired or Redis gone: it times out on its own
+                lock.release()

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from worker.engine.config import RunConfig, model_defaults
+from worker.engine.errors import ConfigError
+from worker.engine.fixtures import FIXTURE_GRADER, Fixture
+
+GRADER = {
+    "type": "string_check",
+    "name": "x",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+}
+
+
+def base(tmp_path: Path) -> dict[str, object]:
+    return {"model": str(tmp_path), "train_file": "t.jsonl", "grader": GRADER, "output_dir": str(tmp_path)}
+
+
+def test_reference_defaults_without_model_defaults(tmp_path: Path) -> None:
+    config = RunConfig.from_dict(base(tmp_path))
+    assert config.learning_rate == 1e-6
+    assert config.clip_epsilon == 0.2
+    assert config.samples_per_prompt == 1
+
+
+def test_fixture_defaults_override_reference_and_job_overrides_both(tiny: Fixture, tmp_path: Path) -> None:
+    values = {**base(tmp_path), "model": str(tiny.model_dir), "grader": FIXTURE_GRADER, "batch_size": 8}
+    config = RunConfig.from_dict(values)
+    assert config.learning_rate == model_defaults(tiny.model_dir)["learning_rate"]
+    assert config.batch_size == 8
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    config = RunConfig.from_dict({**base(tmp_path), "algorithm": "grpo", "seed": 3})
+    config.to_yaml(tmp_path / "run.yaml")
+    assert RunConfig.from_yaml(tmp_path / "run.yaml") == config
+    assert config.samples_per_prompt == 8
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"algorithm": "dpo"}, "algorithm"),
+        ({"clip_epsilon": 1.5}, "clip_epsilon"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"critic": "shared_lora", "use_lora": False}, "critic"),
+        ({"algorithm": "grpo", "group_size": 1}, "group_size"),
+        ({"learnin_rate": 1.0}, "learnin_rate"),
+    ],
+)
+def test_invalid_values_name_the_param(tmp_path: Path, change: dict[str, object], param: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({**base(tmp_path), **change})
+    assert info.value.param == param
+    assert info.value.code == "invalid_config"
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    values = base(tmp_path)
+    del values["grader"]
+    with pytest.raises(ConfigError, match="grader"):
+        RunConfig.from_dict(values)

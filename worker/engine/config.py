@@ -1,0 +1,204 @@
+"""One typed configuration for a training run, loadable from YAML and validated with clear messages.
+
+Defaults are the reference values for real (1.5B-7B) models from ALGORITHMS.md. A model directory may
+carry `sppo_defaults.json` (the fixture does: tiny CPU models need far larger learning rates); those
+values override the reference defaults, and the job's own values override both.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.engine.errors import ConfigError
+
+ALGORITHM_NAMES = ("sppo", "grpo", "ppo")
+CRITIC_KINDS = ("separate", "shared_lora")
+DEFAULTS_FILE = "sppo_defaults.json"
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs. Paths may be relative to the working directory."""
+
+    model: str
+    """Base model directory (save_pretrained format: config, weights, tokenizer with a chat template)."""
+    train_file: str
+    """Training JSONL: {"messages": [{"role": "user", "content": ...}], "answer": ...} per line."""
+    grader: dict[str, Any]
+    """Grader spec, as taken by graders.build_grader (string_check, math or regex)."""
+    output_dir: str
+    """Checkpoints, metrics.jsonl and the final adapter go here; a run resumes from it."""
+    validation_file: str | None = None
+    """Validation JSONL scored every eval_interval steps (pass@1 greedy and avg@k sampled)."""
+    algorithm: str = "sppo"
+    """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE)."""
+    critic: str = "separate"
+    """sppo/ppo critic: `separate` (own model + head) or `shared_lora` (policy base + own LoRA + head)."""
+    critic_model: str | None = None
+    """Model directory of a `separate` critic (may be smaller than the policy); default: the policy model."""
+    use_lora: bool = True
+    """Train the policy as a LoRA adapter (peft); False trains all policy weights."""
+    lora_rank: int = 16
+    """LoRA rank r of the policy (and of a shared_lora critic)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps old log-probs equal to the training forward's."""
+    lora_target_modules: list[str] | str = "all-linear"
+    """Modules that get LoRA adapters: a list of names or peft's "all-linear"."""
+    learning_rate: float = 1e-6
+    """Actor learning rate (constant schedule)."""
+    critic_learning_rate: float = 5e-6
+    """Critic learning rate (constant schedule)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay for actor and critic."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping of actor and critic, each on its own."""
+    n_epochs: int = 1
+    """Passes over the training file; total steps = n_epochs * ceil(items / batch_size) unless max_steps."""
+    max_steps: int | None = None
+    """Stop after this many steps (overrides n_epochs)."""
+    batch_size: int = 256
+    """Prompts per step."""
+    group_size: int | None = None
+    """Samples per prompt; default from the algorithm (1 for sppo/ppo, 8 for grpo)."""
+    ppo_epochs: int = 1
+    """Passes over each step's samples."""
+    minibatch_size: int = 128
+    """Samples per optimizer update inside a PPO epoch."""
+    micro_batch_tokens: int = 65536
+    """Token budget of one forward/backward (gradient accumulation up to a minibatch); halved on OOM."""
+    clip_epsilon: float = 0.2
+    """PPO ratio clip range eps."""
+    kl_coef: float = 0.0
+    """Coefficient of a KL penalty to the base policy (off by default)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus (0 as in the paper)."""
+    value_clip: float = 0.2
+    """Clip range of the token-level PPO value loss."""
+    gae_gamma: float = 1.0
+    """PPO-GAE discount."""
+    gae_lambda: float = 0.95
+    """PPO-GAE lambda."""
+    grpo_scale_by_std: bool = True
+    """GRPO divides by the group's reward std; False is Dr. GRPO."""
+    temperature: float = 0.6
+    """Sampling temperature of rollouts (and of avg@k evaluation)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_response_tokens: int = 8192
+    """Most new tokens per response."""
+    eval_interval: int = 10
+    """Evaluate on validation_file every this many steps (and at the end)."""
+    eval_samples: int = 4
+    """k of avg@k."""
+    eval_max_items: int | None = None
+    """Score only the first N validation items (None: all)."""
+    checkpoint_interval: int = 10
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """Keep the last K checkpoints, plus the best one by validation score."""
+    seed: int = 0
+    """Seeds data order, sampling and initialisation; CPU runs are reproducible."""
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu" or "cuda[:i]"."""
+    health_entropy_floor: float = 0.01
+    """Warn when the mean token entropy falls below this (entropy collapse)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Free-form labels copied into metrics.jsonl's header (job id, tags)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def samples_per_prompt(self) -> int:
+        if self.group_size is not None:
+            return self.group_size
+        return 8 if self.algorithm == "grpo" else 1
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field that is out of range."""
+        _check(self.algorithm in ALGORITHM_NAMES, f"must be one of {', '.join(ALGORITHM_NAMES)}", "algorithm")
+        _check(self.critic in CRITIC_KINDS, f"must be one of {', '.join(CRITIC_KINDS)}", "critic")
+        _check(isinstance(self.grader, dict) and "type" in self.grader, "must be a grader spec", "grader")
+        _check(
+            self.critic != "shared_lora" or self.use_lora,
+            "a shared_lora critic needs a frozen base: set use_lora to true",
+            "critic",
+        )
+        for name in ("learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm"):
+            _check(getattr(self, name) > 0, "must be > 0", name)
+        for name in ("weight_decay", "kl_coef", "entropy_coef", "lora_dropout"):
+            _check(getattr(self, name) >= 0, "must be >= 0", name)
+        for name in ("clip_epsilon", "value_clip"):
+            _check(0 < getattr(self, name) < 1, "must be in (0, 1)", name)
+        for name in ("gae_gamma", "gae_lambda"):
+            _check(0 <= getattr(self, name) <= 1, "must be in [0, 1]", name)
+        _check(0 < self.top_p <= 1, "must be in (0, 1]", "top_p")
+        for name in (
+            "n_epochs", "batch_size", "ppo_epochs", "minibatch_size", "micro_batch_tokens",
+            "max_response_tokens", "eval_interval", "eval_samples", "checkpoint_interval",
+            "keep_checkpoints", "lora_rank",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, "must be an integer >= 1", name)
+        for name in ("max_steps", "group_size", "eval_max_items"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
+        _check(
+            self.algorithm != "grpo" or self.samples_per_prompt >= 2,
+            "grpo needs at least 2 samples per prompt to form a group baseline",
+            "group_size",
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Reference defaults <- the model's sppo_defaults.json <- `values`. Unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown field(s): {', '.join(unknown)}", unknown[0])
+        for required in ("model", "train_file", "grader", "output_dir"):
+            if required not in values:
+                raise ConfigError("is required", required)
+        merged = {k: v for k, v in model_defaults(values["model"]).items() if k in known}
+        merged.update(values)
+        try:
+            return cls(**merged)
+        except TypeError as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        try:
+            values = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read run config {path}: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of field names to values")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def model_defaults(model_dir: str | Path) -> dict[str, Any]:
+    """The recommended hyperparameters a model directory carries in sppo_defaults.json ({} if none)."""
+    path = Path(model_dir) / DEFAULTS_FILE
+    if not path.exists():
+        return {}
+    defaults = json.loads(path.read_text())
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path} must hold a JSON object", "model")
+    return defaults
+
+
+def _check(ok: bool, message: str, param: str) -> None:
+    if not ok:
+        raise ConfigError(f"{param} {message}", param)

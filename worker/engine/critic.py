@@ -1,0 +1,154 @@
+"""Value models. `sequence` level (SPPO): one logit per prompt from the hidden state of the last prompt
+token, so the critic never reads the response. `token` level (PPO-GAE): one value per response token.
+
+- SeparateCritic: its own backbone (AutoModel from any local model directory, possibly smaller than the
+  policy) plus a linear head, all trained.
+- SharedLoraCritic: the policy's frozen base through its own LoRA adapter "critic" plus a head; no second
+  copy of the base weights.
+"""
+
+import math
+from typing import Any, Literal, cast
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+from worker.engine.config import RunConfig
+from worker.engine.policy import active_adapter, lora_config, trainable_parameters
+
+Level = Literal["sequence", "token"]
+CRITIC_ADAPTER = "critic"
+
+
+class ValueHead(nn.Module):
+    """Linear head with zero weights, so the initial value is exactly its bias (init_from_success_rate)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        values: torch.Tensor = self.linear(hidden.float()).squeeze(-1)
+        return values
+
+
+class Critic(nn.Module):
+    """Shared forward logic; subclasses provide the backbone call and the trainable state."""
+
+    def __init__(self, hidden_size: int, level: Level) -> None:
+        super().__init__()
+        self.level: Level = level
+        self.head = ValueHead(hidden_size)
+
+    def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
+    ) -> torch.Tensor:
+        """Sequence level: value logits (B,) from the prompt alone. Token level: values (B, R)."""
+        values: torch.Tensor
+        if self.level == "sequence":
+            prompt_ids, prompt_mask = input_ids[:, :prompt_length], attention_mask[:, :prompt_length]
+            hidden = self.backbone(prompt_ids, prompt_mask)  # (B, P, H)
+            values = self.head(hidden[:, -1])  # (B,): prompts are left-padded, column P-1 is the last token
+            return values
+        hidden = self.backbone(input_ids, attention_mask)  # (B, P + R, H)
+        values = self.head(hidden[:, prompt_length - 1 : -1])  # (B, R): V(s_t) sits where y_t is predicted
+        return values
+
+    @torch.no_grad()
+    def init_from_success_rate(self, success_rate: float) -> None:
+        """Start at the measured success rate: a 0.5 start gives every failure A = -0.5 and collapses the
+        policy (ALGORITHMS.md). Sequence level predicts a logit, token level a value in [0, 1]."""
+        rate = min(max(success_rate, 0.02), 0.98)
+        self.head.linear.bias.fill_(math.log(rate / (1 - rate)) if self.level == "sequence" else rate)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding shifts positions
+
+
+class SeparateCritic(Critic):
+    def __init__(self, model_dir: str, level: Level, device: torch.device) -> None:
+        encoder = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        super().__init__(encoder.config.hidden_size, level)
+        self.encoder = encoder
+        self.head.to(device)
+
+    def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask)
+        )
+        hidden: torch.Tensor = output.last_hidden_state
+        return hidden
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "separate", "weights": self.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["weights"])
+
+
+class SharedLoraCritic(Critic):
+    def __init__(self, policy: PeftModel, config: RunConfig, level: Level, policy_params: list[nn.Parameter]):
+        base = cast(PreTrainedModel, policy.get_base_model())
+        super().__init__(base.config.hidden_size, level)
+        # a plain list keeps the policy out of this module's parameters and state_dict
+        self._policy = [policy]
+        policy.add_adapter(CRITIC_ADAPTER, lora_config(config))
+        self.head.to(next(policy.parameters()).device)
+        self.adapter_params = [p for n, p in policy.named_parameters() if f".{CRITIC_ADAPTER}." in n]
+        self._keep_trainable = policy_params + self.adapter_params
+        for parameter in self._keep_trainable:
+            parameter.requires_grad_(True)
+
+    def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        policy = self._policy[0]
+        with active_adapter(policy, CRITIC_ADAPTER, self._keep_trainable):
+            base = cast(PreTrainedModel, policy.get_base_model())
+            output = base.get_decoder()(  # type: ignore[no-untyped-call]
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask)
+            )
+        hidden: torch.Tensor = output.last_hidden_state
+        return hidden
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.adapter_params + trainable_parameters(self.head)
+
+    def state(self) -> dict[str, Any]:
+        adapter = get_peft_model_state_dict(self._policy[0], adapter_name=CRITIC_ADAPTER)
+        return {"kind": "shared_lora", "head": self.head.state_dict(), "adapter": adapter}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["head"])
+        set_peft_model_state_dict(self._policy[0], state["adapter"], adapter_name=CRITIC_ADAPTER)
+
+
+def build_critic(
+    config: RunConfig,
+    level: Level,
+    policy: nn.Module,
+    policy_params: list[nn.Parameter],
+    device: torch.device,
+) -> Critic:
+    if config.critic == "shared_lora":
+        assert isinstance(policy, PeftModel), "config validation guarantees a LoRA policy"
+        return SharedLoraCritic(policy, config, level, policy_params)
+    return SeparateCritic(config.critic_model or config.model, level, device)

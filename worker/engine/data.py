@@ -1,0 +1,101 @@
+"""Training data: JSONL items -> chat-templated prompt ids, and a deterministic, resumable sampler."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from worker.engine.errors import DataFileError
+
+
+def load_items(path: str | Path, param: str = "training_file") -> list[dict[str, Any]]:
+    """Read a JSONL file of {"messages": [...], ...} items; errors name the offending line."""
+    items: list[dict[str, Any]] = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DataFileError(f"cannot read {path}: {exc}", param) from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(f"line {number} of {path} is not valid JSON: {exc.msg}", param) from exc
+        messages = item.get("messages") if isinstance(item, dict) else None
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        ):
+            raise DataFileError(
+                f'line {number} of {path} needs "messages": a non-empty list of '
+                '{"role": ..., "content": ...} objects',
+                param,
+            )
+        items.append(item)
+    if not items:
+        raise DataFileError(f"{path} holds no items", param)
+    return items
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, items: list[dict[str, Any]]) -> list[list[int]]:
+    """Each item's messages through the model's chat template, ready for the assistant's turn."""
+    prompts: list[list[int]] = []
+    for item in items:
+        text = tokenizer.apply_chat_template(item["messages"], add_generation_prompt=True, tokenize=False)
+        # the template already holds the special tokens (BOS); adding them again would double them
+        prompts.append(list(tokenizer(str(text), add_special_tokens=False)["input_ids"]))
+    return prompts
+
+
+@dataclass
+class SamplerState:
+    epoch: int = 0
+    position: int = 0
+
+
+class PromptSampler:
+    """Batches of item indices: a fresh seeded permutation each epoch, resumable from (epoch, position).
+
+    A batch never straddles epochs: the last, shorter part of an epoch is topped up from the next one,
+    so every step sees exactly `batch_size` prompts.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int) -> None:
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.state = SamplerState()
+
+    def _order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return [int(i) for i in torch.randperm(self.num_items, generator=generator)]
+
+    def next_batch(self) -> list[int]:
+        batch: list[int] = []
+        while len(batch) < self.batch_size:
+            order = self._order(self.state.epoch)
+            take = order[self.state.position : self.state.position + self.batch_size - len(batch)]
+            batch.extend(take)
+            self.state.position += len(take)
+            if self.state.position >= self.num_items:
+                self.state = SamplerState(epoch=self.state.epoch + 1, position=0)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.state.epoch, "position": self.state.position, "num_items": self.num_items}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["num_items"] != self.num_items:
+            raise DataFileError(
+                f"the checkpoint was written for {state['num_items']} training items, the file has "
+                f"{self.num_items}: resume with the same training file"
+            )
+        self.state = SamplerState(epoch=state["epoch"], position=state["position"])

@@ -1,0 +1,81 @@
+"""Loading the policy: a base model from a local directory, trained as a LoRA adapter or in full."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from worker.engine.config import RunConfig
+from worker.engine.errors import ModelNotFoundError
+
+POLICY_ADAPTER = "default"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    if not (Path(model_dir) / "config.json").exists():
+        raise ModelNotFoundError(f"no model found at {model_dir} (expected a save_pretrained directory)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # never trust_remote_code
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ModelNotFoundError(f"the tokenizer at {model_dir} has no chat template")
+    return tokenizer
+
+
+def load_base_model(model_dir: str | Path, device: torch.device) -> PreTrainedModel:
+    if not (Path(model_dir) / "config.json").exists():
+        raise ModelNotFoundError(f"no model found at {model_dir} (expected a save_pretrained directory)")
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device)  # type: ignore[arg-type]
+    return model
+
+
+def lora_config(config: RunConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_policy(config: RunConfig, device: torch.device) -> nn.Module:
+    """The trainable policy: a PeftModel with the LoRA adapter "default", or the full base model."""
+    base = load_base_model(config.model, device)
+    if not config.use_lora:
+        return base
+    return get_peft_model(base, lora_config(config), adapter_name=POLICY_ADAPTER)
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+@contextmanager
+def active_adapter(model: PeftModel, name: str, keep_trainable: list[nn.Parameter]) -> Iterator[None]:
+    """Run with adapter `name` active, then switch back to the policy's adapter.
+
+    peft's set_adapter also freezes every inactive adapter; the policy and a shared_lora critic both
+    train, so their parameters get requires_grad back after each switch.
+    """
+    model.set_adapter(name)
+    for parameter in keep_trainable:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        model.set_adapter(POLICY_ADAPTER)
+        for parameter in keep_trainable:
+            parameter.requires_grad_(True)

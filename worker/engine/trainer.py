@@ -1,0 +1,355 @@
+"""The training loop: rollout -> rewards -> advantages -> PPO epochs -> metrics -> evaluation -> checkpoint.
+
+`run_training(config, callbacks)` is the one entry point; the Celery worker and `sppo train` both call it.
+It resumes from the latest complete checkpoint under `config.output_dir`, so a restarted job continues
+exactly where the last checkpoint left it.
+"""
+
+import json
+import logging
+import math
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+
+from worker.engine.algorithms import AdvantageInputs, get_algorithm
+from worker.engine.batching import micro_batches
+from worker.engine.callbacks import StartInfo, TrainerCallbacks, TrainingResult
+from worker.engine.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune,
+    remove_incomplete,
+    rng_state,
+    save_checkpoint,
+    save_policy,
+    set_rng_state,
+)
+from worker.engine.config import RunConfig
+from worker.engine.critic import Critic, build_critic
+from worker.engine.data import PromptSampler, encode_prompts, load_items
+from worker.engine.evaluate import completions, evaluate_policy
+from worker.engine.graders import build_grader
+from worker.engine.health import HealthMonitor, fingerprint
+from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
+from worker.engine.rollout import GenerationInterrupted, Rollout, generate, response_logprobs
+from worker.engine.update import Optimizers, PPOUpdate, StepBatch
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _constant(_: int) -> float:
+    return 1.0
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, callbacks: TrainerCallbacks) -> None:
+        self.config, self.callbacks = config, callbacks
+        self.output_dir = Path(config.output_dir)
+        seed_everything(config.seed)
+        self.device = resolve_device(config.device)
+        self.algorithm = get_algorithm(config.algorithm)
+        self.grader = build_grader(config.grader)
+        self.tokenizer = load_tokenizer(config.model)
+        self.items = load_items(config.train_file)
+        self.prompts = encode_prompts(self.tokenizer, self.items)
+        self.val_items = (
+            load_items(config.validation_file, "validation_file")[: config.eval_max_items]
+            if config.validation_file
+            else []
+        )
+        self.sampler = PromptSampler(len(self.items), config.batch_size, config.seed)
+        self.total_steps = config.max_steps or config.n_epochs * math.ceil(
+            len(self.items) / config.batch_size
+        )
+        self.policy = load_policy(config, self.device)
+        actor_params = trainable_parameters(self.policy)
+        self.critic: Critic | None = None
+        if self.algorithm.critic is not None:
+            self.critic = build_critic(config, self.algorithm.critic, self.policy, actor_params, self.device)
+        critic_params = self.critic.trainable_parameters() if self.critic is not None else []
+        actor_opt = torch.optim.AdamW(actor_params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        critic_opt = (
+            torch.optim.AdamW(critic_params, lr=config.critic_learning_rate, weight_decay=config.weight_decay)
+            if critic_params
+            else None
+        )
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, _constant) for o in (actor_opt, critic_opt) if o]
+        self.opt = Optimizers(actor_opt, actor_params, critic_opt, critic_params, schedulers)
+        self.update = PPOUpdate(
+            self.policy,
+            self.critic,
+            self.algorithm,
+            self.opt,
+            temperature=config.temperature,
+            clip_epsilon=config.clip_epsilon,
+            kl_coef=config.kl_coef,
+            entropy_coef=config.entropy_coef,
+            value_clip=config.value_clip,
+            max_grad_norm=config.max_grad_norm,
+            micro_batch_tokens=config.micro_batch_tokens,
+            on_warning=lambda message: self.callbacks.on_event("warning", message, None),
+        )
+        self.health = HealthMonitor(config.health_entropy_floor)
+        self.step = 0
+        self.elapsed_before = 0.0  # seconds spent in earlier attempts of this run (resume)
+        self.counters = {"samples": 0.0, "tokens": 0.0}
+        self.best: tuple[int, float] | None = None  # (step, eval/pass@1)
+        self.last_eval: dict[str, float] = {}
+
+    # ---- state -----------------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "actor_optimizer": self.opt.actor.state_dict(),
+            "critic_optimizer": self.opt.critic.state_dict() if self.opt.critic else None,
+            "schedulers": [s.state_dict() for s in self.opt.schedulers],
+            "rng": rng_state(),
+            "sampler": self.sampler.state_dict(),
+            "health": self.health.state_dict(),
+            "counters": dict(self.counters),
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
+            "best": self.best,
+            "last_eval": self.last_eval,
+            "micro_batch_tokens": self.update.micro_batch_tokens,
+        }
+
+    def resume(self) -> None:
+        remove_incomplete(self.output_dir)
+        found = list_checkpoints(self.output_dir)
+        if not found:
+            return
+        step, path = found[-1]
+        critic_state, state = load_checkpoint(path, self.policy)
+        if self.critic is not None and critic_state is not None:
+            self.critic.load_state(critic_state)
+        self.opt.actor.load_state_dict(state["actor_optimizer"])
+        if self.opt.critic is not None:
+            self.opt.critic.load_state_dict(state["critic_optimizer"])
+        for scheduler, scheduler_state in zip(self.opt.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(scheduler_state)
+        self.sampler.load_state_dict(state["sampler"])
+        self.health.load_state_dict(state["health"])
+        self.counters, self.elapsed_before = state["counters"], state["elapsed_s"]
+        self.best, self.last_eval = state["best"], state["last_eval"]
+        self.update.micro_batch_tokens = state["micro_batch_tokens"]
+        set_rng_state(state["rng"])
+        self.step = step
+        self._truncate_metrics(step)
+        self.callbacks.on_event("info", f"resumed from checkpoint at step {step}", {"path": str(path)})
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines a crashed attempt wrote after its last checkpoint."""
+        path = self.output_dir / "metrics.jsonl"
+        if path.exists():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    def checkpoint(self, metrics: dict[str, float]) -> Path:
+        critic_state = self.critic.state() if self.critic is not None else None
+        path = save_checkpoint(
+            self.output_dir, self.step, self.policy, critic_state, self.trainer_state(), metrics
+        )
+        prune(self.output_dir, self.config.keep_checkpoints, self.best[0] if self.best else None)
+        self.callbacks.on_checkpoint(self.step, path, metrics)
+        return path
+
+    # ---- one step --------------------------------------------------------------------------------
+    def collect(self, item_indices: list[int]) -> tuple[Rollout, torch.Tensor, list[int]]:
+        """group_size responses per prompt, scored: (rollout, rewards (B,), item index of each row)."""
+        rows = [i for i in item_indices for _ in range(self.config.samples_per_prompt)]
+        rollout = generate(
+            self.policy,
+            [self.prompts[i] for i in rows],
+            pad_id=self.tokenizer.pad_token_id,
+            eos_id=self.tokenizer.eos_token_id,
+            max_new_tokens=self.config.max_response_tokens,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            token_budget=self.config.micro_batch_tokens,
+            control=self.callbacks.control,
+        )
+        texts = completions(self.tokenizer, rollout)
+        rewards = torch.tensor(
+            [self.grader(self.items[i], text) for i, text in zip(rows, texts, strict=True)]
+        )
+        return rollout, rewards.to(self.device), rows
+
+    @torch.no_grad()
+    def critic_values(self, rollout: Rollout) -> torch.Tensor | None:
+        if self.critic is None:
+            return None
+        budget = self.update.micro_batch_tokens
+        chunks = [
+            self.critic(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
+            for rows in micro_batches(rollout.input_ids.shape[0], rollout.input_ids.shape[1], budget)
+        ]
+        return torch.cat(chunks)  # (B,) logits or (B, R) values
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
+        """Log-probs of the base model for the KL penalty: the policy with its adapter switched off."""
+        if self.config.kl_coef == 0:
+            return None
+        if not isinstance(self.policy, PeftModel):
+            raise NotImplementedError("a KL penalty needs a LoRA policy (its base is the reference)")
+        with self.policy.disable_adapter():
+            logprobs, _ = response_logprobs(
+                self.policy,
+                rollout.input_ids,
+                rollout.attention_mask,
+                rollout.prompt_length,
+                self.config.temperature,
+            )
+        return logprobs
+
+    def train_step(self) -> dict[str, float]:
+        started = time.perf_counter()
+        rollout, rewards, rows = self.collect(self.sampler.next_batch())
+        rollout_s = time.perf_counter() - started
+        if self.step == 0 and self.critic is not None:
+            self.critic.init_from_success_rate(rewards.mean().item())
+        values = self.critic_values(rollout)
+        mask = rollout.response_mask
+        advantages, returns = self.algorithm.compute_advantages(
+            AdvantageInputs(
+                rewards=rewards,
+                response_mask=mask,
+                group_index=torch.tensor(rows, device=self.device),
+                values=values,
+                gamma=self.config.gae_gamma,
+                lam=self.config.gae_lambda,
+                grpo_scale_by_std=self.config.grpo_scale_by_std,
+            )
+        )
+        batch = StepBatch(
+            rollout,
+            advantages,
+            returns,
+            values if self.algorithm.critic == "token" else None,
+            self.reference_logprobs(rollout),
+        )
+        before = fingerprint(self.opt.actor_params + self.opt.critic_params)
+        train_started = time.perf_counter()
+        metrics = self.update.run(batch, self.config.ppo_epochs, self.config.minibatch_size)
+        train_s = time.perf_counter() - train_started
+        self.step += 1
+        samples, tokens = rewards.shape[0], int(rollout.attention_mask.sum())
+        self.counters["samples"] += samples
+        self.counters["tokens"] += tokens
+        metrics.update(
+            {
+                "rollout/reward_mean": rewards.mean().item(),
+                "rollout/accuracy": (rewards >= 1.0).float().mean().item(),
+                "rollout/response_length_mean": mask.sum(-1).mean().item(),
+                "train/advantage_abs_mean": (advantages.abs() * mask).sum().item()
+                / max(1.0, mask.sum().item()),
+                "train/lr": self.opt.actor.param_groups[0]["lr"],
+                "perf/samples": self.counters["samples"],
+                "perf/tokens": self.counters["tokens"],
+                "perf/tokens_per_s": tokens / (time.perf_counter() - started),
+                "perf/rollout_s": rollout_s,
+                "perf/train_s": train_s,
+                "perf/peak_memory_mb": peak_memory_mb(self.device),
+            }
+        )
+        health, warnings = self.health.after_step(
+            advantages,
+            mask,
+            metrics["train/entropy"],
+            metrics["rollout/reward_mean"],
+            before,
+            fingerprint(self.opt.actor_params + self.opt.critic_params),
+        )
+        metrics.update(health)
+        for message, data in warnings:
+            self.callbacks.on_event("warning", message, data)
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        result = evaluate_policy(
+            self.policy,
+            self.tokenizer,
+            self.val_items,
+            self.grader,
+            samples=self.config.eval_samples,
+            temperature=self.config.temperature,
+            max_response_tokens=self.config.max_response_tokens,
+            top_p=self.config.top_p,
+            token_budget=self.update.micro_batch_tokens,
+            control=self.callbacks.control,
+        )
+        scores = result.scores()
+        health, warnings = self.health.after_eval(result.pass_at_1)
+        for message, data in warnings:
+            self.callbacks.on_event("warning", message, data)
+        if self.best is None or result.pass_at_1 > self.best[1]:
+            self.best = (self.step, result.pass_at_1)
+        return {**scores, **health}
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def run(self) -> TrainingResult:
+        self.started = time.perf_counter()
+        self.resume()
+        self.callbacks.on_start(StartInfo(self.total_steps, self.step, self.output_dir))
+        metrics: dict[str, float] = {}
+        while self.step < self.total_steps:
+            signal = self.callbacks.control()
+            at_step_start = (rng_state(), self.sampler.state_dict())
+            try:
+                if signal != "continue":
+                    raise GenerationInterrupted(signal)
+                metrics = self.train_step()
+                due = self.step % self.config.eval_interval == 0 or self.step == self.total_steps
+                if self.val_items and due:
+                    self.last_eval = self.evaluate()
+                    metrics.update(self.last_eval)
+                    self.callbacks.on_evaluation(self.step, self.last_eval)
+            except GenerationInterrupted as interrupted:
+                set_rng_state(at_step_start[0])  # the unfinished step never happened
+                self.sampler.load_state_dict(at_step_start[1])
+                return self.stop(interrupted.signal, metrics)
+            metrics["perf/elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
+            with (self.output_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            self.callbacks.on_step(self.step, metrics)
+            if self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps:
+                self.checkpoint(metrics)
+        final_dir = save_policy(self.policy, self.output_dir / "final")
+        return self.result("completed", metrics, final_dir)
+
+    def stop(self, signal: str, metrics: dict[str, float]) -> TrainingResult:
+        if signal == "pause":
+            self.checkpoint(metrics)
+            return self.result("paused", metrics, None)
+        return self.result("cancelled", metrics, None)
+
+    def result(self, status: Any, metrics: dict[str, float], final_dir: Path | None) -> TrainingResult:
+        checkpoints = [path for _, path in list_checkpoints(self.output_dir)]
+        return TrainingResult(
+            status, self.step, self.total_steps, metrics, self.last_eval, final_dir, checkpoints
+        )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_training(config: RunConfig, callbacks: TrainerCallbacks | None = None) -> TrainingResult:
+    """Train (or resume) the run described by `config`; see TrainerCallbacks for reporting and control."""
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    config.to_yaml(Path(config.output_dir) / "config.yaml")
+    return Trainer(config, callbacks or TrainerCallbacks()).run()

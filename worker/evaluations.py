@@ -1,0 +1,86 @@
+"""Run one evaluation: claim it (queued → running), score the model with the engine, record the scores and
+the per-item results (JSONL under the data dir), or the error a user can act on."""
+
+import json
+import logging
+
+from sqlalchemy import update
+
+from app.db import get_sessionmaker
+from app.models import Evaluation, File, JobStatus, now
+from app.settings import Settings
+from worker.engine.errors import EngineError
+from worker.engine.evaluate import evaluate
+from worker.runconfig import base_model_dir
+from worker.training import INTERNAL_ERROR
+
+log = logging.getLogger(__name__)
+
+S = JobStatus
+DEFAULT_MAX_RESPONSE_TOKENS = 1024
+
+
+def _set(evaluation_id: str, expected: JobStatus, **values: object) -> bool:
+    with get_sessionmaker()() as session:
+        result = session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id, Evaluation.status == expected)
+            .values(**values)
+        )
+        session.commit()
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
+    """Claim and run an evaluation; returns the outcome for the log ("dropped" when it was not queued)."""
+    if not _set(evaluation_id, S.queued, status=S.running):
+        log.info("evaluation %s is not queued (duplicate or stale message); dropped", evaluation_id)
+        return "dropped"
+    with get_sessionmaker()() as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        file = session.get(File, evaluation.file_id)
+    params = evaluation.params
+    try:
+        if file is None:
+            raise EngineError("invalid_file", f"File '{evaluation.file_id}' no longer exists.", "file")
+        adapter = params.get("adapter_uri")
+        model_dir = base_model_dir(settings, params["base_model"])
+        defaults_tokens = params.get("max_response_tokens") or DEFAULT_MAX_RESPONSE_TOKENS
+        result = evaluate(
+            model_dir,
+            None if adapter is None else settings.data_dir / adapter,
+            settings.data_dir / file.storage_uri,
+            evaluation.grader,
+            samples=evaluation.samples,
+            temperature=float(params.get("temperature", 1.0)),
+            max_response_tokens=int(defaults_tokens),
+            device=settings.device or "auto",
+        )
+    except Exception as exc:
+        code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else INTERNAL_ERROR
+        if not isinstance(exc, EngineError):
+            log.exception("evaluation %s failed unexpectedly", evaluation_id)
+        _set(
+            evaluation_id,
+            S.running,
+            status=S.failed,
+            error_code=code,
+            error_message=message,
+            finished_at=now(),
+        )
+        return "failed"
+    target = settings.jobs_dir / "evaluations" / f"{evaluation_id}.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as handle:
+        for item in result.items:
+            handle.write(json.dumps(item) + "\n")
+    _set(
+        evaluation_id,
+        S.running,
+        status=S.succeeded,
+        scores=result.scores(),
+        result_uri=str(target.relative_to(settings.data_dir)),
+        finished_at=now(),
+    )
+    return "succeeded"

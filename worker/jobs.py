@@ -1,0 +1,193 @@
+"""A job's lifecycle as a worker writes it: claim, succeed (model, adapter, result file), fail, pause.
+
+Each function is one guarded transition (app/lifecycle.py) in one transaction: a claim only takes a
+`queued` job, and every later write also requires `worker_id = me`, so a worker whose job was cancelled,
+or requeued by the reaper and claimed by another worker, can never overwrite its outcome.
+"""
+
+import csv
+import hashlib
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from app.lifecycle import transition
+from app.models import File, FineTunedModel, Job, JobStatus, MetricPoint, Tenant, new_id, now
+from app.settings import Settings
+
+S = JobStatus
+RESULTS_PURPOSE = "fine-tune-results"  # OpenAI's purpose for a job's result file
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_job(session: Session, *, job_id: str, worker_id: str) -> Job | None:
+    """queued → running for this worker; None when the job is not queued (a duplicate or stale message)."""
+    claimed = transition(
+        session,
+        job_id=job_id,
+        expected=(S.queued,),
+        to=S.running,
+        message=f"Job started on worker {worker_id}",
+        worker_id=worker_id,
+        heartbeat_at=now(),
+        # The reaper counts attempts when it requeues; the first run is attempt 1.
+        attempt=case((Job.attempt < 1, 1), else_=Job.attempt),
+        started_at=func.coalesce(Job.started_at, now()),  # a resumed job keeps its first start time
+        estimated_finish=None,
+    )
+    if not claimed:
+        session.rollback()
+        return None
+    session.commit()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _mine(worker_id: str) -> list[Any]:
+    return [Job.worker_id == worker_id]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "org"
+
+
+def fine_tuned_model_name(session: Session, job: Job) -> str:
+    """`ft:<base>:<tenant>:<suffix>:<job-id>`, OpenAI's naming (an empty suffix leaves its field empty)."""
+    tenant = session.get(Tenant, job.tenant_id)
+    return f"ft:{job.model}:{_slug(tenant.name if tenant else job.tenant_id)}:{job.suffix or ''}:{job.id}"
+
+
+def _metrics_csv(session: Session, *, settings: Settings, job: Job) -> File:
+    """The step metrics as CSV, stored as a file of the tenant (OpenAI's `result_files`)."""
+    points = session.execute(
+        select(MetricPoint.step, MetricPoint.metrics)
+        .where(MetricPoint.job_id == job.id)
+        .order_by(MetricPoint.step)
+    ).all()
+    names = sorted({name for _, metrics in points for name in metrics})
+    file_id = new_id("file")
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.files_dir / f"{file_id}.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *names])
+        for step, metrics in points:
+            writer.writerow([step, *(metrics.get(name, "") for name in names)])
+    data = path.read_bytes()
+    file = File(
+        id=file_id,
+        tenant_id=job.tenant_id,
+        filename=f"{job.id}-metrics.csv",
+        purpose=RESULTS_PURPOSE,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        storage_uri=str(path.relative_to(settings.data_dir)),
+        line_count=len(points),
+        item_fields=[],
+    )
+    session.add(file)
+    return file
+
+
+def relative_uri(settings: Settings, path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(settings.data_dir)) if path.is_relative_to(settings.data_dir) else str(path)
+
+
+def succeed_job(
+    session: Session,
+    *,
+    settings: Settings,
+    job: Job,
+    worker_id: str,
+    model_name: str,
+    adapter_dir: Path,
+    final_step: int,
+    trained_tokens: int,
+    final_eval: dict[str, float],
+) -> bool:
+    """running → succeeded with the fine-tuned model registered and the metrics CSV as a result file."""
+    result_file = _metrics_csv(session, settings=settings, job=job)
+    session.add(
+        FineTunedModel(
+            id=model_name,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            base_model=job.model,
+            adapter_uri=relative_uri(settings, adapter_dir),
+        )
+    )
+    session.flush()
+    done = transition(
+        session,
+        job_id=job.id,
+        expected=(S.running,),
+        to=S.succeeded,
+        message="The job has successfully completed",
+        data={"fine_tuned_model": model_name, "step": final_step, **final_eval},
+        where=_mine(worker_id),
+        fine_tuned_model=model_name,
+        result_files=[result_file.id],
+        current_step=final_step,
+        trained_tokens=trained_tokens,
+        estimated_finish=None,
+    )
+    if not done:
+        session.rollback()
+        (settings.data_dir / result_file.storage_uri).unlink(missing_ok=True)
+        return False
+    session.commit()
+    return True
+
+
+def fail_job(
+    session: Session, *, job_id: str, worker_id: str | None, code: str, message: str, param: str | None
+) -> bool:
+    """running → failed with an error a user can act on. `worker_id=None` fails a job no worker holds."""
+    guard = _mine(worker_id) if worker_id is not None else []
+    done = transition(
+        session,
+        job_id=job_id,
+        expected=(S.running,) if worker_id is not None else (S.queued, S.running),
+        to=S.failed,
+        message=f"Job failed: {message}",
+        level="error",
+        data={"code": code, "param": param},
+        where=guard,
+        error_code=code,
+        error_message=message,
+        error_param=param,
+        estimated_finish=None,
+    )
+    if done:
+        session.commit()
+    else:
+        session.rollback()
+    return done
+
+
+def pause_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bool:
+    """running → paused, once the trainer has written the checkpoint at `step`."""
+    done = transition(
+        session,
+        job_id=job_id,
+        expected=(S.running,),
+        to=S.paused,
+        message=f"Job paused at step {step}; resume continues from there",
+        data={"step": step},
+        where=_mine(worker_id),
+        worker_id=None,
+        estimated_finish=None,
+    )
+    if done:
+        session.commit()
+    else:
+        session.rollback()
+    return done

@@ -1,0 +1,289 @@
+"""The trainer's callbacks for a job: live metrics in Redis, metric points, checkpoints, events and progress
+in the DB, a heartbeat, and the answer to the trainer's `control()` poll (continue, cancel or pause).
+
+Every DB write starts with the same guarded UPDATE (`status = 'running' AND worker_id = me`), which is
+also the heartbeat. When it matches no row, the job is no longer this worker's (the user cancelled it,
+or the reaper requeued it and another worker took it): the reporter writes nothing more and `control()`
+answers "cancel", so the trainer stops within a step. Metric points are upserts keyed (job_id, step): a
+step re-run after a crash replaces its row, so every step is recorded exactly once.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import ColumnElement, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.lifecycle import add_event
+from app.models import Checkpoint, Job, JobStatus, MetricPoint, new_id, now
+from app.queues import control_key
+from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 2.0  # metric points reach the DB at most this late (and at every checkpoint and the end)
+CONTROL_POLL_S = 0.5  # the trainer may poll control() per generated token; Redis is read at most this often
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table).values(rows)
+    changed = {c: statement.excluded[c] for c in rows[0] if c not in keys and c != "id"}
+    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changed))
+
+
+def find_adapter_dir(path: Path) -> Path:
+    """The peft adapter inside an engine checkpoint (or the checkpoint itself when it is one)."""
+    for candidate in (path / "adapter", path / "policy", path):
+        if (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    return path / "adapter"
+
+
+class JobReporter:
+    """TrainerCallbacks for one claimed job (see INTERFACES.md); thread-safe where the trainer needs it."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        worker_id: str,
+        model_name: str,
+        data_dir: Path,
+        sessions: sessionmaker[Session],
+        redis_client: "redis.Redis",
+        heartbeat_interval_s: float,
+    ) -> None:
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.model_name = model_name  # the fine-tuned model name; checkpoints are named after it
+        self.data_dir = data_dir
+        self._sessions = sessions
+        self._redis = redis_client
+        self._lock = threading.Lock()
+        self._lost = threading.Event()
+        self._stopped = threading.Event()
+        self._pending: dict[int, dict[str, float]] = {}
+        self._last_metrics: tuple[int, dict[str, float]] = (0, {})
+        self._last_flush = time.monotonic()
+        self._last_control = (0.0, "continue")
+        self._run_started = time.monotonic()
+        self.start_step = 0
+        self.total_steps: int | None = None
+        self.current_step = 0
+        self.trained_tokens = 0
+        self.last_eval: dict[str, float] = {}
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(heartbeat_interval_s,), name=f"heartbeat-{job_id}", daemon=True
+        )
+        self._heartbeat.start()
+
+    # --- guarded DB writes -----------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> list[ColumnElement[bool]]:
+        """The WHERE clause of every write: the job is still running, and on this worker."""
+        return [Job.id == self.job_id, Job.status == JobStatus.running, Job.worker_id == self.worker_id]
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def _write(self, work: Callable[[Session], object], **progress: Any) -> bool:
+        """Heartbeat (plus `progress` columns) and `work` in one transaction, only while the job is ours."""
+        if self.lost:
+            return False
+        with self._sessions() as session:
+            result = session.execute(update(Job).where(*self.owned).values(heartbeat_at=now(), **progress))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                if not self._lost.is_set():
+                    log.warning("job %s is no longer running on %s; stopping", self.job_id, self.worker_id)
+                self._lost.set()
+                return False
+            work(session)
+            session.commit()
+        return True
+
+    def _beat(self, interval: float) -> None:
+        # A thread, so the lease holds through model loading and long steps that never poll control().
+        while not self._stopped.wait(interval):
+            try:
+                if not self._write(lambda _session: None):
+                    return
+            except Exception:  # a DB blip: the next beat tries again; the lease is several beats long
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def _progress(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"current_step": self.current_step, "trained_tokens": self.trained_tokens}
+        done = self.current_step - self.start_step
+        if self.total_steps and done > 0:
+            per_step = (time.monotonic() - self._run_started) / done
+            values["estimated_finish"] = now() + int(per_step * (self.total_steps - self.current_step))
+        return values
+
+    def flush(self) -> bool:
+        """Persist pending metric points and progress (upserts keyed by step)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last_flush = time.monotonic()
+        rows = [
+            {"job_id": self.job_id, "step": step, "metrics": metrics, "created_at": now()}
+            for step, metrics in sorted(pending.items())
+        ]
+        try:
+            return self._write(
+                lambda session: upsert(session, MetricPoint.__table__, rows, ["job_id", "step"]),  # type: ignore[arg-type]
+                **self._progress(),
+            )
+        except Exception:
+            with self._lock:  # keep them for the next flush; newer values of a step win
+                self._pending = {**pending, **self._pending}
+            raise
+
+    def event(self, message: str, *, level: str = "info", type: str = "message", data: Any = None) -> None:
+        self._write(
+            lambda session: add_event(
+                session, job_id=self.job_id, message=message, level=level, type=type, data=data
+            )
+        )
+
+    # --- live stream -----------------------------------------------------------------------------------
+
+    def _publish(self, step: int, metrics: dict[str, float]) -> None:
+        key = metrics_stream_key(self.job_id)
+        try:
+            pipe = self._redis.pipeline()
+            pipe.xadd(key, encode_step(step, metrics, now()), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, STREAM_TTL_S)
+            pipe.execute()
+        except redis.RedisError:  # the live view is best effort; the DB has the step
+            log.warning("could not publish step %d of job %s to Redis", step, self.job_id, exc_info=True)
+
+    def _drop_stream_after(self, step: int) -> None:
+        """Steps after the resumed checkpoint will run again: remove their stale live records."""
+        key = metrics_stream_key(self.job_id)
+        try:
+            records: Any = self._redis.xrevrange(key, count=STREAM_MAXLEN)
+            stale = [entry_id for entry_id, fields in records if decode_step(fields)["step"] > step]
+            if stale:
+                self._redis.xdel(key, *stale)
+        except redis.RedisError:
+            log.warning("could not trim the metrics stream of job %s", self.job_id, exc_info=True)
+
+    # --- TrainerCallbacks ------------------------------------------------------------------------------
+
+    def on_start(self, info: Any) -> None:
+        self.start_step = int(getattr(info, "start_step", 0) or 0)
+        self.total_steps = int(info.total_steps)
+        self.current_step = self.start_step
+        self._run_started = time.monotonic()
+        with self._sessions() as session:  # tokens of the steps a resumed run keeps
+            kept = session.scalars(
+                select(MetricPoint.metrics).where(
+                    MetricPoint.job_id == self.job_id, MetricPoint.step <= self.start_step
+                )
+            )
+            self.trained_tokens = int(sum(float(m.get("perf/tokens", 0.0)) for m in kept))
+        if self.start_step:
+            self._drop_stream_after(self.start_step)
+            message = f"Resumed from the checkpoint at step {self.start_step} of {self.total_steps}"
+        else:
+            message = f"Training started: {self.total_steps} steps"
+        self._write(
+            lambda session: add_event(
+                session,
+                job_id=self.job_id,
+                message=message,
+                data={"start_step": self.start_step, "total_steps": self.total_steps},
+            ),
+            total_steps=self.total_steps,
+            **self._progress(),
+        )
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        metrics = {name: float(value) for name, value in metrics.items()}
+        self._publish(step, metrics)
+        with self._lock:
+            self._pending[step] = metrics
+            self._last_metrics = (step, metrics)
+            self.current_step = step
+            self.trained_tokens += int(metrics.get("perf/tokens", 0))
+            due = time.monotonic() - self._last_flush >= FLUSH_EVERY_S
+        if due:
+            self.flush()
+
+    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.event(message, level=level, data=data)
+
+    def on_evaluation(self, step: int, scores: dict[str, float]) -> None:
+        scores = {name: float(value) for name, value in scores.items()}
+        self.last_eval = scores
+        with self._lock:  # eval scores join the step's metric point (and its live record)
+            last_step, last = self._last_metrics
+            merged = {**(last if last_step == step else {}), **self._pending.get(step, {}), **scores}
+            self._pending[step] = merged
+            self._last_metrics = (step, merged)
+        self._publish(step, merged)
+        summary = ", ".join(f"{name}={value:.3f}" for name, value in sorted(scores.items()))
+        self.event(f"Evaluation at step {step}: {summary}", type="metrics", data={"step": step, **scores})
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        self.flush()  # the checkpoint's steps must be in the DB before the checkpoint row says they exist
+        adapter = find_adapter_dir(Path(path))
+        uri = (
+            str(adapter.relative_to(self.data_dir)) if adapter.is_relative_to(self.data_dir) else str(adapter)
+        )
+        values = {name: float(value) for name, value in metrics.items()}
+        row = {
+            "id": new_id("ftckpt"),
+            "job_id": self.job_id,
+            "step_number": step,
+            "fine_tuned_model_checkpoint": f"{self.model_name}:ckpt-step-{step}",
+            "uri": uri,
+            "metrics": {"step": step, **values},
+            "created_at": now(),
+        }
+
+        def record(session: Session) -> None:
+            upsert(session, Checkpoint.__table__, [row], ["job_id", "step_number"])  # type: ignore[arg-type]
+            add_event(
+                session,
+                job_id=self.job_id,
+                message=f"Checkpoint saved at step {step}",
+                type="metrics",
+                data={"step": step, **values},
+            )
+
+        self._write(record)
+
+    def control(self) -> str:
+        if self.lost:
+            return "cancel"
+        last_read, answer = self._last_control
+        if time.monotonic() - last_read < CONTROL_POLL_S:
+            return answer
+        try:
+            value = self._redis.get(control_key(self.job_id))
+        except redis.RedisError:  # Redis down: keep going; a cancel still reaches us through the DB guard
+            value = None
+        answer = value.decode() if isinstance(value, bytes) and value in (b"cancel", b"pause") else "continue"
+        self._last_control = (time.monotonic(), answer)
+        if answer == "continue" and time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+            self.flush()
+        return "cancel" if self.lost else answer
+
+    def close(self) -> None:
+        """Stop the heartbeat; the caller flushes what is pending while the job is still ours."""
+        self._stopped.set()
+        self._heartbeat.join(timeout=10)

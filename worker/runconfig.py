@@ -1,0 +1,110 @@
+"""A job row → the engine's RunConfig: files and model resolved to paths, "auto" resolved to numbers.
+
+Resolution order for every hyperparameter: the job's value, else the model's `sppo_defaults.json`, else
+the engine's reference default. The learning rates are the model's default × the job's multipliers
+(OpenAI's `learning_rate_multiplier`). What was resolved is written back to `jobs.resolved_hyperparameters`
+and shown by `GET /v1/fine_tuning/jobs/{id}`.
+"""
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import File, Job
+from app.registry import find_base_model
+from app.settings import Settings
+from worker.engine.config import RunConfig, model_defaults
+from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
+
+HYPERPARAMETERS = "method.reinforcement.hyperparameters"
+# API hyperparameters that are RunConfig fields of the same name and meaning.
+SAME_NAME = (
+    "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
+    "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
+    "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval",
+)  # fmt: skip
+REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
+
+
+def base_model_dir(settings: Settings, name: str) -> Path:
+    """The directory of a registry model; the built-in fixture is built (once, cached) on first use."""
+    entry = find_base_model(settings, name)
+    if entry is None:
+        raise ModelNotFoundError(f"Model '{name}' is no longer in the model registry; see GET /v1/models.")
+    if entry.path is not None:
+        return entry.path
+    from worker.engine.fixtures import ensure_fixture  # builds with torch: only when the fixture is used
+
+    return ensure_fixture().model_dir
+
+
+def file_path(session: Session, *, settings: Settings, job: Job, file_id: str, param: str) -> Path:
+    file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == job.tenant_id))
+    if file is None:
+        raise DataFileError(
+            f"File '{file_id}' no longer exists; upload it again and create a new job.", param
+        )
+    return settings.data_dir / file.storage_uri
+
+
+def job_output_dir(settings: Settings, job_id: str) -> Path:
+    return settings.jobs_dir / job_id / "run"
+
+
+def _given(hyper: dict[str, Any], name: str) -> Any:
+    value = hyper.get(name)
+    return None if value == "auto" else value
+
+
+def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple[RunConfig, dict[str, Any]]:
+    """(RunConfig, resolved hyperparameters) for a job; EngineError when it cannot run as specified."""
+    reinforcement = job.method["reinforcement"]
+    hyper = dict(job.hyperparameters)
+    model_dir = base_model_dir(settings, job.model)
+    defaults = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
+    values: dict[str, Any] = {
+        "model": str(model_dir),
+        "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,
+                                    param="training_file")),
+        "grader": reinforcement["grader"],
+        "output_dir": str(job_output_dir(settings, job.id)),
+        "algorithm": reinforcement.get("algorithm", "sppo"),
+        "seed": job.seed,
+        "device": settings.device or "auto",
+        "metrics": {"job_id": job.id},
+    }  # fmt: skip
+    if job.validation_file is not None:
+        values["validation_file"] = str(
+            file_path(
+                session, settings=settings, job=job, file_id=job.validation_file, param="validation_file"
+            )
+        )
+    for name in SAME_NAME:
+        if _given(hyper, name) is not None:
+            values[name] = _given(hyper, name)
+    if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
+        values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
+    lr_multiplier = float(_given(hyper, "learning_rate_multiplier") or 1.0)
+    critic_multiplier = float(_given(hyper, "critic_learning_rate_multiplier") or 1.0)
+    values["learning_rate"] = float(defaults["learning_rate"]) * lr_multiplier
+    values["critic_learning_rate"] = float(defaults["critic_learning_rate"]) * critic_multiplier
+    try:
+        config = RunConfig.from_dict(values)
+    except EngineError as exc:
+        if exc.param in SAME_NAME:
+            exc.param = f"{HYPERPARAMETERS}.{exc.param}"
+        raise
+    resolved: dict[str, Any] = {name: getattr(config, name) for name in SAME_NAME}
+    resolved.update(
+        group_size=config.samples_per_prompt,
+        learning_rate_multiplier=lr_multiplier,
+        critic_learning_rate_multiplier=critic_multiplier,
+        learning_rate=config.learning_rate,
+        critic_learning_rate=config.critic_learning_rate,
+    )
+    if hyper.get("reasoning_effort") is not None:
+        resolved["reasoning_effort"] = hyper["reasoning_effort"]
+    return config, resolved

@@ -1,0 +1,161 @@
+"""Run one fine-tuning job: claim it, map it to a RunConfig, run the engine with the job's reporter, record
+the outcome. The Celery task (worker/tasks.py) only calls `run_job`.
+
+Outcomes: completed → succeeded (fine-tuned model, adapter, result CSV); paused → paused (the engine has
+written its checkpoint); cancelled → nothing to write (the API already marked the job cancelled, or the
+job was taken from this worker); EngineError → failed with the engine's code, message and param;
+anything else → failed with `internal_error` (details in the worker log, never a traceback for users).
+"""
+
+import contextlib
+import logging
+from typing import Any
+
+import redis
+from sqlalchemy import update
+
+from app.db import get_sessionmaker
+from app.lifecycle import transition
+from app.models import Job, JobStatus
+from app.queues import control_key
+from app.settings import Settings
+from worker.engine.callbacks import TrainerCallbacks
+from worker.engine.errors import EngineError
+from worker.engine.trainer import run_training
+from worker.jobs import claim_job, fail_job, fine_tuned_model_name, pause_job, succeed_job, worker_identity
+from worker.reporting import JobReporter
+from worker.runconfig import build_run_config
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = (
+    "internal_error",
+    "The training run stopped on an unexpected error in the service; the operators have the details "
+    "in the worker log. Retrying the job may help; if it fails again, please report it.",
+)
+
+
+class _Callbacks(JobReporter, TrainerCallbacks):
+    """The reporter, typed as the engine's callbacks (the engine keeps its no-op defaults for the rest)."""
+
+
+def _user_error(exc: BaseException) -> tuple[str, str, str | None] | None:
+    """Errors a user can act on that the engine did not raise as EngineError."""
+    if isinstance(exc, EngineError):
+        return exc.code, exc.message, exc.param
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return (
+            "out_of_memory",
+            "The model did not fit in the worker's memory; use a smaller model, batch_size or "
+            "max_response_tokens, or a worker with more memory.",
+            None,
+        )
+    return None
+
+
+def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) -> str:
+    """Claim and run a job; returns the outcome for the log ("dropped" when the job was not queued)."""
+    worker_id = worker_id or worker_identity()
+    sessions = get_sessionmaker(settings.db_url)
+    with sessions() as session:
+        job = claim_job(session, job_id=job_id, worker_id=worker_id)
+        if job is None:
+            log.info("job %s is not queued (duplicate or stale message); dropped", job_id)
+            return "dropped"
+        model_name = fine_tuned_model_name(session, job)
+    reporter = _Callbacks(
+        job_id=job_id,
+        worker_id=worker_id,
+        model_name=model_name,
+        data_dir=settings.data_dir,
+        sessions=sessions,
+        redis_client=redis.Redis.from_url(
+            str(settings.redis_url), socket_connect_timeout=2, socket_timeout=5
+        ),
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
+    log.info("job %s claimed by %s (attempt %d)", job_id, worker_id, job.attempt)
+    try:
+        return _run(job, settings=settings, reporter=reporter, model_name=model_name)
+    finally:
+        reporter.close()
+
+
+def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
+    sessions = get_sessionmaker(settings.db_url)
+    try:
+        with sessions() as session:
+            config, resolved = build_run_config(session, settings=settings, job=job)
+            session.execute(update(Job).where(*reporter.owned).values(resolved_hyperparameters=resolved))
+            session.commit()
+        result = run_training(config, reporter)  # type: ignore[arg-type]
+    except Exception as exc:
+        error = _user_error(exc)
+        if error is None:
+            log.exception("job %s failed unexpectedly", job.id)
+            error = (*INTERNAL_ERROR, None)
+        else:
+            log.warning("job %s failed: %s", job.id, exc)
+        if reporter.lost:
+            return "lost"
+        with contextlib.suppress(Exception):
+            reporter.flush()
+        with sessions() as session:
+            fail_job(
+                session,
+                job_id=job.id,
+                worker_id=reporter.worker_id,
+                code=error[0],
+                message=error[1],
+                param=error[2],
+            )
+        return "failed"
+    return _record(job, result, settings=settings, reporter=reporter, model_name=model_name)
+
+
+def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
+    sessions = get_sessionmaker(settings.db_url)
+    if not reporter.flush():
+        log.info("job %s was cancelled or taken over while running; its outcome is not recorded", job.id)
+        return "lost"
+    with sessions() as session:
+        if result.status == "paused":
+            done = pause_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
+            _clear_control(settings, job.id)
+            return "paused" if done else "lost"
+        if result.status == "cancelled":
+            # A cancel that reached us only through Redis (the API writes `cancelled` itself): make it so.
+            transition(
+                session,
+                job_id=job.id,
+                expected=(JobStatus.running,),
+                to=JobStatus.cancelled,
+                message=f"Job cancelled at step {result.final_step}",
+                where=[Job.worker_id == reporter.worker_id],
+                estimated_finish=None,
+            )
+            session.commit()
+            return "cancelled"
+        if result.final_adapter_dir is None:
+            fail_job(session, job_id=job.id, worker_id=reporter.worker_id, code=INTERNAL_ERROR[0],
+                     message=INTERNAL_ERROR[1], param=None)  # fmt: skip
+            return "failed"
+        done = succeed_job(
+            session,
+            settings=settings,
+            job=job,
+            worker_id=reporter.worker_id,
+            model_name=model_name,
+            adapter_dir=result.final_adapter_dir,
+            final_step=result.final_step,
+            trained_tokens=reporter.trained_tokens,
+            final_eval=dict(result.eval),
+        )
+    return "succeeded" if done else "lost"
+
+
+def _clear_control(settings: Settings, job_id: str) -> None:
+    try:
+        redis.Redis.from_url(str(settings.redis_url), socket_connect_timeout=2).delete(control_key(job_id))
+    except redis.RedisError:  # a stale "pause" is cleared again by resume
+        log.warning("could not clear the control flag of job %s", job_id)
