@@ -17,7 +17,7 @@ def create(
     model: Annotated[str, typer.Option(help="Base model, fine-tuned model or checkpoint name.")],
     file: Annotated[str, typer.Option(help="A file id, or a local JSONL file to upload first.")],
     grader: Annotated[str, typer.Option(help="Grader spec as JSON.")] = DEFAULT_GRADER,
-    samples: Annotated[int, typer.Option(min=1, max=64, help="k of avg@k.")] = 1,
+    samples: Annotated[int, typer.Option(min=1, max=64, help="k of avg@k.")] = 4,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     json_: JsonOpt = False,
@@ -30,7 +30,7 @@ def create(
     with connect(base_url, api_key) as client:
         body: dict[str, Any] = {
             "model": model,
-            "file_id": file_id_or_upload(client, file),
+            "file": file_id_or_upload(client, file),
             "grader": grader_spec,
             "samples": samples,
         }

@@ -165,9 +165,13 @@ def download(
             )
             if target.exists() and any(target.iterdir()):
                 raise ApiError(f"{target} exists and is not empty; choose another --output.")
-            try:
-                _unpack(archive, target)
-            except BaseException:
-                shutil.rmtree(target, ignore_errors=True)
-                raise
+            staging = Path(tmp) / "unpacked"
+            _unpack(archive, staging)
+            # The archive holds one folder named after the checkpoint: its contents become `target`.
+            entries = list(staging.iterdir())
+            source = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.rmdir()
+            shutil.move(source, target)
     console.print(f"Adapter unpacked into [bold]{target}[/]", highlight=False)

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import FINISHED_STATUSES, Job, JobStatus, MetricPoint, Tenant
+from app.services import progress
 from app.services.jobs import get_job
 
 S = JobStatus
@@ -49,16 +50,11 @@ def _elapsed(job: Job, point: MetricPoint) -> float:
 
 
 def metric_points(
-    session: Session, *, tenant: Tenant, job_id: str, after_step: int = -1, limit: int = 10_000
+    session: Session, *, tenant: Tenant, job_id: str, after_step: int | None = None, limit: int = 10_000
 ) -> list[Point]:
-    """The job's step metrics in step order, after `after_step` (for incremental updates)."""
+    """The job's step metrics in step order (the same series as `GET .../metrics`), with elapsed time."""
     job = get_job(session, tenant=tenant, job_id=job_id)
-    rows = session.scalars(
-        select(MetricPoint)
-        .where(MetricPoint.job_id == job.id, MetricPoint.step > after_step)
-        .order_by(MetricPoint.step)
-        .limit(limit)
-    )
+    rows, _ = progress.list_metrics(session, tenant=tenant, job_id=job_id, after_step=after_step, limit=limit)
     return [Point(row.step, _elapsed(job, row), dict(row.metrics)) for row in rows]
 
 

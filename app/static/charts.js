@@ -73,21 +73,11 @@
     draw();
     if (root.dataset.finished === "true" || !window.EventSource) return;
 
-    // Same-origin EventSource sends the session cookie; `after` skips the steps already drawn.
-    var url = "/ui/jobs/" + encodeURIComponent(root.dataset.jobId) + "/stream";
-    var source = null;
-    function connect() {
-      var last = steps.length ? steps[steps.length - 1] : -1;
-      source = new EventSource(url + "?after=" + last);
-      source.addEventListener("metrics", function (e) { add(JSON.parse(e.data)); draw(); });
-      source.addEventListener("end", function () { source.close(); root.dataset.finished = "true"; });
-      source.onerror = function () {
-        // The browser reconnects with the original URL; reconnect ourselves so `after` stays current.
-        source.close();
-        if (root.dataset.finished !== "true") setTimeout(connect, 3000);
-      };
-    }
-    connect();
+    // Same-origin EventSource sends the session cookie. The stream replays from its start (steps already
+    // drawn are skipped in add) and, on a reconnect, the browser resends Last-Event-ID to resume.
+    var source = new EventSource("/ui/jobs/" + encodeURIComponent(root.dataset.jobId) + "/stream");
+    source.addEventListener("metrics", function (e) { add(JSON.parse(e.data)); draw(); });
+    source.addEventListener("end", function () { source.close(); root.dataset.finished = "true"; });
   }
 
   /* Compare view: several jobs' curves of one metric on one chart, by step or by wall-clock seconds. */

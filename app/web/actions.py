@@ -1,30 +1,22 @@
-"""Dashboard actions: cancel/pause/resume (CSRF-checked POSTs) and the live metrics stream of a job page.
+"""Dashboard actions: cancel/pause/resume (CSRF-checked POSTs), the live metrics stream and adapter downloads.
 
-Controls call the same service functions as `POST /v1/fine_tuning/jobs/{id}/cancel|pause|resume`; the
-stream is a cookie-authenticated Server-Sent Events feed, since a browser EventSource cannot send a
-Bearer header.
+Each calls the same service as its JSON API twin (`POST /v1/fine_tuning/jobs/{id}/cancel`, `.../metrics/
+stream`, `.../checkpoints/{id}/adapter`) but authenticates with the session cookie, since a browser's
+EventSource and download links cannot send a Bearer header.
 """
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from app.api.deps import SessionDep, SettingsDep
-from app.db import get_sessionmaker
-from app.models import Tenant
-from app.services import dashboard, jobs
+from app.services import jobs, progress
 from app.web.render import PageRoute, redirect
 from app.web.session import CsrfChecked, WebTenant
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
-
-POLL_S = 1.0
-KEEPALIVE_S = 15.0
 
 _CONTROLS = {"cancel": jobs.cancel_job, "pause": jobs.pause_job, "resume": jobs.resume_job}
 
@@ -42,56 +34,34 @@ def control_job(
     return redirect(request, f"/jobs/{job_id}")
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def _poll(tenant: Tenant, job_id: str, after_step: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """New metric points after `after_step`, and the job's current state (one short DB session)."""
-    with get_sessionmaker()() as session:
-        points = dashboard.metric_points(session, tenant=tenant, job_id=job_id, after_step=after_step)
-        job = jobs.get_job(session, tenant=tenant, job_id=job_id)
-        state = {
-            "status": job.status,
-            "current_step": job.current_step,
-            "total_steps": job.total_steps,
-            "finished": dashboard.is_finished(job),
-        }
-    return [p.as_json() for p in points], state
-
-
-async def metric_events(request: Request, tenant: Tenant, job_id: str, after_step: int) -> AsyncIterator[str]:
-    """`metrics` events as steps are persisted, `status` on every change, `end` once the job has finished."""
-    last_state: dict[str, Any] = {}
-    last_sent = time.monotonic()
-    yield "retry: 3000\n\n"
-    while not await request.is_disconnected():
-        points, state = await asyncio.to_thread(_poll, tenant, job_id, after_step)
-        for point in points:
-            after_step = point["step"]
-            yield _sse("metrics", point)
-        changed = state != last_state
-        if changed:
-            last_state = state
-            yield _sse("status", state)
-        if points or changed:
-            last_sent = time.monotonic()
-        if state["finished"] and not points:
-            yield _sse("end", state)
-            return
-        if time.monotonic() - last_sent > KEEPALIVE_S:
-            last_sent = time.monotonic()
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(POLL_S)
-
-
 @router.get("/ui/jobs/{job_id}/stream")
 def job_stream(
-    request: Request, session: SessionDep, tenant: WebTenant, job_id: str, after: int = -1
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: WebTenant,
+    job_id: str,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Response:
+    """The API's live metrics stream (the generator of `GET /v1/.../metrics/stream`), by cookie."""
     jobs.get_job(session, tenant=tenant, job_id=job_id)  # 404 for another tenant's job, before streaming
+    cursor = progress.check_stream_cursor(last_event_id)  # EventSource resends the last id on reconnect
     return StreamingResponse(
-        metric_events(request, tenant, job_id, after),
+        progress.metric_events(settings, job_id=job_id, cursor=cursor),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/ui/jobs/{job_id}/checkpoints/{checkpoint_id}/adapter")
+def download_adapter(
+    session: SessionDep, settings: SettingsDep, tenant: WebTenant, job_id: str, checkpoint_id: str
+) -> Response:
+    """The same archive as `GET /v1/.../checkpoints/{id}/adapter`, for the page's download buttons."""
+    checkpoint = progress.get_checkpoint(session, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id)
+    archive = progress.adapter_archive(settings, checkpoint)
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"{checkpoint.id}.tar.gz",
+        background=BackgroundTask(archive.unlink, missing_ok=True),
     )
