@@ -1,0 +1,123 @@
+"""`sppo files|jobs|evals` against a live server (no worker: jobs stay queued until controlled)."""
+
+import tarfile
+from pathlib import Path
+
+from app.db import session_scope
+from app.models import Checkpoint
+
+from ..app.conftest import Server
+from .conftest import Sppo, as_json, run_sppo
+
+
+def test_upload_create_list_get_and_control(sppo: Sppo, train_file: Path) -> None:
+    uploaded = as_json(sppo("files", "upload", str(train_file), "--json"))
+    assert uploaded["line_count"] == 3 and uploaded["item_fields"] == ["answer", "messages"]
+    listed = sppo("files", "list")
+    assert listed.returncode == 0 and uploaded["id"] in listed.stdout and "train.jsonl" in listed.stdout
+    assert as_json(sppo("files", "get", uploaded["id"], "--json"))["id"] == uploaded["id"]
+
+    # A local path as --training-file is uploaded first; the upload note goes to stderr, JSON to stdout.
+    job = as_json(
+        sppo(
+            "jobs", "create", "--model", "sppo-tiny", "--training-file", str(train_file),
+            "--algorithm", "grpo", "-H", "batch_size=4", "-H", "n_epochs=auto", "--seed", "3",
+            "--metadata", "team=nlp", "--json",
+        )
+    )  # fmt: skip
+    assert job["status"] == "queued" and job["seed"] == 3 and job["metadata"] == {"team": "nlp"}
+    assert job["method"]["reinforcement"]["algorithm"] == "grpo"
+    assert job["method"]["reinforcement"]["hyperparameters"] == {"batch_size": 4, "n_epochs": "auto"}
+
+    table = sppo("jobs", "list")
+    assert job["id"] in table.stdout and "queued" in table.stdout and "grpo" in table.stdout
+    assert [j["id"] for j in as_json(sppo("jobs", "list", "--json"))["data"]] == [job["id"]]
+    shown = sppo("jobs", "get", job["id"])
+    assert "batch_size" in shown.stdout and "sppo-tiny" in shown.stdout
+
+    assert "paused" in sppo("jobs", "pause", job["id"]).stdout
+    paused = sppo("jobs", "watch", job["id"])
+    assert paused.returncode == 3 and "paused" in paused.stdout
+    assert as_json(sppo("jobs", "resume", job["id"], "--json"))["status"] == "queued"
+    assert as_json(sppo("jobs", "cancel", job["id"], "--json"))["status"] == "cancelled"
+    watched = sppo("jobs", "watch", job["id"])
+    assert watched.returncode == 2 and "cancelled" in watched.stdout
+
+
+def test_errors_print_the_api_message_not_a_traceback(server: Server, sppo: Sppo, train_file: Path) -> None:
+    bad_model = sppo("jobs", "create", "--model", "nope", "--training-file", str(train_file))
+    assert bad_model.returncode == 1
+    assert "Model 'nope' is not available for fine-tuning" in bad_model.stderr
+    assert "Traceback" not in bad_model.stderr + bad_model.stdout
+
+    bad_value = sppo(
+        "jobs", "create", "--model", "sppo-tiny", "--training-file", "file-x", "-H", "batch_size=0"
+    )
+    assert bad_value.returncode == 1 and "method.reinforcement.hyperparameters.batch_size" in bad_value.stderr
+
+    missing = sppo("jobs", "get", "ftjob-missing")
+    assert missing.returncode == 1 and "No fine-tuning job with id 'ftjob-missing'" in missing.stderr
+
+    wrong_key = run_sppo(server.base_url, "sk-sppo-wrong", "jobs", "list")
+    assert wrong_key.returncode == 1 and "Incorrect API key provided" in wrong_key.stderr
+    no_server = run_sppo("http://127.0.0.1:9", "sk-sppo-x", "files", "list")
+    assert no_server.returncode == 1 and "cannot reach the server" in no_server.stderr
+    assert "Traceback" not in wrong_key.stderr + no_server.stderr
+
+
+def test_download_unpacks_the_latest_checkpoint(
+    server: Server, sppo: Sppo, train_file: Path, tmp_path: Path
+) -> None:
+    job = as_json(
+        sppo("jobs", "create", "--model", "sppo-tiny", "--training-file", str(train_file), "--json")
+    )
+    empty = sppo("jobs", "download", job["id"])
+    assert empty.returncode == 1 and "has no checkpoints yet" in empty.stderr
+    # What the worker leaves behind: checkpoint rows pointing at peft adapter folders.
+    with session_scope(server.db_url) as session:
+        for step in (2, 4):
+            adapter = server.data_dir / "artifacts" / job["id"] / f"step-{step}"
+            adapter.mkdir(parents=True)
+            (adapter / "adapter_config.json").write_text(f'{{"step": {step}}}')
+            (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+            session.add(
+                Checkpoint(
+                    job_id=job["id"],
+                    step_number=step,
+                    fine_tuned_model_checkpoint=f"ckpt-{step}",
+                    uri=str(adapter),
+                )
+            )
+    result = sppo("jobs", "download", job["id"], "--output", "adapter")
+    assert result.returncode == 0, result.stderr
+    unpacked = tmp_path / "adapter"
+    assert (unpacked / "adapter_config.json").read_text() == '{"step": 4}'
+    assert (unpacked / "adapter_model.safetensors").stat().st_size == 1000
+    again = sppo("jobs", "download", job["id"], "--output", "adapter")
+    assert again.returncode == 1 and "not empty" in again.stderr
+
+
+def test_evals_create_and_get(sppo: Sppo, train_file: Path) -> None:
+    created = as_json(sppo("evals", "create", "--model", "sppo-tiny", "--file", str(train_file), "--json"))
+    assert created["status"] == "queued" and created["model"] == "sppo-tiny" and created["samples"] == 4
+    shown = sppo("evals", "get", created["id"])
+    assert shown.returncode == 0 and created["id"] in shown.stdout and "queued" in shown.stdout
+    assert as_json(sppo("evals", "get", created["id"], "--json"))["id"] == created["id"]
+
+
+def test_tar_members_outside_the_target_are_refused(tmp_path: Path) -> None:
+    from cli.client import ApiError
+    from cli.transfer import _unpack
+
+    archive = tmp_path / "evil.tar.gz"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    with tarfile.open(archive, "w:gz") as bundle:
+        bundle.add(outside, arcname="../escaped.txt")
+    try:
+        _unpack(archive, tmp_path / "target")
+    except (ApiError, tarfile.TarError):
+        pass
+    else:
+        raise AssertionError("a member outside the target was extracted")
+    assert not (tmp_path / "escaped.txt").exists()
