@@ -64,7 +64,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
     reinforcement = job.method["reinforcement"]
     hyper = dict(job.hyperparameters)
     model_dir = base_model_dir(settings, job.model)
-    defaults = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
+    defaults: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
     values: dict[str, Any] = {
         "model": str(model_dir),
         "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,
