@@ -81,3 +81,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield url
     finally:
         _drop_postgres_database(server, url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database of its own for this test run (claimed with a marker key), flushed at the end."""
+    import redis
+
+    run_id = secrets.token_hex(8)
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
+        if client.set("sppo-test-run", run_id, nx=True, ex=3600) and client.dbsize() == 1:
+            break
+        if client.get("sppo-test-run") == run_id.encode():
+            client.delete("sppo-test-run")
+    else:
+        pytest.fail("no free Redis database (1-15) for the test run")
+    try:
+        yield f"{REDIS_HOST_URL}/{db}"
+    finally:
+        client.flushdb()
+        client.close()

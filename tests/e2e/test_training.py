@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.e2e.conftest import Stack, jsonl, metric_steps, sppo_method
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 
-TRAIN_ITEMS, VALIDATION_ITEMS, BATCH = 40, 16, 8
+TRAIN_ITEMS, VALIDATION_ITEMS, BATCH = 32, 16, 8
 STEPS = TRAIN_ITEMS // BATCH
 ANSWER = re.compile(r"####\s*(-?\d+)")
 
@@ -70,7 +70,9 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
         model="sppo-tiny",
         training_file=train_file.id,
         validation_file=validation_file.id,
-        method=sppo_method(batch_size=BATCH, eval_interval=3),  # type: ignore[arg-type]
+        # A small learning rate keeps the policy near the base model's accuracy (~25%), so comparing the
+        # downloaded adapter's accuracy with the reported one is not a trivial 0 == 0.
+        method=sppo_method(batch_size=BATCH, eval_interval=2, learning_rate_multiplier=0.1),  # type: ignore[arg-type]
         seed=7,
         suffix="e2e",
     )
@@ -93,7 +95,10 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
         assert job.trained_tokens and job.trained_tokens > 0
         assert metric_steps(api, job.id) == list(range(1, STEPS + 1))
         resolved = job.method.reinforcement.hyperparameters  # type: ignore[union-attr]
-        assert resolved.batch_size == BATCH and resolved.learning_rate_multiplier == 1.0
+        assert resolved.batch_size == BATCH and resolved.learning_rate_multiplier == 0.1
+        assert (
+            resolved.model_extra and abs(resolved.model_extra["learning_rate"] - 2e-4) < 1e-12
+        )  # 2e-3 × 0.1
 
         # Result file: the step metrics as CSV, through the Files API.
         rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
@@ -101,7 +106,7 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
 
         messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
         assert any(m.startswith("Training started") for m in messages)
-        assert any(m.startswith("Evaluation at step 3") for m in messages)
+        assert any(m.startswith("Evaluation at step 2") for m in messages)
         assert any(m.startswith(f"Checkpoint saved at step {STEPS}") for m in messages)
         assert "The job has successfully completed" in messages
 
