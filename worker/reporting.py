@@ -28,6 +28,10 @@ from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 
 log = logging.getLogger(__name__)
 
+# Set when the worker is asked to shut down (Ctrl-C of `sppo run`, SIGTERM of a container): the running
+# job checkpoints as for a pause, then goes back to the queue instead of to `paused`.
+SHUTDOWN = threading.Event()
+
 FLUSH_EVERY_S = 2.0  # metric points reach the DB at most this late (and at every checkpoint and the end)
 CONTROL_POLL_S = 0.5  # the trainer may poll control() per generated token; Redis is read at most this often
 ADAPTER_CONFIG = "adapter_config.json"
@@ -266,6 +270,8 @@ class JobReporter(TrainerCallbacks):
     def control(self) -> Control:
         if self.lost:
             return "cancel"
+        if SHUTDOWN.is_set():
+            return "pause"
         last_read, answer = self._last_control
         if time.monotonic() - last_read < CONTROL_POLL_S:
             return answer

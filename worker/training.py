@@ -21,8 +21,16 @@ from app.queues import control_key
 from app.settings import Settings
 from worker.engine.errors import EngineError
 from worker.engine.trainer import run_training
-from worker.jobs import claim_job, fail_job, fine_tuned_model_name, pause_job, succeed_job, worker_identity
-from worker.reporting import JobReporter
+from worker.jobs import (
+    claim_job,
+    fail_job,
+    fine_tuned_model_name,
+    pause_job,
+    requeue_job,
+    succeed_job,
+    worker_identity,
+)
+from worker.reporting import SHUTDOWN, JobReporter
 from worker.runconfig import build_run_config
 
 log = logging.getLogger(__name__)
@@ -124,6 +132,9 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
         log.info("job %s was cancelled or taken over while running; its outcome is not recorded", job.id)
         return "lost"
     with sessions() as session:
+        if result.status == "paused" and SHUTDOWN.is_set() and not _pause_requested(settings, job.id):
+            done = requeue_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
+            return "requeued (worker shutdown)" if done else "lost"
         if result.status == "paused":
             done = pause_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
             _clear_control(settings, job.id)
@@ -157,6 +168,14 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
             final_eval=dict(result.eval),
         )
     return "succeeded" if done else "lost"
+
+
+def _pause_requested(settings: Settings, job_id: str) -> bool:
+    try:
+        client = redis.Redis.from_url(str(settings.redis_url), socket_connect_timeout=2)
+        return bool(client.get(control_key(job_id)) == b"pause")
+    except redis.RedisError:
+        return False
 
 
 def _clear_control(settings: Settings, job_id: str) -> None:
