@@ -4,12 +4,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,11 +26,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _ensure_sqlite_dir(url: str) -> bool:
+    """Create the directory of a SQLite database file; False for other databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    Path(parsed.database or ".").parent.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets its parent directory created and the pragmas above."""
-    if url.startswith("sqlite"):
-        database = url.split("///", 1)[-1]
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if _ensure_sqlite_dir(url):
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -47,12 +57,20 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error (for the CLI and the worker)."""
-    with get_sessionmaker(url)() as session, session.begin():
-        yield session
+    """A session that commits on success and rolls back on error (for the CLI and the worker).
+
+    Service functions may commit inside it (they do, for the API); this commits whatever is left.
+    """
+    with get_sessionmaker(url)() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
 
-def alembic_config(url: str) -> Any:
+def alembic_config(url: str) -> "Config":
     from alembic.config import Config
 
     config = Config(str(ROOT / "alembic.ini"))
@@ -65,6 +83,4 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     """Apply migrations programmatically (what `alembic upgrade head` does), used by `sppo run` and tests."""
     from alembic import command
 
-    if url.startswith("sqlite"):
-        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)

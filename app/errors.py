@@ -89,6 +89,8 @@ def loc_to_param(loc: Sequence[int | str]) -> str | None:
 def validation_error(errors: Sequence[Any]) -> APIError:
     """The first failing param, with every message pydantic gave for it (union members give several)."""
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
     param = loc_to_param(first["loc"])
     messages = [e["msg"] for e in errors if loc_to_param(e["loc"]) == param]
     if first.get("type") in ("union_tag_invalid", "union_tag_not_found"):
@@ -130,7 +132,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error = APIError(str(exc.detail))
     error.status_code = exc.status_code
-    error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    error.code = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}.get(exc.status_code)
     return _render(error, request)
 
 

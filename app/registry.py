@@ -35,7 +35,7 @@ def list_base_models(settings: Settings) -> list[BaseModelEntry]:
         candidates = [child] if _is_model_dir(child) else sorted(child.iterdir()) if child.is_dir() else []
         for candidate in candidates:
             if _is_model_dir(candidate) and not candidate.name.startswith("."):
-                name = str(candidate.relative_to(root).as_posix())
+                name = candidate.relative_to(root).as_posix()
                 entries.append(
                     BaseModelEntry(name, candidate, int((candidate / "config.json").stat().st_mtime))
                 )

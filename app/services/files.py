@@ -127,7 +127,7 @@ def list_files(
     query = select(File).where(File.tenant_id == tenant.id)
     if purpose is not None:
         query = query.where(File.purpose == purpose)
-    return page(session, query, created=File.created_at, ident=File.id, after=after, limit=limit)
+    return page(session, query, key=File.created_at, ident=File.id, after=after, limit=limit)
 
 
 def delete_file(session: Session, *, settings: Settings, tenant: Tenant, file_id: str) -> None:

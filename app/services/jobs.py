@@ -113,7 +113,7 @@ def list_jobs(
     for key, value in metadata.items():
         # JSON path lookup renders as json_extract on SQLite and ->> on PostgreSQL; key and value are bound.
         query = query.where(Job.metadata_[key].as_string() == value)
-    return page(session, query, created=Job.created_at, ident=Job.id, after=after, limit=limit)
+    return page(session, query, key=Job.created_at, ident=Job.id, after=after, limit=limit)
 
 
 def cancel_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
@@ -138,7 +138,7 @@ def cancel_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: 
 
 def pause_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
     job = get_job(session, tenant=tenant, job_id=job_id)
-    if job.status in (S.paused,):
+    if job.status == S.paused:
         return job
     if job.status == S.running:
         # The worker checkpoints, then moves the job running → paused; the job answers "running" until then.
@@ -193,14 +193,9 @@ def list_events(
     session: Session, *, tenant: Tenant, job_id: str, after: str | None, limit: int
 ) -> tuple[list[JobEvent], bool]:
     get_job(session, tenant=tenant, job_id=job_id)
+    # seq, not created_at: events written within the same second keep the order they were written in.
     query = select(JobEvent).where(JobEvent.job_id == job_id)
-    if after is not None:
-        cursor = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after))
-        if cursor is None:
-            raise InvalidRequest(f"No event with id '{after}' in this job.", param="after")
-        query = query.where(JobEvent.seq < cursor)
-    events = list(session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)))
-    return events[:limit], len(events) > limit
+    return page(session, query, key=JobEvent.seq, ident=JobEvent.id, after=after, limit=limit)
 
 
 def list_checkpoints(
@@ -208,4 +203,4 @@ def list_checkpoints(
 ) -> tuple[list[Checkpoint], bool]:
     get_job(session, tenant=tenant, job_id=job_id)
     query = select(Checkpoint).where(Checkpoint.job_id == job_id)
-    return page(session, query, created=Checkpoint.step_number, ident=Checkpoint.id, after=after, limit=limit)
+    return page(session, query, key=Checkpoint.step_number, ident=Checkpoint.id, after=after, limit=limit)

@@ -1,0 +1,140 @@
+"""A live API server (`uvicorn app.main:app` in a subprocess on a free port) and helpers to talk to it."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.db import session_scope
+from app.services.keys import create_key
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_UPLOAD_BYTES = 256 * 1024
+MAX_JOBS = 3
+REGISTRY_MODEL = "acme/tiny-llama"
+
+ITEM = '{"messages": [{"role": "user", "content": "What is 2+3?"}], "answer": "5"}\n'
+GRADER = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "eq",
+}
+
+
+def method(**hyperparameters: Any) -> dict[str, Any]:
+    return {"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": hyperparameters}}
+
+
+@dataclass
+class Server:
+    base_url: str
+    db_url: str
+    redis_url: str
+    data_dir: Path
+
+    def new_key(self, tenant: str | None = None) -> str:
+        """A key for a new tenant (each test gets its own, so quotas and listings never interfere)."""
+        name = tenant or f"tenant-{os.urandom(4).hex()}"
+        with session_scope(self.db_url) as session:
+            return create_key(session, tenant_name=name).plaintext
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("sppo-data")
+    registry = data_dir / "registry"
+    (registry / REGISTRY_MODEL).mkdir(parents=True)
+    (registry / REGISTRY_MODEL / "config.json").write_text("{}")
+    (registry / "not-a-model").mkdir()  # no config.json: must not be listed
+    db_url = f"sqlite:///{data_dir / 'api.db'}"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SPPO_DATA_DIR": str(data_dir),
+        "SPPO_DATABASE_URL": db_url,
+        "SPPO_REDIS_URL": redis_url,
+        "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
+        "SPPO_MODEL_REGISTRY_DIR": str(registry),
+    }
+    # Exactly the documented deployment: `alembic upgrade head`, then `uvicorn app.main:app`.
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
+    log_path = data_dir / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "info"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"API server did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield Server(base_url=base_url, db_url=db_url, redis_url=redis_url, data_dir=data_dir)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def key(server: Server) -> str:
+    return server.new_key()
+
+
+@pytest.fixture
+def api(server: Server, key: str) -> Iterator[httpx.Client]:
+    with server.client(key) as client:
+        yield client
+
+
+@pytest.fixture
+def upload(api: httpx.Client) -> Callable[..., dict[str, Any]]:
+    def _upload(content: str = ITEM * 3, filename: str = "train.jsonl") -> dict[str, Any]:
+        response = api.post(
+            "/v1/files", data={"purpose": "fine-tune"}, files={"file": (filename, content.encode())}
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    return _upload
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body with the expected status (and param, when given)."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return dict(error)

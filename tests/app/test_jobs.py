@@ -1,0 +1,289 @@
+"""`/v1/fine_tuning/jobs`: create (validation, dispatch, quota), list, retrieve, control, events."""
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.db import session_scope
+from app.lifecycle import transition
+from app.models import Checkpoint, JobStatus
+
+from .conftest import GRADER, MAX_JOBS, REGISTRY_MODEL, Server, assert_error, method
+
+Upload = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def training_file(upload: Upload) -> str:
+    return str(upload()["id"])
+
+
+@pytest.fixture
+def create(api: httpx.Client, training_file: str) -> Callable[..., dict[str, Any]]:
+    def _create(**overrides: Any) -> dict[str, Any]:
+        body = {
+            "model": "sppo-tiny",
+            "training_file": training_file,
+            "method": method(batch_size=8),
+            **overrides,
+        }
+        response = api.post("/v1/fine_tuning/jobs", json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    return _create
+
+
+def set_status(server: Server, job_id: str, frm: JobStatus, to: JobStatus) -> None:
+    """Do what the worker does: a guarded transition."""
+    with session_scope(server.db_url) as session:
+        assert transition(session, job_id=job_id, expected=(frm,), to=to, message=f"test: {to}")
+
+
+def queued_task_ids(server: Server) -> list[str]:
+    """Job ids of the `sppo.train` messages waiting on the Celery `training` queue (a Redis list)."""
+    client = redis.Redis.from_url(server.redis_url)
+    messages = [json.loads(raw) for raw in client.lrange("training", 0, -1)]
+    assert all(m["headers"]["task"] == "sppo.train" for m in messages)
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]  # body: [args, kwargs, embed]
+
+
+def test_create_commits_queued_job_and_dispatches(
+    server: Server, create: Callable[..., dict[str, Any]]
+) -> None:
+    job = create(seed=7, suffix="my-run", metadata={"team": "nlp"}, model=REGISTRY_MODEL)
+    assert job["id"].startswith("ftjob-")
+    assert job["object"] == "fine_tuning.job"
+    assert job["status"] == "queued"
+    assert job["seed"] == 7 and job["user_provided_suffix"] == "my-run" and job["metadata"] == {"team": "nlp"}
+    assert job["model"] == REGISTRY_MODEL
+    assert job["method"]["reinforcement"]["algorithm"] == "sppo"  # the default, made explicit
+    assert job["method"]["reinforcement"]["grader"] == GRADER
+    assert job["hyperparameters"]["batch_size"] == 8
+    assert job["error"] is None and job["fine_tuned_model"] is None and job["result_files"] == []
+    assert job["id"] in queued_task_ids(server)
+    assert isinstance(create()["seed"], int)  # a seed is chosen when none is given
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"model": "../../etc"}, "model"),
+        ({"model": "not-a-model"}, "model"),  # a registry folder without config.json
+        ({"training_file": "file-missing"}, "training_file"),
+        ({"validation_file": "file-missing"}, "validation_file"),
+        ({"method": None}, "method"),
+        ({"hyperparameters": {"n_epochs": 1}}, "hyperparameters"),
+        ({"seed": "1"}, "seed"),
+        ({"suffix": "has space"}, "suffix"),
+        ({"method": {"type": "supervised", "reinforcement": method()["reinforcement"]}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement"),
+        ({"method": method(batch_size=0)}, "method.reinforcement.hyperparameters.batch_size"),
+        ({"method": method(batch_size="8")}, "method.reinforcement.hyperparameters.batch_size"),
+        ({"method": method(n_epochs=101)}, "method.reinforcement.hyperparameters.n_epochs"),
+        (
+            {"method": method(learning_rate_multiplier=0)},
+            "method.reinforcement.hyperparameters.learning_rate_multiplier",
+        ),
+        ({"method": method(temperature=2.5)}, "method.reinforcement.hyperparameters.temperature"),
+        ({"method": method(critic="tiny")}, "method.reinforcement.hyperparameters.critic"),
+        (
+            {"method": method(grpo_scale_by_std="yes")},
+            "method.reinforcement.hyperparameters.grpo_scale_by_std",
+        ),
+        ({"method": method(warmup=3)}, "method.reinforcement.hyperparameters.warmup"),
+    ],
+)
+def test_create_validation_names_the_param(
+    api: httpx.Client, training_file: str, change: dict[str, Any], param: str
+) -> None:
+    body = {"model": "sppo-tiny", "training_file": training_file, "method": method(), **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    error = assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, param)
+    assert "Traceback" not in error["message"]
+
+
+def _with_grader(**grader: Any) -> dict[str, Any]:
+    body = method()
+    body["reinforcement"]["grader"] = {**GRADER, **grader}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("grader_method", "param"),
+    [
+        (_with_grader(type="python"), "method.reinforcement.grader.type"),
+        (_with_grader(operation="startswith"), "method.reinforcement.grader.operation"),
+        (_with_grader(extra=1), "method.reinforcement.grader.extra"),
+        (_with_grader(reference="{{item.answer.__class__}}"), "method.reinforcement.grader.reference"),
+        (_with_grader(input="{{ sample.text }}"), "method.reinforcement.grader.input"),
+        (_with_grader(reference="{{item.solution}}"), "method.reinforcement.grader.reference"),
+        (_with_grader(type="regex", pattern="(a)(b)", operation="eq"), "method.reinforcement.grader.pattern"),
+        (_with_grader(type="math", operation="eq"), "method.reinforcement.grader.operation"),
+        (
+            {**method(), "reinforcement": {**method()["reinforcement"], "algorithm": "dpo"}},
+            "method.reinforcement.algorithm",
+        ),
+    ],
+)
+def test_grader_validation(
+    api: httpx.Client, training_file: str, grader_method: dict[str, Any], param: str
+) -> None:
+    body = {"model": "sppo-tiny", "training_file": training_file, "method": grader_method}
+    assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, param)
+
+
+def test_every_grader_type_and_algorithm_is_accepted(create: Callable[..., dict[str, Any]]) -> None:
+    regex = {**GRADER, "type": "regex", "pattern": r"answer:\s*(\d+)"}
+    math = {k: v for k, v in GRADER.items() if k != "operation"} | {"type": "math"}
+    for algorithm, grader in (("grpo", regex), ("ppo", math)):
+        body = method(n_epochs="auto", group_size=4, gae_lambda=0.9, reasoning_effort="low")
+        body["reinforcement"] |= {"algorithm": algorithm, "grader": grader}
+        job = create(method=body)
+        assert job["method"]["reinforcement"]["algorithm"] == algorithm
+        assert job["method"]["reinforcement"]["hyperparameters"]["n_epochs"] == "auto"
+        assert job["status"] == "queued"
+
+
+def test_list_pagination_and_metadata_filter(
+    api: httpx.Client, create: Callable[..., dict[str, Any]]
+) -> None:
+    a = create(metadata={"run": "a"})
+    b = create(metadata={"run": "b", "team": "x"})
+    c = create(metadata={"run": "c", "team": "x"})
+    page1 = api.get("/v1/fine_tuning/jobs", params={"limit": 2}).json()
+    assert page1["object"] == "list" and page1["has_more"] is True
+    page2 = api.get("/v1/fine_tuning/jobs", params={"limit": 2, "after": page1["data"][-1]["id"]}).json()
+    assert page2["has_more"] is False
+    ids = [j["id"] for j in page1["data"] + page2["data"]]
+    assert sorted(ids) == sorted([a["id"], b["id"], c["id"]])
+    listed = {j["id"]: j["created_at"] for j in page1["data"] + page2["data"]}
+    assert [listed[i] for i in ids] == sorted(listed.values(), reverse=True)  # newest first
+    team = api.get("/v1/fine_tuning/jobs", params={"metadata[team]": "x"}).json()["data"]
+    assert sorted(j["id"] for j in team) == sorted([b["id"], c["id"]])
+    one = api.get("/v1/fine_tuning/jobs", params={"metadata[team]": "x", "metadata[run]": "b"}).json()["data"]
+    assert [j["id"] for j in one] == [b["id"]]
+    assert api.get("/v1/fine_tuning/jobs", params={"metadata[team]": "y"}).json()["data"] == []
+    assert_error(api.get("/v1/fine_tuning/jobs", params={"metadata": "x"}), 400, "metadata")
+    assert_error(api.get("/v1/fine_tuning/jobs", params={"limit": 101}), 400, "limit")
+    assert api.get(f"/v1/fine_tuning/jobs/{a['id']}").json()["id"] == a["id"]
+    assert_error(api.get("/v1/fine_tuning/jobs/ftjob-missing"), 404)
+
+
+def test_quota_is_429(api: httpx.Client, create: Callable[..., dict[str, Any]], training_file: str) -> None:
+    jobs = [create() for _ in range(MAX_JOBS)]
+    body = {"model": "sppo-tiny", "training_file": training_file, "method": method()}
+    error = assert_error(api.post("/v1/fine_tuning/jobs", json=body), 429)
+    assert error["type"] == "rate_limit_error"
+    api.post(f"/v1/fine_tuning/jobs/{jobs[0]['id']}/cancel")
+    assert api.post("/v1/fine_tuning/jobs", json=body).status_code == 200
+
+
+def control_flag(server: Server, job_id: str) -> bytes | None:
+    value = redis.Redis.from_url(server.redis_url).get(f"sppo:jobs:{job_id}:control")
+    return value if value is None else bytes(value)
+
+
+def test_cancel(server: Server, api: httpx.Client, create: Callable[..., dict[str, Any]]) -> None:
+    queued = create()
+    cancelled = api.post(f"/v1/fine_tuning/jobs/{queued['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    assert (
+        api.post(f"/v1/fine_tuning/jobs/{queued['id']}/cancel").json()["status"] == "cancelled"
+    )  # idempotent
+    assert control_flag(server, queued["id"]) is None  # no worker holds a queued job
+
+    running = create()
+    set_status(server, running["id"], JobStatus.queued, JobStatus.running)
+    assert api.post(f"/v1/fine_tuning/jobs/{running['id']}/cancel").json()["status"] == "cancelled"
+    assert control_flag(server, running["id"]) == b"cancel"
+
+    done = create()
+    set_status(server, done["id"], JobStatus.queued, JobStatus.running)
+    set_status(server, done["id"], JobStatus.running, JobStatus.succeeded)
+    assert_error(api.post(f"/v1/fine_tuning/jobs/{done['id']}/cancel"), 409)
+    assert_error(api.post("/v1/fine_tuning/jobs/ftjob-missing/cancel"), 404)
+
+
+def test_pause_and_resume(server: Server, api: httpx.Client, create: Callable[..., dict[str, Any]]) -> None:
+    job = create()
+    set_status(server, job["id"], JobStatus.queued, JobStatus.running)
+    paused = api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").json()
+    assert paused["status"] == "running"  # the worker checkpoints, then moves it to paused
+    assert control_flag(server, job["id"]) == b"pause"
+    set_status(server, job["id"], JobStatus.running, JobStatus.paused)
+    assert api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").json()["status"] == "paused"  # idempotent
+
+    before = queued_task_ids(server).count(job["id"])
+    resumed = api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()
+    assert resumed["status"] == "queued"
+    assert control_flag(server, job["id"]) is None  # a stale pause flag would stop the resumed run
+    assert queued_task_ids(server).count(job["id"]) == before + 1
+    assert api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "queued"  # idempotent
+
+    # A queued job pauses at once; a finished job can neither pause nor resume.
+    assert api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").json()["status"] == "paused"
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert_error(api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause"), 409)
+    assert_error(api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume"), 409)
+
+
+def test_events_pagination(api: httpx.Client, create: Callable[..., dict[str, Any]]) -> None:
+    job = create()
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume")
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()
+    messages = [e["message"] for e in events["data"]]
+    assert messages == ["Job cancelled by the user", "Job resumed", "Job paused", "Created fine-tuning job"]
+    assert all(
+        e["object"] == "fine_tuning.job.event" and e["id"].startswith("ftevent-") for e in events["data"]
+    )
+    assert events["data"][0]["data"]["status"] == "cancelled" and events["data"][0]["level"] == "info"
+    first = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 3}).json()
+    assert first["has_more"] is True
+    rest = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"after": first["last_id"]}).json()
+    assert [e["message"] for e in first["data"] + rest["data"]] == messages and rest["has_more"] is False
+    assert_error(api.get("/v1/fine_tuning/jobs/ftjob-missing/events"), 404)
+    assert_error(
+        api.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"after": "ftevent-x"}), 400, "after"
+    )
+
+
+def test_checkpoints(server: Server, api: httpx.Client, create: Callable[..., dict[str, Any]]) -> None:
+    job = create()
+    empty = api.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()
+    assert empty == {"object": "list", "data": [], "has_more": False, "first_id": None, "last_id": None}
+    with session_scope(server.db_url) as session:  # what the worker writes
+        for step in (10, 20):
+            session.add(
+                Checkpoint(
+                    job_id=job["id"],
+                    step_number=step,
+                    fine_tuned_model_checkpoint=f"ft:sppo-tiny:{job['id']}:ckpt-step-{step}",
+                    uri=f"artifacts/{job['id']}/step-{step}",
+                    metrics={"rollout/reward_mean": step / 100},
+                )
+            )
+    listed = api.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in listed] == [20, 10]
+    assert (
+        listed[0]["object"] == "fine_tuning.job.checkpoint" and listed[0]["fine_tuning_job_id"] == job["id"]
+    )
+    assert listed[0]["metrics"] == {"rollout/reward_mean": 0.2}
+    assert_error(api.get("/v1/fine_tuning/jobs/ftjob-missing/checkpoints"), 404)
+
+
+def test_file_in_use_cannot_be_deleted(api: httpx.Client, create: Callable[..., dict[str, Any]]) -> None:
+    job = create()
+    assert_error(api.delete(f"/v1/files/{job['training_file']}"), 409)
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert api.delete(f"/v1/files/{job['training_file']}").status_code == 200
+    assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["training_file"] == job["training_file"]

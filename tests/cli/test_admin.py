@@ -1,0 +1,109 @@
+"""`sppo keys create/list/revoke` and the dev key of `sppo run`, against a real migrated database."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.db import session_scope, upgrade_database
+from app.errors import AuthenticationError
+from app.services.keys import authenticate
+
+SPPO = str(Path(sys.executable).parent / "sppo")
+
+
+def _sppo(*args: str, db_url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SPPO_DATABASE_URL": db_url, "SPPO_DATA_DIR": str(data_dir)}
+    return subprocess.run([SPPO, *args], env=env, capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade_database(db_url)
+    created = _sppo("keys", "create", "--tenant", "acme", "--name", "ci", db_url=db_url, data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("sk-sppo-") and "shown only once" in created.stderr
+    with session_scope(db_url) as session:
+        assert authenticate(session, authorization=f"Bearer {key}").name == "acme"
+
+    listed = _sppo("keys", "list", db_url=db_url, data_dir=tmp_path)
+    key_id, tenant, prefix, state, name = listed.stdout.strip().split("\t")
+    assert (tenant, prefix, state, name) == ("acme", f"{key[:12]}...", "active", "ci")
+    assert key not in listed.stdout
+
+    assert _sppo("keys", "revoke", key_id, db_url=db_url, data_dir=tmp_path).returncode == 0
+    assert "revoked" in _sppo("keys", "list", "--tenant", "acme", db_url=db_url, data_dir=tmp_path).stdout
+    with session_scope(db_url) as session, pytest.raises(AuthenticationError):
+        authenticate(session, authorization=f"Bearer {key}")
+    missing = _sppo("keys", "revoke", "key-nope", db_url=db_url, data_dir=tmp_path)
+    assert missing.returncode == 1 and "key-nope" in missing.stderr
+
+
+def test_dev_key_is_stable_and_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.admin import ensure_dev_key
+
+    db_url = f"sqlite:///{tmp_path / 'dev.db'}"
+    upgrade_database(db_url)
+    monkeypatch.setenv("SPPO_DATABASE_URL", db_url)
+    from app.db import get_engine, get_sessionmaker
+    from app.settings import get_settings
+
+    for cached in (get_settings, get_engine, get_sessionmaker):
+        cached.cache_clear()
+    try:
+        key_file = tmp_path / "data" / "dev-api-key"
+        first = ensure_dev_key(key_file)
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert ensure_dev_key(key_file) == first
+        key_file.write_text("sk-sppo-stale\n")  # e.g. the database was reset: a new key replaces it
+        assert ensure_dev_key(key_file) != first
+    finally:
+        for cached in (get_settings, get_engine, get_sessionmaker):
+            cached.cache_clear()
+
+
+def _start_run(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start `sppo run`; return the process and the dev key it prints."""
+    process = subprocess.Popen(
+        [SPPO, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    key = ""
+    for line in process.stdout:
+        if line.startswith("Dev API key"):
+            key = line.rsplit(" ", 1)[-1].strip()
+        if "Uvicorn running" in line or "Application startup complete" in line:
+            return process, key
+    pytest.fail("sppo run exited before the server started")
+
+
+def test_sppo_run_migrates_serves_and_keeps_the_dev_key(tmp_path: Path, redis_url: str) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url}
+    env.pop("SPPO_DATABASE_URL", None)
+    keys = []
+    for _ in range(2):
+        process, key = _start_run(env)
+        try:
+            response = httpx.get(
+                f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200 and response.json()["data"][0]["id"] == "sppo-tiny"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            assert process.stdout is not None
+            process.stdout.close()
+        keys.append(key)
+    assert keys[0] == keys[1] and keys[0].startswith("sk-sppo-")
+    assert (tmp_path / "sppo.db").exists()  # the default SQLite database under the data dir
