@@ -111,7 +111,7 @@ def list_evaluations(
     session: Session, *, tenant: Tenant, after: str | None, limit: int
 ) -> tuple[list[Evaluation], bool]:
     query = select(Evaluation).where(Evaluation.tenant_id == tenant.id)
-    return page(session, query, created=Evaluation.created_at, ident=Evaluation.id, after=after, limit=limit)
+    return page(session, query, key=Evaluation.created_at, ident=Evaluation.id, after=after, limit=limit)
 
 
 def results_path(settings: Settings, evaluation: Evaluation) -> Path:
