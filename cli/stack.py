@@ -76,8 +76,7 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
-    sppo = Path(sys.executable).parent / "sppo"
-    command = [str(sppo)] if sppo.exists() else [sys.executable, "-m", "cli.main"]
+    command = [str(Path(sys.executable).parent / "sppo")]  # the console script next to this interpreter
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(

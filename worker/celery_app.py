@@ -14,7 +14,7 @@ job comes back within that time; lost *running* jobs are recovered sooner by the
 """
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE
 from app.settings import get_settings
@@ -22,11 +22,16 @@ from app.settings import get_settings
 VISIBILITY_TIMEOUT_S = 30 * 60
 
 
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+
+
 def create_celery_app() -> Celery:
     settings = get_settings()
     celery = Celery("sppo", broker=str(settings.redis_url), include=["worker.tasks"])
     celery.conf.update(
-        task_queues=(Queue(TRAIN_QUEUE), Queue(EVALUATION_QUEUE)),  # type: ignore[no-untyped-call]
+        # Each queue on its own direct exchange and routing key, as the API's send_task(queue=...) sends.
+        task_queues=[_queue(TRAIN_QUEUE), _queue(EVALUATION_QUEUE)],
         task_default_queue=TRAIN_QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -9,6 +9,7 @@ from sqlalchemy import update
 from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
+from worker.engine.config import model_defaults
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
 from worker.runconfig import base_model_dir
@@ -46,7 +47,10 @@ def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
             raise EngineError("invalid_file", f"File '{evaluation.file_id}' no longer exists.", "file")
         adapter = params.get("adapter_uri")
         model_dir = base_model_dir(settings, params["base_model"])
-        defaults_tokens = params.get("max_response_tokens") or DEFAULT_MAX_RESPONSE_TOKENS
+        # Unset: the model's recommended budget (sppo_defaults.json), else a general default.
+        tokens = params.get("max_response_tokens") or model_defaults(model_dir).get(
+            "max_response_tokens", DEFAULT_MAX_RESPONSE_TOKENS
+        )
         result = evaluate(
             model_dir,
             None if adapter is None else settings.data_dir / adapter,
@@ -54,7 +58,7 @@ def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
             evaluation.grader,
             samples=evaluation.samples,
             temperature=float(params.get("temperature", 1.0)),
-            max_response_tokens=int(defaults_tokens),
+            max_response_tokens=int(tokens),
             device=settings.device or "auto",
         )
     except Exception as exc:

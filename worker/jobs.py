@@ -173,6 +173,29 @@ def fail_job(
     return done
 
 
+def requeue_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bool:
+    """running → queued after a worker shut down cleanly: the next worker resumes from the checkpoint."""
+    done = transition(
+        session,
+        job_id=job_id,
+        expected=(S.running,),
+        to=S.queued,
+        message=f"Worker {worker_id} shut down; the job is queued again and resumes from step {step}",
+        level="warn",
+        data={"step": step},
+        where=_mine(worker_id),
+        worker_id=None,
+        heartbeat_at=None,
+        dispatched_at=None,  # the API's dispatcher sends it again (app/services/reaper.py)
+        estimated_finish=None,
+    )
+    if done:
+        session.commit()
+    else:
+        session.rollback()
+    return done
+
+
 def pause_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bool:
     """running → paused, once the trainer has written the checkpoint at `step`."""
     done = transition(

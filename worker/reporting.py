@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import ColumnElement, Table, select, update
+from sqlalchemy import ColumnElement, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,8 +24,13 @@ from app.lifecycle import add_event
 from app.models import Checkpoint, Job, JobStatus, MetricPoint, new_id, now
 from app.queues import control_key
 from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
+from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 
 log = logging.getLogger(__name__)
+
+# Set when the worker is asked to shut down (Ctrl-C of `sppo run`, SIGTERM of a container): the running
+# job checkpoints as for a pause, then goes back to the queue instead of to `paused`.
+SHUTDOWN = threading.Event()
 
 FLUSH_EVERY_S = 2.0  # metric points reach the DB at most this late (and at every checkpoint and the end)
 CONTROL_POLL_S = 0.5  # the trainer may poll control() per generated token; Redis is read at most this often
@@ -50,7 +55,7 @@ def find_adapter_dir(path: Path) -> Path:
     return path / "adapter"
 
 
-class JobReporter:
+class JobReporter(TrainerCallbacks):
     """TrainerCallbacks for one claimed job (see INTERFACES.md); thread-safe where the trainer needs it."""
 
     def __init__(
@@ -74,14 +79,13 @@ class JobReporter:
         self._lost = threading.Event()
         self._stopped = threading.Event()
         self._pending: dict[int, dict[str, float]] = {}
-        self._last_metrics: tuple[int, dict[str, float]] = (0, {})
         self._last_flush = time.monotonic()
-        self._last_control = (0.0, "continue")
+        self._last_control: tuple[float, Control] = (0.0, "continue")
         self._run_started = time.monotonic()
         self.start_step = 0
         self.total_steps: int | None = None
         self.current_step = 0
-        self.trained_tokens = 0
+        self.trained_tokens: int | None = None  # the engine's cumulative perf/tokens, once a step reports it
         self.last_eval: dict[str, float] = {}
         self._heartbeat = threading.Thread(
             target=self._beat, args=(heartbeat_interval_s,), name=f"heartbeat-{job_id}", daemon=True
@@ -125,7 +129,9 @@ class JobReporter:
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
     def _progress(self) -> dict[str, Any]:
-        values: dict[str, Any] = {"current_step": self.current_step, "trained_tokens": self.trained_tokens}
+        values: dict[str, Any] = {"current_step": self.current_step}
+        if self.trained_tokens is not None:
+            values["trained_tokens"] = self.trained_tokens
         done = self.current_step - self.start_step
         if self.total_steps and done > 0:
             per_step = (time.monotonic() - self._run_started) / done
@@ -183,18 +189,11 @@ class JobReporter:
 
     # --- TrainerCallbacks ------------------------------------------------------------------------------
 
-    def on_start(self, info: Any) -> None:
-        self.start_step = int(getattr(info, "start_step", 0) or 0)
-        self.total_steps = int(info.total_steps)
+    def on_start(self, info: StartInfo) -> None:
+        self.start_step = info.start_step
+        self.total_steps = info.total_steps
         self.current_step = self.start_step
         self._run_started = time.monotonic()
-        with self._sessions() as session:  # tokens of the steps a resumed run keeps
-            kept = session.scalars(
-                select(MetricPoint.metrics).where(
-                    MetricPoint.job_id == self.job_id, MetricPoint.step <= self.start_step
-                )
-            )
-            self.trained_tokens = int(sum(float(m.get("perf/tokens", 0.0)) for m in kept))
         if self.start_step:
             self._drop_stream_after(self.start_step)
             message = f"Resumed from the checkpoint at step {self.start_step} of {self.total_steps}"
@@ -216,25 +215,20 @@ class JobReporter:
         self._publish(step, metrics)
         with self._lock:
             self._pending[step] = metrics
-            self._last_metrics = (step, metrics)
             self.current_step = step
-            self.trained_tokens += int(metrics.get("perf/tokens", 0))
+            if "perf/tokens" in metrics:  # cumulative over the whole run, resumes included
+                self.trained_tokens = int(metrics["perf/tokens"])
             due = time.monotonic() - self._last_flush >= FLUSH_EVERY_S
         if due:
             self.flush()
 
-    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         self.event(message, level=level, data=data)
 
     def on_evaluation(self, step: int, scores: dict[str, float]) -> None:
+        # The engine also adds the scores to the step's metrics (on_step follows): only the event here.
         scores = {name: float(value) for name, value in scores.items()}
         self.last_eval = scores
-        with self._lock:  # eval scores join the step's metric point (and its live record)
-            last_step, last = self._last_metrics
-            merged = {**(last if last_step == step else {}), **self._pending.get(step, {}), **scores}
-            self._pending[step] = merged
-            self._last_metrics = (step, merged)
-        self._publish(step, merged)
         summary = ", ".join(f"{name}={value:.3f}" for name, value in sorted(scores.items()))
         self.event(f"Evaluation at step {step}: {summary}", type="metrics", data={"step": step, **scores})
 
@@ -257,6 +251,12 @@ class JobReporter:
 
         def record(session: Session) -> None:
             upsert(session, Checkpoint.__table__, [row], ["job_id", "step_number"])  # type: ignore[arg-type]
+            # The engine keeps the last few checkpoints (and the best): list only those it still has.
+            for checkpoint_id, stored in session.execute(
+                select(Checkpoint.id, Checkpoint.uri).where(Checkpoint.job_id == self.job_id)
+            ).all():
+                if not (self.data_dir / stored).exists():
+                    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
             add_event(
                 session,
                 job_id=self.job_id,
@@ -267,9 +267,11 @@ class JobReporter:
 
         self._write(record)
 
-    def control(self) -> str:
+    def control(self) -> Control:
         if self.lost:
             return "cancel"
+        if SHUTDOWN.is_set():
+            return "pause"
         last_read, answer = self._last_control
         if time.monotonic() - last_read < CONTROL_POLL_S:
             return answer
@@ -277,7 +279,11 @@ class JobReporter:
             value = self._redis.get(control_key(self.job_id))
         except redis.RedisError:  # Redis down: keep going; a cancel still reaches us through the DB guard
             value = None
-        answer = value.decode() if isinstance(value, bytes) and value in (b"cancel", b"pause") else "continue"
+        answer = "continue"
+        if value == b"cancel":
+            answer = "cancel"
+        elif value == b"pause":
+            answer = "pause"
         self._last_control = (time.monotonic(), answer)
         if answer == "continue" and time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
             self.flush()

@@ -27,6 +27,10 @@ SAME_NAME = (
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval",
 )  # fmt: skip
 REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
+# A registry folder needs weights and a tokenizer; checked before loading, whose errors are less clear.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def base_model_dir(settings: Settings, name: str) -> Path:
@@ -35,6 +39,9 @@ def base_model_dir(settings: Settings, name: str) -> Path:
     if entry is None:
         raise ModelNotFoundError(f"Model '{name}' is no longer in the model registry; see GET /v1/models.")
     if entry.path is not None:
+        for kind, names in (("weights", WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES)):
+            if not any((entry.path / file).is_file() for file in names):
+                raise ModelNotFoundError(f"Model '{name}' has no {kind} in the model registry.")
         return entry.path
     from worker.engine.fixtures import ensure_fixture  # builds with torch: only when the fixture is used
 
@@ -64,7 +71,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
     reinforcement = job.method["reinforcement"]
     hyper = dict(job.hyperparameters)
     model_dir = base_model_dir(settings, job.model)
-    defaults = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
+    defaults: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
     values: dict[str, Any] = {
         "model": str(model_dir),
         "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,

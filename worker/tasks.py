@@ -5,12 +5,23 @@ failure (that is recorded on the job), so Celery never retries one.
 """
 
 import logging
+from typing import Any
+
+from celery.signals import worker_shutting_down
 
 from app.queues import EVALUATE_TASK, TRAIN_TASK
 from app.settings import get_settings
 from worker.celery_app import app
+from worker.reporting import SHUTDOWN
 
 log = logging.getLogger(__name__)
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _checkpoint_and_requeue_on_shutdown(**_kwargs: Any) -> None:
+    # Sent from the signal handler while a task runs (solo pool): the trainer's next control() poll
+    # answers "pause", so the job checkpoints and is requeued; a warm shutdown then waits for that.
+    SHUTDOWN.set()
 
 
 @app.task(name=TRAIN_TASK)  # type: ignore[untyped-decorator]

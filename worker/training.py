@@ -19,11 +19,18 @@ from app.lifecycle import transition
 from app.models import Job, JobStatus
 from app.queues import control_key
 from app.settings import Settings
-from worker.engine.callbacks import TrainerCallbacks
 from worker.engine.errors import EngineError
 from worker.engine.trainer import run_training
-from worker.jobs import claim_job, fail_job, fine_tuned_model_name, pause_job, succeed_job, worker_identity
-from worker.reporting import JobReporter
+from worker.jobs import (
+    claim_job,
+    fail_job,
+    fine_tuned_model_name,
+    pause_job,
+    requeue_job,
+    succeed_job,
+    worker_identity,
+)
+from worker.reporting import SHUTDOWN, JobReporter
 from worker.runconfig import build_run_config
 
 log = logging.getLogger(__name__)
@@ -35,14 +42,20 @@ INTERNAL_ERROR = (
 )
 
 
-class _Callbacks(JobReporter, TrainerCallbacks):
-    """The reporter, typed as the engine's callbacks (the engine keeps its no-op defaults for the rest)."""
-
-
-def _user_error(exc: BaseException) -> tuple[str, str, str | None] | None:
-    """Errors a user can act on that the engine did not raise as EngineError."""
+def _user_error(exc: BaseException, job: Job) -> tuple[str, str, str | None] | None:
+    """(code, message, param) of an error a user can act on, with the API's param names; else None."""
     if isinstance(exc, EngineError):
-        return exc.code, exc.message, exc.param
+        if exc.code == "model_not_found":  # the engine's message names server paths; say it in API terms
+            return (
+                "model_not_found",
+                f"The base model '{job.model}' could not be loaded: its files in the model registry are "
+                "missing or incomplete. Choose another model from GET /v1/models or ask the operator.",
+                "model",
+            )
+        param = exc.param
+        if param is not None and param.startswith("grader"):
+            param = f"method.reinforcement.{param}"
+        return exc.code, exc.message, param
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return (
             "out_of_memory",
@@ -63,7 +76,7 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
             log.info("job %s is not queued (duplicate or stale message); dropped", job_id)
             return "dropped"
         model_name = fine_tuned_model_name(session, job)
-    reporter = _Callbacks(
+    reporter = JobReporter(
         job_id=job_id,
         worker_id=worker_id,
         model_name=model_name,
@@ -88,9 +101,9 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
             config, resolved = build_run_config(session, settings=settings, job=job)
             session.execute(update(Job).where(*reporter.owned).values(resolved_hyperparameters=resolved))
             session.commit()
-        result = run_training(config, reporter)  # type: ignore[arg-type]
+        result = run_training(config, reporter)
     except Exception as exc:
-        error = _user_error(exc)
+        error = _user_error(exc, job)
         if error is None:
             log.exception("job %s failed unexpectedly", job.id)
             error = (*INTERNAL_ERROR, None)
@@ -119,6 +132,9 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
         log.info("job %s was cancelled or taken over while running; its outcome is not recorded", job.id)
         return "lost"
     with sessions() as session:
+        if result.status == "paused" and SHUTDOWN.is_set() and not _pause_requested(settings, job.id):
+            done = requeue_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
+            return "requeued (worker shutdown)" if done else "lost"
         if result.status == "paused":
             done = pause_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
             _clear_control(settings, job.id)
@@ -148,10 +164,18 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
             model_name=model_name,
             adapter_dir=result.final_adapter_dir,
             final_step=result.final_step,
-            trained_tokens=reporter.trained_tokens,
+            trained_tokens=reporter.trained_tokens or 0,
             final_eval=dict(result.eval),
         )
     return "succeeded" if done else "lost"
+
+
+def _pause_requested(settings: Settings, job_id: str) -> bool:
+    try:
+        client = redis.Redis.from_url(str(settings.redis_url), socket_connect_timeout=2)
+        return bool(client.get(control_key(job_id)) == b"pause")
+    except redis.RedisError:
+        return False
 
 
 def _clear_control(settings: Settings, job_id: str) -> None:

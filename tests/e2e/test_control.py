@@ -1,0 +1,107 @@
+"""Cancel, pause/resume and crash recovery of real training runs (uvicorn, Celery, Redis, PostgreSQL)."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import FINISHED, Stack, events, jsonl, metric_steps, sppo_method, wait_for
+from worker.engine.fixtures import Fixture
+
+JobFactory = Callable[..., dict[str, Any]]
+
+
+def _create(api: httpx.Client, training_file: str, **hyperparameters: Any) -> dict[str, Any]:
+    response = api.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": "sppo-tiny", "training_file": training_file, "method": sppo_method(**hyperparameters)},
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _stream_steps(stack: Stack, api: httpx.Client, job_id: str) -> list[int]:
+    """Steps in the live stream of a finished job, in stream order (a finished job's stream just drains)."""
+    text = api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics/stream").text
+    return [int(line.split('"step": ')[1].split(",")[0]) for line in text.splitlines() if '"step": ' in line]
+
+
+def _running_at(api: httpx.Client, job_id: str, step: int) -> dict[str, Any]:
+    return wait_for(api, job_id, lambda j: j["status"] in FINISHED or j["current_step"] >= step)
+
+
+def test_cancel_queued_and_running_jobs(
+    stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
+) -> None:
+    long_file = upload(jsonl(tiny.train_file, 0, 160))
+    running = _create(api, long_file)  # 20 steps: far longer than this test waits
+    queued = _create(api, long_file)
+    _running_at(api, running["id"], 1)
+    assert api.get(f"/v1/fine_tuning/jobs/{queued['id']}").json()["status"] == "queued"
+
+    cancelled = api.post(f"/v1/fine_tuning/jobs/{queued['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    cancelled = api.post(f"/v1/fine_tuning/jobs/{running['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"  # at once; the worker stops within a step
+    steps_at_cancel = cancelled["current_step"]
+
+    # The worker is free again: a new job runs to the end.
+    follow_up = _create(api, upload(jsonl(tiny.train_file, 0, 16)))
+    assert wait_for(api, follow_up["id"], lambda j: j["status"] in FINISHED)["status"] == "succeeded"
+
+    assert max(metric_steps(api, running["id"])) <= steps_at_cancel + 1
+    assert api.get(f"/v1/fine_tuning/jobs/{running['id']}").json()["status"] == "cancelled"
+    never_started = api.get(f"/v1/fine_tuning/jobs/{queued['id']}").json()
+    assert never_started["status"] == "cancelled" and never_started["current_step"] == 0
+    assert not any(e["message"].startswith("Job started") for e in events(api, queued["id"]))
+    assert metric_steps(api, queued["id"]) == []
+    worker_log = "".join(p.read_text() for p in stack.log_dir.glob("worker-*.log"))
+    assert f"job {queued['id']} is not queued" in worker_log  # its message came and was dropped
+
+
+def test_pause_then_resume_continues_at_the_same_step(
+    stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
+) -> None:
+    total = 6
+    job = _create(api, upload(jsonl(tiny.train_file, 0, 8 * total)), checkpoint_interval=10)
+    _running_at(api, job["id"], 2)
+    response = api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    assert response.status_code == 200, response.text
+    paused = wait_for(api, job["id"], lambda j: j["status"] in ("paused", *FINISHED))
+    assert paused["status"] == "paused", paused
+    at = paused["current_step"]
+    assert 2 <= at < total
+    assert metric_steps(api, job["id"]) == list(range(1, at + 1))
+    checkpoints = api.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in checkpoints] == [at]  # pausing wrote it (interval 10 never did)
+    time.sleep(2)  # the worker is free and the job stays paused
+    assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "paused"
+
+    assert api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "queued"
+    done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
+    assert done["status"] == "succeeded", done
+    assert metric_steps(api, job["id"]) == list(range(1, total + 1))
+    assert _stream_steps(stack, api, job["id"]) == list(range(1, total + 1))  # no gaps, no repeats
+    messages = [e["message"] for e in events(api, job["id"])]
+    assert f"Resumed from the checkpoint at step {at} of {total}" in messages
+
+
+def test_worker_killed_mid_training_job_resumes_on_a_new_worker(
+    stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
+) -> None:
+    total = 8
+    job = _create(api, upload(jsonl(tiny.train_file, 0, 8 * total)), checkpoint_interval=3)
+    _running_at(api, job["id"], 4)  # past the checkpoint at 3: step 4 (at least) runs twice
+    stack.kill_worker()
+    killed_at = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["current_step"]
+    stack.start_worker()
+    done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED, timeout=300)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2
+    assert done["current_step"] == total and killed_at < total
+    assert metric_steps(api, job["id"]) == list(range(1, total + 1))  # every step exactly once
+    assert _stream_steps(stack, api, job["id"]) == list(range(1, total + 1))
+    messages = [e["message"] for e in events(api, job["id"])]
+    assert any("stopped responding" in m and "requeued as attempt 2" in m for m in messages)
+    assert any(m.startswith("Resumed from the checkpoint at step") for m in messages)

@@ -1,0 +1,114 @@
+"""The job reporter (the trainer's callbacks) against real databases and Redis, without a trainer."""
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import get_sessionmaker
+from app.lifecycle import transition
+from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint
+from app.queues import control_key
+from app.settings import Settings
+from app.streams import decode_step, metrics_stream_key
+from worker.engine.callbacks import StartInfo
+from worker.jobs import claim_job
+from worker.reporting import JobReporter
+
+S = JobStatus
+Reporter = Callable[[], JobReporter]
+
+
+@pytest.fixture
+def job_id(session: Session, make_job: Callable[..., str]) -> str:
+    job_id = make_job()
+    assert claim_job(session, job_id=job_id, worker_id="w:1") is not None
+    return job_id
+
+
+@pytest.fixture
+def reporter(settings: Settings, job_id: str) -> Iterator[Reporter]:
+    made: list[JobReporter] = []
+
+    def _make() -> JobReporter:
+        made.append(
+            JobReporter(
+                job_id=job_id,
+                worker_id="w:1",
+                model_name=f"ft:sppo-tiny:t::{job_id}",
+                data_dir=settings.data_dir,
+                sessions=get_sessionmaker(settings.db_url),
+                redis_client=redis.Redis.from_url(str(settings.redis_url)),
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+            )
+        )
+        return made[-1]
+
+    yield _make
+    for each in made:
+        each.close()
+
+
+def _stream_steps(settings: Settings, job_id: str) -> list[int]:
+    client = redis.Redis.from_url(str(settings.redis_url))
+    return [decode_step(fields)["step"] for _, fields in client.xrange(metrics_stream_key(job_id))]
+
+
+def _points(session: Session, job_id: str) -> dict[int, float]:
+    rows = session.execute(select(MetricPoint.step, MetricPoint.metrics).where(MetricPoint.job_id == job_id))
+    return {step: metrics["m"] for step, metrics in rows}
+
+
+def test_a_rerun_after_a_crash_records_every_step_once(
+    settings: Settings, session: Session, job_id: str, reporter: Reporter, tmp_path: Path
+) -> None:
+    first = reporter()
+    first.on_start(StartInfo(total_steps=4, start_step=0, output_dir=tmp_path))
+    for step in (1, 2, 3):
+        first.on_step(step, {"m": float(step), "perf/tokens": 10.0 * step})
+    adapter = settings.data_dir / "jobs" / job_id / "run" / "checkpoints" / "step-000002" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    first.on_checkpoint(2, adapter.parent, {"m": 2.0, "eval/pass@1": 0.5})
+    first.flush()
+    first.close()  # the worker dies here; step 3 was after the checkpoint
+
+    second = reporter()
+    second.on_start(StartInfo(total_steps=4, start_step=2, output_dir=tmp_path))
+    assert _stream_steps(settings, job_id) == [1, 2]  # the stale live record of step 3 is gone
+    second.on_step(3, {"m": 30.0, "perf/tokens": 300.0})
+    second.on_step(4, {"m": 40.0, "perf/tokens": 400.0})
+    assert second.flush()
+    assert _points(session, job_id) == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0}
+    assert _stream_steps(settings, job_id) == [1, 2, 3, 4]
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None and (job.current_step, job.total_steps, job.trained_tokens) == (4, 4, 400)
+    checkpoint = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).one()
+    assert checkpoint.step_number == 2 and checkpoint.metrics["eval/pass@1"] == 0.5
+    assert checkpoint.uri == f"jobs/{job_id}/run/checkpoints/step-000002/adapter"
+    assert checkpoint.fine_tuned_model_checkpoint.endswith(":ckpt-step-2")
+
+
+def test_control_answers_pause_and_cancel(
+    settings: Settings, session: Session, job_id: str, reporter: Reporter
+) -> None:
+    each = reporter()
+    assert each.control() == "continue"
+    redis.Redis.from_url(str(settings.redis_url)).set(control_key(job_id), "pause")
+    time.sleep(0.6)  # control() reads Redis at most every 0.5 s
+    assert each.control() == "pause"
+    # The API cancels: the next guarded write (the heartbeat, every 0.2 s here) notices, even without Redis.
+    redis.Redis.from_url(str(settings.redis_url)).delete(control_key(job_id))
+    assert transition(session, job_id=job_id, expected=(S.running,), to=S.cancelled, message="cancel")
+    session.commit()
+    deadline = time.monotonic() + 5
+    while each.control() != "cancel":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert not each.flush()  # and it writes nothing more
+    each.on_event("info", "too late")
+    assert "too late" not in session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
