@@ -107,6 +107,8 @@ def watch(
                 else:  # the stream ended: read the job's final state (or reconnect if it is still going)
                     job = client.get(f"/fine_tuning/jobs/{job_id}")
                     live.update(_view(job, max(step, int(job["current_step"])), metrics, bar, task))
+    if not console.is_terminal:
+        console.line()  # a non-terminal Live leaves its last frame without a line end
     status = str(job["status"])
     if job.get("error"):
         console.print(f"[red]{job['error']['message']}[/]", highlight=False)

@@ -7,10 +7,25 @@
   }
   var COLORS = ["--c1", "--c2", "--c3", "--c4", "--c5", "--c6"];
 
-  function axes(xLabel) {
+  // Steps are whole numbers: tick only at integer multiples (no "1.2, 1.4" on a 3-step run).
+  var STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000];
+
+  function axes(xLabel, integerX) {
     var text = css("--muted"), grid = css("--grid");
     var axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
-    return [Object.assign({ label: xLabel, labelSize: 20 }, axis), Object.assign({ size: 60 }, axis)];
+    var x = Object.assign({ label: xLabel, labelSize: 20 }, axis);
+    if (integerX) x.incrs = STEP_INCRS;
+    return [x, Object.assign({ size: 60 }, axis)];
+  }
+
+  // Rewards, accuracies and pass@k live in [0, 1]: keep that scale, so a flat 0 reads as 0, not as noise.
+  function yRange(bounded) {
+    return function (u, min, max) {
+      if (bounded) return [0, Math.max(1, max)];
+      if (min === max) { var pad = Math.abs(min) * 0.1 || 1; return [min - pad, max + pad]; }
+      var span = (max - min) * 0.08;
+      return [min - span, max + span];
+    };
   }
 
   function fmt(v) {
@@ -23,7 +38,7 @@
     return Math.max(el.clientWidth, 200);
   }
 
-  function makePlot(el, labels, data, xLabel, timeX) {
+  function makePlot(el, labels, data, xLabel, timeX, bounded) {
     el.innerHTML = "";
     var series = [{ label: xLabel, value: function (u, v) { return v == null ? "—" : timeX ? fmt(v) + " s" : v; } }];
     labels.forEach(function (label, i) {
@@ -31,8 +46,8 @@
                     value: function (u, v) { return fmt(v); }, points: { size: 4 } });
     });
     var plot = new uPlot({
-      width: width(el), height: 200, series: series, axes: axes(xLabel),
-      scales: { x: { time: false } }, cursor: { drag: { x: true, y: false } },
+      width: width(el), height: 200, series: series, axes: axes(xLabel, !timeX),
+      scales: { x: { time: false }, y: { range: yRange(bounded) } }, cursor: { drag: { x: true, y: false } },
       legend: { live: true },
     }, data, el);
     // Follow the card's width (laptop ↔ phone, rotating).
@@ -65,7 +80,7 @@
         if (!has) return;
         var data = [steps.slice()].concat(c.metrics.map(function (m) { return values[m].slice(); }));
         if (c.plot) c.plot.setData(data);
-        else c.plot = makePlot(c.el, c.labels, data, "step", false);
+        else c.plot = makePlot(c.el, c.labels, data, "step", false, c.el.dataset.bounded === "true");
       });
     }
 
@@ -94,7 +109,7 @@
       var data = uPlot.join(tables);
       if (plot) plot.destroy();
       plot = makePlot(el, series.map(function (s) { return s.label; }), data,
-                      mode === "time" ? "seconds since start" : "step", mode === "time");
+                      mode === "time" ? "seconds since start" : "step", mode === "time", el.dataset.bounded === "true");
       el.dataset.mode = mode;
     }
     document.querySelectorAll("[data-x]").forEach(function (button) {

@@ -30,6 +30,7 @@ CHART_METRICS = (
     "rollout/response_length_mean",
     "perf/tokens_per_s",
 )
+BOUNDED_METRICS = ("rollout/reward_mean", "rollout/accuracy", "eval/pass@1")  # scores in [0, 1]
 
 
 def _local_path(url: str | None) -> str:
@@ -113,7 +114,7 @@ def job_page(request: Request, session: SessionDep, tenant: WebTenant, job_id: s
     context = _job_context(session, tenant, job_id)
     points = dashboard.metric_points(session, tenant=tenant, job_id=job_id)
     context["points"] = [p.as_json() for p in points]
-    context["chart_metrics"] = CHART_METRICS
+    context["bounded_metrics"] = BOUNDED_METRICS
     return render(request, "job.html", context)
 
 
@@ -142,7 +143,7 @@ def compare_page(
         series.append(
             {
                 "id": job_id,
-                "label": f"{algorithm} · {job_id[-6:]}",
+                "label": f"{algorithm} · {job_id[-8:]}",
                 "points": [[p.step, p.elapsed_s, p.metrics.get(metric)] for p in points],
             }
         )
@@ -151,6 +152,7 @@ def compare_page(
         "chosen": chosen,
         "metric": metric,
         "metrics": CHART_METRICS,
+        "bounded_metrics": BOUNDED_METRICS,
         "series": series,
     }
     return render(request, "compare.html", context)
