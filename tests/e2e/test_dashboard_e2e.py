@@ -43,7 +43,11 @@ def create_job(
 
 def shot(page: Any, name: str) -> None:
     web.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(web.SCREENSHOTS / name), full_page=True)
+    # Crop to the content: a short page should not come with a screen of empty background.
+    height = int(page.evaluate("document.documentElement.scrollHeight"))
+    page.set_viewport_size({"width": 1280, "height": max(height, 400)})
+    page.screenshot(path=str(web.SCREENSHOTS / name))
+    page.set_viewport_size({"width": 1280, "height": 860})
 
 
 def test_dashboard_follows_a_real_run(
