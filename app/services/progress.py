@@ -12,6 +12,7 @@ import os
 import re
 import tarfile
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from app.streams import metrics_stream_key
 
 log = logging.getLogger(__name__)
 
-BLOCK_MS = 2000
+BLOCK_MS = 2000  # how soon the end of a job is noticed on an idle stream
+KEEP_ALIVE_S = 15.0
 READ_COUNT = 500
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -71,6 +73,7 @@ async def metric_events(settings: Settings, *, job_id: str, cursor: str) -> Asyn
     key = metrics_stream_key(job_id)
     try:
         yield "retry: 2000\n\n"
+        last_sent = time.monotonic()
         while True:
             status = await asyncio.to_thread(_job_status, job_id)
             finished = status is None or status in FINISHED_STATUSES
@@ -81,11 +84,13 @@ async def metric_events(settings: Settings, *, job_id: str, cursor: str) -> Asyn
             for entry_id, fields in records:
                 cursor = entry_id.decode()
                 yield _sse("metrics", fields[b"data"].decode(), cursor)
+                last_sent = time.monotonic()
             if finished and not records:
                 yield _sse("end", json.dumps({"status": status}))
                 return
-            if not records:
+            if time.monotonic() - last_sent >= KEEP_ALIVE_S:
                 yield ": keep-alive\n\n"  # lets proxies and clients see the connection is alive
+                last_sent = time.monotonic()
     finally:
         await client.aclose()
 

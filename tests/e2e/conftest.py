@@ -203,7 +203,7 @@ def sppo_method(**hyperparameters: Any) -> dict[str, Any]:
 
 
 def wait_for(
-    api: httpx.Client, job_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 240
+    api: httpx.Client, job_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 900
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -222,10 +222,10 @@ def metric_steps(api: httpx.Client, job_id: str) -> list[int]:
 def events(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
     """All events, oldest first."""
     found: list[dict[str, Any]] = []
-    after = None
+    params: dict[str, Any] = {"limit": 100}
     while True:
-        page = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100, "after": after}).json()
+        page = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params).json()
         found += page["data"]
         if not page["has_more"]:
             return found[::-1]
-        after = page["data"][-1]["id"]
+        params["after"] = page["data"][-1]["id"]

@@ -5,17 +5,26 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import FINISHED, Stack, events, jsonl, metric_steps, sppo_method, wait_for
 from worker.engine.fixtures import Fixture
 
+# Real training on a shared CPU: generous limits, so a loaded machine slows these tests down only.
+pytestmark = pytest.mark.timeout(1800)
+
 JobFactory = Callable[..., dict[str, Any]]
 
 
+# Control is what is tested here, not learning: the smallest steps the engine takes.
+BATCH = 4
+SMALL = {"batch_size": BATCH, "ppo_epochs": 1, "minibatch_size": BATCH}
+
+
 def _create(api: httpx.Client, training_file: str, **hyperparameters: Any) -> dict[str, Any]:
+    method = sppo_method(**{**SMALL, **hyperparameters})
     response = api.post(
-        "/v1/fine_tuning/jobs",
-        json={"model": "sppo-tiny", "training_file": training_file, "method": sppo_method(**hyperparameters)},
+        "/v1/fine_tuning/jobs", json={"model": "sppo-tiny", "training_file": training_file, "method": method}
     )
     assert response.status_code == 200, response.text
     return dict(response.json())
@@ -34,8 +43,8 @@ def _running_at(api: httpx.Client, job_id: str, step: int) -> dict[str, Any]:
 def test_cancel_queued_and_running_jobs(
     stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
-    long_file = upload(jsonl(tiny.train_file, 0, 160))
-    running = _create(api, long_file)  # 20 steps: far longer than this test waits
+    long_file = upload(jsonl(tiny.train_file, 0, 40 * BATCH))
+    running = _create(api, long_file)  # 40 steps: far longer than this test waits
     queued = _create(api, long_file)
     _running_at(api, running["id"], 1)
     assert api.get(f"/v1/fine_tuning/jobs/{queued['id']}").json()["status"] == "queued"
@@ -47,7 +56,7 @@ def test_cancel_queued_and_running_jobs(
     steps_at_cancel = cancelled["current_step"]
 
     # The worker is free again: a new job runs to the end.
-    follow_up = _create(api, upload(jsonl(tiny.train_file, 0, 16)))
+    follow_up = _create(api, upload(jsonl(tiny.train_file, 0, 2 * BATCH)))
     assert wait_for(api, follow_up["id"], lambda j: j["status"] in FINISHED)["status"] == "succeeded"
 
     assert max(metric_steps(api, running["id"])) <= steps_at_cancel + 1
@@ -63,8 +72,8 @@ def test_cancel_queued_and_running_jobs(
 def test_pause_then_resume_continues_at_the_same_step(
     stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
-    total = 6
-    job = _create(api, upload(jsonl(tiny.train_file, 0, 8 * total)), checkpoint_interval=10)
+    total = 5
+    job = _create(api, upload(jsonl(tiny.train_file, 0, BATCH * total)), checkpoint_interval=10)
     _running_at(api, job["id"], 2)
     response = api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
     assert response.status_code == 200, response.text
@@ -90,13 +99,13 @@ def test_pause_then_resume_continues_at_the_same_step(
 def test_worker_killed_mid_training_job_resumes_on_a_new_worker(
     stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
-    total = 8
-    job = _create(api, upload(jsonl(tiny.train_file, 0, 8 * total)), checkpoint_interval=3)
-    _running_at(api, job["id"], 4)  # past the checkpoint at 3: step 4 (at least) runs twice
+    total = 6
+    job = _create(api, upload(jsonl(tiny.train_file, 0, BATCH * total)), checkpoint_interval=2)
+    _running_at(api, job["id"], 3)  # past the checkpoint at 2: step 3 (at least) runs twice
     stack.kill_worker()
     killed_at = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["current_step"]
     stack.start_worker()
-    done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED, timeout=300)
+    done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2
     assert done["current_step"] == total and killed_at < total

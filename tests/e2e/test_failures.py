@@ -5,9 +5,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import FINISHED, Stack, jsonl, sppo_method, wait_for
 from worker.engine.fixtures import Fixture
+
+# Real training on a shared CPU: generous limits, so a loaded machine slows these tests down only.
+pytestmark = pytest.mark.timeout(1800)
 
 NO_ANSWER = b"".join(
     json.dumps({"messages": [{"role": "user", "content": f"{i}+1+1="}], "note": "x"}).encode() + b"\n"

@@ -13,12 +13,16 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.e2e.conftest import Stack, jsonl, metric_steps, sppo_method
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
+
+# Real training on a shared CPU: generous limits, so a loaded machine slows these tests down only.
+pytestmark = pytest.mark.timeout(1800)
 
 TRAIN_ITEMS, VALIDATION_ITEMS, BATCH = 32, 16, 8
 STEPS = TRAIN_ITEMS // BATCH
@@ -125,6 +129,11 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
             archive.extractall(tmp_path, filter="data")
         adapter_dir = tmp_path / final.id
         assert (adapter_dir / "adapter_config.json").is_file()
+        with stack.client(stack.new_key()) as stranger:  # another tenant sees none of it
+            for path in (f"checkpoints/{final.id}/adapter", "metrics", "metrics/stream", "checkpoints"):
+                assert stranger.get(f"/v1/fine_tuning/jobs/{job.id}/{path}").status_code == 404
+        after = api.get(f"/v1/fine_tuning/jobs/{job.id}/metrics", params={"after_step": 2}).json()
+        assert [p["step"] for p in after["data"]] == list(range(3, STEPS + 1)) and after["last_step"] == STEPS
         tokenizer = AutoTokenizer.from_pretrained(tiny.model_dir)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.model_dir), adapter_dir)
         items = [json.loads(line) for line in validation.splitlines()]
@@ -150,10 +159,11 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
         assert "eval/avg@2" in evaluation["scores"]
         results = api.get(evaluation["results_url"]).text.splitlines()
         assert len(results) == VALIDATION_ITEMS
+        assert [e["id"] for e in api.get("/v1/evaluations").json()["data"]] == [evaluation["id"]]
     print(f"end-to-end test took {time.monotonic() - started:.1f}s")
 
 
-def _wait_evaluation(api: httpx.Client, evaluation_id: str, timeout: float = 120) -> dict[str, Any]:
+def _wait_evaluation(api: httpx.Client, evaluation_id: str, timeout: float = 600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         evaluation: dict[str, Any] = api.get(f"/v1/evaluations/{evaluation_id}").json()
