@@ -10,7 +10,8 @@ import redis
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.models import ApiKey, MetricPoint
+from app.lifecycle import transition
+from app.models import ApiKey, JobStatus, MetricPoint
 from app.security import hash_api_key
 from app.services.keys import revoke_key
 from app.streams import encode_step, metrics_stream_key
@@ -87,6 +88,28 @@ def test_job_page_controls_follow_the_state(browser: Browser, api: httpx.Client,
     assert "data-action=" not in finished and 'hx-trigger="every 2s"' not in finished
     conflict = browser.post(f"/jobs/{job['id']}/resume")
     assert conflict.status_code == 409 and "only a paused job can be resumed" in conflict.text
+
+
+def test_failed_job_shows_its_error(server: Server, browser: Browser, new_job: NewJob) -> None:
+    job_id = new_job()["id"]
+    with session_scope(server.db_url) as session:  # what the worker writes when training fails
+        failed = transition(
+            session,
+            job_id=job_id,
+            expected=(JobStatus.queued,),
+            to=JobStatus.failed,
+            message="Training failed",
+            level="error",
+            error_code="training_diverged",
+            error_message="The policy loss became NaN at step 3; lower learning_rate_multiplier.",
+            error_param="method.reinforcement.hyperparameters.learning_rate_multiplier",
+        )
+        assert failed
+    page = browser.get(f"/jobs/{job_id}").text
+    panel = page.split('id="failure"')[1].split("</div>")[0]
+    assert "training_diverged" in panel and "became NaN at step 3" in panel
+    assert "learning_rate_multiplier" in panel and 'data-action="' not in page
+    assert '<li class="error">' in page
 
 
 def test_cancel_needs_the_session_cookie_and_its_csrf_token(
