@@ -81,17 +81,30 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
 
 
+_shared: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
-    """Debian's headless Chromium driven by Playwright (its own browser download is never used)."""
+    """Debian's headless Chromium driven by Playwright (its own browser download is never used).
+
+    One browser per test session even where another directory re-exports this fixture (tests/e2e):
+    Playwright's sync API allows one instance per thread.
+    """
     if not CHROMIUM.exists():
         pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
+    owner = "browser" not in _shared
+    if owner:
+        from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        _shared["playwright"] = sync_playwright().start()
+        _shared["browser"] = _shared["playwright"].chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+    yield _shared["browser"]
+    if owner:
+        _shared.pop("browser").close()
+        _shared.pop("playwright").stop()
 
 
 def signed_in_page(chromium: Any, base_url: str, key: str, **context: Any) -> Any:
