@@ -44,7 +44,7 @@ def create_job(
 def shot(page: Any, name: str) -> None:
     web.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # Crop to the content: a short page should not come with a screen of empty background.
-    height = int(page.evaluate("document.documentElement.scrollHeight"))
+    height = int(page.evaluate("Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)"))
     page.set_viewport_size({"width": 1280, "height": max(height, 400)})
     page.screenshot(path=str(web.SCREENSHOTS / name))
     page.set_viewport_size({"width": 1280, "height": 860})
