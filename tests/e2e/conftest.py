@@ -106,6 +106,11 @@ class Stack:
     def worker(self) -> subprocess.Popen[bytes]:
         return self.workers[-1]
 
+    def stop_worker(self) -> None:
+        """SIGTERM: Celery's warm shutdown, as a container stop or Ctrl-C of `sppo run` sends."""
+        self.worker.send_signal(signal.SIGTERM)
+        self.worker.wait(timeout=600)
+
     def kill_worker(self) -> None:
         self.worker.send_signal(signal.SIGKILL)
         self.worker.wait(timeout=10)
