@@ -2,6 +2,8 @@
 
 import typer
 
+from cli import engine
+
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 
 
@@ -11,6 +13,9 @@ def version() -> None:
     from importlib.metadata import version as pkg_version
 
     typer.echo(pkg_version("sppo-service"))
+
+
+engine.register(app)
 
 
 def main() -> None:
