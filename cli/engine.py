@@ -34,6 +34,14 @@ def _metrics_table(title: str, rows: list[tuple[int, dict[str, float]]]) -> Tabl
     return table
 
 
+def _quiet_transformers() -> None:
+    """Engine warnings only; no per-load progress bars from transformers between our own output."""
+    from transformers.utils import logging as hf_logging
+
+    logging.basicConfig(level=logging.WARNING)
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def _rich_callbacks(log_every: int) -> "TrainerCallbacks":
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -78,7 +86,7 @@ def train(
     from worker.engine.errors import EngineError
     from worker.engine.trainer import run_training
 
-    logging.basicConfig(level=logging.WARNING)
+    _quiet_transformers()
     try:
         config = RunConfig.from_yaml(config_file)
         callbacks = _rich_callbacks(log_every)
@@ -117,6 +125,7 @@ def evaluate_command(
     from worker.engine.errors import EngineError
     from worker.engine.evaluate import evaluate
 
+    _quiet_transformers()
     try:
         result = evaluate(
             model, adapter, data, _load_grader(grader), samples, temperature, max_response_tokens,

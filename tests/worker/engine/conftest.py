@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="session")
 def tiny() -> Fixture:
     """The `sppo-tiny` fixture ($SPPO_FIXTURE_DIR, else <repo>/.sppo/fixtures/sppo-tiny-<version>)."""
-    torch.set_num_threads(2)
+    # one thread: on a shared 2-core machine, two OpenMP threads per process thrash under load
+    torch.set_num_threads(1)
     explicit = os.environ.get("SPPO_FIXTURE_DIR")
     cache = Path(explicit) if explicit else ROOT / ".sppo" / "fixtures" / f"{MODEL_NAME}-{FIXTURE_VERSION}"
     return ensure_fixture(cache)
