@@ -2,7 +2,7 @@
 
 import typer
 
-from cli import admin, worker
+from cli import admin, engine, worker
 
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 app.add_typer(admin.app)
@@ -15,6 +15,9 @@ def version() -> None:
     from importlib.metadata import version as pkg_version
 
     typer.echo(pkg_version("sppo-service"))
+
+
+engine.register(app)
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def stack(
         "SPPO_HEARTBEAT_LEASE_S": str(LEASE_S),
         "SPPO_REAPER_INTERVAL_S": "1",
         "SPPO_DEVICE": "cpu",
-        "OMP_NUM_THREADS": "2",
+        "OMP_NUM_THREADS": "1",  # on a shared 2-core machine more threads per process thrash under load
     }
     assert tiny.model_dir.parent.name == f"{MODEL_NAME}-{FIXTURE_VERSION}"
     api_log = data_dir / "logs" / "api.log"
