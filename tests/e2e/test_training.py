@@ -81,7 +81,7 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
         seed=7,
         suffix="e2e",
     )
-    assert job.status == "queued"
+    assert job.status in ("queued", "running")  # an idle worker may claim it before the API answers
 
     records, end = follow(stack, key, job.id)
     assert end == {"status": "succeeded"}
