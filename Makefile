@@ -29,8 +29,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark).
+# BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run.
 bench: $(STAMP)
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 import typer
 
-from cli import admin, evals, files, jobs, worker
+from cli import admin, engine, evals, files, jobs, worker
 
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 app.add_typer(admin.app)
@@ -18,6 +18,9 @@ def version() -> None:
     from importlib.metadata import version as pkg_version
 
     typer.echo(pkg_version("sppo-service"))
+
+
+engine.register(app)
 
 
 def main() -> None:

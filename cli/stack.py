@@ -104,6 +104,9 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
         started, redis_url = start_redis(data_dir)
         typer.echo(f"Started redis-server on {redis_url} (data in {data_dir / 'redis'})")
     os.environ["SPPO_REDIS_URL"] = redis_url  # for the worker and the in-process API alike
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this
+    # process before the `finally` below stops the worker and Redis. Turn it into an exception instead.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker = start_worker(data_dir / "logs" / "worker.log")
     typer.echo(f"Started worker (pid {worker.pid}, log {data_dir / 'logs' / 'worker.log'})")
     try:
@@ -115,3 +118,8 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
             typer.echo("Stopping redis-server ...")
             stop(started, REDIS_START_TIMEOUT_S)
         typer.echo("Stopped.")
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)

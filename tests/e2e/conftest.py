@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import sqlalchemy as sa
 
 from app.db import session_scope, upgrade_database
@@ -27,6 +28,7 @@ from app.services.keys import create_key
 from worker.engine.fixtures import FIXTURE_GRADER, FIXTURE_VERSION, MODEL_NAME, Fixture, ensure_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
+REDIS_HOST_URL = os.environ.get("SPPO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 HEARTBEAT_S, LEASE_S = 1, 6  # a SIGKILLed worker's job is requeued ~6-7 s later
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -36,6 +38,26 @@ def tiny() -> Fixture:
     explicit = os.environ.get("SPPO_FIXTURE_DIR")
     cache = Path(explicit) if explicit else ROOT / ".sppo" / "fixtures" / f"{MODEL_NAME}-{FIXTURE_VERSION}"
     return ensure_fixture(cache)
+
+
+@pytest.fixture(scope="session")
+def stack_redis_url() -> Iterator[str]:
+    """A Redis database for the stack alone: its worker consumes the `training` queue, which must not
+    take messages other tests put there. Claimed with the marker key the shared `redis_url` uses."""
+    run_id = secrets.token_hex(8)
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
+        if client.set("sppo-test-run", run_id, nx=True, ex=3600) and client.dbsize() == 1:
+            break
+        if client.get("sppo-test-run") == run_id.encode():
+            client.delete("sppo-test-run")
+    else:
+        pytest.fail("no free Redis database (1-15) for the end-to-end stack")
+    try:
+        yield f"{REDIS_HOST_URL}/{db}"
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def _free_port() -> int:
@@ -106,6 +128,11 @@ class Stack:
     def worker(self) -> subprocess.Popen[bytes]:
         return self.workers[-1]
 
+    def stop_worker(self) -> None:
+        """SIGTERM: Celery's warm shutdown, as a container stop or Ctrl-C of `sppo run` sends."""
+        self.worker.send_signal(signal.SIGTERM)
+        self.worker.wait(timeout=600)
+
     def kill_worker(self) -> None:
         self.worker.send_signal(signal.SIGKILL)
         self.worker.wait(timeout=10)
@@ -120,7 +147,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, tiny: Fixture, postgres_server_url: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, tiny: Fixture, postgres_server_url: str, stack_redis_url: str
 ) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("sppo-e2e")
     (data_dir / "logs").mkdir()
@@ -134,7 +161,7 @@ def stack(
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),
         "SPPO_DATABASE_URL": db_url,
-        "SPPO_REDIS_URL": redis_url,
+        "SPPO_REDIS_URL": stack_redis_url,
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
         # default_fixture_dir() appends "<name>-<version>" to SPPO_FIXTURE_DIR
         "SPPO_FIXTURE_DIR": str(tiny.model_dir.parent.parent),
@@ -142,7 +169,7 @@ def stack(
         "SPPO_HEARTBEAT_LEASE_S": str(LEASE_S),
         "SPPO_REAPER_INTERVAL_S": "1",
         "SPPO_DEVICE": "cpu",
-        "OMP_NUM_THREADS": "2",
+        "OMP_NUM_THREADS": "1",  # on a shared 2-core machine more threads per process thrash under load
     }
     assert tiny.model_dir.parent.name == f"{MODEL_NAME}-{FIXTURE_VERSION}"
     api_log = data_dir / "logs" / "api.log"
@@ -152,7 +179,7 @@ def stack(
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
-    stack = Stack(base_url=base_url, db_url=db_url, redis_url=redis_url, data_dir=data_dir, env=env)
+    stack = Stack(base_url=base_url, db_url=db_url, redis_url=stack_redis_url, data_dir=data_dir, env=env)
     try:
         _wait_http(f"{base_url}/health", api, api_log)
         stack.start_worker()

@@ -114,3 +114,22 @@ def test_worker_killed_mid_training_job_resumes_on_a_new_worker(
     messages = [e["message"] for e in events(api, job["id"])]
     assert any("stopped responding" in m and "requeued as attempt 2" in m for m in messages)
     assert any(m.startswith("Resumed from the checkpoint at step") for m in messages)
+
+
+def test_worker_shut_down_cleanly_requeues_its_job_which_continues_elsewhere(
+    stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
+) -> None:
+    total = 5
+    job = _create(api, upload(jsonl(tiny.train_file, 0, BATCH * total)), checkpoint_interval=10)
+    _running_at(api, job["id"], 2)
+    stack.stop_worker()  # returns once the worker has checkpointed, requeued the job and exited
+    requeued = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert requeued["status"] == "queued" and requeued["attempt"] == 1, requeued  # not a failure
+    at = requeued["current_step"]
+    stack.start_worker()
+    done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
+    assert done["status"] == "succeeded" and done["attempt"] == 1, done
+    assert metric_steps(api, job["id"]) == list(range(1, total + 1))
+    messages = [e["message"] for e in events(api, job["id"])]
+    assert any("shut down" in m and f"resumes from step {at}" in m for m in messages), messages
+    assert f"Resumed from the checkpoint at step {at} of {total}" in messages

@@ -57,3 +57,19 @@ def test_items_without_the_graders_reference_field(
     assert error["code"] in ("grader_error", "invalid_training_file"), error
     assert "answer" in error["message"]
     print(f"worker error for items without 'answer': {error}")
+
+
+def test_evaluations_are_validated_when_created(
+    api: httpx.Client, upload: Callable[..., str], tiny: Fixture
+) -> None:
+    file_id = upload(jsonl(tiny.validation_file, 0, 4))
+    grader = sppo_method()["reinforcement"]["grader"]
+    unknown = api.post("/v1/evaluations", json={"model": "ft:nope", "file": file_id, "grader": grader})
+    assert (unknown.status_code, unknown.json()["error"]["param"]) == (400, "model")
+    no_answer = api.post(
+        "/v1/evaluations", json={"model": "sppo-tiny", "file": upload(NO_ANSWER), "grader": grader}
+    )
+    assert (no_answer.status_code, no_answer.json()["error"]["param"]) == (400, "grader.reference")
+    missing = api.post("/v1/evaluations", json={"model": "sppo-tiny", "file": "file-nope", "grader": grader})
+    assert (missing.status_code, missing.json()["error"]["param"]) == (400, "file")
+    assert api.get("/v1/evaluations/eval-nope").status_code == 404

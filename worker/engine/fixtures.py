@@ -46,10 +46,12 @@ MAX_RESPONSE_TOKENS = 32
 # Recommended hyperparameters for this model: tiny CPU models need far larger learning rates than the
 # reference defaults for 1.5B-7B models (see ALGORITHMS.md); RunConfig applies these before the job's own.
 SPPO_DEFAULTS: dict[str, object] = {
-    "learning_rate": 2e-3,
-    "critic_learning_rate": 2e-3,
+    "learning_rate": 1e-4,
+    "critic_learning_rate": 2e-4,
     "weight_decay": 0.0,
-    "temperature": 1.0,
+    # at temperature 1.0 this model solves ~7% of sampled problems (23% greedy) and LoRA-SPPO barely
+    # moves; at 0.5 it solves ~13% and the training reward doubles within ~70 steps (measured)
+    "temperature": 0.5,
     "max_response_tokens": MAX_RESPONSE_TOKENS,
     "batch_size": 64,
     "minibatch_size": 32,

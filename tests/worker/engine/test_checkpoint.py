@@ -1,0 +1,93 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from worker.engine import checkpoint
+from worker.engine.callbacks import Control, TrainerCallbacks
+from worker.engine.fixtures import Fixture
+from worker.engine.trainer import run_training
+
+from .conftest import tiny_config
+
+
+class PauseAfter(TrainerCallbacks):
+    def __init__(self, steps: int) -> None:
+        self.steps, self.seen = steps, 0
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen += 1
+
+    def control(self) -> Control:
+        return "pause" if self.seen >= self.steps else "continue"
+
+
+def _weights(result_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(result_dir / "adapter_model.safetensors"))
+
+
+def test_resume_is_exact(tiny: Fixture, tmp_path: Path) -> None:
+    """4 steps straight == 2 steps, pause (checkpoint), resume, 2 more steps."""
+    options: dict[str, Any] = {
+        "max_steps": 4,
+        "checkpoint_interval": 2,
+        "eval_interval": 2,
+        "eval_max_items": 4,
+    }
+    straight = run_training(tiny_config(tiny, tmp_path / "straight", **options))
+    paused = run_training(tiny_config(tiny, tmp_path / "resumed", **options), PauseAfter(2))
+    assert paused.status == "paused" and paused.final_step == 2
+    resumed = run_training(tiny_config(tiny, tmp_path / "resumed", **options))
+    assert resumed.status == "completed" and resumed.final_step == 4
+    assert straight.final_adapter_dir is not None and resumed.final_adapter_dir is not None
+    expected, actual = _weights(straight.final_adapter_dir), _weights(resumed.final_adapter_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0)
+    critic_a = torch.load(straight.checkpoints[-1] / "critic.pt", weights_only=False)["weights"]
+    critic_b = torch.load(resumed.checkpoints[-1] / "critic.pt", weights_only=False)["weights"]
+    for name in critic_a:
+        torch.testing.assert_close(critic_b[name], critic_a[name], atol=1e-6, rtol=0)
+    assert straight.metrics["rollout/reward_mean"] == resumed.metrics["rollout/reward_mean"]
+    assert straight.eval == resumed.eval
+
+
+def test_crash_mid_save_keeps_the_previous_checkpoint(
+    tiny: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config(tiny, tmp_path, max_steps=1, checkpoint_interval=1, keep_checkpoints=1)
+    first = run_training(config)
+    [(step, path)] = checkpoint.list_checkpoints(tmp_path)
+    assert step == 1 and first.checkpoints == [path]
+    before = {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    real_save = torch.save
+
+    def crash_on_trainer_state(obj: object, target: Path) -> None:
+        if Path(target).name == "state.pt":
+            raise OSError("disk full")
+        real_save(obj, target)
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash_on_trainer_state)
+    with pytest.raises(OSError, match="disk full"):
+        run_training(tiny_config(tiny, tmp_path, max_steps=2, checkpoint_interval=1, keep_checkpoints=1))
+    monkeypatch.undo()
+    assert checkpoint.list_checkpoints(tmp_path) == [(1, path)]  # the half-written step 2 is invisible
+    assert {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    assert list((tmp_path / "checkpoints").glob(".tmp-*"))
+    resumed = run_training(
+        tiny_config(tiny, tmp_path, max_steps=2, checkpoint_interval=1, keep_checkpoints=1)
+    )
+    assert resumed.status == "completed" and resumed.final_step == 2
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    # keep_checkpoints=1 keeps step 2; step 1 stays as the best by validation score so far
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [1, 2]
+
+
+def test_prune_keeps_last_k_and_best(tmp_path: Path) -> None:
+    for step in range(1, 6):
+        (tmp_path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+    checkpoint.prune(tmp_path, keep_last=2, best_step=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [2, 4, 5]

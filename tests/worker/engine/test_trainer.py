@@ -1,0 +1,108 @@
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
+from worker.engine.errors import TrainingDivergedError
+from worker.engine.fixtures import Fixture
+from worker.engine.trainer import Trainer, run_training
+
+from .conftest import tiny_config
+
+
+class Recorder(TrainerCallbacks):
+    def __init__(self, stop_at: int | None = None, signal: Control = "pause") -> None:
+        self.steps: list[tuple[int, dict[str, float]]] = []
+        self.events: list[tuple[str, str]] = []
+        self.starts: list[StartInfo] = []
+        self.stop_at, self.signal = stop_at, signal
+
+    def on_start(self, info: StartInfo) -> None:
+        self.starts.append(info)
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.steps.append((step, metrics))
+
+    def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append((level, message))
+
+    def control(self) -> Control:
+        if self.stop_at is not None and len(self.steps) >= self.stop_at:
+            return self.signal
+        return "continue"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"algorithm": "sppo", "critic": "separate"},
+        {"algorithm": "sppo", "critic": "shared_lora"},
+        {"algorithm": "grpo", "batch_size": 4, "group_size": 2},
+        {"algorithm": "ppo", "critic": "separate"},
+        {"algorithm": "sppo", "use_lora": False},
+    ],
+    ids=["sppo-separate", "sppo-shared_lora", "grpo", "ppo", "sppo-full"],
+)
+def test_every_trainable_parameter_changes_in_a_step(
+    tiny: Fixture, tmp_path: Path, overrides: dict[str, object]
+) -> None:
+    trainer = Trainer(tiny_config(tiny, tmp_path, **overrides), TrainerCallbacks())
+    params = trainer.opt.actor_params + trainer.opt.critic_params
+    before = [p.detach().clone() for p in params]
+    metrics = trainer.train_step()
+    unchanged = [i for i, (p, b) in enumerate(zip(params, before, strict=True)) if torch.equal(p, b)]
+    assert not unchanged, f"{len(unchanged)} of {len(params)} trainable tensors did not change"
+    assert metrics["health/unchanged_param_frac"] == 0.0
+    if overrides.get("use_lora", True):  # LoRA: the base weights stay frozen
+        assert all(not p.requires_grad for n, p in trainer.policy.named_parameters() if "lora_" not in n)
+
+
+def test_shared_lora_critic_holds_no_second_copy_of_the_base(tiny: Fixture, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny, tmp_path, critic="shared_lora"), TrainerCallbacks())
+    assert trainer.critic is not None
+    base_numel = sum(p.numel() for n, p in trainer.policy.named_parameters() if "lora_" not in n)
+    critic_numel = sum(
+        p.numel() for p in trainer.critic.parameters()
+    )  # head only: adapter lives in the policy
+    assert critic_numel < 1000 < base_numel
+    assert "encoder" not in dict(trainer.critic.named_modules())
+
+
+def test_run_reports_every_metric_and_evaluates(tiny: Fixture, tmp_path: Path) -> None:
+    recorder = Recorder()
+    config = tiny_config(tiny, tmp_path, max_steps=2, eval_interval=2, checkpoint_interval=1)
+    result = run_training(config, recorder)
+    assert result.status == "completed" and result.final_step == 2
+    names = [
+        "rollout/reward_mean", "rollout/accuracy", "rollout/response_length_mean", "train/policy_loss",
+        "train/critic_loss", "train/value_mean", "train/advantage_abs_mean", "train/clipfrac",
+        "train/approx_kl", "train/entropy", "train/grad_norm", "train/lr", "perf/samples", "perf/tokens",
+        "perf/tokens_per_s", "perf/rollout_s", "perf/train_s", "perf/peak_memory_mb", "perf/elapsed_s",
+        "health/zero_adv_frac", "eval/pass@1", "eval/avg@1",
+    ]  # fmt: skip
+    missing = [name for name in names if name not in recorder.steps[-1][1]]
+    assert not missing
+    assert result.eval["eval/pass@1"] == recorder.steps[-1][1]["eval/pass@1"]
+    assert result.final_adapter_dir is not None
+    assert (result.final_adapter_dir / "adapter_model.safetensors").exists()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    assert recorder.starts[0].total_steps == 2 and recorder.starts[0].start_step == 0
+
+
+def test_cancel_stops_before_the_next_step(tiny: Fixture, tmp_path: Path) -> None:
+    recorder = Recorder(stop_at=1, signal="cancel")
+    result = run_training(tiny_config(tiny, tmp_path, max_steps=3, checkpoint_interval=10), recorder)
+    assert result.status == "cancelled" and result.final_step == 1
+    assert result.checkpoints == []
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny: Fixture, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny, tmp_path), TrainerCallbacks())
+    trainer.grader = lambda item, completion: float("nan")  # a broken reward makes every advantage NaN
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.train_step()
+    assert info.value.code == "training_diverged"
