@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 
@@ -21,6 +22,13 @@ from .conftest import Stack, jsonl, sppo_method, wait_for
 chromium = web.chromium  # the browser tests' Chromium fixture (pytest finds fixtures by module attribute)
 TRAIN_ITEMS, BATCH = 24, 8  # 3 steps
 VALIDATION_ITEMS = 8
+
+
+@pytest.fixture(autouse=True)
+def live_worker(stack: Stack) -> None:
+    """A worker that is up: the control tests before these kill and stop workers on purpose."""
+    if not stack.workers or stack.worker.poll() is not None:
+        stack.start_worker()
 
 
 def create_job(
