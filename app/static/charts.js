@@ -75,6 +75,7 @@
     function draw() {
       root.dataset.points = steps.length;
       root.dataset.lastStep = steps.length ? steps[steps.length - 1] : "";
+      syncProgress();
       charts.forEach(function (c) {
         var has = c.metrics.some(function (m) { return values[m].some(function (v) { return v !== null; }); });
         if (!has) return;
@@ -83,6 +84,19 @@
         else c.plot = makePlot(c.el, c.labels, data, "step", false, c.el.dataset.bounded === "true");
       });
     }
+
+    // The header's progress comes from the DB, which the worker writes in batches; the stream is ahead.
+    // Show the furthest step either has seen, also after each htmx refresh of the header.
+    function syncProgress() {
+      var bar = document.querySelector("#job-head [role=progressbar]");
+      if (!bar || !steps.length) return;
+      var last = steps[steps.length - 1], total = Number(bar.getAttribute("aria-valuemax"));
+      if (last <= Number(bar.getAttribute("aria-valuenow"))) return;
+      bar.setAttribute("aria-valuenow", last);
+      if (total) bar.firstElementChild.style.width = Math.min(100, (100 * last) / total) + "%";
+      if (bar.nextElementSibling) bar.nextElementSibling.textContent = last + "/" + (total || "?");
+    }
+    document.body.addEventListener("htmx:afterSwap", syncProgress);
 
     points.forEach(add);
     draw();
