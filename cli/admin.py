@@ -113,4 +113,6 @@ def run() -> None:
         typer.echo(f"SPPO Service at {url}/v1  (docs: {url}/docs)")
         typer.echo(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
         typer.echo(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
+        typer.echo(f"Dashboard at {url}/ (sign in with the key)")
+        typer.echo(f'  sppo client: export SPPO_BASE_URL={url} SPPO_API_KEY="{key}"')
         serve(host=settings.host, port=settings.port)
