@@ -313,7 +313,7 @@ def write_results(args: argparse.Namespace, setup: dict[str, Any], records: list
     """JSON and plot of the runs finished so far (rewritten after every run, so a cut run keeps them)."""
     records = sorted(records, key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
     report = {
-        "setup": setup,
+        "setup": {**setup, "runs_finished": len(records)},  # fewer than planned when cut short
         "summary": summarize(records, args.target),
         "runs": [asdict(r) for r in records],
     }
