@@ -257,7 +257,9 @@ def plot(records: list[RunRecord], budget_s: float, target: float, clock: str, p
     matplotlib.use("Agg")  # no display on a server
     import matplotlib.pyplot as plt
 
-    grid = [budget_s * i / 100 for i in range(101)]
+    # the step that crosses the budget is finished when it was already in its update phase
+    end = max([budget_s] + [p.training_s for r in records for p in r.points])
+    grid = [end * i / 100 for i in range(101)]
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, variant in VARIANTS.items():
         runs = [r for r in records if r.variant == name]
@@ -273,7 +275,7 @@ def plot(records: list[RunRecord], budget_s: float, target: float, clock: str, p
     ax.set_xlabel(f"training seconds ({clock} clock, one thread)")
     ax.set_ylabel("validation accuracy (greedy pass@1)")
     ax.set_title("sppo-tiny fixture: accuracy at equal compute (mean, min-max band over seeds)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -297,6 +299,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.5, help="sampling temperature")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG")
+    parser.add_argument(
+        "--from-json", type=Path, help="redo summary and plot from an earlier algorithms.json, train nothing"
+    )
     args = parser.parse_args()
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
@@ -308,7 +313,7 @@ def write_results(args: argparse.Namespace, setup: dict[str, Any], records: list
     """JSON and plot of the runs finished so far (rewritten after every run, so a cut run keeps them)."""
     records = sorted(records, key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
     report = {
-        "setup": setup,
+        "setup": {**setup, "runs_finished": len(records)},  # fewer than planned when cut short
         "summary": summarize(records, args.target),
         "runs": [asdict(r) for r in records],
     }
@@ -317,8 +322,23 @@ def write_results(args: argparse.Namespace, setup: dict[str, Any], records: list
     plot(records, args.budget_s, args.target, args.clock, args.out / "algorithms.png")
 
 
+def redo_from_json(args: argparse.Namespace, path: Path) -> None:
+    """Summary and plot again from recorded runs (e.g. for another --target), without training."""
+    report = json.loads(path.read_text())
+    records = [
+        RunRecord(**{**run, "points": [Point(**point) for point in run["points"]]}) for run in report["runs"]
+    ]
+    setup = {**report["setup"], "target_accuracy": args.target}
+    args.budget_s, args.clock = setup["budget_s"], setup["clock"]
+    write_results(args, setup, records)
+    print(json.dumps(summarize(records, args.target), indent=2))
+
+
 def main() -> None:
     args = parse_args()
+    if args.from_json is not None:
+        redo_from_json(args, args.from_json)
+        return
     torch.set_num_threads(1)
     started = time.perf_counter()
     fixture = ensure_fixture()  # built once here, not by every child at the same time

@@ -147,15 +147,35 @@ class JobReporter(TrainerCallbacks):
             {"job_id": self.job_id, "step": step, "metrics": metrics, "created_at": now()}
             for step, metrics in sorted(pending.items())
         ]
+        written = False
         try:
-            return self._write(
+            written = self._write(
                 lambda session: upsert(session, MetricPoint.__table__, rows, ["job_id", "step"]),  # type: ignore[arg-type]
                 **self._progress(),
             )
-        except Exception:
-            with self._lock:  # keep them for the next flush; newer values of a step win
-                self._pending = {**pending, **self._pending}
-            raise
+        finally:
+            if not written:  # keep them (for the next flush, or flush_after_cancel); newer values win
+                with self._lock:
+                    self._pending = {**pending, **self._pending}
+        return written
+
+    def flush_after_cancel(self) -> None:
+        """Keep the steps this worker finished before the user's cancel reached it (the job is final, so
+        this cannot overwrite another worker's rows; a job taken over by the reaper is not `cancelled`)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        rows = [
+            {"job_id": self.job_id, "step": s, "metrics": m, "created_at": now()} for s, m in pending.items()
+        ]
+        with self._sessions() as session:
+            mine = session.scalar(
+                select(Job.id).where(
+                    Job.id == self.job_id, Job.status == JobStatus.cancelled, Job.worker_id == self.worker_id
+                )
+            )
+            if mine is not None and rows:
+                upsert(session, MetricPoint.__table__, rows, ["job_id", "step"])  # type: ignore[arg-type]
+                session.commit()
 
     def event(self, message: str, *, level: str = "info", type: str = "message", data: Any = None) -> None:
         self._write(

@@ -130,6 +130,7 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
     sessions = get_sessionmaker(settings.db_url)
     if not reporter.flush():
         log.info("job %s was cancelled or taken over while running; its outcome is not recorded", job.id)
+        reporter.flush_after_cancel()
         return "lost"
     with sessions() as session:
         if result.status == "paused" and SHUTDOWN.is_set() and not _pause_requested(settings, job.id):

@@ -53,12 +53,21 @@ def follow(stack: Stack, key: str, job_id: str) -> tuple[list[dict[str, Any]], d
 
 
 def greedy_accuracy(model: torch.nn.Module, tokenizer: Any, items: list[dict[str, Any]]) -> float:
+    """Plain transformers generation, one left-padded batch, scored like the fixture's regex grader."""
+    prompts = [
+        tokenizer.apply_chat_template(item["messages"], add_generation_prompt=True, tokenize=False)
+        for item in items
+    ]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(
+            **batch, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    completions = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     correct = 0
-    for item in items:
-        text = tokenizer.apply_chat_template(item["messages"], add_generation_prompt=True, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        out = model.generate(input_ids=ids, max_new_tokens=32, do_sample=False, pad_token_id=0)
-        completion = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    for item, completion in zip(items, completions, strict=True):
         found = ANSWER.findall(completion)
         correct += bool(found) and found[-1].strip() == item["answer"]
     return correct / len(items)

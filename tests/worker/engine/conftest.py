@@ -49,6 +49,7 @@ def tiny_config(tiny: Fixture, output_dir: Path, **overrides: object) -> RunConf
         "eval_samples": 1,
         "eval_max_items": 8,
         "seed": 1,
+        "temperature": 1.0,  # diverse samples, so rewards within a GRPO group differ
     }
     values.update(overrides)
     return RunConfig.from_dict(values)

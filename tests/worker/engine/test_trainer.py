@@ -40,7 +40,7 @@ class Recorder(TrainerCallbacks):
     [
         {"algorithm": "sppo", "critic": "separate"},
         {"algorithm": "sppo", "critic": "shared_lora"},
-        {"algorithm": "grpo", "batch_size": 4, "group_size": 2},
+        {"algorithm": "grpo", "batch_size": 2, "group_size": 4},
         {"algorithm": "ppo", "critic": "separate"},
         {"algorithm": "sppo", "use_lora": False},
     ],
