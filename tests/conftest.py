@@ -4,16 +4,36 @@ Nothing is mocked: the DB tests run against both real backends, dispatch is chec
 the HTTP tests talk to `uvicorn app.main:app` in a subprocess.
 """
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
 
+if TYPE_CHECKING:
+    from worker.engine.fixtures import Fixture
+
 POSTGRES_URL = os.environ.get("SPPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_HOST_URL = os.environ.get("SPPO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# One fixture-model cache per checkout, whatever SPPO_DATA_DIR a test sets: built once, shared by all tests.
+os.environ.setdefault("SPPO_FIXTURE_DIR", str(Path(__file__).resolve().parents[1] / ".sppo" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def tiny() -> "Fixture":
+    """The `sppo-tiny` model and data (`default_fixture_dir()`), built on first use and cached."""
+    import torch
+
+    from worker.engine.fixtures import default_fixture_dir, ensure_fixture
+
+    fixture = ensure_fixture(default_fixture_dir())
+    # then one thread: on a shared 2-core machine, two OpenMP threads per process thrash under load
+    torch.set_num_threads(1)
+    return fixture
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +103,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         _drop_postgres_database(server, url)
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A Redis database of its own for this test run (claimed with a marker key), flushed at the end."""
+@contextlib.contextmanager
+def _claim_redis_database(purpose: str) -> Iterator[str]:
+    """A Redis database (1-15) nobody else uses, claimed with a marker key and flushed at the end."""
     import redis
 
     run_id = secrets.token_hex(8)
@@ -96,9 +116,24 @@ def redis_url() -> Iterator[str]:
         if client.get("sppo-test-run") == run_id.encode():
             client.delete("sppo-test-run")
     else:
-        pytest.fail("no free Redis database (1-15) for the test run")
+        pytest.fail(f"no free Redis database (1-15) for {purpose}")
     try:
         yield f"{REDIS_HOST_URL}/{db}"
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database of its own for this test run."""
+    with _claim_redis_database("the test run") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stack_redis_url() -> Iterator[str]:
+    """A Redis database for the end-to-end stack alone: its worker consumes the `training` queue, which
+    must not take messages other tests put there."""
+    with _claim_redis_database("the end-to-end stack") as url:
+        yield url

@@ -11,6 +11,7 @@ import pytest
 from app.db import session_scope, upgrade_database
 from app.errors import AuthenticationError
 from app.services.keys import authenticate
+from worker.engine.fixtures import Fixture
 
 SPPO = str(Path(sys.executable).parent / "sppo")
 
@@ -81,7 +82,10 @@ def _start_run(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     pytest.fail("sppo run exited before the server started")
 
 
-def test_sppo_run_migrates_serves_and_keeps_the_dev_key(tmp_path: Path, redis_url: str) -> None:
+def test_sppo_run_migrates_serves_and_keeps_the_dev_key(
+    tmp_path: Path, redis_url: str, tiny: Fixture
+) -> None:
+    """`tiny` first: the worker `sppo run` starts then finds the fixture cached instead of building it."""
     import socket
 
     import httpx

@@ -7,14 +7,14 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
-from worker.engine.fixtures import FIXTURE_GRADER
+from worker.engine.fixtures import FIXTURE_GRADER, Fixture, default_fixture_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def test_fixture_train_and_eval(tmp_path: Path) -> None:
-    fixture_dir = ROOT / ".sppo" / "fixtures" / "sppo-tiny-v1"
+def test_fixture_train_and_eval(tmp_path: Path, tiny: Fixture) -> None:
+    # `tiny` built the cached fixture once for the session; the command reports it instead of rebuilding
+    fixture_dir = default_fixture_dir()
     built = runner.invoke(app, ["fixture", "build", "--dir", str(fixture_dir)])
     assert built.exit_code == 0, built.output
     assert "base greedy accuracy" in built.output

@@ -20,44 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 
 from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
-from worker.engine.fixtures import FIXTURE_GRADER, FIXTURE_VERSION, MODEL_NAME, Fixture, ensure_fixture
+from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_HOST_URL = os.environ.get("SPPO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 HEARTBEAT_S, LEASE_S = 1, 6  # a SIGKILLed worker's job is requeued ~6-7 s later
 FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-@pytest.fixture(scope="session")
-def tiny() -> Fixture:
-    explicit = os.environ.get("SPPO_FIXTURE_DIR")
-    cache = Path(explicit) if explicit else ROOT / ".sppo" / "fixtures" / f"{MODEL_NAME}-{FIXTURE_VERSION}"
-    return ensure_fixture(cache)
-
-
-@pytest.fixture(scope="session")
-def stack_redis_url() -> Iterator[str]:
-    """A Redis database for the stack alone: its worker consumes the `training` queue, which must not
-    take messages other tests put there. Claimed with the marker key the shared `redis_url` uses."""
-    run_id = secrets.token_hex(8)
-    for db in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
-        if client.set("sppo-test-run", run_id, nx=True, ex=3600) and client.dbsize() == 1:
-            break
-        if client.get("sppo-test-run") == run_id.encode():
-            client.delete("sppo-test-run")
-    else:
-        pytest.fail("no free Redis database (1-15) for the end-to-end stack")
-    try:
-        yield f"{REDIS_HOST_URL}/{db}"
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def _free_port() -> int:
@@ -163,15 +134,13 @@ def stack(
         "SPPO_DATABASE_URL": db_url,
         "SPPO_REDIS_URL": stack_redis_url,
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
-        # default_fixture_dir() appends "<name>-<version>" to SPPO_FIXTURE_DIR
-        "SPPO_FIXTURE_DIR": str(tiny.model_dir.parent.parent),
+        "SPPO_FIXTURE_DIR": os.environ["SPPO_FIXTURE_DIR"],  # the workers reuse the tests' built fixture
         "SPPO_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
         "SPPO_HEARTBEAT_LEASE_S": str(LEASE_S),
         "SPPO_REAPER_INTERVAL_S": "1",
         "SPPO_DEVICE": "cpu",
         "OMP_NUM_THREADS": "1",  # on a shared 2-core machine more threads per process thrash under load
     }
-    assert tiny.model_dir.parent.name == f"{MODEL_NAME}-{FIXTURE_VERSION}"
     api_log = data_dir / "logs" / "api.log"
     with api_log.open("wb") as out:
         api = subprocess.Popen(

@@ -25,7 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
-FIXTURE_VERSION = "v1"
+FIXTURE_VERSION = "v2"
 MODEL_NAME = "sppo-tiny"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 CHARS = list("0123456789+=;# ")

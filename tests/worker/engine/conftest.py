@@ -1,26 +1,9 @@
-"""Engine test fixtures: the tiny model is built once per machine into a cache keyed by its version."""
+"""Engine test helpers; the `tiny` fixture model itself comes from tests/conftest.py."""
 
-import os
 from pathlib import Path
 
-import pytest
-import torch
-
 from worker.engine.config import RunConfig
-from worker.engine.fixtures import FIXTURE_VERSION, MODEL_NAME, Fixture, ensure_fixture
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="session")
-def tiny() -> Fixture:
-    """The `sppo-tiny` fixture ($SPPO_FIXTURE_DIR, else <repo>/.sppo/fixtures/sppo-tiny-<version>)."""
-    # one thread: on a shared 2-core machine, two OpenMP threads per process thrash under load
-    torch.set_num_threads(1)
-    explicit = os.environ.get("SPPO_FIXTURE_DIR")
-    cache = Path(explicit) if explicit else ROOT / ".sppo" / "fixtures" / f"{MODEL_NAME}-{FIXTURE_VERSION}"
-    return ensure_fixture(cache)
-
+from worker.engine.fixtures import Fixture
 
 # Rewards that are mixed on almost every step (a "7" somewhere in the answer): tests that need every
 # parameter to receive a gradient cannot rely on the task's low initial success rate.
