@@ -22,20 +22,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from app.schemas.progress import HEADLINE_METRICS
 from cli.client import ApiError, ApiKeyOpt, BaseUrlOpt, Client, connect
 from cli.output import console, fmt_number, fmt_status, table
 
 # `sppo jobs watch` exits with the job's outcome, so scripts can branch on it.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2, "paused": 3}
-SHOWN_METRICS = (
-    "rollout/reward_mean",
-    "rollout/accuracy",
-    "eval/pass@1",
-    "train/policy_loss",
-    "train/critic_loss",
-    "rollout/response_length_mean",
-    "perf/tokens_per_s",
-)
 POLL_S = 1.0
 
 
@@ -72,7 +64,7 @@ def _view(job: dict[str, Any], step: int, metrics: dict[str, Any], bar: Progress
         task, completed=step, total=total or None, description=f"{job['id']} {fmt_status(job['status'])}"
     )
     grid = table("metric", "value", title=f"step {step}")
-    for name in SHOWN_METRICS:
+    for name in HEADLINE_METRICS:
         if name in metrics:
             grid.add_row(name, fmt_number(metrics[name]))
     return Group(bar, grid)

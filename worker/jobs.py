@@ -101,6 +101,15 @@ def relative_uri(settings: Settings, path: Path) -> str:
     return str(path.relative_to(settings.data_dir)) if path.is_relative_to(settings.data_dir) else str(path)
 
 
+def _commit_if(session: Session, done: bool) -> bool:
+    """Commit a guarded write that won, roll back one that lost (the job is no longer this worker's)."""
+    if done:
+        session.commit()
+    else:
+        session.rollback()
+    return done
+
+
 def succeed_job(
     session: Session,
     *,
@@ -139,12 +148,9 @@ def succeed_job(
         trained_tokens=trained_tokens,
         estimated_finish=None,
     )
-    if not done:
-        session.rollback()
+    if not _commit_if(session, done):
         (settings.data_dir / result_file.storage_uri).unlink(missing_ok=True)
-        return False
-    session.commit()
-    return True
+    return done
 
 
 def fail_job(
@@ -166,11 +172,7 @@ def fail_job(
         error_param=param,
         estimated_finish=None,
     )
-    if done:
-        session.commit()
-    else:
-        session.rollback()
-    return done
+    return _commit_if(session, done)
 
 
 def requeue_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bool:
@@ -189,11 +191,7 @@ def requeue_job(session: Session, *, job_id: str, worker_id: str, step: int) -> 
         dispatched_at=None,  # the API's dispatcher sends it again (app/services/reaper.py)
         estimated_finish=None,
     )
-    if done:
-        session.commit()
-    else:
-        session.rollback()
-    return done
+    return _commit_if(session, done)
 
 
 def pause_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bool:
@@ -209,8 +207,4 @@ def pause_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bo
         worker_id=None,
         estimated_finish=None,
     )
-    if done:
-        session.commit()
-    else:
-        session.rollback()
-    return done
+    return _commit_if(session, done)

@@ -6,6 +6,17 @@ from pydantic import BaseModel
 
 from app.models import MetricPoint
 
+# The step metrics a person watches (dashboard charts, `sppo jobs watch`); names as the engine reports them.
+HEADLINE_METRICS = (
+    "rollout/reward_mean",
+    "rollout/accuracy",
+    "eval/pass@1",
+    "train/policy_loss",
+    "train/critic_loss",
+    "rollout/response_length_mean",
+    "perf/tokens_per_s",
+)
+
 
 class MetricPointPublic(BaseModel):
     object: Literal["fine_tuning.job.metrics"] = "fine_tuning.job.metrics"

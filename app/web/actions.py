@@ -8,11 +8,10 @@ EventSource and download links cannot send a Bearer header.
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
-from starlette.background import BackgroundTask
 
+from app.api import responses
 from app.api.deps import SessionDep, SettingsDep
-from app.services import jobs, progress
+from app.services import jobs
 from app.web.render import PageRoute, redirect
 from app.web.session import CsrfChecked, WebTenant
 
@@ -43,12 +42,9 @@ def job_stream(
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Response:
     """The API's live metrics stream (the generator of `GET /v1/.../metrics/stream`), by cookie."""
-    jobs.get_job(session, tenant=tenant, job_id=job_id)  # 404 for another tenant's job, before streaming
-    cursor = progress.check_stream_cursor(last_event_id)  # EventSource resends the last id on reconnect
-    return StreamingResponse(
-        progress.metric_events(settings, job_id=job_id, cursor=cursor),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    # EventSource resends the last id on reconnect, so the stream resumes where it broke off
+    return responses.metric_stream(
+        session, settings=settings, tenant=tenant, job_id=job_id, last_event_id=last_event_id
     )
 
 
@@ -57,11 +53,6 @@ def download_adapter(
     session: SessionDep, settings: SettingsDep, tenant: WebTenant, job_id: str, checkpoint_id: str
 ) -> Response:
     """The same archive as `GET /v1/.../checkpoints/{id}/adapter`, for the page's download buttons."""
-    checkpoint = progress.get_checkpoint(session, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id)
-    archive = progress.adapter_archive(settings, checkpoint)
-    return FileResponse(
-        archive,
-        media_type="application/gzip",
-        filename=f"{checkpoint.id}.tar.gz",
-        background=BackgroundTask(archive.unlink, missing_ok=True),
+    return responses.adapter_download(
+        session, settings=settings, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id
     )

@@ -12,6 +12,7 @@ from app.api.deps import SessionDep
 from app.errors import AuthenticationError
 from app.models import JobStatus
 from app.schemas.jobs import JobPublic
+from app.schemas.progress import HEADLINE_METRICS
 from app.services import dashboard, jobs
 from app.services.sessions import sign_in
 from app.web.render import PageRoute, redirect, render, signed_in
@@ -21,15 +22,6 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 PAGE_SIZE = 20
 STATUSES = [s.value for s in JobStatus]
-CHART_METRICS = (
-    "rollout/reward_mean",
-    "rollout/accuracy",
-    "eval/pass@1",
-    "train/policy_loss",
-    "train/critic_loss",
-    "rollout/response_length_mean",
-    "perf/tokens_per_s",
-)
 BOUNDED_METRICS = ("rollout/reward_mean", "rollout/accuracy", "eval/pass@1")  # scores in [0, 1]
 
 
@@ -132,7 +124,7 @@ def compare_page(
     job: Annotated[list[str] | None, Query(max_length=64)] = None,
     metric: Annotated[str, Query(max_length=64)] = "rollout/reward_mean",
 ) -> Response:
-    metric = metric if metric in CHART_METRICS else "rollout/reward_mean"
+    metric = metric if metric in HEADLINE_METRICS else "rollout/reward_mean"
     recent, _ = jobs.list_jobs(session, tenant=tenant, after=None, limit=50, metadata={})
     chosen = list(dict.fromkeys(job or []))[:8]
     series = []
@@ -151,7 +143,7 @@ def compare_page(
         "recent": [JobPublic.of(j) for j in recent],
         "chosen": chosen,
         "metric": metric,
-        "metrics": CHART_METRICS,
+        "metrics": HEADLINE_METRICS,
         "bounded_metrics": BOUNDED_METRICS,
         "series": series,
     }

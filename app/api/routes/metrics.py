@@ -4,12 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse, StreamingResponse
-from starlette.background import BackgroundTask
 
+from app.api import responses
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
 from app.services import progress
-from app.services.jobs import get_job
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -40,12 +39,8 @@ def stream_metrics(
     job_id: str,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
-    get_job(session, tenant=tenant, job_id=job_id)
-    cursor = progress.check_stream_cursor(last_event_id)
-    return StreamingResponse(
-        progress.metric_events(settings, job_id=job_id, cursor=cursor),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return responses.metric_stream(
+        session, settings=settings, tenant=tenant, job_id=job_id, last_event_id=last_event_id
     )
 
 
@@ -53,11 +48,6 @@ def stream_metrics(
 def download_adapter(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, job_id: str, checkpoint_id: str
 ) -> FileResponse:
-    checkpoint = progress.get_checkpoint(session, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id)
-    archive = progress.adapter_archive(settings, checkpoint)
-    return FileResponse(
-        archive,
-        media_type="application/gzip",
-        filename=f"{checkpoint.id}.tar.gz",
-        background=BackgroundTask(archive.unlink, missing_ok=True),
+    return responses.adapter_download(
+        session, settings=settings, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id
     )
