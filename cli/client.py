@@ -133,3 +133,11 @@ def connect(base_url: str | None, api_key: str | None) -> Iterator[Client]:
         root = base_url or os.environ.get("SPPO_BASE_URL") or DEFAULT_BASE_URL
         err_console.print(f"[bold red]Error:[/] cannot reach the server at {root}: {exc}", highlight=False)
         raise typer.Exit(1) from None
+
+
+def parse_grader(grader: str) -> Any:
+    """The `--grader` option's JSON; the API validates the spec itself and names what is wrong."""
+    try:
+        return json.loads(grader)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--grader") from None

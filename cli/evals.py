@@ -1,11 +1,10 @@
 """`sppo evals create|get`: score a base model, a checkpoint or a fine-tuned model on a file."""
 
-import json
 from typing import Annotated, Any
 
 import typer
 
-from cli.client import ApiKeyOpt, BaseUrlOpt, connect
+from cli.client import ApiKeyOpt, BaseUrlOpt, connect, parse_grader
 from cli.jobs import DEFAULT_GRADER, file_id_or_upload
 from cli.output import JsonOpt, console, fmt_number, fmt_status, fmt_time, key_values, print_json
 
@@ -23,10 +22,7 @@ def create(
     json_: JsonOpt = False,
 ) -> None:
     """Start an evaluation; prints its id."""
-    try:
-        grader_spec = json.loads(grader)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--grader") from None
+    grader_spec = parse_grader(grader)
     with connect(base_url, api_key) as client:
         body: dict[str, Any] = {
             "model": model,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import transfer
-from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect, err_console
+from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect, err_console, parse_grader
 from cli.files import upload_file
 from cli.output import JsonOpt, console, fmt_number, fmt_status, fmt_time, key_values, print_json, table
 
@@ -67,10 +67,7 @@ def create(
     json_: JsonOpt = False,
 ) -> None:
     """Create a reinforcement fine-tuning job; prints its id."""
-    try:
-        grader_spec = json.loads(grader)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--grader") from None
+    grader_spec = parse_grader(grader)
     hyper = _pairs(hyperparameter or [], "--hyperparameter", parse=True)
     meta = _pairs(metadata or [], "--metadata", parse=False)
     with connect(base_url, api_key) as client:

@@ -7,7 +7,7 @@ the HTTP tests talk to `uvicorn app.main:app` in a subprocess.
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +68,20 @@ def _drop_postgres_database(server_url: str, url: str) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database(postgres_server_url: str) -> Iterator[Callable[[], str]]:
+    """Creates throwaway PostgreSQL databases on demand; all of them are dropped when the session ends."""
+    created: list[str] = []
+
+    def create() -> str:
+        created.append(_create_postgres_database(postgres_server_url))
+        return created[-1]
+
+    yield create
+    for url in created:
+        _drop_postgres_database(postgres_server_url, url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
@@ -48,22 +47,6 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"{url} did not come up:\n{log.read_text()[-4000:]}")
         time.sleep(0.2)
-
-
-def _create_database(server_url: str) -> str:
-    name = f"sppo_e2e_{secrets.token_hex(6)}"
-    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 @dataclass
@@ -118,14 +101,17 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, tiny: Fixture, postgres_server_url: str, stack_redis_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny: Fixture,
+    new_postgres_database: Callable[[], str],
+    stack_redis_url: str,
 ) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("sppo-e2e")
     (data_dir / "logs").mkdir()
     registry = data_dir / "registry"
     (registry / "broken" / "tiny").mkdir(parents=True)  # listed (has config.json), but cannot be loaded
     (registry / "broken" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    db_url = _create_database(postgres_server_url)
+    db_url = new_postgres_database()  # dropped at the end of the session, after this stack stops
     upgrade_database(db_url)
     port = _free_port()
     env = {
@@ -161,7 +147,6 @@ def stack(
                     process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        _drop_database(postgres_server_url, db_url)
 
 
 @pytest.fixture
