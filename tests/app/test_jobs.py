@@ -14,7 +14,7 @@ from app.lifecycle import transition
 from app.models import Checkpoint, JobStatus
 from app.queues import TRAIN_QUEUE, redis_key
 
-from .conftest import GRADER, MAX_JOBS, REGISTRY_MODEL, Server, assert_error, method
+from .conftest import GRADER, MAX_JOBS, REGISTRY_CONTEXT, REGISTRY_MODEL, Server, assert_error, method
 
 Upload = Callable[..., dict[str, Any]]
 
@@ -288,3 +288,20 @@ def test_file_in_use_cannot_be_deleted(api: httpx.Client, create: Callable[..., 
     api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert api.delete(f"/v1/files/{job['training_file']}").status_code == 200
     assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["training_file"] == job["training_file"]
+
+
+def test_settings_that_cannot_work_with_the_model_or_file_are_400s(
+    api: httpx.Client, training_file: str, create: Callable[..., dict[str, Any]]
+) -> None:
+    hyper = "method.reinforcement.hyperparameters"
+    body = {"model": REGISTRY_MODEL, "training_file": training_file}
+    too_long = api.post("/v1/fine_tuning/jobs", json={**body, "method": method(max_response_tokens=4096)})
+    error = assert_error(too_long, 400, f"{hyper}.max_response_tokens")
+    assert f"context holds {REGISTRY_CONTEXT} positions" in error["message"]
+    too_big = api.post("/v1/fine_tuning/jobs", json={**body, "method": method(batch_size=4096)})
+    assert "larger than the 8 items" in assert_error(too_big, 400, f"{hyper}.batch_size")["message"]
+    # legal but surprising: a response budget below the model's recommended one is a warning event
+    job = create(model=REGISTRY_MODEL, method=method(max_response_tokens=16))
+    events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
+    assert any(e["level"] == "warn" and "below the 32 that model" in e["message"] for e in events)
+    assert job["alarms"] == [] and job["status_detail"] is None
