@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 FIXTURE_MODEL = "sppo-tiny"
 # Where the engine ships the fixture's weights (worker/engine/fixture_models); read, never imported.
-FIXTURE_MODEL_DIR = Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models" / (
-    f"{FIXTURE_MODEL}/model"
+FIXTURE_MODEL_DIR = (
+    Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models" / (f"{FIXTURE_MODEL}/model")
 )
 GRADER_FILE = "sppo_grader.json"
 DEFAULTS_FILE = "sppo_defaults.json"
@@ -61,7 +61,7 @@ def _grader(model_dir: Path) -> dict[str, Any] | None:
     if spec is None:
         return None
     try:
-        return _GRADER.validate_python(spec).model_dump(mode="json")  # type: ignore[no-any-return]
+        return _GRADER.validate_python(spec).model_dump(mode="json")
     except ValidationError:
         log.warning("ignoring %s: not a valid grader", model_dir / GRADER_FILE)
         return None

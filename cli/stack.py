@@ -130,7 +130,6 @@ def watch_output_pipe() -> None:
     threading.Thread(target=wait, name="stdout-watch", daemon=True).start()
 
 
-
 def stop(process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
     if process.poll() is not None:
         return

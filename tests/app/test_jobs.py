@@ -47,7 +47,7 @@ def set_status(server: Server, job_id: str, frm: JobStatus, to: JobStatus) -> No
 
 
 def queued_task_ids(server: Server) -> list[str]:
-    """Job ids of the `sppo.train` messages waiting on the Celery `training` queue (a Redis list under the prefix)."""
+    """Job ids of the `sppo.train` messages waiting on the Celery `training` queue (a prefixed Redis list)."""
     client = redis.Redis.from_url(server.redis_url)
     messages = [json.loads(raw) for raw in client.lrange(redis_key(TRAIN_QUEUE), 0, -1)]
     assert all(m["headers"]["task"] == "sppo.train" for m in messages)

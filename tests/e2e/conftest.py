@@ -109,7 +109,7 @@ def stack(
     data_dir = tmp_path_factory.mktemp("sppo-e2e")
     (data_dir / "logs").mkdir()
     registry = data_dir / "registry"
-    (registry / "broken" / "tiny").mkdir(parents=True)  # listed (has config.json), but cannot be loaded
+    (registry / "broken" / "tiny").mkdir(parents=True)  # a config.json only: not offered (no weights)
     (registry / "broken" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     db_url = new_postgres_database()  # dropped at the end of the session, after this stack stops
     upgrade_database(db_url)

@@ -62,7 +62,9 @@ def test_validation_below_the_first_evaluation() -> None:
     ]
     book.observe_step(21, {"rollout/reward_mean": 0.3})  # steps do not clear an evaluation's alarm
     assert book.entries["validation_below_baseline"]["active"] is True
-    assert "0.050 at step 20 is below the baseline 0.120" in book.entries["validation_below_baseline"]["message"]
+    assert (
+        "0.050 at step 20 is below the baseline 0.120" in book.entries["validation_below_baseline"]["message"]
+    )
 
 
 def test_engine_warnings_alike_but_for_numbers_are_one_alarm() -> None:
