@@ -53,6 +53,7 @@
       scales: { x: { time: false }, y: { range: yRange(bounded) } }, cursor: { drag: { x: true, y: false } },
       legend: { live: true },
     }, data, el);
+    el.uplot = plot; // for the browser tests (its scales) and for debugging from the console
     // Follow the card's width (laptop ↔ phone, rotating).
     new ResizeObserver(function () { plot.setSize({ width: width(el), height: 200 }); }).observe(el);
     return plot;
