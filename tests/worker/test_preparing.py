@@ -12,7 +12,8 @@ def test_fixture_progress_lines_are_reported_as_preparing_detail() -> None:
         builder.info("fixture warm-up step %d loss %.3f greedy accuracy %.3f", 240, 0.812, 0.125)
         builder.info("fixture warm-up step %d loss %.3f greedy accuracy %.3f", 260, 0.801, 0.16)
         logging.getLogger("worker.engine.trainer").info("not about the fixture")
-    builder.info("fixture warm-up step %d loss %.3f greedy accuracy %.3f", 280, 0.8, 0.2)  # after: not reported
+    # after the block: not reported
+    builder.info("fixture warm-up step %d loss %.3f greedy accuracy %.3f", 280, 0.8, 0.2)
     assert seen == [
         ("preparing sppo-tiny: step 240, accuracy 0.125", True),  # the first line is also an event
         ("preparing sppo-tiny: step 260, accuracy 0.160", False),  # then at most one event per 30 s

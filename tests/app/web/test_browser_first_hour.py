@@ -18,7 +18,8 @@ from .conftest import SCREENSHOTS, signed_in_page
 from .test_browser import NewJob
 
 ALARM = {
-    "code": "constant_reward", "level": "error", "count": 10, "first_step": 3, "last_step": 12, "active": True,
+    "code": "constant_reward", "level": "error", "count": 10, "first_step": 3, "last_step": 12,
+    "active": True,
     "message": "every sample got reward 0 for the last 5 steps: grader 'exact' (string_check) never rewards "
     "this model's answers, so nothing is learned; check the grader against a few completions",
 }  # fmt: skip
