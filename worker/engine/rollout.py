@@ -10,12 +10,12 @@ log-probs of a distribution that was never sampled from. Old log-probs are fille
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from worker.engine.batching import micro_batches
 
@@ -219,7 +219,7 @@ def _without_model_generation_defaults(model: nn.Module) -> Iterator[None]:
     """HF fills every unset field of our GenerationConfig from the model's generation_config.json
     (repetition_penalty, min_p, typical_p, no_repeat_ngram_size, suppress_tokens, ...); swap in a
     blank one for the call, so only what we set shapes the distribution."""
-    hf_model = model.get_base_model() if isinstance(model, PeftModel) else model
+    hf_model = cast(PreTrainedModel, model.get_base_model() if isinstance(model, PeftModel) else model)
     saved = hf_model.generation_config
     hf_model.generation_config = GenerationConfig()  # type: ignore[no-untyped-call]
     try:

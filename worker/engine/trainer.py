@@ -78,7 +78,7 @@ class Trainer:
             len(self.items) / config.batch_size
         )
         self.eval_interval = (
-            max(1, self.total_steps // 5) if config.eval_interval == "auto" else config.eval_interval
+            int(config.eval_interval) if config.eval_interval != "auto" else max(1, self.total_steps // 5)
         )
         self.policy = load_policy(config, self.device)
         actor_params = trainable_parameters(self.policy)

@@ -140,7 +140,7 @@ class PPOUpdate:
             critic_loss, _ = critic_bce_loss(values, returns[rows])
             _check_finite(critic_loss, "critic")
             weight = values.shape[0] / num_rows  # sample-mean over the step, however it is cut
-            (critic_loss * weight).backward()  # type: ignore[no-untyped-call]
+            (critic_loss * weight).backward()
             loss_total += critic_loss.item() * weight
             chunks.append(values.detach())
         nn.utils.clip_grad_norm_(self.opt.critic_params, self.max_grad_norm)
