@@ -209,7 +209,9 @@ class Trainer:
         critic_metrics: dict[str, float] = {}
         if self.critic is not None and self.critic.level == "sequence":
             values: torch.Tensor | None
-            values, critic_metrics = self.update.fit_sequence_critic(rollout, rewards.float())
+            values, critic_metrics = self.update.fit_sequence_critic(
+                rollout, rewards.float(), self.config.minibatch_size
+            )
         else:
             values = self.update.critic_values(rollout)
         mask = rollout.response_mask

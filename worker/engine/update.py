@@ -9,8 +9,9 @@ of the step (old and reference log-probs, critic values, the update itself) runs
 Old log-probs cost no extra forward for the first minibatch of the first epoch: its training forward
 runs on the pre-update weights, so its detached log-probs are the old ones and its ratio is exactly 1.
 Only the other rows get a no-grad forward, and none when one minibatch holds the whole step.
-The sequence critic (SPPO) reads the prompt alone, so it is fitted once per step in one pass whose
-forward also yields the pre-update values for the advantages, instead of once per minibatch pass.
+The sequence critic (SPPO) reads the prompt alone, so it is fitted in one pass per step (one optimizer
+step per minibatch, in row order) instead of once per PPO epoch, and that pass's forwards also give the
+advantages' baselines: each sample's value is read before the critic has trained on that sample.
 """
 
 import logging
@@ -95,12 +96,24 @@ class PPOUpdate:
         return self._with_oom_retry(partial(self._critic_values, rollout), rollout)
 
     def fit_sequence_critic(
-        self, rollout: Rollout, returns: torch.Tensor
+        self, rollout: Rollout, returns: torch.Tensor, minibatch_size: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One BCE pass and optimizer step of the prompt-only critic; its forward's detached logits (B,)
-        are the pre-update values the advantages need, so the critic runs once per step."""
+        """One BCE pass of the prompt-only critic over the step, one optimizer step per minibatch of rows
+        in order; returns the value logits (B,) each minibatch's forward saw before its own step (the
+        baselines of the advantages) and the pass's mean critic metrics."""
         assert self.critic is not None and self.critic.level == "sequence" and self.opt.critic is not None
-        return self._with_oom_retry(partial(self._fit_sequence_critic, rollout, returns), rollout)
+        num_rows = rollout.input_ids.shape[0]
+        chunks: list[torch.Tensor] = []
+        totals: dict[str, list[float]] = defaultdict(list)
+        for start in range(0, num_rows, minibatch_size):
+            rows = torch.arange(start, min(start + minibatch_size, num_rows))
+            values, metrics = self._with_oom_retry(
+                partial(self._fit_sequence_critic, rollout, returns, rows), rollout
+            )
+            chunks.append(values)
+            for name, value in metrics.items():
+                totals[name].append(value)
+        return torch.cat(chunks), {name: sum(v) / len(v) for name, v in totals.items()}
 
     @torch.no_grad()
     def _policy_logprobs(self, rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
@@ -128,24 +141,24 @@ class PPOUpdate:
         return torch.cat(chunks)
 
     def _fit_sequence_critic(
-        self, rollout: Rollout, returns: torch.Tensor
+        self, rollout: Rollout, returns: torch.Tensor, mb_inds: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         assert self.critic is not None and self.opt.critic is not None
-        num_rows, row_tokens = rollout.input_ids.shape
         self.opt.critic.zero_grad(set_to_none=True)
         chunks: list[torch.Tensor] = []
         loss_total = 0.0
-        for rows in micro_batches(num_rows, row_tokens, self.micro_batch_tokens):
-            values = self.critic(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
-            critic_loss, _ = critic_bce_loss(values, returns[rows])
+        for rows in micro_batches(len(mb_inds), rollout.input_ids.shape[1], self.micro_batch_tokens):
+            inds = mb_inds[rows]
+            values = self.critic(rollout.input_ids[inds], rollout.attention_mask[inds], rollout.prompt_length)
+            critic_loss, _ = critic_bce_loss(values, returns[inds])
             _check_finite(critic_loss, "critic")
-            weight = values.shape[0] / num_rows  # sample-mean over the step, however it is cut
-            (critic_loss * weight).backward()
+            weight = len(inds) / len(mb_inds)  # sample-mean over the minibatch, however it is cut
+            (critic_loss * weight).backward()  # type: ignore[no-untyped-call]
             loss_total += critic_loss.item() * weight
             chunks.append(values.detach())
         nn.utils.clip_grad_norm_(self.opt.critic_params, self.max_grad_norm)
         self.opt.critic.step()
-        values = torch.cat(chunks)  # (B,) logits of the critic before this step
+        values = torch.cat(chunks)  # (b,) logits of the critic before this minibatch's step
         metrics = {"train/critic_loss": loss_total, "train/value_mean": torch.sigmoid(values).mean().item()}
         return values, metrics
 
