@@ -2,10 +2,10 @@
 
 The engine of `--base` (a git revision, extracted with `git archive`) and the working tree's engine each
 run the same steps on the fixture in their own single-threaded process; the runs alternate in rounds,
-so both see the same machine load and only ratios are reported. Both algorithms get 64 samples per step
-(SPPO 64 prompts x 1, GRPO 8 prompts x 8). Pieces the new engine no longer runs are timed inside the
-new engine's process: the no-grad old-log-prob forward it skips, and a full (greedy + avg@k)
-evaluation against the greedy-only intermediate one.
+so both see the same machine load and only ratios are reported. Both algorithms get the same samples
+per step (default 64: SPPO 64 prompts x 1, GRPO 8 prompts x 8). Pieces the new engine no longer runs
+are timed inside the new engine's process: the no-grad old-log-prob forward it skips, and a full
+(greedy + avg@k) evaluation against the greedy-only intermediate one.
 
     python benchmarks/step_speed.py --base 5c98f5c --rounds 3 --steps 4
 
@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "step_speed.json"
 ALGORITHMS: dict[str, dict[str, Any]] = {
     "sppo": {"algorithm": "sppo"},
-    "grpo": {"algorithm": "grpo", "batch_size": 8, "group_size": 8},
+    "grpo": {"algorithm": "grpo", "group_size": 8},
 }
 
 
-def child(algorithm: str, steps: int, pieces: bool) -> dict[str, Any]:
+def child(algorithm: str, steps: int, samples_per_step: int, pieces: bool) -> dict[str, Any]:
     """One measurement in this process (whatever engine PYTHONPATH points at)."""
     import torch
 
@@ -49,6 +49,7 @@ def child(algorithm: str, steps: int, pieces: bool) -> dict[str, Any]:
             "grader": FIXTURE_GRADER,
             "output_dir": output_dir,
             "seed": 0,
+            "batch_size": samples_per_step // (8 if algorithm == "grpo" else 1),
             **ALGORITHMS[algorithm],
         }
         trainer = Trainer(RunConfig.from_dict(values), TrainerCallbacks())
@@ -99,8 +100,9 @@ def _pieces(trainer: Any, validation_file: Path) -> dict[str, float]:
     }
 
 
-def _run(tree: Path, algorithm: str, steps: int, pieces: bool) -> dict[str, Any]:
+def _run(tree: Path, algorithm: str, steps: int, samples: int, pieces: bool) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", algorithm, "--steps", str(steps)]
+    command += ["--samples", str(samples)]
     if pieces:
         command.append("--pieces")
     env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
@@ -115,11 +117,12 @@ def main() -> None:
     parser.add_argument("--base", default="main", help="git revision of the engine to compare against")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up)")
+    parser.add_argument("--samples", type=int, default=64, help="samples per step (GRPO: /8 prompts x 8)")
     parser.add_argument("--child", choices=sorted(ALGORITHMS), help=argparse.SUPPRESS)
     parser.add_argument("--pieces", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.pieces)))
+        print(json.dumps(child(args.child, args.steps, args.samples, args.pieces)))
         return
     base_sha = subprocess.run(
         ["git", "rev-parse", args.base], cwd=ROOT, check=True, capture_output=True, text=True
@@ -138,7 +141,7 @@ def main() -> None:
             for algorithm in ALGORITHMS:
                 for tree_name, tree in trees.items():
                     with_pieces = tree_name == "after" and round_index == 0
-                    result = _run(tree, algorithm, args.steps, with_pieces)
+                    result = _run(tree, algorithm, args.steps, args.samples, with_pieces)
                     runs[f"{tree_name}/{algorithm}"].append(result)
                     print(f"round {round_index} {tree_name:6} {algorithm}: {result}", flush=True)
     median = {key: statistics.median(r["samples_per_s"] for r in results) for key, results in runs.items()}
@@ -159,7 +162,7 @@ def main() -> None:
         "head": head_sha,
         "rounds": args.rounds,
         "steps": args.steps,
-        "samples_per_step": 64,
+        "samples_per_step": args.samples,
         "median_samples_per_s": median,
         "summary": summary,
         "runs": runs,
