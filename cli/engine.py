@@ -62,7 +62,8 @@ def _rich_callbacks(log_every: int) -> "TrainerCallbacks":
                 console.print(f"resuming at step {info.start_step} of {info.total_steps}")
 
         def on_step(self, step: int, metrics: dict[str, float]) -> None:
-            status = f"reward {metrics['rollout/reward_mean']:.3f}"
+            reward = metrics.get("rollout/reward_mean")  # absent at step 0 (the base model's evaluation)
+            status = "" if reward is None else f"reward {reward:.3f}"
             self.progress.update(self.task, completed=step, status=status)
             if step % log_every == 0 or any(name.startswith("eval/") for name in metrics):
                 console.print(_metrics_table("", [(step, metrics)]))

@@ -94,20 +94,21 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
 
     records, end = follow(stack, key, job.id)
     assert end == {"status": "succeeded"}
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert {"rollout/reward_mean", "train/policy_loss", "perf/tokens_per_s"} <= set(records[0]["metrics"])
+    assert [r["step"] for r in records] == list(range(0, STEPS + 1))  # step 0: the base model's score
+    assert "eval/pass@1" in records[0]["metrics"]
+    assert {"rollout/reward_mean", "train/policy_loss", "perf/tokens_per_s"} <= set(records[1]["metrics"])
     # Resumable: after the second record's id the stream sends the rest.
     with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}) as api:
         response = api.get(
             f"/v1/fine_tuning/jobs/{job.id}/metrics/stream", headers={"Last-Event-ID": records[1]["id"]}
         )
-        assert response.text.count("event: metrics") == STEPS - 2
+        assert response.text.count("event: metrics") == STEPS - 1
 
         job = client.fine_tuning.jobs.retrieve(job.id)
         assert job.status == "succeeded", job.error
         assert re.fullmatch(rf"ft:sppo-tiny:tenant-[0-9a-f]{{8}}:e2e:{job.id}", job.fine_tuned_model or "")
         assert job.trained_tokens and job.trained_tokens > 0
-        assert metric_steps(api, job.id) == list(range(1, STEPS + 1))
+        assert metric_steps(api, job.id) == list(range(0, STEPS + 1))
         resolved = job.method.reinforcement.hyperparameters  # type: ignore[union-attr]
         assert resolved.batch_size == BATCH and resolved.learning_rate_multiplier == 0.1
         expected_lr = model_defaults(tiny.model_dir)["learning_rate"] * 0.1  # the model's default × 0.1
@@ -115,10 +116,11 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
 
         # Result file: the step metrics as CSV, through the Files API.
         rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
-        assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+        assert [int(r["step"]) for r in rows] == list(range(0, STEPS + 1))
 
         messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
         assert any(m.startswith("Training started") for m in messages)
+        assert any(m.startswith("Evaluation at step 0") for m in messages)
         assert any(m.startswith("Evaluation at step 2") for m in messages)
         assert any(m.startswith(f"Checkpoint saved at step {STEPS}") for m in messages)
         assert "The job has successfully completed" in messages

@@ -91,8 +91,8 @@ class RunConfig:
     """Nucleus sampling threshold."""
     max_response_tokens: int = 8192
     """Most new tokens per response."""
-    eval_interval: int = 10
-    """Evaluate on validation_file every this many steps (and at the end)."""
+    eval_interval: int | str = "auto"
+    """Evaluate every this many steps, after a step-0 baseline and at the end; "auto": total_steps // 5."""
     eval_samples: int = 4
     """k of avg@k."""
     eval_max_items: int | None = None
@@ -140,11 +140,16 @@ class RunConfig:
         _check(0 < self.top_p <= 1, "must be in (0, 1]", "top_p")
         for name in (
             "n_epochs", "batch_size", "ppo_epochs", "minibatch_size", "micro_batch_tokens",
-            "max_response_tokens", "eval_interval", "eval_samples", "checkpoint_interval",
+            "max_response_tokens", "eval_samples", "checkpoint_interval",
             "keep_checkpoints", "lora_rank",
         ):  # fmt: skip
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, "must be an integer >= 1", name)
+        _check(
+            self.eval_interval == "auto" or (isinstance(self.eval_interval, int) and self.eval_interval >= 1),
+            'must be "auto" or an integer >= 1',
+            "eval_interval",
+        )
         for name in ("max_steps", "group_size", "eval_max_items"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)

@@ -73,10 +73,13 @@ class PromptSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.state = SamplerState()
+        self._orders: dict[int, list[int]] = {}  # the current epoch's permutation, drawn once
 
     def _order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return [int(i) for i in torch.randperm(self.num_items, generator=generator)]
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._orders = {epoch: [int(i) for i in torch.randperm(self.num_items, generator=generator)]}
+        return self._orders[epoch]
 
     def next_batch(self) -> list[int]:
         batch: list[int] = []

@@ -1,4 +1,7 @@
-"""pass@1 (greedy) and avg@k (k samples at the given temperature) of a model on a JSONL file."""
+"""pass@1 (greedy) and avg@k (k samples at the given temperature) of a model on a JSONL file.
+
+k = 0 scores pass@1 alone (the trainer's cheap intermediate evaluations).
+"""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +22,17 @@ from worker.engine.rollout import ControlFn, Rollout, generate
 class EvalResult:
     pass_at_1: float
     avg_at_k: float
+    """0.0 when k is 0."""
     k: int
     items: list[dict[str, Any]] = field(default_factory=list)
     """Per item: index, the greedy completion and its reward, the k sampled completions and rewards."""
 
     def scores(self) -> dict[str, float]:
-        """Metric names as used everywhere: eval/pass@1 and eval/avg@<k>."""
-        return {"eval/pass@1": self.pass_at_1, f"eval/avg@{self.k}": self.avg_at_k}
+        """Metric names as used everywhere: eval/pass@1 and eval/avg@<k> (k > 0)."""
+        scores = {"eval/pass@1": self.pass_at_1}
+        if self.k > 0:
+            scores[f"eval/avg@{self.k}"] = self.avg_at_k
+        return scores
 
 
 def completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
@@ -47,7 +54,7 @@ def evaluate_policy(
     token_budget: int = 65536,
     control: ControlFn | None = None,
 ) -> EvalResult:
-    """Score `items`: one greedy completion each, plus `samples` sampled ones for avg@k."""
+    """Score `items`: one greedy completion each, plus `samples` (may be 0) sampled ones for avg@k."""
     prompts = encode_prompts(tokenizer, items)
     options: dict[str, Any] = {
         "pad_id": tokenizer.pad_token_id,
@@ -58,8 +65,11 @@ def evaluate_policy(
     }
     greedy_texts = completions(tokenizer, generate(model, prompts, greedy=True, **options))
     repeated = [prompt for prompt in prompts for _ in range(samples)]
-    sampled = generate(model, repeated, temperature=temperature, top_p=top_p, **options)
-    sampled_texts = completions(tokenizer, sampled)
+    sampled_texts = (
+        completions(tokenizer, generate(model, repeated, temperature=temperature, top_p=top_p, **options))
+        if repeated
+        else []
+    )
     results: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         sample_rewards = [grader(item, text) for text in sampled_texts[i * samples : (i + 1) * samples]]
@@ -73,7 +83,7 @@ def evaluate_policy(
             }
         )
     pass_at_1 = sum(r["reward"] for r in results) / len(results)
-    avg_at_k = sum(sum(r["sample_rewards"]) / samples for r in results) / len(results)
+    avg_at_k = sum(sum(r["sample_rewards"]) / samples for r in results) / len(results) if samples else 0.0
     return EvalResult(pass_at_1=pass_at_1, avg_at_k=avg_at_k, k=samples, items=results)
 
 

@@ -1,19 +1,25 @@
-"""Batched sampling with the KV cache (HF `generate`), then old log-probs from the training forward.
+"""Batched sampling with the KV cache (HF `generate`), and the log-probs of response tokens.
 
 Prompts are left-padded so every response starts at the same column P; responses are right-padded.
-Old log-probs come from `response_logprobs`, the very function the PPO update uses, so the ratio in the
-first PPO epoch is exactly 1 (up to batch composition).
+Sampling uses a clean generation config: the model's own `generation_config.json` (repetition penalty,
+min_p, top_k, ...) would otherwise reshape the sampling distribution, and the PPO ratio would compare
+log-probs of a distribution that was never sampled from. Old log-probs are filled in by the PPO update
+(`update.py`) with `response_logprobs`, the very function its training forward uses.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
+from peft import PeftModel
 from torch import nn
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from worker.engine.batching import micro_batches
 
+LOGPROB_CHUNK_ELEMENTS = 1 << 22  # logits elements upcast at a time (16 MiB of float32)
 ControlFn = Callable[[], str]
 CONTROL_POLL_TOKENS = 16  # poll control() every this many generated tokens
 
@@ -34,7 +40,7 @@ class Rollout:
     attention_mask: torch.Tensor  # (B, P + R)
     response_mask: torch.Tensor  # (B, R) float: 1 on response tokens up to and including EOS
     prompt_length: int  # P
-    old_logprobs: torch.Tensor  # (B, R)
+    old_logprobs: torch.Tensor | None = None  # (B, R), filled in by the PPO update before its first step
 
     @property
     def responses(self) -> torch.Tensor:
@@ -69,6 +75,53 @@ def left_pad(
     return input_ids.to(device), attention_mask.to(device)
 
 
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(z / T)[token] = z[token] / T − logsumexp(z / T), in row chunks.
+
+    The autograd graph keeps only the logits (which the model produced anyway): no (B, R, V) float
+    log-softmax, probability or upcast copy is saved, and the backward rebuilds softmax chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        flat, flat_tokens = logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1, 1)  # (N, V), (N, 1)
+        out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # (N,)
+        for rows in _chunks(flat):
+            z = flat[rows].float() / temperature  # (n, V)
+            out[rows] = z.gather(-1, flat_tokens[rows]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+        ctx.save_for_backward(logits, tokens)
+        ctx.temperature = temperature
+        return out.view(tokens.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, tokens = ctx.saved_tensors
+        flat, flat_tokens = logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1, 1)
+        flat_grad = grad_out.reshape(-1, 1).float()  # (N, 1)
+        grad = torch.empty_like(flat)  # (N, V)
+        for rows in _chunks(flat):
+            # d/dz_v [z_y/T − logsumexp(z/T)] = (1[v = y] − softmax(z/T)_v) / T
+            g = -torch.softmax(flat[rows].float() / ctx.temperature, dim=-1) * flat_grad[rows]
+            g.scatter_add_(-1, flat_tokens[rows], flat_grad[rows])
+            grad[rows] = g / ctx.temperature
+        return grad.view(logits.shape), None, None
+
+
+def _chunks(flat: torch.Tensor) -> list[slice]:
+    return micro_batches(flat.shape[0], flat.shape[1], LOGPROB_CHUNK_ELEMENTS)
+
+
+@torch.no_grad()
+def _entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Entropy of softmax(z / T) per position, chunked and without gradient: (..., V) -> (...)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for rows in _chunks(flat):
+        z = flat[rows].float() / temperature
+        out[rows] = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+    return out.view(logits.shape[:-1])
+
+
 def response_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -76,21 +129,32 @@ def response_logprobs(
     prompt_length: int,
     temperature: float,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, R) of the response tokens at `temperature`, and their entropies (B, R) if asked."""
+    """Log-probs (B, R) of the response tokens at `temperature`, and their entropies (B, R) if asked.
+
+    The entropy carries a gradient only with `entropy_grad` (an entropy bonus); a metric needs none.
+    """
     response_length = input_ids.shape[1] - prompt_length
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P + R): left padding shifts positions
     output = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        logits_to_keep=response_length + 1,  # only the logits that predict response tokens
+        # only the R positions that predict response tokens (P-1 .. P+R-2)
+        logits_to_keep=torch.arange(
+            prompt_length - 1, prompt_length - 1 + response_length, device=input_ids.device
+        ),
     )
-    logits = output.logits[:, :-1].float() / temperature  # (B, R, V)
-    log_probs = torch.log_softmax(logits, dim=-1)  # (B, R, V)
+    logits = output.logits  # (B, R, V)
     responses = input_ids[:, prompt_length:]  # (B, R)
-    logprobs = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, R)
-    entropy = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else None  # (B, R)
+    logprobs: torch.Tensor = _TokenLogprobs.apply(logits, responses, temperature)  # type: ignore[no-untyped-call]
+    entropy: torch.Tensor | None = None
+    if with_entropy and entropy_grad:
+        z = logits.float() / temperature  # (B, R, V)
+        entropy = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+    elif with_entropy:
+        entropy = _entropy(logits.detach(), temperature)
     return logprobs, entropy
 
 
@@ -115,7 +179,7 @@ def generate(
     token_budget: int = 65536,
     control: ControlFn | None = None,
 ) -> Rollout:
-    """Sample one response per prompt (repeat a prompt for several samples); old_logprobs filled in."""
+    """Sample one response per prompt (repeat a prompt for several samples); old_logprobs left empty."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -132,24 +196,33 @@ def generate(
     )
     stopping = StoppingCriteriaList([_PollControl(control)] if control is not None else [])
     chunks: list[torch.Tensor] = []
-    for rows in micro_batches(len(prompts), prompt_length + max_new_tokens, token_budget):
-        output = model.generate(  # type: ignore[operator]
-            input_ids=input_ids[rows],
-            attention_mask=attention_mask[rows],
-            generation_config=config,
-            stopping_criteria=stopping,
-        )
-        chunks.append(output[:, prompt_length:])  # (b, r): generate pads finished rows with pad_id
+    with _without_model_generation_defaults(model):
+        for rows in micro_batches(len(prompts), prompt_length + max_new_tokens, token_budget):
+            output = model.generate(  # type: ignore[operator]
+                input_ids=input_ids[rows],
+                attention_mask=attention_mask[rows],
+                generation_config=config,
+                stopping_criteria=stopping,
+            )
+            chunks.append(output[:, prompt_length:])  # (b, r): generate pads finished rows with pad_id
     width = max(chunk.shape[1] for chunk in chunks)
     responses = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks])
     response_mask = _response_mask(responses, eos_id)  # (B, R)
     full_ids = torch.cat([input_ids, responses], dim=1)  # (B, P + R)
     full_mask = torch.cat([attention_mask, response_mask.long()], dim=1)  # (B, P + R)
-    old_logprobs = torch.cat(
-        [
-            response_logprobs(model, full_ids[rows], full_mask[rows], prompt_length, temperature)[0]
-            for rows in micro_batches(len(prompts), full_ids.shape[1], token_budget)
-        ]
-    )
     model.train(was_training)
-    return Rollout(full_ids, full_mask, response_mask, prompt_length, old_logprobs * response_mask)
+    return Rollout(full_ids, full_mask, response_mask, prompt_length)
+
+
+@contextmanager
+def _without_model_generation_defaults(model: nn.Module) -> Iterator[None]:
+    """HF fills every unset field of our GenerationConfig from the model's generation_config.json
+    (repetition_penalty, min_p, typical_p, no_repeat_ngram_size, suppress_tokens, ...); swap in a
+    blank one for the call, so only what we set shapes the distribution."""
+    hf_model = cast(PreTrainedModel, model.get_base_model() if isinstance(model, PeftModel) else model)
+    saved = hf_model.generation_config
+    hf_model.generation_config = GenerationConfig()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        hf_model.generation_config = saved

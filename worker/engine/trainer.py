@@ -3,6 +3,11 @@
 `run_training(config, callbacks)` is the one entry point; the Celery worker and `sppo train` both call it.
 It resumes from the latest complete checkpoint under `config.output_dir`, so a restarted job continues
 exactly where the last checkpoint left it.
+
+A run with a validation file scores the base model first (step 0), then every `eval_interval` steps and
+at the end. An evaluation belongs to the step it follows: a pause that arrives during it checkpoints the
+finished step with the evaluation still pending (and the RNG as it was before the evaluation), so the
+resumed run evaluates from the same state and writes the same metrics line as an uninterrupted one.
 """
 
 import contextlib
@@ -17,10 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 
 from worker.engine.algorithms import AdvantageInputs, get_algorithm
-from worker.engine.batching import micro_batches
 from worker.engine.callbacks import StartInfo, TrainerCallbacks, TrainingResult
 from worker.engine.checkpoint import (
     list_checkpoints,
@@ -39,7 +42,7 @@ from worker.engine.evaluate import completions, evaluate_policy
 from worker.engine.graders import build_grader
 from worker.engine.health import HealthMonitor, fingerprint
 from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
-from worker.engine.rollout import GenerationInterrupted, Rollout, generate, response_logprobs
+from worker.engine.rollout import GenerationInterrupted, Rollout, generate
 from worker.engine.update import Optimizers, PPOUpdate, StepBatch
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,9 @@ class Trainer:
         self.total_steps = config.max_steps or config.n_epochs * math.ceil(
             len(self.items) / config.batch_size
         )
+        self.eval_interval = (
+            int(config.eval_interval) if config.eval_interval != "auto" else max(1, self.total_steps // 5)
+        )
         self.policy = load_policy(config, self.device)
         actor_params = trainable_parameters(self.policy)
         self.critic: Critic | None = None
@@ -109,6 +115,7 @@ class Trainer:
         self.counters = {"samples": 0.0, "tokens": 0.0}
         self.best: tuple[int, float] | None = None  # (step, eval/pass@1)
         self.last_eval: dict[str, float] = {}
+        self.pending_eval: dict[str, float] | None = None  # metrics of a step whose evaluation is to run
 
     # ---- state -----------------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
@@ -124,6 +131,7 @@ class Trainer:
             "best": self.best,
             "last_eval": self.last_eval,
             "micro_batch_tokens": self.update.micro_batch_tokens,
+            "pending_eval": self.pending_eval,
         }
 
     def resume(self) -> None:
@@ -145,6 +153,7 @@ class Trainer:
         self.counters, self.elapsed_before = state["counters"], state["elapsed_s"]
         self.best, self.last_eval = state["best"], state["last_eval"]
         self.update.micro_batch_tokens = state["micro_batch_tokens"]
+        self.pending_eval = state.get("pending_eval")
         set_rng_state(state["rng"])
         self.step = step
         self._truncate_metrics(step)
@@ -167,9 +176,11 @@ class Trainer:
         return path
 
     # ---- one step --------------------------------------------------------------------------------
-    def collect(self, item_indices: list[int]) -> tuple[Rollout, torch.Tensor, list[int]]:
-        """group_size responses per prompt, scored: (rollout, rewards (B,), item index of each row)."""
-        rows = [i for i in item_indices for _ in range(self.config.samples_per_prompt)]
+    def collect(self, item_indices: list[int]) -> tuple[Rollout, torch.Tensor, list[int], torch.Tensor]:
+        """group_size responses per prompt, scored: (rollout, rewards (B,), item index of each row,
+        group index of each row). Groups are prompt instances: an item drawn twice is two groups."""
+        group = self.config.samples_per_prompt
+        rows = [i for i in item_indices for _ in range(group)]
         rollout = generate(
             self.policy,
             [self.prompts[i] for i in rows],
@@ -185,49 +196,31 @@ class Trainer:
         rewards = torch.tensor(
             [self.grader(self.items[i], text) for i, text in zip(rows, texts, strict=True)]
         )
-        return rollout, rewards.to(self.device), rows
-
-    @torch.no_grad()
-    def critic_values(self, rollout: Rollout) -> torch.Tensor | None:
-        if self.critic is None:
-            return None
-        budget = self.update.micro_batch_tokens
-        chunks = [
-            self.critic(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
-            for rows in micro_batches(rollout.input_ids.shape[0], rollout.input_ids.shape[1], budget)
-        ]
-        return torch.cat(chunks)  # (B,) logits or (B, R) values
-
-    @torch.no_grad()
-    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
-        """Log-probs of the base model for the KL penalty: the policy with its adapter switched off."""
-        if self.config.kl_coef == 0:
-            return None
-        if not isinstance(self.policy, PeftModel):
-            raise NotImplementedError("a KL penalty needs a LoRA policy (its base is the reference)")
-        with self.policy.disable_adapter():
-            logprobs, _ = response_logprobs(
-                self.policy,
-                rollout.input_ids,
-                rollout.attention_mask,
-                rollout.prompt_length,
-                self.config.temperature,
-            )
-        return logprobs
+        group_index = torch.arange(len(item_indices), device=self.device).repeat_interleave(group)  # (B,)
+        return rollout, rewards.to(self.device), rows, group_index
 
     def train_step(self) -> dict[str, float]:
         started = time.perf_counter()
-        rollout, rewards, rows = self.collect(self.sampler.next_batch())
+        rollout, rewards, _, group_index = self.collect(self.sampler.next_batch())
         rollout_s = time.perf_counter() - started
+        train_started = time.perf_counter()
+        before = fingerprint(self.opt.actor_params + self.opt.critic_params)
         if self.step == 0 and self.critic is not None:
             self.critic.init_from_success_rate(rewards.mean().item())
-        values = self.critic_values(rollout)
+        critic_metrics: dict[str, float] = {}
+        if self.critic is not None and self.critic.level == "sequence":
+            values: torch.Tensor | None
+            values, critic_metrics = self.update.fit_sequence_critic(
+                rollout, rewards.float(), self.config.minibatch_size
+            )
+        else:
+            values = self.update.critic_values(rollout)
         mask = rollout.response_mask
         advantages, returns = self.algorithm.compute_advantages(
             AdvantageInputs(
                 rewards=rewards,
                 response_mask=mask,
-                group_index=torch.tensor(rows, device=self.device),
+                group_index=group_index,
                 values=values,
                 gamma=self.config.gae_gamma,
                 lam=self.config.gae_lambda,
@@ -239,11 +232,10 @@ class Trainer:
             advantages,
             returns,
             values if self.algorithm.critic == "token" else None,
-            self.reference_logprobs(rollout),
+            self.update.reference_logprobs(rollout),
         )
-        before = fingerprint(self.opt.actor_params + self.opt.critic_params)
-        train_started = time.perf_counter()
         metrics = self.update.run(batch, self.config.ppo_epochs, self.config.minibatch_size)
+        metrics.update(critic_metrics)
         train_s = time.perf_counter() - train_started
         self.step += 1
         samples, tokens = rewards.shape[0], int(rollout.attention_mask.sum())
@@ -279,12 +271,17 @@ class Trainer:
         return metrics
 
     def evaluate(self) -> dict[str, float]:
+        """Greedy pass@1 at every evaluation; avg@k (k sampled completions per item, k+1 times the cost)
+        only where a full picture is kept: at checkpoints and at the end."""
+        full = self.step > 0 and (
+            self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
+        )
         result = evaluate_policy(
             self.policy,
             self.tokenizer,
             self.val_items,
             self.grader,
-            samples=self.config.eval_samples,
+            samples=self.config.eval_samples if full else 0,
             temperature=self.config.temperature,
             max_response_tokens=self.config.max_response_tokens,
             top_p=self.config.top_p,
@@ -304,36 +301,63 @@ class Trainer:
         self.started = time.perf_counter()
         self.resume()
         self.callbacks.on_start(StartInfo(self.total_steps, self.step, self.output_dir))
+        if self.step == 0 and self.val_items:
+            self.pending_eval = {}  # the base model's score, before any update
         metrics: dict[str, float] = {}
-        while self.step < self.total_steps:
+        while True:
+            if self.pending_eval is not None:
+                before_eval = rng_state()
+                try:
+                    signal = self.callbacks.control()
+                    if signal != "continue":
+                        raise GenerationInterrupted(signal)
+                    self.last_eval = self.evaluate()
+                except GenerationInterrupted as interrupted:
+                    set_rng_state(before_eval)  # the resumed run evaluates from the same state
+                    return self.stop(interrupted.signal, self.pending_eval)
+                self.callbacks.on_evaluation(self.step, self.last_eval)
+                metrics = {**self.pending_eval, **self.last_eval}
+                self.pending_eval = None
+                self.record(metrics)
+            if self.step >= self.total_steps:
+                break
             signal = self.callbacks.control()
             at_step_start = (rng_state(), self.sampler.state_dict())
             try:
                 if signal != "continue":
                     raise GenerationInterrupted(signal)
                 metrics = self.train_step()
-                due = self.step % self.config.eval_interval == 0 or self.step == self.total_steps
-                if self.val_items and due:
-                    self.last_eval = self.evaluate()
-                    metrics.update(self.last_eval)
-                    self.callbacks.on_evaluation(self.step, self.last_eval)
             except GenerationInterrupted as interrupted:
                 set_rng_state(at_step_start[0])  # the unfinished step never happened
                 self.sampler.load_state_dict(at_step_start[1])
                 return self.stop(interrupted.signal, metrics)
-            metrics["perf/elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
-            with (self.output_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-            self.callbacks.on_step(self.step, metrics)
-            if self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps:
-                self.checkpoint(metrics)
+            if self.val_items and (self.step % self.eval_interval == 0 or self.step == self.total_steps):
+                self.pending_eval = metrics
+            else:
+                self.record(metrics)
         final_dir = save_policy(self.policy, self.output_dir / "final")
         return self.result("completed", metrics, final_dir)
 
-    def stop(self, signal: str, metrics: dict[str, float]) -> TrainingResult:
-        if signal == "pause":
+    def record(self, metrics: dict[str, float], checkpoint: bool = True) -> None:
+        """The step's metrics line and report, then its checkpoint when one is due."""
+        metrics["perf/elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
+        with (self.output_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        self.callbacks.on_step(self.step, metrics)
+        due = self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
+        if checkpoint and self.step > 0 and due:
             self.checkpoint(metrics)
+
+    def stop(self, signal: str, metrics: dict[str, float]) -> TrainingResult:
+        """Pause checkpoints the last finished step (nothing to keep before the first); cancel keeps
+        the metrics of a finished step whose evaluation it interrupted."""
+        if signal == "pause":
+            if self.step > 0:
+                self.checkpoint(metrics)
             return self.result("paused", metrics, None)
+        if self.pending_eval is not None and self.step > 0:
+            self.pending_eval = None
+            self.record(metrics, checkpoint=False)
         return self.result("cancelled", metrics, None)
 
     def result(self, status: Any, metrics: dict[str, float], final_dir: Path | None) -> TrainingResult:

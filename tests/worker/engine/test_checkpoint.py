@@ -1,3 +1,5 @@
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,38 @@ class PauseAfter(TrainerCallbacks):
         self.steps, self.seen = steps, 0
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        self.seen += 1
+        self.seen = step
 
     def control(self) -> Control:
         return "pause" if self.seen >= self.steps else "continue"
+
+
+class PauseDuringEvaluation(TrainerCallbacks):
+    """Pauses from inside the evaluation that follows step `step` (while its completions generate)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.seen, self.paused = step, 0, False
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen = step
+
+    def control(self) -> Control:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_name != "evaluate_policy":
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is not None and self.seen == self.step - 1 and not self.paused:
+            self.paused = True
+            return "pause"
+        return "continue"
+
+
+def _metric_lines(output_dir: Path) -> list[dict[str, float]]:
+    """metrics.jsonl without the timings, which differ from run to run."""
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if not k.startswith("perf/") or k in COUNTERS} for line in lines]
+
+
+COUNTERS = ("perf/samples", "perf/tokens")
 
 
 def _weights(result_dir: Path) -> dict[str, torch.Tensor]:
@@ -52,6 +82,34 @@ def test_resume_is_exact(tiny: Fixture, tmp_path: Path) -> None:
         torch.testing.assert_close(critic_b[name], critic_a[name], atol=1e-6, rtol=0)
     assert straight.metrics["rollout/reward_mean"] == resumed.metrics["rollout/reward_mean"]
     assert straight.eval == resumed.eval
+
+
+def test_pause_during_an_evaluation_resumes_exactly(tiny: Fixture, tmp_path: Path) -> None:
+    """3 steps straight == 2 steps, a pause while step 2's evaluation generates, resume, 1 more step:
+    the same weights, critic, and metrics lines (step 2's included, with its evaluation)."""
+    options: dict[str, Any] = {
+        "max_steps": 3,
+        "checkpoint_interval": 1,
+        "eval_interval": 2,
+        "eval_max_items": 4,
+        "max_response_tokens": 48,
+    }
+    straight = run_training(tiny_config(tiny, tmp_path / "straight", **options))
+    pauser = PauseDuringEvaluation(step=2)
+    paused = run_training(tiny_config(tiny, tmp_path / "resumed", **options), pauser)
+    assert pauser.paused and paused.status == "paused" and paused.final_step == 2
+    resumed = run_training(tiny_config(tiny, tmp_path / "resumed", **options))
+    assert resumed.status == "completed" and resumed.final_step == 3
+    assert straight.final_adapter_dir is not None and resumed.final_adapter_dir is not None
+    expected, actual = _weights(straight.final_adapter_dir), _weights(resumed.final_adapter_dir)
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+    critic_a = torch.load(straight.checkpoints[-1] / "critic.pt", weights_only=False)["weights"]
+    critic_b = torch.load(resumed.checkpoints[-1] / "critic.pt", weights_only=False)["weights"]
+    for name in critic_a:
+        assert torch.equal(critic_b[name], critic_a[name]), name
+    assert _metric_lines(tmp_path / "resumed") == _metric_lines(tmp_path / "straight")
+    assert [line["step"] for line in _metric_lines(tmp_path / "straight")] == [0, 1, 2, 3]
 
 
 def test_crash_mid_save_keeps_the_previous_checkpoint(

@@ -1,3 +1,7 @@
+import functools
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 
@@ -7,7 +11,103 @@ from worker.engine.policy import load_base_model, load_tokenizer
 from worker.engine.rollout import GenerationInterrupted, generate, response_logprobs
 
 
-def test_old_logprobs_match_the_training_forward_and_mask_stops_at_eos(tiny: Fixture) -> None:
+def test_response_logprobs_and_their_gradient_equal_log_softmax() -> None:
+    """The chunked gather − logsumexp path gives log_softmax's values and gradients, entropy included."""
+
+    class Logits(torch.nn.Module):
+        def __init__(self, logits: torch.Tensor) -> None:
+            super().__init__()
+            self.logits = torch.nn.Parameter(logits)
+
+        def forward(self, logits_to_keep: torch.Tensor, **kwargs: Any) -> Any:
+            return type("Output", (), {"logits": self.logits[:, logits_to_keep]})
+
+    torch.manual_seed(0)
+    model = Logits(torch.randn(3, 9, 5, dtype=torch.float64))  # (B, P + R, V) with P = 4, R = 5
+    input_ids = torch.randint(0, 5, (3, 9))
+    mask = torch.ones_like(input_ids)
+    logprobs, entropy = response_logprobs(model, input_ids, mask, 4, 0.7, with_entropy=True)
+    assert entropy is not None and not entropy.requires_grad
+    (logprobs * torch.arange(15.0).view(3, 5)).sum().backward()  # type: ignore[no-untyped-call]
+    ours = model.logits.grad
+    model.logits.grad = None
+    reference = torch.log_softmax(model.logits[:, 3:8] / 0.7, dim=-1)  # (B, R, V)
+    expected = reference.gather(-1, input_ids[:, 4:, None]).squeeze(-1)
+    (expected * torch.arange(15.0).view(3, 5)).sum().backward()  # type: ignore[no-untyped-call]
+    torch.testing.assert_close(logprobs, expected.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, model.logits.grad, rtol=1e-6, atol=1e-6)  # float32 backward
+    expected_entropy = -(reference.exp() * reference).sum(-1)
+    torch.testing.assert_close(entropy, expected_entropy.detach().float(), rtol=0, atol=1e-6)
+
+
+def test_sampling_ignores_the_models_generation_config(tiny: Fixture, tmp_path: Path) -> None:
+    """generate's own sampling distribution (its processed scores) is the one response_logprobs scores,
+    even when generation_config.json asks for penalties and truncation (as instruct models ship)."""
+    torch.manual_seed(0)
+    model = load_base_model(tiny.model_dir, torch.device("cpu"))
+    config = model.generation_config
+    config.do_sample, config.repetition_penalty, config.min_p, config.typical_p = True, 1.3, 0.2, 0.5
+    config.no_repeat_ngram_size, config.top_k, config.suppress_tokens = 2, 3, [5]
+    model.save_pretrained(tmp_path)
+    model = load_base_model(tmp_path, torch.device("cpu"))
+    assert model.generation_config.repetition_penalty == 1.3
+    tokenizer = load_tokenizer(tiny.model_dir)
+    prompts = encode_prompts(tokenizer, load_items(tiny.train_file)[:4])
+    scores: list[torch.Tensor] = []
+    real_generate = model.generate
+
+    @functools.wraps(real_generate)
+    def generate_with_scores(**kwargs: Any) -> torch.Tensor:
+        output = real_generate(**kwargs, output_scores=True, return_dict_in_generate=True)
+        scores.extend(output.scores)  # type: ignore[union-attr]
+        return output.sequences  # type: ignore[union-attr, no-any-return]
+
+    model.generate = generate_with_scores  # type: ignore[method-assign]
+    temperature = 0.8
+    rollout = generate(
+        model,
+        prompts,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        max_new_tokens=24,
+        temperature=temperature,
+    )
+    sampled = torch.log_softmax(torch.stack(scores, dim=1), dim=-1)  # (B, R, V): what was sampled from
+    responses = rollout.responses[:, : sampled.shape[1]]
+    sampled_logprobs = sampled.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, R)
+    logprobs, _ = response_logprobs(
+        model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, temperature
+    )
+    mask = rollout.response_mask[:, : sampled.shape[1]].bool()
+    torch.testing.assert_close(
+        logprobs[:, : sampled.shape[1]][mask], sampled_logprobs[mask], rtol=0, atol=1e-4
+    )
+
+
+def test_logprobs_keep_no_float_copy_of_the_logits_for_backward(tiny: Fixture) -> None:
+    """On a long response the graph holds the (B, R, V) logits once: no log-softmax, softmax or
+    entropy copy (the memory the paper's long-CoT claim rests on)."""
+    model = load_base_model(tiny.model_dir, torch.device("cpu"))
+    vocab = model.config.vocab_size
+    batch, prompt_length, response_length = 2, 8, 512
+    input_ids = torch.randint(3, vocab, (batch, prompt_length + response_length))
+    mask = torch.ones_like(input_ids)
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved[tensor.untyped_storage().data_ptr()] = tensor
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logprobs, entropy = response_logprobs(model, input_ids, mask, prompt_length, 0.6, with_entropy=True)
+    assert entropy is not None and logprobs.requires_grad
+    logits_sized = [
+        t for t in saved.values() if t.shape[-1] == vocab and t.numel() >= batch * response_length * vocab
+    ]
+    assert len(logits_sized) == 1, [tuple(t.shape) for t in logits_sized]
+
+
+def test_generate_masks_up_to_eos_and_greedy_is_deterministic(tiny: Fixture) -> None:
     torch.manual_seed(0)
     tokenizer = load_tokenizer(tiny.model_dir)
     model = load_base_model(tiny.model_dir, torch.device("cpu"))
@@ -15,12 +115,7 @@ def test_old_logprobs_match_the_training_forward_and_mask_stops_at_eos(tiny: Fix
     options = {"pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id, "max_new_tokens": 32}
     rollout = generate(model, prompts, temperature=1.0, token_budget=100, **options)  # several chunks
     assert rollout.input_ids.shape[1] == rollout.prompt_length + rollout.response_mask.shape[1]
-    logprobs, entropy = response_logprobs(
-        model, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0, with_entropy=True
-    )
-    ratio = torch.exp(logprobs * rollout.response_mask - rollout.old_logprobs)
-    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
-    assert entropy is not None and entropy.shape == logprobs.shape
+    assert rollout.old_logprobs is None  # the PPO update fills them in from its own forward
     for row, mask in zip(rollout.responses, rollout.response_mask, strict=True):
         length = int(mask.sum())
         eos = (row == tokenizer.eos_token_id).nonzero()

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 import torch
 
+from worker.engine.algorithms import AdvantageInputs
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 from worker.engine.errors import TrainingDivergedError
 from worker.engine.fixtures import Fixture
@@ -39,7 +40,8 @@ class Recorder(TrainerCallbacks):
     "overrides",
     [
         {"algorithm": "sppo", "critic": "separate"},
-        {"algorithm": "sppo", "critic": "shared_lora"},
+        # the critic takes one step per minibatch; a zero head and zero LoRA B reach LoRA A at the third
+        {"algorithm": "sppo", "critic": "shared_lora", "minibatch_size": 2},
         {"algorithm": "grpo", "batch_size": 2, "group_size": 4},
         {"algorithm": "ppo", "critic": "separate"},
         {"algorithm": "sppo", "use_lora": False},
@@ -88,13 +90,14 @@ def test_run_reports_every_metric_and_evaluates(tiny: Fixture, tmp_path: Path) -
     assert result.eval["eval/pass@1"] == recorder.steps[-1][1]["eval/pass@1"]
     assert result.final_adapter_dir is not None
     assert (result.final_adapter_dir / "adapter_model.safetensors").exists()
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]  # step 0: the base model's validation score
+    assert "eval/pass@1" in lines[0] and "train/policy_loss" not in lines[0]
     assert recorder.starts[0].total_steps == 2 and recorder.starts[0].start_step == 0
 
 
 def test_cancel_stops_before_the_next_step(tiny: Fixture, tmp_path: Path) -> None:
-    recorder = Recorder(stop_at=1, signal="cancel")
+    recorder = Recorder(stop_at=2, signal="cancel")  # after step 0 (the base model's score) and step 1
     result = run_training(tiny_config(tiny, tmp_path, max_steps=3, checkpoint_interval=10), recorder)
     assert result.status == "cancelled" and result.final_step == 1
     assert result.checkpoints == []
@@ -106,3 +109,66 @@ def test_nan_loss_stops_with_a_clear_error(tiny: Fixture, tmp_path: Path) -> Non
     with pytest.raises(TrainingDivergedError) as info:
         trainer.train_step()
     assert info.value.code == "training_diverged"
+
+
+def test_base_score_at_step_0_and_about_five_evaluations_by_default(tiny: Fixture, tmp_path: Path) -> None:
+    evaluations: list[tuple[int, dict[str, float]]] = []
+
+    class Evaluations(TrainerCallbacks):
+        def on_evaluation(self, step: int, scores: dict[str, float]) -> None:
+            evaluations.append((step, scores))
+
+    config = tiny_config(tiny, tmp_path, max_steps=3, checkpoint_interval=2)
+    config.eval_interval = "auto"
+    assert (
+        Trainer(
+            tiny_config(tiny, tmp_path / "t", max_steps=23, eval_interval="auto"), Evaluations()
+        ).eval_interval
+        == 4
+    )
+    run_training(config, Evaluations())
+    assert [step for step, _ in evaluations] == [0, 1, 2, 3]  # auto: max(1, 3 // 5) = 1
+    # greedy pass@1 at every evaluation; avg@k (k+1 times the cost) at checkpoints and the end only
+    names = [sorted(name for name in scores if name.startswith("eval/")) for _, scores in evaluations]
+    assert names[:2] == [["eval/pass@1"], ["eval/pass@1"]]
+    assert {"eval/pass@1", "eval/avg@1"} <= set(evaluations[2][1]) and "eval/avg@1" in evaluations[3][1]
+
+
+def test_grpo_groups_are_prompt_instances(tiny: Fixture, tmp_path: Path) -> None:
+    """An item drawn twice in one batch (a one-item file) makes two groups of N, not one of 2N."""
+    one_item = tmp_path / "one.jsonl"
+    one_item.write_text(tiny.train_file.read_text().splitlines()[0] + "\n")
+    config = tiny_config(
+        tiny, tmp_path, algorithm="grpo", train_file=str(one_item), batch_size=2, group_size=2
+    )
+    trainer = Trainer(config, TrainerCallbacks())
+    _, _, rows, group_index = trainer.collect(trainer.sampler.next_batch())
+    assert rows == [0, 0, 0, 0] and group_index.tolist() == [0, 0, 1, 1]
+    advantages, _ = trainer.algorithm.compute_advantages(
+        AdvantageInputs(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.ones(4, 1), group_index)
+    )
+    assert advantages[:, 0].tolist() == pytest.approx([0.7071, -0.7071, 0.0, 0.0], abs=1e-4)
+
+
+def test_kl_reference_forward_is_micro_batched_and_retried_on_oom(tiny: Fixture, tmp_path: Path) -> None:
+    recorder = Recorder()
+    trainer = Trainer(tiny_config(tiny, tmp_path, kl_coef=0.1, micro_batch_tokens=256), recorder)
+    reference_shapes: list[tuple[int, int, int]] = []  # (rows, columns, token budget) per reference forward
+
+    def reference_forward(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        lora_off = [m.disable_adapters for m in trainer.policy.modules() if hasattr(m, "lora_A")]
+        if lora_off and all(lora_off):
+            rows, columns = kwargs["input_ids"].shape
+            reference_shapes.append((rows, columns, trainer.update.micro_batch_tokens))
+            if len(reference_shapes) == 1:  # the first reference forward runs out of GPU memory
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by the test)")
+
+    handle = trainer.policy.get_base_model().register_forward_pre_hook(reference_forward, with_kwargs=True)
+    try:
+        metrics = trainer.train_step()
+    finally:
+        handle.remove()
+    assert "train/kl" in metrics and trainer.update.micro_batch_tokens == 128
+    assert any("out of GPU memory" in message for _, message in recorder.events)
+    assert len(reference_shapes) > 2
+    assert all(rows == 1 or rows * columns <= budget for rows, columns, budget in reference_shapes)
