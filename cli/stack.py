@@ -1,6 +1,6 @@
 """The processes `sppo run` starts next to the API on one machine: a Redis server when none is reachable,
-and one worker. Each runs in its own session, so Ctrl-C reaches only `sppo run`, which then stops them
-in order (worker first, so it can checkpoint; Redis last, so it can persist).
+one worker and the model server. Each runs in its own session, so Ctrl-C reaches only `sppo run`, which
+then stops them in order (worker first, so it can checkpoint; Redis last, so it can persist).
 """
 
 import contextlib
@@ -76,11 +76,16 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+    return start_sppo(["worker", "--prepare-fixture"], log_path)
+
+
+def start_sppo(arguments: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`sppo <arguments>` in a session of its own, logging to `log_path`."""
     command = [str(Path(sys.executable).parent / "sppo")]  # the console script next to this interpreter
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(
-        [*command, "worker", "--prepare-fixture"],
+        [*command, *arguments],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
     )  # fmt: skip
 
@@ -109,10 +114,13 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker = start_worker(data_dir / "logs" / "worker.log")
     typer.echo(f"Started worker (pid {worker.pid}, log {data_dir / 'logs' / 'worker.log'})")
+    models = start_sppo(["serve-models"], data_dir / "logs" / "models.log")
+    typer.echo(f"Started model server (pid {models.pid}, log {data_dir / 'logs' / 'models.log'})")
     try:
         yield redis_url
     finally:
-        typer.echo("Stopping the worker ...")
+        typer.echo("Stopping the model server and the worker ...")
+        stop(models, REDIS_START_TIMEOUT_S)
         stop(worker, WORKER_STOP_TIMEOUT_S)
         if started is not None:
             typer.echo("Stopping redis-server ...")
