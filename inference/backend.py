@@ -8,7 +8,7 @@ import torch
 
 from app.settings import Settings
 from inference.batcher import Batcher, Event, Generation
-from inference.models import AdapterNotFound, ModelCache
+from inference.models import AdapterNotFound, ModelCache, adapter_path
 from inference.prepare import GenerateRequest, RequestError, prepare
 
 
@@ -52,7 +52,7 @@ class TransformersBackend:
         base = await asyncio.to_thread(self.cache.base, request.base_model)
         if request.adapter_uri is not None:
             try:
-                self.cache.adapter_path(request.adapter_uri)
+                adapter_path(self.cache.settings, request.adapter_uri)
             except AdapterNotFound:
                 raise RequestError(404, f"The files of model '{request.model}' are no longer stored.",
                                    param="model", code="model_not_found") from None  # fmt: skip

@@ -40,6 +40,15 @@ class LoadedBase:
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def adapter_path(settings: Settings, uri: str) -> Path:
+    """An adapter uri from the API, checked to be an adapter folder inside the data directory."""
+    root = settings.data_dir.resolve()
+    path = (root / uri).resolve()
+    if not path.is_relative_to(root) or not (path / "adapter_config.json").is_file():
+        raise AdapterNotFound(f"no adapter stored at {uri}")
+    return path
+
+
 def context_length(model: PreTrainedModel) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048))
 
@@ -59,7 +68,7 @@ class ModelCache:
                 return self.bases[name]
             directory = base_model_dir(self.settings, name)
             model = load_base_model(directory, self.device)
-            model.eval()
+            model.eval()  # type: ignore[no-untyped-call]
             loaded = LoadedBase(name, directory, load_tokenizer(directory), model, context_length(model))
             self.bases[name] = loaded
             while len(self.bases) > self.settings.inference_max_base_models:
@@ -68,14 +77,6 @@ class ModelCache:
             log.info("base model %s loaded from %s", name, directory)
             return loaded
 
-    def adapter_path(self, uri: str) -> Path:
-        """An adapter uri from the API, checked to be an adapter folder inside the data directory."""
-        root = self.settings.data_dir.resolve()
-        path = (root / uri).resolve()
-        if not path.is_relative_to(root) or not (path / "adapter_config.json").is_file():
-            raise AdapterNotFound(f"no adapter stored at {uri}")
-        return path
-
     def adapter_name(self, base: LoadedBase, uri: str | None) -> str:
         """The peft name of adapter `uri` on `base`, loading it (and evicting the least recent) if needed."""
         if uri is None:
@@ -83,7 +84,7 @@ class ModelCache:
         if uri in base.adapters:
             base.adapters.move_to_end(uri)
             return base.adapters[uri]
-        path = self.adapter_path(uri)
+        path = adapter_path(self.settings, uri)
         name = "a" + hashlib.sha256(uri.encode()).hexdigest()[:16]
         if isinstance(base.model, PeftModel):
             base.model.load_adapter(str(path), adapter_name=name, is_trainable=False)

@@ -1,12 +1,21 @@
 """A proxied request → token ids and a token budget, checked against the model's context window."""
 
+import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
+from transformers import PreTrainedTokenizerBase
 
-from inference.models import LoadedBase
 from worker.engine.data import encode_prompts
+
+
+class Tokenizes(Protocol):
+    """What preparing a request needs of a loaded base model (either backend's)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_lock: threading.Lock
+    context_length: int
 
 
 class GenerateRequest(BaseModel):
@@ -50,7 +59,7 @@ class Prepared:
     max_tokens: int
 
 
-def prepare(request: GenerateRequest, base: LoadedBase) -> Prepared:
+def prepare(request: GenerateRequest, base: Tokenizes) -> Prepared:
     with base.tokenizer_lock:
         if request.kind == "chat":
             ids = encode_prompts(base.tokenizer, [{"messages": request.messages or []}])[0]

@@ -5,7 +5,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,13 +29,17 @@ def _error(exc: RequestError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
-async def _events(backend: Backend, request: GenerateRequest) -> tuple[int, asyncio.Queue[Event], Any]:
+async def _events(
+    backend: Backend, request: GenerateRequest
+) -> tuple[int, asyncio.Queue[Event], Callable[[], None]]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def emit(event: Event) -> None:  # called from the batch thread
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
     try:
-        prompt_tokens, handle = await backend.submit(
-            request, lambda e: loop.call_soon_threadsafe(queue.put_nowait, e)
-        )
+        prompt_tokens, handle = await backend.submit(request, emit)
     except ModelNotFoundError as exc:
         raise RequestError(404, f"The model '{request.model}' cannot be loaded: {exc}", param="model",
                            code="model_not_found") from None  # fmt: skip
@@ -62,7 +66,7 @@ async def _collect(
 
 
 async def _stream(
-    request: GenerateRequest, prompt_tokens: int, queue: asyncio.Queue[Event], cancel: Any
+    request: GenerateRequest, prompt_tokens: int, queue: asyncio.Queue[Event], cancel: Callable[[], None]
 ) -> AsyncIterator[str]:
     writer = ChunkWriter(request.kind, request.model)
     tokens = 0
