@@ -35,7 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
-	$(BIN)/python benchmarks/inference.py $(INFERENCE_BENCH_ARGS)
+	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

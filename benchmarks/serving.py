@@ -7,8 +7,8 @@ go straight to the model server's `/internal/generate` (the API's proxy adds the
 both modes). Greedy decoding with a fixed budget of new tokens; `--model random` uses an untrained
 model of sppo-tiny's architecture (same cost per token, no fixture build needed).
 
-    python benchmarks/inference.py                      # sppo-tiny, 1/8/32 clients
-    python benchmarks/inference.py --requests-per-client 2 --max-tokens 8   # a short run
+    python benchmarks/serving.py                      # sppo-tiny, 1/8/32 clients
+    python benchmarks/serving.py --requests-per-client 2 --max-tokens 8   # a short run
 
 Writes benchmarks/results/inference.json.
 """
