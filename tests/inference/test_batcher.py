@@ -7,31 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from app.settings import Settings
 from inference.batcher import Batcher, Busy, Delta, Done, Event, Finished, Generation
 from inference.models import ModelCache
 from worker.engine.data import encode_prompts
-from worker.engine.fixtures import build_model, build_tokenizer
+from worker.engine.fixtures import build_tokenizer
 
 PROMPTS = ["12+34+56=", "7+8+9="]
 MAX_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("inference")
-    tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), seed=3)
-    model.save_pretrained(root / "models" / "rand-tiny")
-    tokenizer.save_pretrained(root / "models" / "rand-tiny")
-    for seed, name in ((1, "a"), (2, "b")):
-        torch.manual_seed(seed)
-        lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        get_peft_model(build_model(len(tokenizer), seed=3), lora).save_pretrained(root / "jobs" / name)
-    return root
 
 
 def _settings(data_dir: Path, **overrides: object) -> Settings:
