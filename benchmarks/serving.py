@@ -62,7 +62,7 @@ def _start(data_dir: Path, registry: Path, batch_size: int) -> tuple[subprocess.
     command = [str(Path(sys.executable).parent / "sppo"), "serve-models", "--loglevel", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # torch and the model load slowly on a busy machine
     while True:
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -70,6 +70,7 @@ def _start(data_dir: Path, registry: Path, batch_size: int) -> tuple[subprocess.
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
             raise RuntimeError(f"model server did not start; see {log.name}")
         time.sleep(0.3)
 
@@ -116,8 +117,10 @@ def main() -> None:
         data_dir, registry = Path(tmp), Path(tmp) / "models"
         registry.mkdir()
         model = "sppo-tiny" if args.model == "sppo-tiny" else _random_model(registry)
-        servers = {mode: _start(data_dir, registry, size) for mode, size in MODES.items()}
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
+            for mode, size in MODES.items():
+                servers[mode] = _start(data_dir, registry, size)
             for _, url in servers.values():  # load the model and warm up both
                 asyncio.run(_level(url, model, 1, 2, args.max_tokens))
             levels = []

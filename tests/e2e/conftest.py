@@ -145,7 +145,7 @@ def stack(
     stack = Stack(base_url=base_url, db_url=db_url, redis_url=stack_redis_url, data_dir=data_dir, env=env)
     try:
         _wait_http(f"{base_url}/health", api, api_log)
-        _wait_http(f"http://127.0.0.1:{models_port}/health", models, models_log)
+        _wait_http(f"http://127.0.0.1:{models_port}/health", models, models_log, timeout=300)
         stack.start_worker()
         yield stack
     finally:
