@@ -1,5 +1,6 @@
 """`sppo files|jobs|evals` against a live server (no worker: jobs stay queued until controlled)."""
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -91,7 +92,11 @@ def test_download_unpacks_the_latest_checkpoint(
     result = sppo("jobs", "download", job["id"], "--output", "adapter")
     assert result.returncode == 0, result.stderr
     unpacked = tmp_path / "adapter"
-    assert (unpacked / "adapter_config.json").read_text() == '{"step": 4}'
+    # The archive names the base model by registry name (not a server path) and carries a model card.
+    assert json.loads((unpacked / "adapter_config.json").read_text()) == {
+        "step": 4, "base_model_name_or_path": "sppo-tiny"
+    }  # fmt: skip
+    assert "Base model: `sppo-tiny`" in (unpacked / "README.md").read_text()
     assert (unpacked / "adapter_model.safetensors").stat().st_size == 1000
     again = sppo("jobs", "download", job["id"], "--output", "adapter")
     assert again.returncode == 1 and "not empty" in again.stderr
