@@ -126,3 +126,11 @@ def test_tar_members_outside_the_target_are_refused(tmp_path: Path) -> None:
     else:
         raise AssertionError("a member outside the target was extracted")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_chat_errors_name_the_cause(sppo: Sppo) -> None:
+    unknown = sppo("chat", "no-such-model", "1+2+3=")
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    # the API test server runs no model server: the proxy's 503 message reaches the user
+    down = sppo("chat", "sppo-tiny", "1+2+3=")
+    assert down.returncode == 1 and "model server is not reachable" in down.stderr
