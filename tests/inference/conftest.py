@@ -18,7 +18,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(root / "models" / "rand-tiny")
     tokenizer.save_pretrained(root / "models" / "rand-tiny")
     for seed, name in ((1, "a"), (2, "b")):
+        base = build_model(len(tokenizer), seed=3)  # reseeds torch itself: the adapter's seed comes after
         torch.manual_seed(seed)
-        lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        get_peft_model(build_model(len(tokenizer), seed=3), lora).save_pretrained(root / "jobs" / name)
+        lora = LoraConfig(
+            r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+        )
+        get_peft_model(base, lora).save_pretrained(root / "jobs" / name)
     return root
