@@ -31,9 +31,11 @@ lint: $(STAMP)
 
 # The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark).
 # BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run.
+# Then the model server's benchmark (INFERENCE_BENCH_ARGS, e.g. "--requests-per-client 2").
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

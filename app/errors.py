@@ -18,6 +18,7 @@ class APIError(Exception):
     status_code = 400
     type = "invalid_request_error"
     code: str | None = None
+    retry_after: int | None = None  # seconds, sent as Retry-After (429, 503)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -61,6 +62,11 @@ class ServiceUnavailable(APIError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class PermissionDenied(APIError):
+    status_code = 403
+    code = "permission_denied"
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -110,10 +116,13 @@ def _request_id(request: Request) -> str:
 
 
 def _render(error: APIError, request: Request) -> JSONResponse:
+    headers = {"X-Request-ID": _request_id(request)}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return JSONResponse(
         error_body(error.message, error.type, error.param, error.code),
         status_code=error.status_code,
-        headers={"X-Request-ID": _request_id(request)},
+        headers=headers,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
-from app.api.routes import evaluations, files, health, jobs, metrics, models
+from app.api.routes import evaluations, files, health, inference, jobs, metrics, models
 from app.db import get_sessionmaker
 from app.errors import install_error_handlers
 from app.middleware import RequestContextMiddleware, UploadLimitMiddleware
@@ -44,7 +44,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="SPPO Service", version="0.1.0", lifespan=lifespan)
     v1 = APIRouter(prefix="/v1")
-    for module in (files, jobs, metrics, models, evaluations):
+    for module in (files, jobs, metrics, models, evaluations, inference):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
@@ -53,6 +53,8 @@ def create_app() -> FastAPI:
     app.add_middleware(UploadLimitMiddleware, path="/v1/files", max_bytes=settings.max_upload_bytes)
     # The new-job form carries a training and a validation file; each is also checked on its own.
     app.add_middleware(UploadLimitMiddleware, path="/jobs/new", max_bytes=2 * settings.max_upload_bytes)
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        app.add_middleware(UploadLimitMiddleware, path=path, max_bytes=settings.inference_max_request_bytes)
     app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 413, gets an id
     return app
 

@@ -70,6 +70,37 @@ class Settings(BaseSettings):
         ge=2,
         description="Steps of identical all-0 or all-1 reward that raise a constant-reward alarm.",
     )
+    # Inference (issue 11): the model server `sppo serve-models` and the API's proxy to it.
+    inference_url: str = Field(
+        default="http://127.0.0.1:8001", description="Where the API finds `sppo serve-models`."
+    )
+    inference_port: int = Field(default=8001, ge=1, le=65535, description="Port `sppo serve-models` binds.")
+    inference_backend: str = Field(
+        default="transformers",
+        pattern="^(transformers|vllm)$",
+        description="transformers (CPU or GPU) or vllm (GPU, the optional `vllm` extra).",
+    )
+    inference_device: str = Field(default="cpu", description="Device of the transformers backend.")
+    inference_max_batch_size: int = Field(
+        default=16, ge=1, description="Sequences decoded together in one batch (1: one at a time)."
+    )
+    inference_batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long the batcher waits for more requests before a batch starts."
+    )
+    inference_max_pending: int = Field(
+        default=64, ge=1, description="Requests waiting for a batch; beyond it the service answers 429."
+    )
+    inference_max_adapters: int = Field(
+        default=8, ge=1, description="LoRA adapters kept loaded per base model (least recently used leave)."
+    )
+    inference_max_base_models: int = Field(default=2, ge=1, description="Base models kept loaded.")
+    inference_max_n: int = Field(default=16, ge=1, description="Largest `n` (choices per request).")
+    inference_max_request_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest chat/completions request body."
+    )
+    inference_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long the API waits on the model server for a whole answer."
+    )
 
     @field_validator("data_dir", "model_registry_dir")
     @classmethod

@@ -78,9 +78,11 @@ class Client:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body)
 
-    def events(self, path: str) -> Iterator[SseEvent]:
-        """Server-Sent Events from `path` until the server closes the stream (no read timeout)."""
-        with self.http.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as response:
+    def events(self, path: str, body: dict[str, Any] | None = None) -> Iterator[SseEvent]:
+        """Server-Sent Events from `path` (a POST of `body` when given) until the server closes the stream
+        (no read timeout)."""
+        method = "GET" if body is None else "POST"
+        with self.http.stream(method, path, json=body, timeout=httpx.Timeout(30.0, read=None)) as response:
             if response.is_error:
                 response.read()
                 raise ApiError(_error_message(response), response.status_code)

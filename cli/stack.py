@@ -1,5 +1,5 @@
 """The processes `sppo run` starts next to the API on one machine: a Redis server when none is reachable,
-a training worker and an evaluation worker (so evaluations never wait behind training). Each runs in its
+a training worker, an evaluation worker (so evaluations never wait behind training) and the model server. Each runs in its
 own session, so Ctrl-C reaches only `sppo run`, which then stops them in order (workers first, so a
 training job can checkpoint; Redis last, so it can persist).
 
@@ -103,11 +103,16 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def start_worker(log_path: Path, queues: str) -> subprocess.Popen[bytes]:
     """A worker on `queues`. No fixture preparation before taking tasks: a job that needs the fixture
     built shows that as its status detail, instead of waiting `queued` with no word."""
+    return start_sppo(["worker", "--queues", queues], log_path)
+
+
+def start_sppo(arguments: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`sppo <arguments>` in a session of its own, logging to `log_path`; it dies with this process."""
     command = [str(Path(sys.executable).parent / "sppo")]  # the console script next to this interpreter
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(
-        [*command, "worker", "--queues", queues],
+        [*command, *arguments],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
         preexec_fn=_die_with_parent,
     )  # fmt: skip
@@ -153,6 +158,7 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
     # process before the `finally` below stops the workers and Redis. Turn it into an exception instead.
     previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     workers: list[subprocess.Popen[bytes]] = []
+    models: subprocess.Popen[bytes] | None = None
     try:
         if not redis_reachable(redis_url):
             started, redis_url = start_redis(data_dir)
@@ -161,10 +167,14 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
         for queues, log_name in ((TRAIN_QUEUES, "worker.log"), (EVALUATION_QUEUES, "evaluation-worker.log")):
             workers.append(start_worker(data_dir / "logs" / log_name, queues))
             say(f"Started {queues} worker (pid {workers[-1].pid}, log {data_dir / 'logs' / log_name})")
+        models = start_sppo(["serve-models"], data_dir / "logs" / "models.log")
+        say(f"Started model server (pid {models.pid}, log {data_dir / 'logs' / 'models.log'})")
         watch_output_pipe()
         yield redis_url
     finally:
-        say("Stopping the workers ...")
+        say("Stopping the model server and the workers ...")
+        if models is not None:
+            stop(models, REDIS_START_TIMEOUT_S)
         for worker in workers:  # SIGTERM to all first: their warm shutdowns overlap
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)

@@ -31,7 +31,7 @@ def adapter_download(
 ) -> FileResponse:
     """A checkpoint's peft adapter as a .tar.gz, deleted once sent."""
     checkpoint = progress.get_checkpoint(session, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id)
-    archive = progress.adapter_archive(settings, checkpoint)
+    archive = progress.adapter_archive(settings, checkpoint, get_job(session, tenant=tenant, job_id=job_id))
     return FileResponse(
         archive,
         media_type="application/gzip",

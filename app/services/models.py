@@ -1,11 +1,15 @@
 """The models a tenant can see: registry base models and its own fine-tuned models."""
 
+import shutil
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.errors import PermissionDenied
 from app.models import FineTunedModel, Tenant
-from app.registry import list_base_models
+from app.registry import find_base_model, list_base_models
 from app.schemas.models import ModelObject
+from app.services.inference import model_not_found
 from app.settings import Settings
 
 
@@ -27,3 +31,36 @@ def list_models(session: Session, *, settings: Settings, tenant: Tenant) -> list
     )
     models += [ModelObject(id=m.id, created=m.created_at, owned_by=tenant.id) for m in fine_tuned]
     return models
+
+
+def get_model(session: Session, *, settings: Settings, tenant: Tenant, model_id: str) -> ModelObject:
+    """A base model or one of the tenant's fine-tuned models; 404 `model_not_found` otherwise."""
+    entry = find_base_model(settings, model_id)
+    if entry is not None:
+        return ModelObject(id=entry.name, created=entry.created, owned_by="system")
+    row = _own_fine_tuned(session, tenant=tenant, model_id=model_id)
+    return ModelObject(id=row.id, created=row.created_at, owned_by=tenant.id)
+
+
+def delete_model(session: Session, *, settings: Settings, tenant: Tenant, model_id: str) -> None:
+    """Unregister a fine-tuned model and remove its adapter files; base models cannot be deleted (403)."""
+    if find_base_model(settings, model_id) is not None:
+        raise PermissionDenied(
+            f"The model '{model_id}' is a base model of the service and cannot be deleted.", param="model"
+        )
+    row = _own_fine_tuned(session, tenant=tenant, model_id=model_id)
+    jobs_dir = settings.jobs_dir.resolve()
+    adapter = (settings.data_dir / row.adapter_uri).resolve()
+    session.delete(row)
+    session.commit()
+    if adapter.is_relative_to(jobs_dir) and adapter != jobs_dir:  # never a file outside the jobs' own
+        shutil.rmtree(adapter, ignore_errors=True)
+
+
+def _own_fine_tuned(session: Session, *, tenant: Tenant, model_id: str) -> FineTunedModel:
+    row = session.scalar(
+        select(FineTunedModel).where(FineTunedModel.id == model_id, FineTunedModel.tenant_id == tenant.id)
+    )
+    if row is None:
+        raise model_not_found(model_id)
+    return row

@@ -6,6 +6,7 @@ wrote has been sent, the stream ends with an `end` event carrying the final stat
 """
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from app.db import get_sessionmaker
 from app.errors import InvalidRequest, NotFound
 from app.models import FINISHED_STATUSES, Checkpoint, Job, MetricPoint, Tenant
 from app.services.jobs import get_job
+from app.services.model_card import model_card, portable_adapter_config
 from app.settings import Settings
 from app.streams import metrics_stream_key
 
@@ -105,11 +107,12 @@ def get_checkpoint(session: Session, *, tenant: Tenant, job_id: str, checkpoint_
     return checkpoint
 
 
-def adapter_archive(settings: Settings, checkpoint: Checkpoint) -> Path:
+def adapter_archive(settings: Settings, checkpoint: Checkpoint, job: Job) -> Path:
     """A temporary .tar.gz of the checkpoint's peft adapter, as `<checkpoint id>/adapter_config.json, ...`.
 
-    Extract it and pass the folder to `peft.PeftModel.from_pretrained(base_model, folder)`. The caller
-    deletes the file once it is sent.
+    Extract it and pass the folder to `peft.PeftModel.from_pretrained(base_model, folder)`: its config
+    names the base model by registry name and a README.md model card tells how. The caller deletes the
+    file once it is sent.
     """
     source = Path(checkpoint.uri)
     source = source if source.is_absolute() else settings.data_dir / source
@@ -121,8 +124,22 @@ def adapter_archive(settings: Settings, checkpoint: Checkpoint) -> Path:
     os.close(fd)
     try:
         with tarfile.open(name, "w:gz") as archive:
-            archive.add(source, arcname=checkpoint.id)
+            for file in sorted(source.iterdir()):
+                if file.name in ("adapter_config.json", "README.md") or not file.is_file():
+                    continue
+                archive.add(file, arcname=f"{checkpoint.id}/{file.name}")
+            config = portable_adapter_config(
+                (source / "adapter_config.json").read_bytes(), base_model=job.model
+            )
+            _add_bytes(archive, f"{checkpoint.id}/adapter_config.json", config)
+            _add_bytes(archive, f"{checkpoint.id}/README.md", model_card(job, checkpoint).encode())
     except BaseException:
         os.unlink(name)
         raise
     return Path(name)
+
+
+def _add_bytes(archive: tarfile.TarFile, arcname: str, content: bytes) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size, info.mtime, info.mode = len(content), int(time.time()), 0o644
+    archive.addfile(info, io.BytesIO(content))

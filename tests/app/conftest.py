@@ -96,6 +96,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
+        "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there
+        "SPPO_INFERENCE_MAX_REQUEST_BYTES": str(MAX_UPLOAD_BYTES),
     }
     # Exactly the documented deployment: `alembic upgrade head`, then `uvicorn app.main:app`.
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)

@@ -99,7 +99,11 @@ def test_download_unpacks_the_latest_checkpoint(
     result = sppo("jobs", "download", job["id"], "--output", "adapter")
     assert result.returncode == 0, result.stderr
     unpacked = tmp_path / "adapter"
-    assert (unpacked / "adapter_config.json").read_text() == '{"step": 4}'
+    # The archive names the base model by registry name (not a server path) and carries a model card.
+    assert json.loads((unpacked / "adapter_config.json").read_text()) == {
+        "step": 4, "base_model_name_or_path": "sppo-tiny"
+    }  # fmt: skip
+    assert "Base model: `sppo-tiny`" in (unpacked / "README.md").read_text()
     assert (unpacked / "adapter_model.safetensors").stat().st_size == 1000
     again = sppo("jobs", "download", job["id"], "--output", "adapter")  # refused before downloading
     assert again.returncode == 1 and "exists and is not an empty folder" in again.stderr
@@ -144,3 +148,11 @@ def test_tar_members_outside_the_target_are_refused(tmp_path: Path) -> None:
     else:
         raise AssertionError("a member outside the target was extracted")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_chat_errors_name_the_cause(sppo: Sppo) -> None:
+    unknown = sppo("chat", "no-such-model", "1+2+3=")
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    # the API test server runs no model server: the proxy's 503 message reaches the user
+    down = sppo("chat", "sppo-tiny", "1+2+3=")
+    assert down.returncode == 1 and "model server is not reachable" in down.stderr

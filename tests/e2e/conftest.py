@@ -114,7 +114,7 @@ def stack(
     (registry / "broken" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     db_url = new_postgres_database()  # dropped at the end of the session, after this stack stops
     upgrade_database(db_url)
-    port = _free_port()
+    port, models_port = _free_port(), _free_port()
     env = {
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),
@@ -127,7 +127,15 @@ def stack(
         "SPPO_REAPER_INTERVAL_S": "1",
         "SPPO_DEVICE": "cpu",
         "OMP_NUM_THREADS": "1",  # on a shared 2-core machine more threads per process thrash under load
+        "SPPO_INFERENCE_URL": f"http://127.0.0.1:{models_port}",
+        "SPPO_INFERENCE_PORT": str(models_port),
     }
+    models_log = data_dir / "logs" / "models.log"
+    with models_log.open("wb") as out:
+        models = subprocess.Popen(
+            [str(Path(sys.executable).parent / "sppo"), "serve-models"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     api_log = data_dir / "logs" / "api.log"
     with api_log.open("wb") as out:
         api = subprocess.Popen(
@@ -138,10 +146,11 @@ def stack(
     stack = Stack(base_url=base_url, db_url=db_url, redis_url=stack_redis_url, data_dir=data_dir, env=env)
     try:
         _wait_http(f"{base_url}/health", api, api_log)
+        _wait_http(f"http://127.0.0.1:{models_port}/health", models, models_log, timeout=300)
         stack.start_worker()
         yield stack
     finally:
-        for process in [*stack.workers, api]:
+        for process in [*stack.workers, api, models]:
             if process.poll() is None:
                 process.terminate()
                 try:

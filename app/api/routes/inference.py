@@ -1,0 +1,32 @@
+"""`/v1/chat/completions` and `/v1/completions`: OpenAI's endpoints, answered by the model server."""
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import CurrentTenant, SessionDep, SettingsDep
+from app.schemas.inference import ChatCompletionCreate, CompletionCreate
+from app.services.inference import proxy_generate, resolve_model
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionCreate, session: SessionDep, settings: SettingsDep, tenant: CurrentTenant
+) -> Response:
+    target = await run_in_threadpool(
+        resolve_model, session, settings=settings, tenant=tenant, model=body.model
+    )
+    session.close()  # no DB connection is held while the model generates
+    return await proxy_generate(settings=settings, target=target, request=body.proxied(), stream=body.stream)
+
+
+@router.post("/completions", response_model=None)
+async def create_completion(
+    body: CompletionCreate, session: SessionDep, settings: SettingsDep, tenant: CurrentTenant
+) -> Response:
+    target = await run_in_threadpool(
+        resolve_model, session, settings=settings, tenant=tenant, model=body.model
+    )
+    session.close()
+    return await proxy_generate(settings=settings, target=target, request=body.proxied(), stream=body.stream)

@@ -1,0 +1,145 @@
+"""The model server's HTTP app: `POST /internal/generate` (the API's proxy target), base-model archives,
+`GET /health`. Bind it to loopback: it trusts the API's model resolution and carries no keys.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from app.settings import Settings
+from inference.archive import base_model_archive
+from inference.backend import Backend, make_backend
+from inference.batcher import Busy, Delta, Done, Event, Failed, Finished
+from inference.formats import ChunkWriter, completion
+from inference.prepare import GenerateRequest, RequestError
+from worker.engine.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def _error(exc: RequestError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _events(
+    backend: Backend, request: GenerateRequest
+) -> tuple[int, asyncio.Queue[Event], Callable[[], None]]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def emit(event: Event) -> None:  # called from the batch thread
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    try:
+        prompt_tokens, handle = await backend.submit(request, emit)
+    except ModelNotFoundError as exc:
+        raise RequestError(404, f"The model '{request.model}' cannot be loaded: {exc}", param="model",
+                           code="model_not_found") from None  # fmt: skip
+    except Busy:
+        raise RequestError(429, "The model server is busy; retry shortly.", code="server_busy") from None
+    return prompt_tokens, queue, handle
+
+
+async def _collect(
+    request: GenerateRequest, prompt_tokens: int, queue: asyncio.Queue[Event]
+) -> dict[str, Any]:
+    texts, reasons, tokens = [""] * request.n, ["stop"] * request.n, 0
+    while not isinstance(event := await queue.get(), Done):
+        if isinstance(event, Failed):
+            raise RequestError(
+                503, f"The model server could not answer: {event.message}.", code="server_error"
+            )
+        if isinstance(event, Delta):
+            texts[event.choice] += event.text
+        elif isinstance(event, Finished):
+            reasons[event.choice], tokens = event.reason, tokens + event.tokens
+    return completion(request.kind, model=request.model, texts=texts, reasons=reasons,
+                      prompt_tokens=prompt_tokens, completion_tokens=tokens)  # fmt: skip
+
+
+async def _stream(
+    request: GenerateRequest, prompt_tokens: int, queue: asyncio.Queue[Event], cancel: Callable[[], None]
+) -> AsyncIterator[str]:
+    writer = ChunkWriter(request.kind, request.model)
+    tokens = 0
+    try:
+        if request.kind == "chat":
+            for index in range(request.n):
+                yield writer.chunk(index, "")
+        while not isinstance(event := await queue.get(), Done):
+            if isinstance(event, Failed):
+                yield writer.error(f"The model server could not answer: {event.message}.")
+                return
+            if isinstance(event, Delta):
+                yield writer.chunk(event.choice, event.text)
+            elif isinstance(event, Finished):
+                tokens += event.tokens
+                yield writer.chunk(event.choice, "", event.reason)
+        if request.include_usage:
+            yield writer.usage(prompt_tokens, tokens)
+        yield writer.done()
+    finally:
+        cancel()  # a client that left stops its rows at the next token
+
+
+def create_app(settings: Settings) -> FastAPI:
+    backend = make_backend(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        backend.start()
+        yield
+        backend.stop()
+
+    app = FastAPI(title="SPPO model server", lifespan=lifespan)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestError)
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return _error(RequestError(400, f"Invalid value for '{param}': {first['msg']}.", param=param,
+                                   code="invalid_value"))  # fmt: skip
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "backend": settings.inference_backend, **backend.stats()}
+
+    @app.post("/internal/generate", response_model=None)
+    async def generate(request: GenerateRequest) -> JSONResponse | StreamingResponse:
+        prompt_tokens, queue, cancel = await _events(backend, request)
+        if request.stream:
+            return StreamingResponse(
+                _stream(request, prompt_tokens, queue, cancel), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )  # fmt: skip
+        try:
+            return JSONResponse(await _collect(request, prompt_tokens, queue))
+        finally:
+            cancel()
+
+    @app.get("/internal/models/{name:path}/files", response_class=FileResponse)
+    async def model_files(name: str) -> FileResponse:
+        try:
+            archive = await asyncio.to_thread(base_model_archive, settings, name)
+        except ModelNotFoundError:
+            raise RequestError(404, f"The model '{name}' does not exist.", param="model",
+                               code="model_not_found") from None  # fmt: skip
+        filename = f"{name.replace('/', '--')}.tar.gz"
+        return FileResponse(archive, media_type="application/gzip", filename=filename,
+                            background=BackgroundTask(archive.unlink, missing_ok=True))  # fmt: skip
+
+    return app

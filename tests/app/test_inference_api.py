@@ -1,0 +1,98 @@
+"""The API's side of using a model, with no model server running: every bad request is refused before
+the proxy (404 model_not_found, 400 naming the param, 413), a good one gets 503 with Retry-After in
+bounded time; models retrieve/delete follow OpenAI (base models cannot be deleted) and tenancy."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.db import session_scope
+from app.models import FineTunedModel, Job
+from app.services.keys import authenticate
+
+from .conftest import REGISTRY_MODEL, Server, assert_error
+
+CHAT = {"model": "sppo-tiny", "messages": [{"role": "user", "content": "1+2+3="}]}
+
+
+def _fine_tuned(server: Server, key: str) -> tuple[str, Path]:
+    """A fine-tuned model row of the key's tenant, with adapter files under the data directory."""
+    with session_scope(server.db_url) as session:
+        tenant = authenticate(session, authorization=f"Bearer {key}")
+        job = Job(tenant_id=tenant.id, model="sppo-tiny", training_file="file-x", seed=0, status="succeeded")
+        session.add(job)
+        session.flush()
+        adapter = server.data_dir / "jobs" / job.id / "run" / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        model_id = f"ft:sppo-tiny:{tenant.id}::{job.id}"
+        session.add(FineTunedModel(id=model_id, tenant_id=tenant.id, job_id=job.id, base_model="sppo-tiny",
+                                   adapter_uri=str(adapter.relative_to(server.data_dir))))  # fmt: skip
+        session.commit()
+    return model_id, adapter
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "param"),
+    [
+        ({"model": "no-such-model"}, 404, "model"),
+        ({"model": "ft:sppo-tiny:org-x::ftjob-x"}, 404, "model"),
+        ({"model": "ftckpt-0123"}, 404, "model"),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": [{"role": "user"}]}, 400, "messages[0].content"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+        ({"messages": "hello"}, 400, "messages"),
+        ({"n": 10**6}, 400, "n"),
+        ({"max_tokens": 10**30}, 400, "max_tokens"),
+        ({"temperature": 5}, 400, "temperature"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"logit_bias": {"1": 5}}, 400, "logit_bias"),
+    ],
+)
+def test_bad_chat_requests_are_refused(
+    api: httpx.Client, change: dict[str, Any], status: int, param: str
+) -> None:
+    error = assert_error(api.post("/v1/chat/completions", json={**CHAT, **change}), status, param)
+    if status == 404:
+        assert error["code"] == "model_not_found"
+
+
+def test_oversized_prompt_is_413(api: httpx.Client) -> None:
+    prompt = "1" * (10 * 1024 * 1024)  # a 10 MB prompt
+    assert_error(api.post("/v1/completions", json={"model": "sppo-tiny", "prompt": prompt}), 413)
+    assert api.get("/v1/models").status_code == 200  # the API is still fine
+
+
+def test_absent_model_server_is_503_with_retry_after(api: httpx.Client) -> None:
+    started = time.monotonic()
+    for path, body in (("/v1/chat/completions", {**CHAT, "stream": True}),
+                       ("/v1/completions", {"model": "sppo-tiny", "prompt": "1+2+3="})):  # fmt: skip
+        response = api.post(path, json=body)
+        assert_error(response, 503)
+        assert response.headers["retry-after"] == "5"
+    assert time.monotonic() - started < 10
+
+
+def test_models_retrieve_and_delete(server: Server, api: httpx.Client, key: str) -> None:
+    model_id, adapter = _fine_tuned(server, key)
+    assert api.get(f"/v1/models/{REGISTRY_MODEL}").json() == {
+        "id": REGISTRY_MODEL, "object": "model", "created": pytest.approx(time.time(), abs=3600),
+        "owned_by": "system",
+    }  # fmt: skip
+    found = api.get(f"/v1/models/{model_id}").json()
+    assert (found["id"], found["object"]) == (model_id, "model")
+    assert_error(api.delete("/v1/models/sppo-tiny"), 403)
+    assert_error(api.get("/v1/models/no-such-model"), 404, "model")
+    with server.client(server.new_key()) as other:
+        assert_error(other.get(f"/v1/models/{model_id}"), 404, "model")
+        assert_error(other.delete(f"/v1/models/{model_id}"), 404, "model")
+        assert_error(other.post("/v1/chat/completions", json={**CHAT, "model": model_id}), 404, "model")
+    assert adapter.is_dir()
+    assert api.delete(f"/v1/models/{model_id}").json() == {"id": model_id, "object": "model", "deleted": True}
+    assert not adapter.exists()
+    assert_error(api.get(f"/v1/models/{model_id}"), 404)
+    assert model_id not in [m["id"] for m in api.get("/v1/models").json()["data"]]
+    assert_error(api.get(f"/v1/models/{model_id}/files"), 404, "model")

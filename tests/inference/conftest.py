@@ -1,0 +1,27 @@
+"""A small random Llama of sppo-tiny's architecture in a registry, and two random LoRA adapters of it under
+`jobs/`, in a data directory the model server's tests share."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from worker.engine.fixtures import build_model, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inference")
+    tokenizer = build_tokenizer()
+    model = build_model(len(tokenizer), seed=3)
+    model.save_pretrained(root / "models" / "rand-tiny")
+    tokenizer.save_pretrained(root / "models" / "rand-tiny")
+    for seed, name in ((1, "a"), (2, "b")):
+        base = build_model(len(tokenizer), seed=3)  # reseeds torch itself: the adapter's seed comes after
+        torch.manual_seed(seed)
+        lora = LoraConfig(
+            r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+        )
+        get_peft_model(base, lora).save_pretrained(root / "jobs" / name)
+    return root
