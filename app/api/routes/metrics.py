@@ -7,13 +7,14 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api import responses
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import ARCHIVE, EVENT_STREAM, errors
 from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
 from app.services import progress
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-@router.get("/{job_id}/metrics", response_model=MetricSeriesPublic)
+@router.get("/{job_id}/metrics", response_model=MetricSeriesPublic, responses=errors(400, 404))
 def list_metrics(
     session: SessionDep,
     tenant: CurrentTenant,
@@ -31,7 +32,11 @@ def list_metrics(
     )
 
 
-@router.get("/{job_id}/metrics/stream", response_class=StreamingResponse)
+@router.get(
+    "/{job_id}/metrics/stream",
+    response_class=StreamingResponse,
+    responses={200: EVENT_STREAM, **errors(400, 404)},
+)
 def stream_metrics(
     session: SessionDep,
     settings: SettingsDep,
@@ -44,7 +49,11 @@ def stream_metrics(
     )
 
 
-@router.get("/{job_id}/checkpoints/{checkpoint_id}/adapter", response_class=FileResponse)
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/adapter",
+    response_class=FileResponse,
+    responses={200: ARCHIVE, **errors(400, 404)},
+)
 def download_adapter(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, job_id: str, checkpoint_id: str
 ) -> FileResponse:
