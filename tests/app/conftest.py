@@ -1,5 +1,6 @@
 """A live API server (`uvicorn app.main:app` in a subprocess on a free port) and helpers to talk to it."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,32 +60,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("sppo-data")
-    registry = data_dir / "registry"
-    (registry / REGISTRY_MODEL).mkdir(parents=True)
-    (registry / REGISTRY_MODEL / "config.json").write_text("{}")
-    (registry / "not-a-model").mkdir()  # no config.json: must not be listed
-    db_url = f"sqlite:///{data_dir / 'api.db'}"
+@contextlib.contextmanager
+def run_api_server(data_dir: Path, *, db_url: str, redis_url: str, env: dict[str, str]) -> Iterator[Server]:
+    """`uvicorn app.main:app` on a free port with these settings (the database must be migrated)."""
     port = _free_port()
-    env = {
+    full_env = {
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),
         "SPPO_DATABASE_URL": db_url,
         "SPPO_REDIS_URL": redis_url,
-        "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-        "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
-        "SPPO_MODEL_REGISTRY_DIR": str(registry),
+        **env,
     }
-    # Exactly the documented deployment: `alembic upgrade head`, then `uvicorn app.main:app`.
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
-    log_path = data_dir / "server.log"
+    log_path = data_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "info"],
             cwd=ROOT,
-            env=env,
+            env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -104,6 +96,30 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def migrate(data_dir: Path, db_url: str) -> None:
+    """Exactly the documented deployment: `alembic upgrade head` before the server starts."""
+    env = {**os.environ, "SPPO_DATA_DIR": str(data_dir), "SPPO_DATABASE_URL": db_url}
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("sppo-data")
+    registry = data_dir / "registry"
+    (registry / REGISTRY_MODEL).mkdir(parents=True)
+    (registry / REGISTRY_MODEL / "config.json").write_text("{}")
+    (registry / "not-a-model").mkdir()  # no config.json: must not be listed
+    db_url = f"sqlite:///{data_dir / 'api.db'}"
+    migrate(data_dir, db_url)
+    env = {
+        "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
+        "SPPO_MODEL_REGISTRY_DIR": str(registry),
+    }
+    with run_api_server(data_dir, db_url=db_url, redis_url=redis_url, env=env) as running:
+        yield running
 
 
 @pytest.fixture
