@@ -47,7 +47,19 @@ _ERRORS: dict[int, dict[str, Any]] = {
 # Bodies that are not JSON, for the 200 of the download and streaming operations.
 EVENT_STREAM = {
     "description": "Server-Sent Events: `metrics` events (one per step, id = stream id), then `end`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"enum": ["metrics", "end"]},
+                    "data": {"type": "string", "description": "JSON: a step's record, or the final status."},
+                    "id": {"type": "string", "description": "The stream id; send it back as Last-Event-ID."},
+                },
+            }
+        }
+    },
 }
 JSONL = {
     "description": "The file, one JSON object a line.",
@@ -68,18 +80,24 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Drops FastAPI's 422 (never sent) from every operation and its schemas from the components."""
+    """Drops FastAPI's 422 (never sent) from every operation and its schemas from the components, and
+    documents the Bearer key that every `/v1` operation requires."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
-            components = schema.get("components", {}).get("schemas", {})
+                    if route.startswith("/v1/"):
+                        operation["security"] = [{"ApiKey": []}]
+            components = schema.setdefault("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
-                components.pop(name, None)
+                components.get("schemas", {}).pop(name, None)
+            components["securitySchemes"] = {
+                "ApiKey": {"type": "http", "scheme": "bearer", "description": "An API key: `sk-sppo-...`."}
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 
