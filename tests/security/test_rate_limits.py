@@ -4,16 +4,19 @@ Two `uvicorn app.main:app` processes share one database and one Redis database, 
 to reach in a few requests; a third runs against an unreachable Redis to show the fail-open choice.
 """
 
+import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from starlette.datastructures import Headers
 
-from app.ratelimit import Window
+from app.ratelimit import KEY_PREFIX, STREAM_SLOT_TTL_S, Limiter, Window
 from app.settings import Settings
 from app.throttle import subject_of, windows_for
 
@@ -177,3 +180,29 @@ def test_windows_for_each_kind_of_request() -> None:
     assert windows_for(settings, "POST", "/jobs/new")[-1] == Window("uploads", 300, 3600)
     assert windows_for(settings, "POST", "/v1/evaluations")[-1] == Window("evaluations", 300, 3600)
     assert windows_for(settings, "GET", "/v1/evaluations") == base
+
+
+def test_limiter_scripts_on_the_real_redis(redis_url: str) -> None:
+    """A refused request is not counted; a stream slot whose holder stopped refreshing lapses."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        limiter = Limiter(client)
+        subject = uuid.uuid4().hex
+        hourly = [Window("uploads", 2, 3600)]
+        assert [await limiter.hit(subject, hourly) for _ in range(4)][:2] == [0, 0]
+        keys = await client.keys(f"{KEY_PREFIX}:uploads:{subject}:3600:*")
+        assert len(keys) == 1 and int(await client.get(keys[0])) == 2  # the two refusals left no trace
+        assert 0 < await limiter.hit(subject, hourly) <= 3600
+
+        assert await limiter.acquire_stream(subject, "a", 1)
+        assert not await limiter.acquire_stream(subject, "b", 1)
+        # the process holding "a" was killed: its last refresh is older than the slot's TTL
+        now = int((await client.time())[0])
+        await client.zadd(f"{KEY_PREFIX}:streams:{subject}", {"a": now - STREAM_SLOT_TTL_S - 1})
+        assert await limiter.acquire_stream(subject, "b", 1)
+        await limiter.release_stream(subject, "b")
+        assert await client.zcard(f"{KEY_PREFIX}:streams:{subject}") == 0
+        await client.aclose()
+
+    asyncio.run(scenario())
