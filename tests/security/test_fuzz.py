@@ -81,6 +81,7 @@ def _config(seeds: dict[str, str], key: str) -> str:
     parameters = {f"path.{name}": value for name, value in seeds.items()}
     lines = ["[parameters]", *(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in parameters.items())]
     lines += ["", "[headers]", f"Authorization = {json.dumps('Bearer ' + key)}"]
+    lines += ["", "[checks]", "enabled = false", *(f"{check}.enabled = true" for check in CHECKS)]
     # An extra, unknown request header is not invalid HTTP: no server "rejects" it. Schemathesis's
     # negative cases add one to the only operation with a header parameter (Last-Event-ID).
     lines += [
@@ -104,8 +105,6 @@ def run_schemathesis(target: Server, workdir: Path) -> subprocess.CompletedProce
         config,
         "run",
         f"{target.base_url}/openapi.json",
-        "--checks",
-        ",".join(CHECKS),
         "--max-examples",
         MAX_EXAMPLES,
         "--seed",

@@ -12,6 +12,8 @@ from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
 from app.services import progress
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+# Step numbers are 64-bit in the database: a larger cursor would be a database error, not an empty page.
+MAX_STEP = 2**63 - 1
 
 
 @router.get("/{job_id}/metrics", response_model=MetricSeriesPublic, responses=errors(400, 404))
@@ -19,7 +21,9 @@ def list_metrics(
     session: SessionDep,
     tenant: CurrentTenant,
     job_id: str,
-    after_step: Annotated[int | None, Query(ge=0, description="Only steps after this one.")] = None,
+    after_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="Only steps after this one.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> MetricSeriesPublic:
     points, has_more = progress.list_metrics(
