@@ -37,9 +37,9 @@ bench: $(STAMP)
 
 # Schemathesis against a live server: every phase (coverage included), many examples per operation.
 fuzz: $(STAMP)
-	SPPO_FUZZ_PHASES=examples,coverage,fuzzing,stateful SPPO_FUZZ_MAX_EXAMPLES=200 SPPO_FUZZ_MAX_TIME_S=600 \
+	SPPO_FUZZ_PHASES=examples,coverage,fuzzing,stateful SPPO_FUZZ_MAX_EXAMPLES=200 SPPO_FUZZ_MAX_TIME_S=480 \
 		SPPO_FUZZ_RESULTS=benchmarks/results/fuzz.json \
-		$(BIN)/pytest tests/security/test_fuzz.py $(PYTEST_ARGS)
+		$(BIN)/pytest --timeout 900 tests/security/test_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
