@@ -24,7 +24,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["key_id"], ["api_keys.id"], name=op.f("fk_dashboard_sessions_key_id_api_keys"), ondelete="CASCADE"
+            ["key_id"],
+            ["api_keys.id"],
+            name=op.f("fk_dashboard_sessions_key_id_api_keys"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dashboard_sessions")),
     )
