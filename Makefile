@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
+
+# Schemathesis against a live server: every phase (coverage included), many examples per operation.
+fuzz: $(STAMP)
+	SPPO_FUZZ_PHASES=examples,coverage,fuzzing,stateful SPPO_FUZZ_MAX_EXAMPLES=200 SPPO_FUZZ_MAX_TIME_S=480 \
+		SPPO_FUZZ_RESULTS=benchmarks/results/fuzz.json \
+		$(BIN)/pytest --timeout 900 tests/security/test_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

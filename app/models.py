@@ -213,3 +213,15 @@ class Evaluation(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     created_at: Mapped[int] = mapped_column(default=now)
     finished_at: Mapped[int | None]
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard session; deleting the row (sign-out) ends it whatever cookie is replayed."""
+
+    __tablename__ = "dashboard_sessions"
+
+    # sha256 hex of the session token the cookie carries, so a database read gives no usable session.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(default=now)
+    expires_at: Mapped[int]

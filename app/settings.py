@@ -102,6 +102,33 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long the API waits on the model server for a whole answer."
     )
 
+    # Security: per-key rate limits and quotas (app/throttle.py), shared by all API processes through
+    # Redis; 0 turns a limit off.
+    rate_limit_requests_per_second: int = Field(
+        default=300, ge=0, description="Requests one key (or dashboard session) may make per second."
+    )
+    rate_limit_requests_per_minute: int = Field(
+        default=12000, ge=0, description="Requests one key (or dashboard session) may make per minute."
+    )
+    rate_limit_uploads_per_hour: int = Field(default=300, ge=0, description="File uploads per key per hour.")
+    rate_limit_evaluations_per_hour: int = Field(
+        default=300, ge=0, description="Evaluations one key may create per hour."
+    )
+    rate_limit_streams: int = Field(
+        default=32, ge=0, description="Live metric streams (SSE) one key may hold open at once."
+    )
+    # Security: dashboard cookies and headers behind a TLS-terminating proxy.
+    session_cookie_secure: bool | None = Field(
+        default=None,
+        description="Mark the session cookie Secure and send HSTS: true behind a TLS proxy, false never; "
+        "default: when the request's scheme is https.",
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxy addresses (comma-separated, or *) whose X-Forwarded-Proto/-For `sppo serve` "
+        "trusts; default: none, so a client cannot claim https or another address.",
+    )
+
     @field_validator("data_dir", "model_registry_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -68,7 +68,15 @@ def serve(
     from app.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        # X-Forwarded-Proto/-For only from the proxies named in SPPO_FORWARDED_ALLOW_IPS (none by default)
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 def ensure_dev_key(key_file: Path) -> str:

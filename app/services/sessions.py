@@ -1,24 +1,58 @@
-"""Dashboard sign-in: an API key is checked once, then the session names only the key's id.
+"""Dashboard sign-in: an API key is checked once, then a server-side session row stands for it.
 
-Every request re-reads that key row, so revoking the key (`sppo keys revoke`) ends its sessions too.
+The cookie carries a random session token; the row holds only its hash and the key's id. Every request
+re-reads the row joined to its key, so signing out (the row is deleted) or revoking the key
+(`sppo keys revoke`) ends the session at once, whatever copy of the cookie is replayed later.
 """
 
-from sqlalchemy import select
+import secrets
+
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.models import ApiKey, Tenant
+from app.models import ApiKey, DashboardSession, Tenant, now
 from app.security import hash_api_key
 from app.services.keys import authenticate
 
+SESSION_TTL_S = 12 * 3600
+
+
+def _token_hash(token: str) -> str:
+    # The same sha256 as API keys: a random 256-bit token needs no slow hash.
+    return hash_api_key(token)
+
 
 def sign_in(session: Session, *, key: str) -> str:
-    """The id of a valid, unrevoked API key; raises AuthenticationError (with the API's message) otherwise."""
+    """A new session token for a valid, unrevoked API key; raises AuthenticationError otherwise."""
     authenticate(session, authorization=f"Bearer {key.strip()}")
     key_id = session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key.strip())))
     assert key_id is not None  # authenticate just found it
-    return key_id
+    token = secrets.token_urlsafe(32)
+    stamp = now()
+    session.execute(delete(DashboardSession).where(DashboardSession.expires_at <= stamp))
+    session.add(
+        DashboardSession(
+            id=_token_hash(token), key_id=key_id, created_at=stamp, expires_at=stamp + SESSION_TTL_S
+        )
+    )
+    session.commit()
+    return token
 
 
-def session_tenant(session: Session, *, key_id: str) -> Tenant | None:
-    """The tenant of a signed-in session's key, or None when the key is gone or revoked."""
-    return session.scalar(select(Tenant).join(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+def sign_out(session: Session, *, token: str) -> None:
+    session.execute(delete(DashboardSession).where(DashboardSession.id == _token_hash(token)))
+    session.commit()
+
+
+def session_tenant(session: Session, *, token: str) -> Tenant | None:
+    """The tenant of a live session, or None when it was signed out, expired, or its key was revoked."""
+    return session.scalar(
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .join(DashboardSession, DashboardSession.key_id == ApiKey.id)
+        .where(
+            DashboardSession.id == _token_hash(token),
+            DashboardSession.expires_at > now(),
+            ApiKey.revoked_at.is_(None),
+        )
+    )

@@ -144,5 +144,16 @@
     draw("step");
   }
 
-  window.SppoCharts = { jobPage: jobPage, comparePage: comparePage };
+  // The pages hold their data in JSON script tags: the Content-Security-Policy allows no inline script.
+  function data(id) { var el = document.getElementById(id); return el && JSON.parse(el.textContent); }
+  var points = data("points-data");
+  if (points) jobPage(document.getElementById("charts"), points);
+  var series = data("compare-data");
+  if (series) comparePage(document.getElementById("compare-chart"), series);
+
+  // Forms with data-confirm ask first (delegated: htmx swaps the job panel's forms in and out).
+  document.addEventListener("submit", function (e) {
+    var message = e.target.dataset && e.target.dataset.confirm;
+    if (message && !window.confirm(message)) e.preventDefault();
+  }, true);
 })();

@@ -9,15 +9,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, SettingsDep
 from app.errors import AuthenticationError
 from app.models import JobStatus
 from app.schemas.jobs import JobPublic
 from app.schemas.progress import HEADLINE_METRICS
 from app.services import dashboard, jobs
-from app.services.sessions import sign_in
+from app.services.sessions import sign_in, sign_out
 from app.web.render import PageRoute, redirect, render, signed_in
-from app.web.session import CsrfChecked, WebSessionDep, WebTenant, clear_session
+from app.web.session import (
+    CsrfChecked,
+    WebSessionDep,
+    WebTenant,
+    end_session,
+    save_session,
+    start_session,
+)
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -49,17 +56,23 @@ def login(
     next: Annotated[str, Form(max_length=512)] = "/",
 ) -> Response:
     try:
-        web.key_id = sign_in(session, key=api_key)
+        token = sign_in(session, key=api_key)
     except AuthenticationError as error:
         context = {"next": _local_path(next), "error": error.message}
         return render(request, "login.html", context, status_code=401)
+    if web.token is not None:  # signing in again replaces the session this browser had
+        sign_out(session, token=web.token)
+    start_session(web, token)
     return signed_in(request, redirect(request, _local_path(next)), web)
 
 
 @router.post("/logout", dependencies=[CsrfChecked])
-def logout(request: Request) -> Response:
+def logout(request: Request, session: SessionDep, settings: SettingsDep, web: WebSessionDep) -> Response:
+    if web.token is not None:
+        sign_out(session, token=web.token)
+    end_session(web)
     response = redirect(request, "/login")
-    clear_session(response)
+    save_session(request, response, web, settings)
     return response
 
 

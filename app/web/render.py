@@ -59,7 +59,7 @@ def render(
         {
             "csrf_token": web.csrf,
             "csrf_field": CSRF_FIELD,
-            "signed_in": web.key_id is not None,
+            "signed_in": web.token is not None,
             **(context or {}),
         },
         status_code=status_code,

@@ -1,8 +1,10 @@
-"""Dashboard sessions and CSRF: a signed, HttpOnly, SameSite cookie holding the API key's id and a token.
+"""Dashboard sessions and CSRF: a signed, HttpOnly, SameSite cookie holding a session token and a CSRF token.
 
-The API key itself is only ever in the sign-in POST body; the cookie carries its id (signed with
-SPPO_SESSION_SECRET) and a per-session CSRF token. Every POST must echo that token, as a form field
-or the X-CSRF-Token header htmx sends, compared in constant time.
+The API key itself is only ever in the sign-in POST body. Sign-in creates a server-side session
+(app/services/sessions.py) and puts its random token in the cookie (signed with SPPO_SESSION_SECRET),
+with a CSRF token drawn anew at that moment, so a token planted before sign-in is worth nothing after.
+Every POST must echo the CSRF token, as a form field or the X-CSRF-Token header htmx sends, compared in
+constant time. Sign-out deletes the session row: a copy of the cookie kept from before is refused.
 """
 
 import hmac
@@ -18,13 +20,13 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.api.deps import SessionDep, SettingsDep
 from app.models import Tenant
-from app.services.sessions import session_tenant
+from app.services.sessions import SESSION_TTL_S, session_tenant
 from app.settings import Settings
+from app.web.headers import is_secure
 
 COOKIE = "sppo_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-MAX_AGE_S = 12 * 3600
 SECRET_FILE = "session-secret"
 
 
@@ -39,7 +41,7 @@ class CsrfFailed(Exception):
 @dataclass
 class WebSession:
     csrf: str
-    key_id: str | None = None
+    token: str | None = None  # the server-side session's token; None before sign-in
     dirty: bool = field(default=False, compare=False)  # must be (re)sent to the browser
 
 
@@ -75,12 +77,12 @@ def load_session(request: Request, settings: SettingsDep) -> WebSession:
     raw = request.cookies.get(COOKIE)
     if raw:
         try:
-            data = serializer(settings).loads(raw, max_age=MAX_AGE_S)
+            data = serializer(settings).loads(raw, max_age=SESSION_TTL_S)
         except BadSignature:  # includes expired
             data = None
     if isinstance(data, dict) and isinstance(data.get("csrf"), str):
-        key_id = data.get("kid")
-        web = WebSession(csrf=data["csrf"], key_id=key_id if isinstance(key_id, str) else None)
+        token = data.get("sid")
+        web = WebSession(csrf=data["csrf"], token=token if isinstance(token, str) else None)
     else:
         web = WebSession(csrf=secrets.token_urlsafe(32), dirty=True)
     request.scope["sppo.web_session"] = web
@@ -90,28 +92,38 @@ def load_session(request: Request, settings: SettingsDep) -> WebSession:
 WebSessionDep = Annotated[WebSession, Depends(load_session)]
 
 
+def start_session(web: WebSession, token: str) -> None:
+    """Signed in: the new session's token, and a fresh CSRF token (never the one used before sign-in)."""
+    web.token = token
+    web.csrf = secrets.token_urlsafe(32)
+    web.dirty = True
+
+
+def end_session(web: WebSession) -> None:
+    """Signed out: an anonymous session with a fresh CSRF token."""
+    web.token = None
+    web.csrf = secrets.token_urlsafe(32)
+    web.dirty = True
+
+
 def save_session(request: Request, response: Response, web: WebSession, settings: Settings) -> None:
-    value = serializer(settings).dumps({"csrf": web.csrf, "kid": web.key_id})
+    value = serializer(settings).dumps({"csrf": web.csrf, "sid": web.token})
     response.set_cookie(
         COOKIE,
         value,
-        max_age=MAX_AGE_S,
+        max_age=SESSION_TTL_S,
         httponly=True,
         samesite="lax",  # sent on top-level navigation from a link, never on cross-site POSTs
-        secure=request.url.scheme == "https",
+        secure=is_secure(request.scope, settings),
         path="/",
     )
 
 
-def clear_session(response: Response) -> None:
-    response.delete_cookie(COOKIE, path="/")
-
-
 def get_web_tenant(web: WebSessionDep, session: SessionDep) -> Tenant:
-    if web.key_id is None:
+    if web.token is None:
         raise LoginRequired
-    tenant = session_tenant(session, key_id=web.key_id)
-    if tenant is None:  # the key was revoked or deleted since sign-in
+    tenant = session_tenant(session, token=web.token)
+    if tenant is None:  # signed out, expired, or the key was revoked since sign-in
         raise LoginRequired
     return tenant
 

@@ -1,5 +1,6 @@
 """A live API server (`uvicorn app.main:app` in a subprocess on a free port) and helpers to talk to it."""
 
+import contextlib
 import json
 import os
 import socket
@@ -72,41 +73,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("sppo-data")
-    registry = data_dir / "registry"
-    model_dir = registry / REGISTRY_MODEL
-    model_dir.mkdir(parents=True)
-    (model_dir / "config.json").write_text(json.dumps({"max_position_embeddings": REGISTRY_CONTEXT}))
-    (model_dir / "model.safetensors").write_bytes(b"")
-    (model_dir / "tokenizer.json").write_text("{}")
-    (model_dir / "sppo_grader.json").write_text(json.dumps(REGISTRY_GRADER))
-    (model_dir / "sppo_defaults.json").write_text(json.dumps({"max_response_tokens": 32}))
-    (registry / "not-a-model").mkdir()  # no config.json: must not be listed
-    (registry / "acme" / "config-only").mkdir()  # no weights or tokenizer: must not be listed either
-    (registry / "acme" / "config-only" / "config.json").write_text("{}")
-    db_url = f"sqlite:///{data_dir / 'api.db'}"
+@contextlib.contextmanager
+def run_api_server(data_dir: Path, *, db_url: str, redis_url: str, env: dict[str, str]) -> Iterator[Server]:
+    """`uvicorn app.main:app` on a free port with these settings (the database must be migrated)."""
     port = _free_port()
-    env = {
+    full_env = {
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),
         "SPPO_DATABASE_URL": db_url,
         "SPPO_REDIS_URL": redis_url,
-        "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-        "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
-        "SPPO_MODEL_REGISTRY_DIR": str(registry),
-        "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there
-        "SPPO_INFERENCE_MAX_REQUEST_BYTES": str(MAX_UPLOAD_BYTES),
+        **env,
     }
-    # Exactly the documented deployment: `alembic upgrade head`, then `uvicorn app.main:app`.
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
-    log_path = data_dir / "server.log"
+    log_path = data_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "info"],
             cwd=ROOT,
-            env=env,
+            env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -126,6 +109,39 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def migrate(data_dir: Path, db_url: str) -> None:
+    """Exactly the documented deployment: `alembic upgrade head` before the server starts."""
+    env = {**os.environ, "SPPO_DATA_DIR": str(data_dir), "SPPO_DATABASE_URL": db_url}
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("sppo-data")
+    registry = data_dir / "registry"
+    model_dir = registry / REGISTRY_MODEL
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"max_position_embeddings": REGISTRY_CONTEXT}))
+    (model_dir / "model.safetensors").write_bytes(b"")
+    (model_dir / "tokenizer.json").write_text("{}")
+    (model_dir / "sppo_grader.json").write_text(json.dumps(REGISTRY_GRADER))
+    (model_dir / "sppo_defaults.json").write_text(json.dumps({"max_response_tokens": 32}))
+    (registry / "not-a-model").mkdir()  # no config.json: must not be listed
+    (registry / "acme" / "config-only").mkdir()  # no weights or tokenizer: must not be listed either
+    (registry / "acme" / "config-only" / "config.json").write_text("{}")
+    db_url = f"sqlite:///{data_dir / 'api.db'}"
+    migrate(data_dir, db_url)
+    env = {
+        "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
+        "SPPO_MODEL_REGISTRY_DIR": str(registry),
+        "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there
+        "SPPO_INFERENCE_MAX_REQUEST_BYTES": str(MAX_UPLOAD_BYTES),
+    }
+    with run_api_server(data_dir, db_url=db_url, redis_url=redis_url, env=env) as running:
+        yield running
 
 
 @pytest.fixture

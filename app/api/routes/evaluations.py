@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import JSONL, errors
 from app.schemas.common import ListPublic
 from app.schemas.evaluations import EvaluationCreate, EvaluationPublic
 from app.services import evaluations
@@ -13,7 +14,7 @@ from app.services import evaluations
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
 
-@router.post("", response_model=EvaluationPublic)
+@router.post("", response_model=EvaluationPublic, responses=errors(400, 413))
 def create_evaluation(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, body: EvaluationCreate
 ) -> EvaluationPublic:
@@ -21,7 +22,7 @@ def create_evaluation(
     return EvaluationPublic.of(created)
 
 
-@router.get("", response_model=ListPublic[EvaluationPublic])
+@router.get("", response_model=ListPublic[EvaluationPublic], responses=errors(400))
 def list_evaluations(
     session: SessionDep,
     tenant: CurrentTenant,
@@ -34,14 +35,16 @@ def list_evaluations(
     )
 
 
-@router.get("/{evaluation_id}", response_model=EvaluationPublic)
+@router.get("/{evaluation_id}", response_model=EvaluationPublic, responses=errors(400, 404))
 def retrieve_evaluation(session: SessionDep, tenant: CurrentTenant, evaluation_id: str) -> EvaluationPublic:
     return EvaluationPublic.of(
         evaluations.get_evaluation(session, tenant=tenant, evaluation_id=evaluation_id)
     )
 
 
-@router.get("/{evaluation_id}/results", response_class=FileResponse)
+@router.get(
+    "/{evaluation_id}/results", response_class=FileResponse, responses={200: JSONL, **errors(400, 404)}
+)
 def evaluation_results(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, evaluation_id: str
 ) -> FileResponse:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import JSONL, errors
 from app.schemas.common import DeletedPublic, ListPublic
 from app.schemas.files import FileObject
 from app.services import files
@@ -13,7 +14,7 @@ from app.services import files
 router = APIRouter(prefix="/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject)
+@router.post("", response_model=FileObject, responses=errors(400, 413))
 def upload_file(
     session: SessionDep,
     settings: SettingsDep,
@@ -32,7 +33,7 @@ def upload_file(
     return FileObject.of(created)
 
 
-@router.get("", response_model=ListPublic[FileObject])
+@router.get("", response_model=ListPublic[FileObject], responses=errors(400))
 def list_files(
     session: SessionDep,
     tenant: CurrentTenant,
@@ -44,12 +45,12 @@ def list_files(
     return ListPublic.page([FileObject.of(f) for f in rows], has_more=has_more, ids=[f.id for f in rows])
 
 
-@router.get("/{file_id}", response_model=FileObject)
+@router.get("/{file_id}", response_model=FileObject, responses=errors(400, 404))
 def retrieve_file(session: SessionDep, tenant: CurrentTenant, file_id: str) -> FileObject:
     return FileObject.of(files.get_file(session, tenant=tenant, file_id=file_id))
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
+@router.get("/{file_id}/content", response_class=FileResponse, responses={200: JSONL, **errors(400, 404)})
 def file_content(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, file_id: str
 ) -> FileResponse:
@@ -59,7 +60,7 @@ def file_content(
     )
 
 
-@router.delete("/{file_id}", response_model=DeletedPublic)
+@router.delete("/{file_id}", response_model=DeletedPublic, responses=errors(400, 404, 409))
 def delete_file(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, file_id: str
 ) -> DeletedPublic:

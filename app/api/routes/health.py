@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from app.api.deps import SessionDep, SettingsDep
+from app.api.openapi import errors
 from app.dispatch import redis_client
 from app.metrics import METRICS
 
@@ -18,7 +19,7 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"description": "The database or Redis is unreachable."}})
 def ready(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:
@@ -35,6 +36,6 @@ def ready(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, responses=errors(503))
 def metrics(session: SessionDep) -> PlainTextResponse:
     return PlainTextResponse(METRICS.render(session), media_type="text/plain; version=0.0.4")

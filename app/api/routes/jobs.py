@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import errors
 from app.errors import InvalidRequest
 from app.schemas.common import ListPublic
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
@@ -28,14 +29,14 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     return found
 
 
-@router.post("", response_model=JobPublic)
+@router.post("", response_model=JobPublic, responses=errors(400, 413))
 def create_job(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, body: JobCreate
 ) -> JobPublic:
     return JobPublic.of(jobs.create_job(session, settings=settings, tenant=tenant, request=body))
 
 
-@router.get("", response_model=ListPublic[JobPublic])
+@router.get("", response_model=ListPublic[JobPublic], responses=errors(400))
 def list_jobs(
     request: Request,
     session: SessionDep,
@@ -49,27 +50,27 @@ def list_jobs(
     return ListPublic.page([JobPublic.of(j) for j in rows], has_more=has_more, ids=[j.id for j in rows])
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=errors(400, 404))
 def retrieve_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobPublic:
     return JobPublic.of(jobs.get_job(session, tenant=tenant, job_id=job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(400, 404, 409))
 def cancel_job(session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, job_id: str) -> JobPublic:
     return JobPublic.of(jobs.cancel_job(session, settings=settings, tenant=tenant, job_id=job_id))
 
 
-@router.post("/{job_id}/pause", response_model=JobPublic)
+@router.post("/{job_id}/pause", response_model=JobPublic, responses=errors(400, 404, 409))
 def pause_job(session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, job_id: str) -> JobPublic:
     return JobPublic.of(jobs.pause_job(session, settings=settings, tenant=tenant, job_id=job_id))
 
 
-@router.post("/{job_id}/resume", response_model=JobPublic)
+@router.post("/{job_id}/resume", response_model=JobPublic, responses=errors(400, 404, 409))
 def resume_job(session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, job_id: str) -> JobPublic:
     return JobPublic.of(jobs.resume_job(session, settings=settings, tenant=tenant, job_id=job_id))
 
 
-@router.get("/{job_id}/events", response_model=ListPublic[EventPublic])
+@router.get("/{job_id}/events", response_model=ListPublic[EventPublic], responses=errors(400, 404))
 def list_events(
     session: SessionDep,
     tenant: CurrentTenant,
@@ -81,7 +82,7 @@ def list_events(
     return ListPublic.page([EventPublic.of(e) for e in rows], has_more=has_more, ids=[e.id for e in rows])
 
 
-@router.get("/{job_id}/checkpoints", response_model=ListPublic[CheckpointPublic])
+@router.get("/{job_id}/checkpoints", response_model=ListPublic[CheckpointPublic], responses=errors(400, 404))
 def list_checkpoints(
     session: SessionDep,
     tenant: CurrentTenant,

@@ -7,18 +7,23 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api import responses
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import ARCHIVE, EVENT_STREAM, errors
 from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
 from app.services import progress
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+# Step numbers are 64-bit in the database: a larger cursor would be a database error, not an empty page.
+MAX_STEP = 2**63 - 1
 
 
-@router.get("/{job_id}/metrics", response_model=MetricSeriesPublic)
+@router.get("/{job_id}/metrics", response_model=MetricSeriesPublic, responses=errors(400, 404))
 def list_metrics(
     session: SessionDep,
     tenant: CurrentTenant,
     job_id: str,
-    after_step: Annotated[int | None, Query(ge=0, description="Only steps after this one.")] = None,
+    after_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="Only steps after this one.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> MetricSeriesPublic:
     points, has_more = progress.list_metrics(
@@ -31,7 +36,11 @@ def list_metrics(
     )
 
 
-@router.get("/{job_id}/metrics/stream", response_class=StreamingResponse)
+@router.get(
+    "/{job_id}/metrics/stream",
+    response_class=StreamingResponse,
+    responses={200: EVENT_STREAM, **errors(400, 404)},
+)
 def stream_metrics(
     session: SessionDep,
     settings: SettingsDep,
@@ -44,7 +53,11 @@ def stream_metrics(
     )
 
 
-@router.get("/{job_id}/checkpoints/{checkpoint_id}/adapter", response_class=FileResponse)
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/adapter",
+    response_class=FileResponse,
+    responses={200: ARCHIVE, **errors(400, 404)},
+)
 def download_adapter(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, job_id: str, checkpoint_id: str
 ) -> FileResponse:

@@ -29,6 +29,8 @@ class Browser:
     def sign_in(self, key: str) -> httpx.Response:
         self.csrf = csrf_of(self.http.get("/login").text)
         response = self.http.post("/login", data={"api_key": key, "csrf_token": self.csrf, "next": "/"})
+        if response.status_code == 303:  # sign-in rotates the CSRF token: read the new one, as a page would
+            self.csrf = csrf_of(self.http.get("/").text)
         return response
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
