@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         "data_dir/session-secret (0600), so sessions survive restarts of a single-machine install.",
     )
     heartbeat_interval_s: float = Field(
-        default=3.0, gt=0, description="How often a worker writes its running job's or evaluation's heartbeat."
+        default=3.0,
+        gt=0,
+        description="How often a worker writes its running job's or evaluation's heartbeat.",
     )
     heartbeat_lease_s: int = Field(
         default=30,

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from worker.engine import checkpoint
-from worker.engine.errors import CheckpointError
 from worker.engine.callbacks import Control, TrainerCallbacks
+from worker.engine.errors import CheckpointError
 from worker.engine.fixtures import Fixture
 from worker.engine.trainer import run_training
 
