@@ -19,6 +19,7 @@ from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
 from worker.dbretry import retrying
+from worker.engine.checkpoint import crash_point
 from worker.engine.config import model_defaults
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
@@ -137,6 +138,7 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
         values = {"error_code": code, "error_message": message, "finished_at": now()}
         done = _update(settings, evaluation_id, *mine, status=S.failed, **values)
         return "failed" if done else "lost"
+    crash_point("evaluation.scored", 0)
     target = settings.jobs_dir / "evaluations" / f"{evaluation_id}.jsonl"
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{worker_id.replace(':', '-')}.tmp")

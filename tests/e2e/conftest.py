@@ -62,13 +62,13 @@ class Stack:
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        """A `sppo worker` subprocess; returns once Celery says it is ready."""
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        """A `sppo worker` subprocess (`env`: extra variables); returns once Celery says it is ready."""
         log = self.log_dir / f"worker-{len(self.workers)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [str(Path(sys.executable).parent / "sppo"), "worker", "--loglevel", "INFO"],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.workers.append(process)
         deadline = time.monotonic() + 90
