@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.lifecycle import add_event
@@ -190,13 +191,17 @@ class JobReporter(TrainerCallbacks):
 
     def _earlier_steps(self, step: int) -> Records:
         """Stream records of the steps before `step`: the DB's, then those not flushed yet."""
-        with self._sessions() as session:
-            stored = session.execute(
-                select(MetricPoint.step, MetricPoint.metrics, MetricPoint.created_at)
-                .where(MetricPoint.job_id == self.job_id, MetricPoint.step < step)
-                .order_by(MetricPoint.step.desc())
-                .limit(STREAM_MAXLEN)
-            ).all()
+        try:
+            with self._sessions() as session:
+                stored = session.execute(
+                    select(MetricPoint.step, MetricPoint.metrics, MetricPoint.created_at)
+                    .where(MetricPoint.job_id == self.job_id, MetricPoint.step < step)
+                    .order_by(MetricPoint.step.desc())
+                    .limit(STREAM_MAXLEN)
+                ).all()
+        except SQLAlchemyError:  # the live view is best effort: never stop training for it
+            log.warning("could not read the steps of job %s to repair its stream", self.job_id)
+            stored = []
         points = {s: (m, created) for s, m, created in stored}
         with self._lock:
             points |= {s: (m, now()) for s, m in self._pending.items() if s < step}
