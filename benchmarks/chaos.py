@@ -3,9 +3,10 @@
 Everything runs on loopback and is bounded: its own redis-server (another port, no persistence, so a
 kill empties it, as a restart without AOF does), its own PostgreSQL database on the test server, one
 uvicorn API, `--workers` Celery workers (lease 6 s, heartbeat 1 s, reaper every 1 s), a temp data dir.
-Every `--fault-every-s` one fault is picked at random: SIGKILL a worker (restarted at once), SIGKILL
-redis-server (restarted empty), SIGKILL the API (restarted), or pg_terminate_backend on every worker
-connection. The soak ends when every job is finished or after `--budget-s`.
+Every `--fault-every-s` one fault is dealt from a shuffled deck of the four kinds (reshuffled when
+empty, so a short soak still meets each): SIGKILL a worker (restarted at once), SIGKILL redis-server
+(restarted empty), SIGKILL the API (restarted), or pg_terminate_backend on every worker connection.
+The soak ends when every job is finished or after `--budget-s`.
 
 Recorded per fault: the time until the work it hit moved again (a killed worker's job running on a worker,
 otherwise any job's next recorded step). Per job: status, steps recorded vs expected, lost and duplicated
@@ -261,11 +262,13 @@ def main() -> None:
         soak.started = time.monotonic()
         expected = submit(soak, args.jobs, args.steps)
         next_fault = time.monotonic() + args.fault_every_s
+        deck: list[str] = []
         while time.monotonic() - soak.started < args.budget_s:
             if all(status in FINISHED for _, status, _, _ in soak.jobs()):
                 break
             if time.monotonic() >= next_fault:
-                faults.append(soak.inject(random.choice(FAULTS)))
+                deck = deck or random.sample(FAULTS, len(FAULTS))
+                faults.append(soak.inject(deck.pop()))
                 print(json.dumps(faults[-1]), flush=True)
                 next_fault = time.monotonic() + args.fault_every_s
             time.sleep(0.5)
