@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.models import Checkpoint
+from app.models import Checkpoint, FineTunedModel
 from tests.conftest import _claim_redis_database
 from tests.e2e.conftest import FINISHED, Stack, api, jsonl, key, sppo_method, stack, upload, wait_for
 from worker.engine.fixtures import Fixture
@@ -84,7 +84,8 @@ def assert_recorded_once(stack: Stack, api: httpx.Client, job_id: str, steps: in
     with session_scope(stack.db_url) as session:
         uris = session.scalars(select(Checkpoint.uri).where(Checkpoint.job_id == job_id)).all()
         assert steps in session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == job_id))
-    for uri in [*uris, str((run / "final").relative_to(stack.data_dir))]:
+        final = session.scalars(select(FineTunedModel.adapter_uri).where(FineTunedModel.job_id == job_id)).one()
+    for uri in [*uris, final]:
         _assert_adapter(stack.data_dir / uri)
 
 
