@@ -84,7 +84,8 @@ def assert_recorded_once(stack: Stack, api: httpx.Client, job_id: str, steps: in
     with session_scope(stack.db_url) as session:
         uris = session.scalars(select(Checkpoint.uri).where(Checkpoint.job_id == job_id)).all()
         assert steps in session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == job_id))
-        final = session.scalars(select(FineTunedModel.adapter_uri).where(FineTunedModel.job_id == job_id)).one()
+        model = select(FineTunedModel.adapter_uri).where(FineTunedModel.job_id == job_id)
+        final = session.scalars(model).one()
     for uri in [*uris, final]:
         _assert_adapter(stack.data_dir / uri)
 
