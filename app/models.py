@@ -213,6 +213,12 @@ class Evaluation(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     created_at: Mapped[int] = mapped_column(default=now)
     finished_at: Mapped[int | None]
+    # Lease and retry bookkeeping, as for jobs: the reaper requeues a running evaluation that went silent.
+    attempt: Mapped[int] = mapped_column(default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(default=3, server_default="3")
+    heartbeat_at: Mapped[int | None]
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[int | None]
 
 
 class DashboardSession(Base):

@@ -41,15 +41,18 @@ class Settings(BaseSettings):
         "data_dir/session-secret (0600), so sessions survive restarts of a single-machine install.",
     )
     heartbeat_interval_s: float = Field(
-        default=5.0, gt=0, description="How often a worker writes its running job's heartbeat."
+        default=3.0,
+        gt=0,
+        description="How often a worker writes its running job's or evaluation's heartbeat.",
     )
     heartbeat_lease_s: int = Field(
-        default=120,
+        default=30,
         ge=2,
-        description="A running job whose heartbeat is older than this is presumed lost and requeued.",
+        description="A running job or evaluation whose heartbeat is older than this is presumed lost and "
+        "requeued (a killed worker's work restarts within about the lease plus one reaper interval).",
     )
     reaper_interval_s: float = Field(
-        default=15.0, gt=0, description="How often the API looks for lost jobs and undelivered tasks."
+        default=5.0, gt=0, description="How often the API looks for lost work and undelivered tasks."
     )
     device: str | None = Field(
         default=None, description="Worker device (cpu, cuda, cuda:1, mps); default: cuda when available."
@@ -127,6 +130,14 @@ class Settings(BaseSettings):
         default=None,
         description="Proxy addresses (comma-separated, or *) whose X-Forwarded-Proto/-For `sppo serve` "
         "trusts; default: none, so a client cannot claim https or another address.",
+    )
+
+    # --- worker fault tolerance ---
+    db_retry_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a worker retries its DB writes through dropped connections before it gives "
+        "the job up to the reaper (a flaky database delays a job, it never fails it).",
     )
 
     @field_validator("data_dir", "model_registry_dir")

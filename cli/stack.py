@@ -1,7 +1,7 @@
 """The processes `sppo run` starts next to the API on one machine: a Redis server when none is reachable,
-a training worker, an evaluation worker (so evaluations never wait behind training) and the model server. Each runs in its
-own session, so Ctrl-C reaches only `sppo run`, which then stops them in order (workers first, so a
-training job can checkpoint; Redis last, so it can persist).
+a training worker, an evaluation worker (so evaluations never wait behind training) and the model
+server. Each runs in its own session, so Ctrl-C reaches only `sppo run`, which then stops them in
+order (workers first, so a training job can checkpoint; Redis last, so it can persist).
 
 `sppo run` stops them on Ctrl-C, SIGTERM and SIGHUP, and when its output pipe breaks (`sppo run | tee log`
 and the reader is gone): a watcher sees the pipe's reader close and shuts down as on SIGTERM, and every

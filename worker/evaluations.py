@@ -1,22 +1,33 @@
-"""Run one evaluation: claim it (queued → running), score the model with the engine, record the scores and
-the per-item results (JSONL under the data dir), or the error a user can act on."""
+"""Run one evaluation: claim it, score the model with the engine, record the scores and the per-item results
+(JSONL under the data dir), or the error a user can act on.
+
+Evaluations are leased like jobs: the claim records the worker and a heartbeat, a thread renews the
+heartbeat while the engine scores, and the reaper (app/services/reaper.py) requeues one whose heartbeat
+is older than the lease with `attempt + 1`, or fails it after `max_attempts`. A message redelivered for an
+evaluation still `running` under a worker that went silent takes it over (attempt + 1) instead of being
+dropped. Every write is guarded by `worker_id = me`, so a worker that lost its lease cannot record a result.
+"""
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, func, or_, update
 
 from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
+from worker.dbretry import retrying
+from worker.engine.checkpoint import crash_point
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.data import load_items
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
 from worker.engine.graders import render_reference
+from worker.jobs import worker_identity
 from worker.runconfig import base_model_dir
 from worker.training import INTERNAL_ERROR
 
@@ -25,15 +36,16 @@ log = logging.getLogger(__name__)
 S = JobStatus
 
 
-def _set(evaluation_id: str, expected: JobStatus, **values: object) -> bool:
-    with get_sessionmaker()() as session:
-        result = session.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation_id, Evaluation.status == expected)
-            .values(**values)
-        )
-        session.commit()
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+def _update(settings: Settings, evaluation_id: str, *where: Any, **values: Any) -> bool:
+    def attempt() -> bool:
+        with get_sessionmaker(settings.db_url)() as session:
+            result = session.execute(
+                update(Evaluation).where(Evaluation.id == evaluation_id, *where).values(**values)
+            )
+            session.commit()
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    return retrying(attempt, what=f"evaluation {evaluation_id}", deadline_s=settings.db_retry_s)
 
 
 def resolve_sampling(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -64,12 +76,69 @@ def result_lines(
         }
 
 
-def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
+def claim_evaluation(settings: Settings, evaluation_id: str, worker_id: str) -> bool:
+    """queued → running for this worker, or a takeover of one whose worker stopped heartbeating."""
+    stale = func.coalesce(Evaluation.heartbeat_at, Evaluation.started_at, Evaluation.created_at) < (
+        now() - settings.heartbeat_lease_s
+    )
+    orphaned = (Evaluation.status == S.running) & stale & (Evaluation.attempt < Evaluation.max_attempts)
+    return _update(
+        settings,
+        evaluation_id,
+        or_(Evaluation.status == S.queued, orphaned),
+        status=S.running,
+        worker_id=worker_id,
+        heartbeat_at=now(),
+        started_at=func.coalesce(Evaluation.started_at, now()),
+        # The reaper counts the attempts of requeued ones; a takeover counts its own.
+        attempt=case(
+            (Evaluation.status == S.running, Evaluation.attempt + 1),
+            (Evaluation.attempt < 1, 1),
+            else_=Evaluation.attempt,
+        ),
+    )
+
+
+class _Heartbeat:
+    """Renews the lease every `interval` s from a thread while the engine scores (it never yields)."""
+
+    def __init__(self, settings: Settings, evaluation_id: str, worker_id: str) -> None:
+        self._stopped = threading.Event()
+        self._args = (settings, evaluation_id, worker_id)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{evaluation_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        settings, evaluation_id, worker_id = self._args
+        while not self._stopped.wait(settings.heartbeat_interval_s):
+            try:
+                mine = (Evaluation.status == S.running) & (Evaluation.worker_id == worker_id)
+                if not _update(settings, evaluation_id, mine, heartbeat_at=now()):
+                    return
+            except Exception:  # the database stayed away: the next beat tries again
+                log.warning("heartbeat of evaluation %s failed", evaluation_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+
+def run_evaluation(evaluation_id: str, *, settings: Settings, worker_id: str | None = None) -> str:
     """Claim and run an evaluation; returns the outcome for the log ("dropped" when it was not queued)."""
-    if not _set(evaluation_id, S.queued, status=S.running):
+    worker_id = worker_id or worker_identity()
+    if not claim_evaluation(settings, evaluation_id, worker_id):
         log.info("evaluation %s is not queued (duplicate or stale message); dropped", evaluation_id)
         return "dropped"
-    with get_sessionmaker()() as session:
+    heartbeat = _Heartbeat(settings, evaluation_id, worker_id)
+    try:
+        return _run(evaluation_id, settings=settings, worker_id=worker_id)
+    finally:
+        heartbeat.stop()
+
+
+def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
+    mine = (Evaluation.status == S.running, Evaluation.worker_id == worker_id)
+    with get_sessionmaker(settings.db_url)() as session:
         evaluation = session.get(Evaluation, evaluation_id)
         assert evaluation is not None
         file = session.get(File, evaluation.file_id)
@@ -80,7 +149,7 @@ def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
         adapter = params.get("adapter_uri")
         model_dir = base_model_dir(settings, params["base_model"])
         sampling = resolve_sampling(params, model_defaults(model_dir))
-        _set(evaluation_id, S.running, params={**params, **sampling})  # shown as resolved
+        _update(settings, evaluation_id, *mine, params={**params, **sampling})  # shown as resolved
         result = evaluate(
             model_dir,
             None if adapter is None else settings.data_dir / adapter,
@@ -96,27 +165,25 @@ def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
         code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else INTERNAL_ERROR
         if not isinstance(exc, EngineError):
             log.exception("evaluation %s failed unexpectedly", evaluation_id)
-        _set(
-            evaluation_id,
-            S.running,
-            status=S.failed,
-            error_code=code,
-            error_message=message,
-            finished_at=now(),
-        )
-        return "failed"
+        values = {"error_code": code, "error_message": message, "finished_at": now()}
+        done = _update(settings, evaluation_id, *mine, status=S.failed, **values)
+        return "failed" if done else "lost"
+    crash_point("evaluation.scored", 0)
     target = settings.jobs_dir / "evaluations" / f"{evaluation_id}.jsonl"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w") as handle:
+    partial = target.with_name(f".{target.name}.{worker_id.replace(':', '-')}.tmp")
+    with partial.open("w") as handle:  # renamed into place whole: a reader never sees half a file
         for line in result_lines(load_items(settings.data_dir / file.storage_uri), result.items,
                                  evaluation.grader):  # fmt: skip
             handle.write(json.dumps(line) + "\n")
-    _set(
+    partial.replace(target)
+    done = _update(
+        settings,
         evaluation_id,
-        S.running,
+        *mine,
         status=S.succeeded,
         scores=result.scores(),
         result_uri=str(target.relative_to(settings.data_dir)),
         finished_at=now(),
     )
-    return "succeeded"
+    return "succeeded" if done else "lost"

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.lifecycle import transition
@@ -29,11 +29,16 @@ def worker_identity() -> str:
 
 
 def claim_job(session: Session, *, job_id: str, worker_id: str) -> Job | None:
-    """queued → running for this worker; None when the job is not queued (a duplicate or stale message)."""
+    """queued → running for this worker; None when the job is not queued (a duplicate or stale message).
+
+    A job already running on this very worker counts as claimed: the claim is retried after a dropped
+    connection (worker/dbretry.py), and the lost try may have committed.
+    """
     claimed = transition(
         session,
         job_id=job_id,
-        expected=(S.queued,),
+        expected=(S.queued, S.running),
+        where=[or_(Job.status == S.queued, Job.worker_id == worker_id)],
         to=S.running,
         message=f"Job started on worker {worker_id}",
         worker_id=worker_id,

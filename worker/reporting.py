@@ -6,6 +6,13 @@ also the heartbeat. When it matches no row, the job is no longer this worker's (
 or the reaper requeued it and another worker took it): the reporter writes nothing more and `control()`
 answers "cancel", so the trainer stops within a step. Metric points are upserts keyed (job_id, step): a
 step re-run after a crash replaces its row, so every step is recorded exactly once.
+
+Exactly once whatever instant the worker dies at: metric points reach the DB in batches, so a kill
+between the engine renaming a checkpoint into place and the next flush would leave the checkpoint's
+steps unrecorded (the resumed run starts after them). So a run's start reconciles the DB with the
+checkpoint it resumes from: steps up to it come from the engine's metrics log when missing, rows after
+it are dropped (those steps run again), and checkpoint rows follow the checkpoints on disk. Every write
+retries through dropped DB connections (worker/dbretry.py).
 """
 
 import logging
@@ -16,16 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import ColumnElement, Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.lifecycle import add_event
-from app.models import Checkpoint, Job, JobStatus, MetricPoint, new_id, now
+from app.models import Job, JobStatus, MetricPoint, now
 from app.queues import control_key
-from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
+from app.streams import STREAM_MAXLEN, encode_step
 from worker.alarms import AlarmBook
+from worker.dbretry import retrying
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
+from worker.engine.checkpoint import crash_point, list_checkpoints, step_metrics
+from worker.livestream import Records, drop_steps_after, publish_step
+from worker.records import (
+    checkpoint_row,
+    drop_removed_checkpoints,
+    reconcile,
+    upsert_checkpoint,
+    upsert_points,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +52,7 @@ SHUTDOWN = threading.Event()
 
 FLUSH_EVERY_S = 2.0  # metric points reach the DB at most this late (and at every checkpoint and the end)
 CONTROL_POLL_S = 0.5  # the trainer may poll control() per generated token; Redis is read at most this often
-ADAPTER_CONFIG = "adapter_config.json"
 ENGINE_RESUMED = "resumed from checkpoint"  # the engine's own resume message, said again by on_start
-
-
-def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE, on SQLite and PostgreSQL alike."""
-    if not rows:
-        return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(table).values(rows)
-    changed = {c: statement.excluded[c] for c in rows[0] if c not in keys and c != "id"}
-    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changed))
-
-
-def find_adapter_dir(path: Path) -> Path:
-    """The peft adapter inside an engine checkpoint (or the checkpoint itself when it is one)."""
-    for candidate in (path / "adapter", path / "policy", path):
-        if (candidate / ADAPTER_CONFIG).is_file():
-            return candidate
-    return path / "adapter"
 
 
 class JobReporter(TrainerCallbacks):
@@ -70,9 +68,11 @@ class JobReporter(TrainerCallbacks):
         sessions: sessionmaker[Session],
         redis_client: "redis.Redis",
         heartbeat_interval_s: float,
+        db_retry_s: float,
         alarms: AlarmBook | None = None,
     ) -> None:
         self.job_id = job_id
+        self.db_retry_s = db_retry_s
         self.worker_id = worker_id
         self.model_name = model_name  # the fine-tuned model name; checkpoints are named after it
         self.data_dir = data_dir
@@ -111,17 +111,24 @@ class JobReporter(TrainerCallbacks):
         """Heartbeat (plus `progress` columns) and `work` in one transaction, only while the job is ours."""
         if self.lost:
             return False
-        with self._sessions() as session:
-            result = session.execute(update(Job).where(*self.owned).values(heartbeat_at=now(), **progress))
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                session.rollback()
-                if not self._lost.is_set():
-                    log.warning("job %s is no longer running on %s; stopping", self.job_id, self.worker_id)
-                self._lost.set()
-                return False
-            work(session)
-            session.commit()
-        return True
+
+        def attempt() -> bool:
+            with self._sessions() as session:
+                values = {"heartbeat_at": now(), **progress}
+                result = session.execute(update(Job).where(*self.owned).values(**values))
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    session.rollback()
+                    return False
+                work(session)
+                session.commit()
+            return True
+
+        if retrying(attempt, what=f"job {self.job_id}", deadline_s=self.db_retry_s):
+            return True
+        if not self._lost.is_set():
+            log.warning("job %s is no longer running on %s; stopping", self.job_id, self.worker_id)
+        self._lost.set()
+        return False
 
     def _beat(self, interval: float) -> None:
         # A thread, so the lease holds through model loading and long steps that never poll control().
@@ -147,15 +154,10 @@ class JobReporter(TrainerCallbacks):
         with self._lock:
             pending, self._pending = self._pending, {}
             self._last_flush = time.monotonic()
-        rows = [
-            {"job_id": self.job_id, "step": step, "metrics": metrics, "created_at": now()}
-            for step, metrics in sorted(pending.items())
-        ]
         written = False
         try:
             written = self._write(
-                lambda session: upsert(session, MetricPoint.__table__, rows, ["job_id", "step"]),  # type: ignore[arg-type]
-                **self._progress(),
+                lambda session: upsert_points(session, self.job_id, pending), **self._progress()
             )
         finally:
             if not written:  # keep them (for the next flush, or flush_after_cancel); newer values win
@@ -168,18 +170,21 @@ class JobReporter(TrainerCallbacks):
         this cannot overwrite another worker's rows; a job taken over by the reaper is not `cancelled`)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        rows = [
-            {"job_id": self.job_id, "step": s, "metrics": m, "created_at": now()} for s, m in pending.items()
-        ]
-        with self._sessions() as session:
-            mine = session.scalar(
-                select(Job.id).where(
-                    Job.id == self.job_id, Job.status == JobStatus.cancelled, Job.worker_id == self.worker_id
+
+        def attempt() -> None:
+            with self._sessions() as session:
+                mine = session.scalar(
+                    select(Job.id).where(
+                        Job.id == self.job_id,
+                        Job.status == JobStatus.cancelled,
+                        Job.worker_id == self.worker_id,
+                    )
                 )
-            )
-            if mine is not None and rows:
-                upsert(session, MetricPoint.__table__, rows, ["job_id", "step"])  # type: ignore[arg-type]
-                session.commit()
+                if mine is not None and pending:
+                    upsert_points(session, self.job_id, pending)
+                    session.commit()
+
+        retrying(attempt, what=f"job {self.job_id}", deadline_s=self.db_retry_s)
 
     def event(self, message: str, *, level: str = "info", type: str = "message", data: Any = None) -> None:
         self._write(
@@ -211,28 +216,23 @@ class JobReporter(TrainerCallbacks):
         if raised:
             self._write(record, alarms=self.alarms.public())
 
-    # --- live stream -----------------------------------------------------------------------------------
-
-    def _publish(self, step: int, metrics: dict[str, float]) -> None:
-        key = metrics_stream_key(self.job_id)
+    def _earlier_steps(self, step: int) -> Records:
+        """Stream records of the steps before `step`: the DB's, then those not flushed yet."""
         try:
-            pipe = self._redis.pipeline()
-            pipe.xadd(key, encode_step(step, metrics, now()), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(key, STREAM_TTL_S)
-            pipe.execute()
-        except redis.RedisError:  # the live view is best effort; the DB has the step
-            log.warning("could not publish step %d of job %s to Redis", step, self.job_id, exc_info=True)
-
-    def _drop_stream_after(self, step: int) -> None:
-        """Steps after the resumed checkpoint will run again: remove their stale live records."""
-        key = metrics_stream_key(self.job_id)
-        try:
-            records: Any = self._redis.xrevrange(key, count=STREAM_MAXLEN)
-            stale = [entry_id for entry_id, fields in records if decode_step(fields)["step"] > step]
-            if stale:
-                self._redis.xdel(key, *stale)
-        except redis.RedisError:
-            log.warning("could not trim the metrics stream of job %s", self.job_id, exc_info=True)
+            with self._sessions() as session:
+                stored = session.execute(
+                    select(MetricPoint.step, MetricPoint.metrics, MetricPoint.created_at)
+                    .where(MetricPoint.job_id == self.job_id, MetricPoint.step < step)
+                    .order_by(MetricPoint.step.desc())
+                    .limit(STREAM_MAXLEN)
+                ).all()
+        except SQLAlchemyError:  # the live view is best effort: never stop training for it
+            log.warning("could not read the steps of job %s to repair its stream", self.job_id)
+            stored = []
+        points = {s: (m, created) for s, m, created in stored}
+        with self._lock:
+            points |= {s: (m, now()) for s, m in self._pending.items() if s < step}
+        return [encode_step(s, m, created) for s, (m, created) in sorted(points.items())]
 
     # --- TrainerCallbacks ------------------------------------------------------------------------------
 
@@ -242,25 +242,36 @@ class JobReporter(TrainerCallbacks):
         self.current_step = self.start_step
         self._run_started = time.monotonic()
         if self.start_step:
-            self._drop_stream_after(self.start_step)
+            drop_steps_after(self._redis, self.job_id, self.start_step)
             message = f"Resumed from the checkpoint at step {self.start_step} of {self.total_steps}"
         else:
             message = f"Training started: {self.total_steps} steps"
-        self._write(
-            lambda session: add_event(
+        steps = step_metrics(info.output_dir, upto=self.start_step)
+        checkpoints = [(s, p) for s, p in list_checkpoints(info.output_dir) if s <= self.start_step]
+
+        def record(session: Session) -> None:
+            reconcile(
+                session,
+                job_id=self.job_id,
+                model_name=self.model_name,
+                data_dir=self.data_dir,
+                start_step=self.start_step,
+                steps=steps,
+                checkpoints=checkpoints,
+            )
+            add_event(
                 session,
                 job_id=self.job_id,
                 message=message,
                 data={"start_step": self.start_step, "total_steps": self.total_steps},
-            ),
-            total_steps=self.total_steps,
-            status_detail=None,
-            **self._progress(),
-        )
+            )
+
+        self._write(record, total_steps=self.total_steps, status_detail=None, **self._progress())
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         metrics = {name: float(value) for name, value in metrics.items()}
-        self._publish(step, metrics)
+        publish_step(self._redis, self.job_id, step, metrics, self._earlier_steps)
+        crash_point("report.published", step)
         with self._lock:
             self._pending[step] = metrics
             self.current_step = step
@@ -293,29 +304,16 @@ class JobReporter(TrainerCallbacks):
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         self.flush()  # the checkpoint's steps must be in the DB before the checkpoint row says they exist
-        adapter = find_adapter_dir(Path(path))
-        uri = (
-            str(adapter.relative_to(self.data_dir)) if adapter.is_relative_to(self.data_dir) else str(adapter)
-        )
+        crash_point("report.flushed", step)
         values = {name: float(value) for name, value in metrics.items()}
-        row = {
-            "id": new_id("ftckpt"),
-            "job_id": self.job_id,
-            "step_number": step,
-            "fine_tuned_model_checkpoint": f"{self.model_name}:ckpt-step-{step}",
-            "uri": uri,
-            "metrics": {"step": step, **values},
-            "created_at": now(),
-        }
+        row = checkpoint_row(
+            job_id=self.job_id, model_name=self.model_name, data_dir=self.data_dir, step=step, path=path,
+            metrics=values,
+        )  # fmt: skip
 
         def record(session: Session) -> None:
-            upsert(session, Checkpoint.__table__, [row], ["job_id", "step_number"])  # type: ignore[arg-type]
-            # The engine keeps the last few checkpoints (and the best): list only those it still has.
-            for checkpoint_id, stored in session.execute(
-                select(Checkpoint.id, Checkpoint.uri).where(Checkpoint.job_id == self.job_id)
-            ).all():
-                if not (self.data_dir / stored).exists():
-                    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
+            upsert_checkpoint(session, row)
+            drop_removed_checkpoints(session, job_id=self.job_id, data_dir=self.data_dir)
             add_event(
                 session,
                 job_id=self.job_id,
@@ -325,6 +323,7 @@ class JobReporter(TrainerCallbacks):
             )
 
         self._write(record)
+        crash_point("report.recorded", step)
 
     def control(self) -> Control:
         if self.lost:

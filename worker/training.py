@@ -5,6 +5,8 @@ Outcomes: completed → succeeded (fine-tuned model, adapter, result CSV); pause
 written its checkpoint); cancelled → nothing to write (the API already marked the job cancelled, or the
 job was taken from this worker); EngineError → failed with the engine's code, message and param;
 anything else → failed with `internal_error` (details in the worker log, never a traceback for users).
+Every DB step retries through dropped connections (worker/dbretry.py); when the database stays away longer
+than `db_retry_s`, the job is left to the reaper (its heartbeat stops, so it is requeued), never failed.
 """
 
 import contextlib
@@ -21,9 +23,11 @@ from app.models import Job, JobStatus
 from app.queues import control_key
 from app.settings import Settings
 from worker.alarms import AlarmBook
+from worker.dbretry import is_connection_error, retrying
 from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError
 from worker.engine.trainer import run_training
+from worker.inputs import check_prompts
 from worker.jobs import (
     claim_job,
     fail_job,
@@ -75,12 +79,17 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
     """Claim and run a job; returns the outcome for the log ("dropped" when the job was not queued)."""
     worker_id = worker_id or worker_identity()
     sessions = get_sessionmaker(settings.db_url)
-    with sessions() as session:
-        job = claim_job(session, job_id=job_id, worker_id=worker_id)
-        if job is None:
-            log.info("job %s is not queued (duplicate or stale message); dropped", job_id)
-            return "dropped"
-        model_name = fine_tuned_model_name(session, job)
+
+    def claim() -> tuple[Job, str] | None:
+        with sessions() as session:
+            job = claim_job(session, job_id=job_id, worker_id=worker_id)
+            return None if job is None else (job, fine_tuned_model_name(session, job))
+
+    claimed = retrying(claim, what=f"claim of job {job_id}", deadline_s=settings.db_retry_s)
+    if claimed is None:
+        log.info("job %s is not queued (duplicate or stale message); dropped", job_id)
+        return "dropped"
+    job, model_name = claimed
     reporter = JobReporter(
         job_id=job_id,
         worker_id=worker_id,
@@ -92,6 +101,7 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
         ),
         heartbeat_interval_s=settings.heartbeat_interval_s,
         alarms=AlarmBook.restore(settings.alarm_window_steps, job.alarms),
+        db_retry_s=settings.db_retry_s,
     )
     log.info("job %s claimed by %s (attempt %d)", job_id, worker_id, job.attempt)
     try:
@@ -102,17 +112,26 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
 
 def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
     sessions = get_sessionmaker(settings.db_url)
-    try:
+
+    def configure() -> RunConfig:
         with sessions() as session, reporting_preparation(job.model, _detail(reporter)):
             config, resolved = build_run_config(session, settings=settings, job=job)
             session.execute(update(Job).where(*reporter.owned).values(resolved_hyperparameters=resolved))
             session.commit()
+        return config
+
+    try:
+        config = retrying(configure, what=f"job {job.id}", deadline_s=settings.db_retry_s)
+        check_prompts(config)
         reporter.alarms.grader = grader_label(config.grader)
         reporter.alarms.max_response_tokens = config.max_response_tokens
         if job.current_step == 0:  # a resumed or requeued job passed its preflight before
             _preflight(job, config, settings=settings, reporter=reporter)
         result = run_training(config, reporter)
     except Exception as exc:
+        if is_connection_error(exc):
+            log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
+            return "abandoned (database unreachable)"
         error = _user_error(exc, job)
         if error is None:
             log.exception("job %s failed unexpectedly", job.id)
@@ -123,17 +142,27 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
             return "lost"
         with contextlib.suppress(Exception):
             reporter.flush()
-        with sessions() as session:
-            fail_job(
-                session,
-                job_id=job.id,
-                worker_id=reporter.worker_id,
-                code=error[0],
-                message=error[1],
-                param=error[2],
-            )
+
+        def fail() -> None:
+            with sessions() as session:
+                fail_job(
+                    session,
+                    job_id=job.id,
+                    worker_id=reporter.worker_id,
+                    code=error[0],
+                    message=error[1],
+                    param=error[2],
+                )
+
+        retrying(fail, what=f"job {job.id}", deadline_s=settings.db_retry_s)
         return "failed"
-    return _record(job, result, settings=settings, reporter=reporter, model_name=model_name)
+    try:
+        return _record(job, result, settings=settings, reporter=reporter, model_name=model_name)
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
+        return "abandoned (database unreachable)"
 
 
 def _detail(reporter: JobReporter) -> Callable[[str, bool], None]:
@@ -159,12 +188,20 @@ def _preflight(job: Job, config: RunConfig, *, settings: Settings, reporter: Job
 
 
 def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
-    sessions = get_sessionmaker(settings.db_url)
     if not reporter.flush():
         log.info("job %s was cancelled or taken over while running; its outcome is not recorded", job.id)
         reporter.flush_after_cancel()
         return "lost"
-    with sessions() as session:
+    return retrying(
+        lambda: _outcome(job, result, settings=settings, reporter=reporter, model_name=model_name),
+        what=f"outcome of job {job.id}",
+        deadline_s=settings.db_retry_s,
+    )
+
+
+def _outcome(job: Job, result: Any, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
+    """One transaction recording how the run ended (retried whole after a dropped connection)."""
+    with get_sessionmaker(settings.db_url)() as session:
         if result.status == "paused" and SHUTDOWN.is_set() and not _pause_requested(settings, job.id):
             done = requeue_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
             return "requeued (worker shutdown)" if done else "lost"

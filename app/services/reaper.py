@@ -5,6 +5,9 @@
   `max_attempts` runs it fails with a clear error.
 - A `queued` job that never reached the broker (`dispatched_at` NULL) is sent again, and so is one whose
   message the broker no longer holds (Redis restarted without persistence, or a flushed database).
+- A `running` evaluation whose heartbeat is older than the lease is sent again and requeued with
+  `attempt + 1` (the message first: a worker that takes it before the requeue commits takes the
+  evaluation over, see worker/evaluations.py), or failed after `max_attempts`.
 
 Why the API and not Celery beat: the API is always running when jobs exist, `make run` then needs no
 extra process, and the reaper's writes are the same guarded transitions as everyone else's, so several
@@ -23,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.lifecycle import transition
-from app.models import Job, JobStatus, now
+from app.models import Evaluation, Job, JobStatus, now
 from app.queues import TRAIN_QUEUE, redis_key
 from app.settings import Settings
 
@@ -40,6 +43,8 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     redispatched: int = 0
+    evaluations_requeued: list[str] = field(default_factory=list)
+    evaluations_failed: list[str] = field(default_factory=list)
 
 
 def _last_sign_of_life() -> ColumnElement[int]:
@@ -99,6 +104,37 @@ def reap_lost_jobs(session: Session, *, settings: Settings) -> ReapReport:
     return report
 
 
+def reap_lost_evaluations(session: Session, *, settings: Settings, report: ReapReport) -> None:
+    """Requeue (or fail, after max_attempts) running evaluations whose heartbeat is older than the lease."""
+    cutoff = now() - settings.heartbeat_lease_s
+    alive = func.coalesce(Evaluation.heartbeat_at, Evaluation.started_at, Evaluation.created_at)
+    stale = session.execute(
+        select(Evaluation.id, Evaluation.attempt, Evaluation.max_attempts, Evaluation.worker_id).where(
+            Evaluation.status == S.running, alive < cutoff
+        )
+    ).all()
+    for evaluation_id, attempt, max_attempts, worker_id in stale:
+        guard = update(Evaluation).where(
+            Evaluation.id == evaluation_id,
+            Evaluation.status == S.running,
+            alive < cutoff,
+            Evaluation.worker_id.is_(None) if worker_id is None else Evaluation.worker_id == worker_id,
+        )
+        silent = f"The worker stopped responding (no heartbeat for {settings.heartbeat_lease_s}s)"
+        if attempt >= max_attempts:
+            message = f"{silent}; the evaluation failed after {attempt} attempt(s)."
+            values = {"status": S.failed, "error_code": "worker_lost", "error_message": message}
+            result = session.execute(guard.values(**values, finished_at=now()))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                report.evaluations_failed.append(evaluation_id)
+        elif dispatch.send_evaluation_task(settings, evaluation_id):  # broker down: next round
+            requeue = {"status": S.queued, "attempt": Evaluation.attempt + 1, "worker_id": None}
+            result = session.execute(guard.values(**requeue, heartbeat_at=None))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                report.evaluations_requeued.append(evaluation_id)
+        session.commit()
+
+
 def broker_holds(client: "redis.Redis", job_id: str) -> bool:
     """Whether a training message for `job_id` waits in the queue or is reserved by a worker.
 
@@ -148,6 +184,9 @@ def reap_once(session: Session, *, settings: Settings) -> ReapReport:
             log.warning("requeued lost job %s", job_id)
         for job_id in report.failed:
             log.error("job %s failed: its worker was lost too often", job_id)
+        reap_lost_evaluations(session, settings=settings, report=report)
+        for evaluation_id in report.evaluations_requeued:
+            log.warning("requeued lost evaluation %s", evaluation_id)
         if lock is not None:
             find_lost_messages(session, settings=settings, client=client)
         report.redispatched = dispatch.dispatch_pending_jobs(session, settings=settings)

@@ -62,14 +62,14 @@ class Stack:
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
-    def start_worker(self, queues: str = "training,evaluation") -> subprocess.Popen[bytes]:
-        """A `sppo worker` subprocess on `queues`; returns once Celery says it is ready."""
+    def start_worker(self, queues: str = "training,evaluation", **env: str) -> subprocess.Popen[bytes]:
+        """A `sppo worker` on `queues` (`env`: extra variables); returns once Celery says it is ready."""
         log = self.log_dir / f"worker-{len(self.workers)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [str(Path(sys.executable).parent / "sppo"), "worker", "--loglevel", "INFO",
                  "--queues", queues],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.workers.append(process)
         deadline = time.monotonic() + 90

@@ -1,15 +1,18 @@
 """Recovery of lost work against real databases (SQLite and PostgreSQL) and a real Redis broker."""
 
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.dispatch import send_training_task
-from app.models import Job, JobEvent, JobStatus, now
+from app.models import Evaluation, Job, JobEvent, JobStatus, now
+from app.queues import EVALUATION_QUEUE
 from app.services.reaper import broker_holds, reap_once
 from app.settings import Settings
+from worker.evaluations import claim_evaluation
 from worker.jobs import claim_job
 
 S = JobStatus
@@ -75,3 +78,60 @@ def test_claim_takes_only_queued_jobs(session: Session, make_job: Callable[..., 
     queued = make_job()
     job = claim_job(session, job_id=queued, worker_id="w")
     assert job is not None and job.status == S.running and job.attempt == 1 and job.worker_id == "w"
+
+
+def _evaluation(session: Session, make_job: Callable[..., str], **values: Any) -> str:
+    tenant_id = _job(session, make_job()).tenant_id
+    evaluation = Evaluation(tenant_id=tenant_id, model="sppo-tiny", file_id="file-x", **values)
+    session.add(evaluation)
+    session.commit()
+    return evaluation.id
+
+
+def _evaluation_row(session: Session, evaluation_id: str) -> Evaluation:
+    evaluation = session.get(Evaluation, evaluation_id, populate_existing=True)
+    assert evaluation is not None
+    return evaluation
+
+
+def test_a_silent_evaluation_is_requeued_and_sent_again(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    stale = _evaluation(
+        session, make_job, status=S.running, attempt=1, worker_id="w:1", heartbeat_at=now() - 60
+    )
+    fresh = _evaluation(session, make_job, status=S.running, attempt=1, worker_id="w:2", heartbeat_at=now())
+    report = reap_once(session, settings=settings)
+    assert report.evaluations_requeued == [stale]
+    row = _evaluation_row(session, stale)
+    assert (row.status, row.attempt, row.worker_id) == (S.queued, 2, None)
+    messages = redis.Redis.from_url(str(settings.redis_url)).lrange(EVALUATION_QUEUE, 0, -1)
+    assert any(stale.encode() in message for message in messages)
+    assert _evaluation_row(session, fresh).status == S.running
+    assert claim_evaluation(settings, stale, "w:3") and not claim_evaluation(settings, stale, "w:4")
+
+
+def test_an_evaluation_fails_clearly_after_max_attempts(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    evaluation_id = _evaluation(
+        session, make_job, status=S.running, attempt=3, worker_id="w:1", heartbeat_at=now() - 60
+    )
+    assert reap_once(session, settings=settings).evaluations_failed == [evaluation_id]
+    row = _evaluation_row(session, evaluation_id)
+    assert (row.status, row.error_code) == (S.failed, "worker_lost")
+    assert "after 3 attempt(s)" in (row.error_message or "")
+
+
+def test_a_redelivered_message_takes_over_an_evaluation_whose_worker_went_silent(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    orphan = _evaluation(
+        session, make_job, status=S.running, attempt=1, worker_id="w:1", heartbeat_at=now() - 60
+    )
+    alive = _evaluation(session, make_job, status=S.running, attempt=1, worker_id="w:2", heartbeat_at=now())
+    assert claim_evaluation(settings, orphan, "w:3")
+    row = _evaluation_row(session, orphan)
+    assert (row.status, row.attempt, row.worker_id) == (S.running, 2, "w:3")
+    assert not claim_evaluation(settings, alive, "w:3")  # its worker heartbeats: the message is a duplicate
+    assert _evaluation_row(session, alive).worker_id == "w:2"

@@ -1,5 +1,6 @@
 """The job reporter (the trainer's callbacks) against real databases and Redis, without a trainer."""
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,7 @@ def reporter(settings: Settings, job_id: str) -> Iterator[Reporter]:
                 sessions=get_sessionmaker(settings.db_url),
                 redis_client=redis.Redis.from_url(str(settings.redis_url)),
                 heartbeat_interval_s=settings.heartbeat_interval_s,
+                db_retry_s=settings.db_retry_s,
             )
         )
         return made[-1]
@@ -112,3 +114,69 @@ def test_control_answers_pause_and_cancel(
     assert not each.flush()  # and it writes nothing more
     each.on_event("info", "too late")
     assert "too late" not in session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+
+
+def _engine_output(run_dir: Path, steps: int, checkpoint_step: int) -> Path:
+    """What the engine leaves on disk when it dies right after renaming a checkpoint into place: the
+    metrics log of every step so far and the checkpoint directory with its own metrics."""
+    run_dir.mkdir(parents=True)
+    lines = [json.dumps({"step": s, "m": float(s)}) for s in range(1, steps + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    checkpoint = run_dir / "checkpoints" / f"step-{checkpoint_step:06d}"
+    (checkpoint / "adapter").mkdir(parents=True)
+    (checkpoint / "adapter" / "adapter_config.json").write_text("{}")
+    (checkpoint / "metrics.json").write_text(json.dumps({"m": float(checkpoint_step)}))
+    return checkpoint
+
+
+def test_a_kill_after_the_checkpoint_rename_loses_no_step(
+    settings: Settings, session: Session, job_id: str, reporter: Reporter
+) -> None:
+    run_dir = settings.data_dir / "jobs" / job_id / "run"
+    first = reporter()
+    first.on_start(StartInfo(total_steps=8, start_step=0, output_dir=run_dir))
+    first.on_step(1, {"m": 1.0})
+    assert first.flush()
+    for step in (2, 3, 4):  # pending, not flushed yet: the flush comes with on_checkpoint, never reached
+        first.on_step(step, {"m": float(step)})
+    first.close()
+    _engine_output(run_dir, steps=4, checkpoint_step=4)  # the engine resumes from step 4
+
+    second = reporter()
+    second.on_start(StartInfo(total_steps=8, start_step=4, output_dir=run_dir))
+    assert _points(session, job_id) == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
+    [checkpoint] = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+    assert (checkpoint.step_number, checkpoint.metrics) == (4, {"step": 4, "m": 4.0})
+    assert checkpoint.uri == f"jobs/{job_id}/run/checkpoints/step-000004/adapter"
+
+
+def test_steps_flushed_after_the_last_checkpoint_are_dropped_on_resume(
+    settings: Settings, session: Session, job_id: str, reporter: Reporter
+) -> None:
+    run_dir = settings.data_dir / "jobs" / job_id / "run"
+    first = reporter()
+    first.on_start(StartInfo(total_steps=8, start_step=0, output_dir=run_dir))
+    for step in range(1, 7):
+        first.on_step(step, {"m": float(step)})
+    assert first.flush()  # steps 5 and 6 reached the DB, then the worker died before the next checkpoint
+    first.close()
+    _engine_output(run_dir, steps=4, checkpoint_step=4)
+    second = reporter()
+    second.on_start(StartInfo(total_steps=8, start_step=4, output_dir=run_dir))
+    assert sorted(_points(session, job_id)) == [1, 2, 3, 4]  # 5 and 6 run again, and are recorded then
+
+
+def test_a_lost_stream_is_appended_again_in_order(
+    settings: Settings, session: Session, job_id: str, reporter: Reporter, tmp_path: Path
+) -> None:
+    each = reporter()
+    each.on_start(StartInfo(total_steps=5, start_step=0, output_dir=tmp_path))
+    for step in (1, 2):
+        each.on_step(step, {"m": float(step)})
+    assert each.flush()
+    each.on_step(3, {"m": 3.0})  # still pending
+    redis.Redis.from_url(str(settings.redis_url)).delete(metrics_stream_key(job_id))  # Redis restarted empty
+    each.on_step(4, {"m": 4.0})
+    assert _stream_steps(settings, job_id) == [1, 2, 3, 4]
+    each.on_step(5, {"m": 5.0})
+    assert _stream_steps(settings, job_id) == [1, 2, 3, 4, 5]

@@ -8,10 +8,18 @@ Layout of `<output_dir>/checkpoints/step-000010/`:
   metrics.json   the step's metrics (and evaluation scores, if any)
 A crash mid-save leaves only a `.tmp-*` directory, which is ignored and removed; the previous checkpoint
 stays intact. Pruning keeps the last K checkpoints plus the best one by validation score.
+
+State files are read with `torch.load(weights_only=True)`: tensors and plain containers only, so a checkpoint
+directory someone tampered with cannot run code when a job resumes from it (a pickled object is refused).
+
+`crash_point(name)` is a fault-injection hook for the kill tests (tests/chaos/): when `SPPO_CRASH_AT` names
+the point (`name` or `name@step`), the process dies there with `os._exit`, as a SIGKILL would leave it.
 """
 
 import json
 import logging
+import os
+import pickle
 import random
 import re
 import shutil
@@ -30,13 +38,27 @@ from worker.engine.policy import POLICY_ADAPTER
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# the trainer's log of every step's metrics, cut back to the checkpoint on resume
+METRICS_FILE = "metrics.jsonl"
+CRASH_AT_ENV = "SPPO_CRASH_AT"
+CRASH_EXIT_CODE = 137  # what a SIGKILLed process reports
+
+
+def crash_point(name: str, step: int) -> None:
+    """Die here when `SPPO_CRASH_AT` is `name` or `name@step` (fault injection; unset in production)."""
+    wanted = os.environ.get(CRASH_AT_ENV)
+    if wanted in (name, f"{name}@{step}"):
+        logger.warning("fault injection: dying at %s (step %d)", name, step)
+        os._exit(CRASH_EXIT_CODE)
 
 
 def rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # plain values, not an ndarray: `torch.load(weights_only=True)` reads tensors and builtins only
+        "numpy": (kind, [int(k) for k in keys], int(position), int(has_gauss), float(cached_gaussian)),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -46,7 +68,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -89,9 +112,11 @@ def save_checkpoint(
     torch.save(critic_state, staging / "critic.pt")
     torch.save({**state, "step": step}, staging / "state.pt")
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    crash_point("checkpoint.staged", step)
     if target.exists():  # re-saving a step (pause right after a periodic save): replace it
         shutil.rmtree(target)
     staging.rename(target)
+    crash_point("checkpoint.renamed", step)
     logger.info("checkpoint written: %s", target)
     return target
 
@@ -104,11 +129,27 @@ def load_checkpoint(path: Path, policy: nn.Module) -> tuple[dict[str, Any] | Non
             set_peft_model_state_dict(policy, weights, adapter_name=POLICY_ADAPTER)
         else:
             policy.load_state_dict(load_file(str(path / "model" / "model.safetensors")), strict=False)
-        critic_state = torch.load(path / "critic.pt", weights_only=False)
-        state = torch.load(path / "state.pt", weights_only=False)
+        critic_state = torch.load(path / "critic.pt", weights_only=True)
+        state = torch.load(path / "state.pt", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: never run a checkpoint's code
+        raise CheckpointError(f"cannot resume from {path}: it holds objects other than tensors") from exc
     except (OSError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot resume from {path}: {exc}") from exc
     return critic_state, state
+
+
+def step_metrics(output_dir: Path, upto: int) -> dict[int, dict[str, float]]:
+    """The metrics of steps 1..`upto` from the run's metrics log: what a resumed run reports as done."""
+    path = output_dir / METRICS_FILE
+    if not path.exists():
+        return {}
+    found: dict[int, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        step = int(record.pop("step"))
+        if step <= upto:
+            found[step] = {name: float(value) for name, value in record.items()}
+    return found
 
 
 def remove_incomplete(output_dir: Path) -> None:

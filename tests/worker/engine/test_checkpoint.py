@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from worker.engine import checkpoint
 from worker.engine.callbacks import Control, TrainerCallbacks
+from worker.engine.errors import CheckpointError
 from worker.engine.fixtures import Fixture
 from worker.engine.trainer import run_training
 
@@ -76,8 +77,8 @@ def test_resume_is_exact(tiny: Fixture, tmp_path: Path) -> None:
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0)
-    critic_a = torch.load(straight.checkpoints[-1] / "critic.pt", weights_only=False)["weights"]
-    critic_b = torch.load(resumed.checkpoints[-1] / "critic.pt", weights_only=False)["weights"]
+    critic_a = torch.load(straight.checkpoints[-1] / "critic.pt", weights_only=True)["weights"]
+    critic_b = torch.load(resumed.checkpoints[-1] / "critic.pt", weights_only=True)["weights"]
     for name in critic_a:
         torch.testing.assert_close(critic_b[name], critic_a[name], atol=1e-6, rtol=0)
     assert straight.metrics["rollout/reward_mean"] == resumed.metrics["rollout/reward_mean"]
@@ -149,3 +150,19 @@ def test_prune_keeps_last_k_and_best(tmp_path: Path) -> None:
         (tmp_path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
     checkpoint.prune(tmp_path, keep_last=2, best_step=2)
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [2, 4, 5]
+
+
+class Payload:
+    """An arbitrary object: unpickling it with weights_only=False would call `__reduce__`'s function."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("code ran while loading a checkpoint",))
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tiny: Fixture, tmp_path: Path) -> None:
+    run_training(tiny_config(tiny, tmp_path, max_steps=1, checkpoint_interval=1))
+    [(_, path)] = checkpoint.list_checkpoints(tmp_path)
+    state = torch.load(path / "state.pt", weights_only=True)  # what the engine writes loads safely
+    torch.save({**state, "sampler": Payload()}, path / "state.pt")
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        run_training(tiny_config(tiny, tmp_path, max_steps=2, checkpoint_interval=1))

@@ -1,0 +1,52 @@
+"""A job's live metrics stream in Redis (app/streams.py): appended per step, repaired when Redis lost it.
+
+Best effort throughout: the DB's metric points are the truth, so a Redis error is logged, never raised.
+"""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from app.models import now
+from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
+
+log = logging.getLogger(__name__)
+
+Records = list[dict[str, str]]
+
+
+def publish_step(
+    client: "redis.Redis",
+    job_id: str,
+    step: int,
+    metrics: dict[str, float],
+    earlier: Callable[[int], Records],
+) -> None:
+    """Append `step`. A stream missing after step 1 was lost (Redis restarted empty, or it expired while
+    the job was paused): `earlier(step)` records go in first, so live clients see the whole series."""
+    key = metrics_stream_key(job_id)
+    try:
+        records = earlier(step) if step > 1 and not client.exists(key) else []
+        pipe = client.pipeline()
+        for record in [*records, encode_step(step, metrics, now())]:
+            pipe.xadd(key, record, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(key, STREAM_TTL_S)
+        pipe.execute()
+        if records:
+            log.warning("job %s: stream lost; %d earlier step(s) appended again", job_id, len(records))
+    except redis.RedisError:
+        log.warning("could not publish step %d of job %s to Redis", step, job_id, exc_info=True)
+
+
+def drop_steps_after(client: "redis.Redis", job_id: str, step: int) -> None:
+    """Steps after the resumed checkpoint will run again: remove their stale live records."""
+    key = metrics_stream_key(job_id)
+    try:
+        records: Any = client.xrevrange(key, count=STREAM_MAXLEN)
+        stale = [entry_id for entry_id, fields in records if decode_step(fields)["step"] > step]
+        if stale:
+            client.xdel(key, *stale)
+    except redis.RedisError:
+        log.warning("could not trim the metrics stream of job %s", job_id, exc_info=True)
