@@ -29,11 +29,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark).
-# BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run.
+# The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark), then
+# the load benchmark (PostgreSQL at SPPO_TEST_POSTGRES_URL, Redis db 14).
+# BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run;
+# LOAD_ARGS to the load benchmark, e.g. LOAD_ARGS="--runs 1 --duration-s 3".
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

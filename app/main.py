@@ -5,14 +5,17 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import APIRouter, FastAPI
 
+from app.admission import AdmissionMiddleware, AuthFirstMiddleware
 from app.api.routes import evaluations, files, health, jobs, metrics, models
 from app.db import get_sessionmaker
 from app.errors import install_error_handlers
-from app.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.services.reaper import reap_once
 from app.settings import get_settings
+from app.shutdown import watch_signals
 from app.web import install_dashboard
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ async def _redispatch_loop() -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # Sized with the DB pool and the admission limit (see app/admission.py and Settings).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().thread_pool_size
+    watch_signals()
     task = asyncio.create_task(_redispatch_loop())
     yield
     task.cancel()
@@ -50,10 +56,19 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     install_dashboard(app)
     install_error_handlers(app)
-    app.add_middleware(UploadLimitMiddleware, path="/v1/files", max_bytes=settings.max_upload_bytes)
-    # The new-job form carries a training and a validation file; each is also checked on its own.
-    app.add_middleware(UploadLimitMiddleware, path="/jobs/new", max_bytes=2 * settings.max_upload_bytes)
-    app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 413, gets an id
+    app.add_middleware(
+        BodyLimitMiddleware,
+        # The new-job form carries a training and a validation file; each is also checked on its own.
+        limits={"/v1/files": settings.max_upload_bytes, "/jobs/new": 2 * settings.max_upload_bytes},
+        default=settings.max_json_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.min_body_rate_bytes_s,
+    )
+    app.add_middleware(AuthFirstMiddleware)  # before the body limit reads a byte
+    app.add_middleware(
+        AdmissionMiddleware, limit=settings.api_max_in_flight, timeout_s=settings.api_queue_timeout_s
+    )
+    app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 503, gets an id
     return app
 
 

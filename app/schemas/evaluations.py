@@ -5,7 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.models import Evaluation
-from app.schemas.common import StrictModel
+from app.schemas.common import Metadata, StrictModel
 from app.schemas.jobs import JobError
 from app.schemas.method import Grader
 
@@ -17,9 +17,9 @@ class EvaluationCreate(StrictModel):
     file: str = Field(min_length=1, max_length=64, description="Id of a fine-tune file with the items.")
     grader: Grader
     samples: int = Field(default=4, ge=1, le=64, description="k of avg@k: sampled completions per item.")
-    temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature for avg@k.")
+    temperature: float = Field(default=1.0, ge=0.01, le=2, description="Sampling temperature for avg@k.")
     max_response_tokens: int | None = Field(default=None, ge=1, le=32768)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class EvaluationPublic(BaseModel):

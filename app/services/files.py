@@ -47,10 +47,16 @@ def _parse_item(raw: bytes, number: int) -> dict[str, Any]:
 
     try:
         item = json.loads(raw.decode("utf-8"))
+        # A lone surrogate (an escaped "\ud800") decodes fine but fails the tokenizer at the worker.
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError:
         raise bad("not valid UTF-8") from None
+    except UnicodeEncodeError:
+        raise bad("contains a lone surrogate (invalid Unicode)") from None
     except json.JSONDecodeError as exc:
         raise bad(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise bad("nested too deeply") from None
     if not isinstance(item, dict):
         raise bad(f"expected a JSON object, got {type(item).__name__}")
     messages = item.get("messages")

@@ -10,6 +10,8 @@ from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
 from app.services import progress
 
+MAX_STEP = 2**63 - 1  # the DB's BIGINT
+
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
@@ -18,7 +20,9 @@ def list_metrics(
     session: SessionDep,
     tenant: CurrentTenant,
     job_id: str,
-    after_step: Annotated[int | None, Query(ge=0, description="Only steps after this one.")] = None,
+    after_step: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="Only steps after this one.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> MetricSeriesPublic:
     points, has_more = progress.list_metrics(
