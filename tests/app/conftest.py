@@ -19,6 +19,7 @@ from app.services.keys import create_key
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_BYTES = 256 * 1024
 MAX_JOBS = 3
+BODY_TIMEOUT_S = 2  # a slow body is cut off after this (plus its size at 64 KiB/s)
 REGISTRY_MODEL = "acme/tiny-llama"
 
 ITEM = '{"messages": [{"role": "user", "content": "What is 2+3?"}], "answer": "5"}\n'
@@ -74,6 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "SPPO_DATABASE_URL": db_url,
         "SPPO_REDIS_URL": redis_url,
         "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SPPO_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
     }
