@@ -4,12 +4,18 @@ A request's model name is only ever matched against this listing, never joined o
 request string can reach the filesystem. The worker resolves names with the same function.
 """
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings
 
 FIXTURE_MODEL = "sppo-tiny"
+FIXTURE_CONTEXT = 64  # the fixture's config.json max_position_embeddings (a test checks it still is)
+# The fewest tokens a prompt of n characters can be: the fixture's tokenizer has one token per character;
+# for other models no common tokenizer averages more than this many characters per token.
+_MAX_CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -44,3 +50,23 @@ def list_base_models(settings: Settings) -> list[BaseModelEntry]:
 
 def find_base_model(settings: Settings, name: str) -> BaseModelEntry | None:
     return next((entry for entry in list_base_models(settings) if entry.name == name), None)
+
+
+def context_length(entry: BaseModelEntry) -> int | None:
+    """The model's context in tokens, from its config.json (read as JSON: the API never loads a model)."""
+    if entry.path is None:
+        return FIXTURE_CONTEXT
+    try:
+        config = json.loads((entry.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fewest_tokens(entry: BaseModelEntry, chars: int) -> int:
+    """A lower bound on the tokens of a prompt of `chars` characters for this model."""
+    return chars if entry.path is None else math.ceil(chars / _MAX_CHARS_PER_TOKEN)

@@ -91,9 +91,6 @@ class Settings(BaseSettings):
     shutdown_drain_s: int = Field(
         default=3, ge=0, description="On SIGTERM, how long open requests and streams may take to finish."
     )
-    header_timeout_s: float = Field(
-        default=10.0, gt=0, description="Time a client has to send a request's headers (`sppo serve`)."
-    )
 
     @model_validator(mode="after")
     def _check_capacity(self) -> "Settings":

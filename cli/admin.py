@@ -68,7 +68,16 @@ def serve(
     from app.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        # Bounded drain on SIGTERM (metric streams end by themselves, see app/shutdown.py); a request's
+        # headers may not exceed 64 KiB.
+        timeout_graceful_shutdown=settings.shutdown_drain_s,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
 
 
 def ensure_dev_key(key_file: Path) -> str:

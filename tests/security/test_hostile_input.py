@@ -291,3 +291,23 @@ def test_a_slow_body_is_cut_off(server: Server) -> None:
         assert answer.startswith("HTTP/1.1 408"), answer
         assert time.monotonic() - started < 8
     assert httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200
+
+
+def test_a_prompt_longer_than_the_models_context(
+    api: httpx.Client, upload: Callable[..., dict[str, Any]]
+) -> None:
+    line = json.dumps({"messages": [{"role": "user", "content": "1+" * 50_000}], "answer": "1"}) + "\n"
+    long_file = upload(line)
+    error = assert_error(
+        api.post(JOBS, json=job_body(long_file["id"], model="sppo-tiny")), 400, "training_file"
+    )
+    assert error["code"] == "prompt_too_long"
+    evaluation = {"model": "sppo-tiny", "file": long_file["id"], "grader": GRADER}
+    assert_error(api.post("/v1/evaluations", json=evaluation), 400, "file")
+
+
+def test_the_api_knows_the_fixtures_context(tiny: Any) -> None:
+    from app.registry import FIXTURE_CONTEXT
+
+    config = json.loads((tiny.model_dir / "config.json").read_text())
+    assert config["max_position_embeddings"] == FIXTURE_CONTEXT
