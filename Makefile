@@ -29,15 +29,17 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark).
+# The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark), then
+# the model server's, fault-soak and load benchmarks (PostgreSQL at SPPO_TEST_POSTGRES_URL).
 # BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run;
-# CHAOS_ARGS to the fault soak, e.g. CHAOS_ARGS="--jobs 4 --budget-s 600 --label reduced".
-# Then the model server's benchmark (INFERENCE_BENCH_ARGS, e.g. "--requests-per-client 2").
+# INFERENCE_BENCH_ARGS to the model server's (e.g. "--requests-per-client 2"); CHAOS_ARGS to the fault
+# soak (e.g. "--jobs 4 --budget-s 600 --label reduced"); LOAD_ARGS to the load one (e.g. "--runs 1 --duration-s 3").
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
+	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
 
 # Schemathesis against a live server: every phase (coverage included), many examples per operation.
 fuzz: $(STAMP)

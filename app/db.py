@@ -41,7 +41,17 @@ def create_db_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    settings = get_settings()
+    # Pre-ping replaces a connection the server dropped before it is used; the bounded pool wait turns an
+    # exhausted pool into a 503 (see app/errors.py) instead of a thread blocked for half a minute.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+        pool_recycle=1800,
+    )
 
 
 @lru_cache

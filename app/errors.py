@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ class ServiceUnavailable(APIError):
 class PermissionDenied(APIError):
     status_code = 403
     code = "permission_denied"
+
+
+DB_UNAVAILABLE = ServiceUnavailable(
+    "The database is busy or unreachable; retry shortly.", code="database_unavailable"
+)
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -141,8 +148,27 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error = APIError(str(exc.detail))
     error.status_code = exc.status_code
-    error.code = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}.get(exc.status_code)
+    error.code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        408: "request_timeout",
+        413: "body_too_large",
+    }.get(exc.status_code)
     return _render(error, request)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # An exhausted pool (bounded wait, see app/db.py) or a dropped connection: a retry will do.
+    if (
+        isinstance(exc, DBAPIError)
+        and not isinstance(exc, OperationalError)
+        and not exc.connection_invalidated
+    ):
+        return await _unexpected_error(request, exc)
+    log.warning("database unavailable in %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    response = _render(DB_UNAVAILABLE, request)
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -158,4 +184,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SATimeoutError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -5,15 +5,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import APIRouter, FastAPI
 
+from app.admission import AdmissionMiddleware, AuthFirstMiddleware
 from app.api.openapi import AUTHENTICATED, errors, install_openapi
 from app.api.routes import evaluations, files, health, inference, jobs, metrics, models
 from app.db import get_sessionmaker
 from app.errors import install_error_handlers
-from app.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.services.reaper import reap_once
 from app.settings import get_settings
+from app.shutdown import watch_signals
 from app.throttle import RateLimitMiddleware
 from app.web import install_dashboard
 from app.web.headers import SecurityHeadersMiddleware
@@ -38,6 +41,9 @@ async def _redispatch_loop() -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # Sized with the DB pool and the admission limit (see app/admission.py and Settings).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().thread_pool_size
+    watch_signals()
     task = asyncio.create_task(_redispatch_loop())
     yield
     task.cancel()
@@ -54,14 +60,26 @@ def create_app() -> FastAPI:
     install_dashboard(app)
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(UploadLimitMiddleware, path="/v1/files", max_bytes=settings.max_upload_bytes)
-    # The new-job form carries a training and a validation file; each is also checked on its own.
-    app.add_middleware(UploadLimitMiddleware, path="/jobs/new", max_bytes=2 * settings.max_upload_bytes)
-    for path in ("/v1/chat/completions", "/v1/completions"):
-        app.add_middleware(UploadLimitMiddleware, path=path, max_bytes=settings.inference_max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        # The new-job form carries a training and a validation file; each is also checked on its own.
+        limits={
+            "/v1/files": settings.max_upload_bytes,
+            "/jobs/new": 2 * settings.max_upload_bytes,
+            "/v1/chat/completions": settings.inference_max_request_bytes,
+            "/v1/completions": settings.inference_max_request_bytes,
+        },
+        default=settings.max_json_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.min_body_rate_bytes_s,
+    )
+    app.add_middleware(AuthFirstMiddleware)  # before the body limit reads a byte
+    app.add_middleware(
+        AdmissionMiddleware, limit=settings.api_max_in_flight, timeout_s=settings.api_queue_timeout_s
+    )
     app.add_middleware(RateLimitMiddleware, settings=settings)  # before any body is read
     app.add_middleware(SecurityHeadersMiddleware, settings=settings)
-    app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 413, gets an id
+    app.add_middleware(RequestContextMiddleware)  # outermost: every response, even a 503, gets an id
     return app
 
 

@@ -1,15 +1,17 @@
-"""ASGI middleware: a request id on every request and response, metrics, and the upload size limit."""
+"""ASGI middleware: a request id on every request and response, metrics, and body size and time limits."""
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from urllib.parse import parse_qsl
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import APIError, InvalidRequest, PayloadTooLarge, error_body
 from app.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -52,42 +54,81 @@ class RequestContextMiddleware:
             METRICS.observe_request(scope["method"], path, status, time.perf_counter() - started)
 
 
-class UploadLimitMiddleware:
-    """Refuses an upload over the limit before reading it (by Content-Length) or while reading it."""
+class BodyLimitMiddleware:
+    """Every request body has a size limit and a time limit, enforced before and while it is read.
 
-    def __init__(self, app: ASGIApp, *, path: str, max_bytes: int) -> None:
+    The size: by Content-Length before reading (413 at once), else by counting while reading. The time: a
+    body must arrive within `timeout_s` plus its size at `min_rate` bytes/s, so a slow upload is cut off
+    (408) instead of holding a connection and a worker thread for as long as the client likes.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, limits: dict[str, int], default: int, timeout_s: float, min_rate: int
+    ) -> None:
         self.app = app
-        self.path = path
-        self.max_body = max_bytes + _MULTIPART_SLACK
+        self.limits = {path: size + _MULTIPART_SLACK for path, size in limits.items()}
+        self.default = default
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.limits.get(scope["path"], self.default)
         length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _too_large(scope, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await send_error(scope, send, PayloadTooLarge("The request body is larger than the limit."))
             return
+        started = time.monotonic()
         received = 0
+        complete = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect can come: no time limit on waiting for it
+                return await receive()
+            allowed = self.timeout_s + received / self.min_rate - (time.monotonic() - started)
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(allowed, 0.001))
+            except TimeoutError:
+                raise HTTPException(408, "The request body was not received in time.") from None
             received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise HTTPException(413, "File is larger than the upload limit.")
+            complete = not message.get("more_body", False)
+            if received > limit:
+                raise HTTPException(413, "The request body is larger than the limit.")
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, limited_receive, send)
 
 
-async def _too_large(scope: Scope, send: Send) -> None:
+def bad_target(scope: Scope) -> APIError | None:
+    """A 400 for NUL in the path or the query: no id, cursor or filter may carry one (PostgreSQL refuses
+    NUL in text, which made every such request a 500)."""
+    if "\x00" in scope["path"]:
+        return InvalidRequest("The request path must not contain NUL characters.", param="path")
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        if "\x00" in key or "\x00" in value:
+            return InvalidRequest(f"Query parameter '{key}' must not contain NUL characters.", param=key)
+    return None
+
+
+def has_body(scope: Scope) -> bool:
+    headers = Headers(scope=scope)
+    return "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0")
+
+
+async def send_error(
+    scope: Scope, send: Send, error: APIError, headers: dict[str, str] | None = None
+) -> None:
+    """Answer with `error` without reading the request body. If the request has one, the connection is
+    closed after the answer, so the client cannot go on sending a body nobody reads."""
     from fastapi.responses import JSONResponse
 
-    body = error_body(
-        "File is larger than the upload limit.", "invalid_request_error", "file", "file_too_large"
-    )
-    await JSONResponse(body, status_code=413)(scope, _drain, send)
+    extra = {"Connection": "close"} if has_body(scope) else {}
+    body = error_body(error.message, error.type, error.param, error.code)
+    response = JSONResponse(body, status_code=error.status_code, headers={**extra, **(headers or {})})
+    await response(scope, _drain, send)
 
 
 async def _drain() -> Message:

@@ -90,6 +90,8 @@ class File(Base):
     line_count: Mapped[int] = mapped_column(default=0)
     # Item fields present on every line: grader templates may only reference these.
     item_fields: Mapped[list[Any]] = mapped_column(default=list)
+    # Characters of the longest prompt (all message contents of a line): checked against a model's context.
+    max_prompt_chars: Mapped[int | None]
     created_at: Mapped[int] = mapped_column(default=now)
 
 

@@ -11,6 +11,7 @@ API never loads the engine: the fixture's files are read by path from where the 
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 _GRADER = TypeAdapter(Grader)
+# The fewest tokens a prompt of n characters can be: the fixture's tokenizer has one token per character;
+# for other models no common tokenizer averages more than this many characters per token.
+_MAX_CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,8 @@ def list_base_models(settings: Settings) -> list[BaseModelEntry]:
 
 def find_base_model(settings: Settings, name: str) -> BaseModelEntry | None:
     return next((entry for entry in list_base_models(settings) if entry.name == name), None)
+
+
+def fewest_tokens(entry: BaseModelEntry, chars: int) -> int:
+    """A lower bound on the tokens of a prompt of `chars` characters for this model."""
+    return chars if entry.path is None else math.ceil(chars / _MAX_CHARS_PER_TOKEN)

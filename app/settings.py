@@ -140,6 +140,51 @@ class Settings(BaseSettings):
         "the job up to the reaper (a flaky database delays a job, it never fails it).",
     )
 
+    # Reliability and load (issue 13): sized together so that a burst slows the API down, never wedges it.
+    db_pool_size: int = Field(default=10, ge=1, description="DB connections each API process keeps open.")
+    db_max_overflow: int = Field(default=10, ge=0, description="Extra DB connections opened under load.")
+    db_pool_timeout_s: float = Field(
+        default=3.0, gt=0, description="Longest wait for a DB connection before answering 503."
+    )
+    api_max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        description="Requests an API process works on at once; the rest wait in line. At most the pool "
+        "(size + overflow) less 2 (the reaper, stream status checks), so a request never waits for a "
+        "connection while holding a thread another request needs.",
+    )
+    api_queue_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait in line before a request is answered 503 + Retry-After."
+    )
+    thread_pool_size: int = Field(
+        default=40, ge=1, description="Worker threads for sync routes; at least api_max_in_flight."
+    )
+    max_json_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest JSON (or form) body of any request but an upload."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Time a client has to send a request body (plus the rate allowance)."
+    )
+    min_body_rate_bytes_s: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Upload speed allowance: a body may take body_timeout_s plus "
+        "its size at this rate; a slower sender is cut off with 408.",
+    )
+    shutdown_drain_s: int = Field(
+        default=3, ge=0, description="On SIGTERM, how long open requests and streams may take to finish."
+    )
+
+    @model_validator(mode="after")
+    def _check_capacity(self) -> "Settings":
+        if self.api_max_in_flight > self.db_pool_size + self.db_max_overflow - 2:
+            raise ValueError(
+                "SPPO_API_MAX_IN_FLIGHT must be at most SPPO_DB_POOL_SIZE + SPPO_DB_MAX_OVERFLOW - 2"
+            )
+        if self.thread_pool_size < self.api_max_in_flight:
+            raise ValueError("SPPO_THREAD_POOL_SIZE must be at least SPPO_API_MAX_IN_FLIGHT")
+        return self
+
     @field_validator("data_dir", "model_registry_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

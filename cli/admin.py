@@ -76,6 +76,10 @@ def serve(
         # X-Forwarded-Proto/-For only from the proxies named in SPPO_FORWARDED_ALLOW_IPS (none by default)
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        # Bounded drain on SIGTERM (metric streams end by themselves, see app/shutdown.py); a request's
+        # headers may not exceed 64 KiB.
+        timeout_graceful_shutdown=settings.shutdown_drain_s,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

@@ -3,12 +3,12 @@
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
+from app.errors import AuthenticationError
 from app.models import Tenant
-from app.services.keys import authenticate
 from app.settings import Settings, get_settings
 
 
@@ -17,12 +17,18 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Function scope: the session closes when the route returns, before the response is sent, so neither a
+# slow client nor a stream (SSE, file download) keeps a DB connection.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
-    return authenticate(session, authorization=authorization)
+async def get_current_tenant(request: Request) -> Tenant:
+    """The tenant AuthFirstMiddleware authenticated from the Authorization header, before the body."""
+    tenant = getattr(request.state, "tenant", None)
+    if not isinstance(tenant, Tenant):
+        raise AuthenticationError("You didn't provide an API key.", code="missing_api_key")
+    return tenant
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]

@@ -1,16 +1,56 @@
 """Shared pieces: strict request models and the OpenAI list envelope."""
 
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 T = TypeVar("T")
 
 
-class StrictModel(BaseModel):
-    """Request models: unknown keys and wrong types are errors naming the param, never coerced."""
+def check_text(value: str) -> str:
+    """A string the DB, the tokenizer and the filesystem all accept: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it contains a lone surrogate)") from None
+    return value
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+
+def _check_texts(value: Any) -> Any:
+    if isinstance(value, str):
+        return check_text(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_texts(key)
+            _check_texts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_texts(item)
+    return value
+
+
+# OpenAI's metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
+
+
+class StrictModel(BaseModel):
+    """Request models: unknown keys and wrong types are errors naming the param, never coerced.
+
+    No float may be NaN or infinite (JSON's `1e309` parses as infinity), and no string, nor any key or
+    value inside a field, may hold NUL or a lone surrogate: PostgreSQL refuses NUL in text, and either
+    broke a job at the worker long after it was accepted.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _clean_text(cls, value: Any) -> Any:
+        return _check_texts(value)
 
 
 class ListPublic(BaseModel, Generic[T]):

@@ -5,7 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.models import Evaluation
-from app.schemas.common import StrictModel
+from app.schemas.common import Metadata, StrictModel
 from app.schemas.jobs import JobError
 from app.schemas.method import Grader
 
@@ -19,14 +19,14 @@ class EvaluationCreate(StrictModel):
     samples: int = Field(default=4, ge=1, le=64, description="k of avg@k: sampled completions per item.")
     temperature: float | None = Field(
         default=None,
-        gt=0,
+        ge=0.01,
         le=2,
         description="Sampling temperature for avg@k; default: the model's training temperature "
         "(sppo_defaults.json), so scores agree with the evaluations a training job reports.",
     )
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling; default 1.0.")
     max_response_tokens: int | None = Field(default=None, ge=1, le=32768)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class EvaluationPublic(BaseModel):

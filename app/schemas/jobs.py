@@ -1,11 +1,11 @@
 """Fine-tuning job schemas: create request, job, event and checkpoint objects (OpenAI shapes + extensions)."""
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from app.models import Checkpoint, Job, JobEvent
-from app.schemas.common import StrictModel
+from app.schemas.common import Metadata, StrictModel
 from app.schemas.method import Method
 
 MAX_SEED = 2**31 - 1
@@ -18,14 +18,7 @@ class JobCreate(StrictModel):
     method: Method
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _at_most_16(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is not None and len(value) > 16:
-            raise ValueError("at most 16 key-value pairs")
-        return value
+    metadata: Metadata | None = None
 
 
 class JobError(BaseModel):

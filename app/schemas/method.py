@@ -6,6 +6,7 @@ Every field is checked at create time, so a job that reaches the worker has a va
 import re
 from typing import Annotated, Literal
 
+import regex
 from pydantic import AfterValidator, Field, field_validator
 
 from app.schemas.common import StrictModel
@@ -16,10 +17,13 @@ ITEM_FIELD = re.compile(r"\{\{\s*item\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def _check_template(template: str) -> str:
-    # Plain substitution only: whatever is left between braces after removing the placeholders is an error.
+    # Plain substitution only: whatever is left between braces after removing the placeholders is an error,
+    # and so is a Jinja tag or comment, which would otherwise be sent to the grader as literal text.
     rest = _PLACEHOLDER.sub("", template)
-    if "{{" in rest or "}}" in rest:
-        raise ValueError("templates may only use {{item.<field>}} and {{sample.output_text}}")
+    if any(mark in rest for mark in ("{{", "}}", "{%", "%}", "{#", "#}")):
+        raise ValueError(
+            "templates may only use {{item.<field>}} and {{sample.output_text}} (no {% %} or {# #} tags)"
+        )
     return template
 
 
@@ -58,9 +62,10 @@ class RegexGrader(StrictModel):
     @field_validator("pattern")
     @classmethod
     def _one_group(cls, pattern: str) -> str:
+        # Checked with the engine the grader runs it with (`regex`: \p{L} is valid, some `re` syntax differs).
         try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
+            compiled = regex.compile(pattern)
+        except regex.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
         if compiled.groups != 1:
             raise ValueError("the pattern must have exactly one capturing group")
@@ -76,25 +81,26 @@ class ReinforcementHyperparameters(StrictModel):
     n_epochs: Annotated[int, Field(ge=1, le=100)] | Auto | None = None
     batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto | None = None  # prompts per step
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto | None = None
-    eval_interval: Annotated[int, Field(ge=1)] | Auto | None = None  # steps
+    eval_interval: Annotated[int, Field(ge=1, le=1_000_000)] | Auto | None = None  # steps
     eval_samples: Annotated[int, Field(ge=1, le=64)] | Auto | None = None  # k of avg@k
     max_response_tokens: int | None = Field(default=None, ge=1, le=32768)
     reasoning_effort: Literal["low", "medium", "high"] | None = None  # 1024/4096/16384 tokens if above unset
-    temperature: float | None = Field(default=None, gt=0, le=2)
+    # Below 0.01 the sampling distribution underflows (5e-324 failed the job at its first step).
+    temperature: float | None = Field(default=None, ge=0.01, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     critic: Literal["separate", "shared_lora"] | None = None
     group_size: int | None = Field(default=None, ge=1, le=64)  # samples per prompt (grpo default 8)
     ppo_epochs: int | None = Field(default=None, ge=1, le=16)
-    minibatch_size: int | None = Field(default=None, ge=1)
+    minibatch_size: int | None = Field(default=None, ge=1, le=4096)
     clip_epsilon: float | None = Field(default=None, gt=0, lt=1)
-    kl_coef: float | None = Field(default=None, ge=0)
+    kl_coef: float | None = Field(default=None, ge=0, le=100)
     critic_learning_rate_multiplier: float | None = Field(default=None, gt=0, le=100)
     gae_gamma: float | None = Field(default=None, ge=0, le=1)
     gae_lambda: float | None = Field(default=None, ge=0, le=1)
     grpo_scale_by_std: bool | None = None
     lora_rank: int | None = Field(default=None, ge=1, le=256)
-    lora_alpha: float | None = Field(default=None, gt=0)
-    checkpoint_interval: int | None = Field(default=None, ge=1)
+    lora_alpha: float | None = Field(default=None, gt=0, le=4096)  # 1e308 overflowed the LoRA scaling
+    checkpoint_interval: int | None = Field(default=None, ge=1, le=1_000_000)
     # Train even when the preflight finds the grader gives the base model a constant reward (warns instead).
     allow_constant_reward: bool | None = None
 

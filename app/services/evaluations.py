@@ -16,6 +16,7 @@ from app.registry import find_base_model
 from app.schemas.evaluations import EvaluationCreate
 from app.schemas.method import template_fields
 from app.services.files import get_file
+from app.services.jobs import check_context
 from app.services.pagination import page
 from app.settings import Settings
 
@@ -54,6 +55,9 @@ def create_evaluation(
         file = get_file(session, tenant=tenant, file_id=request.file)
     except NotFound:
         raise InvalidRequest(f"No such file: '{request.file}'.", param="file", code="invalid_file") from None
+    entry = find_base_model(settings, base_model)
+    if entry is not None:
+        check_context(entry, file, param="file")
     for attr in ("input", "reference"):
         missing = sorted(template_fields(getattr(request.grader, attr)) - set(file.item_fields))
         if missing:

@@ -22,12 +22,14 @@ def file_path(settings: Settings, file: File) -> Path:
     return settings.data_dir / file.storage_uri
 
 
-def inspect_jsonl(path: Path) -> tuple[int, list[str]]:
-    """Check every line is a training item; return (item count, fields present on every item).
+def inspect_jsonl(path: Path) -> tuple[int, list[str], int]:
+    """Check every line is a training item; return (item count, fields present on every item, characters
+    of the longest prompt).
 
     Raises InvalidRequest naming the first bad line (1-based) and what is wrong with it.
     """
     count = 0
+    longest = 0
     common: set[str] | None = None
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -36,9 +38,10 @@ def inspect_jsonl(path: Path) -> tuple[int, list[str]]:
             item = _parse_item(raw, number)
             count += 1
             common = set(item) if common is None else common & set(item)
+            longest = max(longest, sum(len(message["content"]) for message in item["messages"]))
     if count == 0:
         raise InvalidRequest("The file contains no training items.", param="file", code="invalid_file")
-    return count, sorted(common or ())
+    return count, sorted(common or ()), longest
 
 
 def _parse_item(raw: bytes, number: int) -> dict[str, Any]:
@@ -47,10 +50,16 @@ def _parse_item(raw: bytes, number: int) -> dict[str, Any]:
 
     try:
         item = json.loads(raw.decode("utf-8"))
+        # A lone surrogate (an escaped "\ud800") decodes fine but fails the tokenizer at the worker.
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
     except UnicodeDecodeError:
         raise bad("not valid UTF-8") from None
+    except UnicodeEncodeError:
+        raise bad("contains a lone surrogate (invalid Unicode)") from None
     except json.JSONDecodeError as exc:
         raise bad(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise bad("nested too deeply") from None
     if not isinstance(item, dict):
         raise bad(f"expected a JSON object, got {type(item).__name__}")
     messages = item.get("messages")
@@ -79,7 +88,7 @@ def create_file(
     partial = final.with_suffix(".part")
     try:
         size, digest = _copy_limited(upload, partial, limit=settings.max_upload_bytes)
-        line_count, fields = inspect_jsonl(partial)
+        line_count, fields, longest = inspect_jsonl(partial)
         os.replace(partial, final)
         file = File(
             id=file_id,
@@ -91,6 +100,7 @@ def create_file(
             storage_uri=str(final.relative_to(settings.data_dir)),
             line_count=line_count,
             item_fields=fields,
+            max_prompt_chars=longest,
         )
         session.add(file)
         session.commit()

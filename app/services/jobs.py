@@ -17,7 +17,7 @@ from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from app.lifecycle import add_event, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant
-from app.registry import BaseModelEntry, find_base_model
+from app.registry import BaseModelEntry, fewest_tokens, find_base_model
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.pagination import page
 from app.settings import Settings
@@ -76,6 +76,20 @@ def _check_against_model(entry: BaseModelEntry, request: JobCreate, training: Fi
     return warnings
 
 
+def check_context(entry: BaseModelEntry, file: File, *, param: str) -> None:
+    """Refuse a file whose longest prompt cannot fit the model's context (it would stall the worker)."""
+    context = entry.context_length
+    if context is None or file.max_prompt_chars is None:
+        return
+    if fewest_tokens(entry, file.max_prompt_chars) >= context:
+        raise InvalidRequest(
+            f"File '{file.id}' has a prompt of {file.max_prompt_chars} characters, longer than model "
+            f"'{entry.name}' can read ({context} positions).",
+            param=param,
+            code="prompt_too_long",
+        )
+
+
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
     entry = find_base_model(settings, request.model)
     if entry is None:
@@ -89,6 +103,8 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         files.append(
             _training_file(session, tenant=tenant, file_id=request.validation_file, param="validation_file")
         )
+    for file, param in zip(files, ("training_file", "validation_file"), strict=False):
+        check_context(entry, file, param=param)
     for param, fields in request.method.grader_fields().items():
         for file in files:
             missing = sorted(fields - set(file.item_fields))

@@ -1,13 +1,17 @@
 """Tenants and their API keys."""
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.errors import AuthenticationError, NotFound
 from app.models import ApiKey, Tenant, now
 from app.security import display_prefix, generate_api_key, hash_api_key, key_matches
+
+log = logging.getLogger(__name__)
 
 # Writing last_used_at on every request would turn each read into a write; a minute's precision is enough.
 _LAST_USED_RESOLUTION_S = 60
@@ -59,7 +63,10 @@ def revoke_key(session: Session, *, key_id: str) -> ApiKey:
 
 
 def authenticate(session: Session, *, authorization: str | None) -> Tenant:
-    """The tenant of a `Bearer sk-...` header; 401 for a missing, unknown or revoked key."""
+    """The tenant of a `Bearer sk-...` header; 401 for a missing, unknown or revoked key.
+
+    Ends the session's transaction before returning, so the caller holds no connection afterwards.
+    """
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
@@ -70,11 +77,33 @@ def authenticate(session: Session, *, authorization: str | None) -> Tenant:
     found = session.execute(
         select(ApiKey, Tenant).join(Tenant).where(ApiKey.key_hash == hash_api_key(key))
     ).one_or_none()
+    session.commit()  # ends the read (expire_on_commit is off); the touch below is a transaction of its own
     if found is None or not key_matches(key, found[0].key_hash) or found[0].revoked_at is not None:
         raise AuthenticationError(f"Incorrect API key provided: {display_prefix(key)}...")
     api_key, tenant = found
-    stamp = now()
-    if api_key.last_used_at is None or stamp - api_key.last_used_at >= _LAST_USED_RESOLUTION_S:
-        session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=stamp))
-        session.commit()
+    _touch(session, api_key)
     return tenant
+
+
+def _touch(session: Session, api_key: ApiKey) -> None:
+    """Record that the key was used, at most once a minute, without ever waiting for a lock.
+
+    A burst from a key idle for a minute makes every request want this write at once; under PostgreSQL
+    they queued on the row lock while holding their connections, which wedged the whole API. Now only
+    requests that see a stale stamp try, `SKIP LOCKED` lets all but one of them skip at once, and a
+    failure here never fails the request (the stamp is bookkeeping, not security).
+    """
+    stamp = now()
+    if api_key.last_used_at is not None and stamp - api_key.last_used_at < _LAST_USED_RESOLUTION_S:
+        return
+    stale = (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= stamp - _LAST_USED_RESOLUTION_S)
+    try:
+        locked = session.scalar(
+            select(ApiKey.id).where(ApiKey.id == api_key.id, stale).with_for_update(skip_locked=True)
+        )
+        if locked is not None:
+            session.execute(update(ApiKey).where(ApiKey.id == locked).values(last_used_at=stamp))
+        session.commit()
+    except SQLAlchemyError:
+        session.rollback()
+        log.warning("could not record the use of API key %s", api_key.id, exc_info=True)

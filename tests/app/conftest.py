@@ -21,6 +21,7 @@ from app.services.keys import create_key
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_BYTES = 256 * 1024
 MAX_JOBS = 3
+BODY_TIMEOUT_S = 2  # a slow body is cut off after this (plus its size at 64 KiB/s)
 REGISTRY_MODEL = "acme/tiny-llama"
 
 ITEM = '{"messages": [{"role": "user", "content": "What is 2+3?"}], "answer": "5"}\n'
@@ -135,6 +136,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     migrate(data_dir, db_url)
     env = {
         "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SPPO_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there
