@@ -58,11 +58,24 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by 
 
 
 @app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision (default: the newest).")] = "head",
+) -> None:
+    """Create or upgrade the database schema (SPPO_DATABASE_URL) with the migrations shipped in the package."""
+    from app.db import upgrade_database
+    from app.settings import get_settings
+
+    settings = get_settings()
+    upgrade_database(settings.db_url, revision)
+    typer.echo(f"Database {settings.safe_db_url} is at revision {revision}.")
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default SPPO_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default SPPO_PORT).")] = None,
 ) -> None:
-    """Run the API server (`uvicorn app.main:app`); run migrations first (`alembic upgrade head`)."""
+    """Run the API server (`uvicorn app.main:app`); run `sppo migrate` first."""
     import uvicorn
 
     from app.settings import get_settings
