@@ -14,6 +14,7 @@ from app.settings import get_settings
 if TYPE_CHECKING:
     from alembic.config import Config
 
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Foreign keys are off by default in SQLite; WAL lets the API read while a worker writes.
     cursor = dbapi_connection.cursor()

@@ -61,7 +61,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by 
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision (default: the newest).")] = "head",
 ) -> None:
-    """Create or upgrade the database schema (SPPO_DATABASE_URL) with the migrations shipped in the package."""
+    """Create or upgrade the schema of SPPO_DATABASE_URL with the migrations shipped in the package."""
     from app.db import upgrade_database
     from app.settings import get_settings
 

@@ -1,1 +1,1 @@
-"""Alembic migrations, shipped inside the wheel so an installed `sppo migrate` finds them without a checkout."""
+"""Alembic migrations, shipped in the wheel so an installed `sppo migrate` finds them without a checkout."""

@@ -38,10 +38,8 @@ def _build_wheel(tmp_path: Path) -> Path:
         else:
             shutil.copy2(ROOT / name, source / name)
     dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, source],
-        check=True,
-    )  # fmt: skip
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, source], check=True)
     (wheel,) = dist.glob("sppo_service-*.whl")
     return wheel
 
@@ -56,10 +54,8 @@ def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     ).stdout.strip()  # fmt: skip
     dependencies = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(purelib, "dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(dependencies)))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
-        check=True,
-    )  # fmt: skip
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    subprocess.run([*pip, "install", "-q", "--no-deps", "--no-index", wheel], check=True)
     return venv
 
 
