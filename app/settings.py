@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,21 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `sppo serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `sppo serve` listens on.")
+    # --- deployment: logs, graceful shutdown (issue 10) ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the API and the workers."
+    )
+    log_format: Literal["console", "json"] = Field(
+        default="console",
+        description="console: human-readable lines (`make run`); json: one JSON object per line carrying "
+        "request_id, tenant_id and job_id (docker-compose.yml sets it).",
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="On SIGTERM the API stops accepting connections and lets in-flight requests finish for "
+        "this long; live metric streams still open are then closed (clients reconnect with Last-Event-ID).",
+    )
 
     @field_validator("data_dir", "model_registry_dir")
     @classmethod

@@ -78,10 +78,21 @@ def serve(
     """Run the API server (`uvicorn app.main:app`); run `sppo migrate` first."""
     import uvicorn
 
+    from app.logs import configure_logging
     from app.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port, log_level="info")
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,  # the app's structlog set-up formats uvicorn's lines too
+        log_level=settings.log_level.lower(),
+        access_log=False,  # RequestContextMiddleware logs each request, with its ids
+        # SIGTERM (a container stop): stop accepting, let in-flight requests finish, then close streams.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+    )
 
 
 def ensure_dev_key(key_file: Path) -> str:

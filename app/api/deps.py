@@ -7,6 +7,7 @@ from fastapi import Depends, Header, Query
 from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
+from app.logs import bind_log_ids
 from app.models import Tenant
 from app.services.keys import authenticate
 from app.settings import Settings, get_settings
@@ -22,7 +23,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
-    return authenticate(session, authorization=authorization)
+    tenant = authenticate(session, authorization=authorization)
+    bind_log_ids(tenant_id=tenant.id)
+    return tenant
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]

@@ -17,6 +17,7 @@ from fastapi import Depends, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.api.deps import SessionDep, SettingsDep
+from app.logs import bind_log_ids
 from app.models import Tenant
 from app.services.sessions import session_tenant
 from app.settings import Settings
@@ -113,6 +114,7 @@ def get_web_tenant(web: WebSessionDep, session: SessionDep) -> Tenant:
     tenant = session_tenant(session, key_id=web.key_id)
     if tenant is None:  # the key was revoked or deleted since sign-in
         raise LoginRequired
+    bind_log_ids(tenant_id=tenant.id)
     return tenant
 
 
