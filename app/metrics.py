@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -23,6 +23,7 @@ from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE
 from app.streams import decode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
+disable_created_metrics()  # `*_created` series double the output and no dashboard here reads them
 
 HTTP_REGISTRY = CollectorRegistry()
 HTTP_REQUESTS = Counter(

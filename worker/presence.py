@@ -71,7 +71,8 @@ class Presence:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         try:
             forget_presence(self.client, self.worker_id)
         except redis.RedisError:
