@@ -88,6 +88,7 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "console") -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # a library's warning is a log line too, in the same format
     # uvicorn installs its own handlers before it imports the app: send its lines through ours instead.
     # Its access log is replaced by the request line RequestContextMiddleware writes (with the ids).
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -23,7 +23,7 @@ from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE
 from app.streams import decode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
-disable_created_metrics()  # `*_created` series double the output and no dashboard here reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created` series double the output and no dashboard here reads them
 
 HTTP_REGISTRY = CollectorRegistry()
 HTTP_REQUESTS = Counter(

@@ -52,8 +52,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")  # the template, so ids never become label values
+            path = route_template(scope)
             seconds = time.perf_counter() - started
             observe_request(scope["method"], path, status, seconds)
             request_log.info(
@@ -61,6 +60,21 @@ class RequestContextMiddleware:
                 duration_ms=round(seconds * 1000, 1),
             )  # fmt: skip
             reset_log_context(context)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's full template (`/v1/models`), so ids never become metric label values.
+
+    An included router's route knows only its own part (`/models`); the prefix is the request path's
+    leading segments, which hold no parameters in this app. `unmatched` for a 404 outside any route.
+    """
+    template = getattr(scope.get("route"), "path", None)
+    if template is None:
+        return "unmatched"
+    if ":path}" in template:  # a path parameter spans segments: the prefix cannot be counted off
+        return str(template)
+    segments, own = scope["path"].split("/"), template.split("/")
+    return "/".join(segments[: max(1, len(segments) - len(own) + 1)]) + template
 
 
 class UploadLimitMiddleware:

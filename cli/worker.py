@@ -38,11 +38,13 @@ def worker(
     settings = get_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     chosen = settings.device or _auto_device()
-    typer.echo(f"sppo worker: queues {queues}, device {chosen}, broker {_redacted(str(settings.redis_url))}")
+    log.info(
+        "sppo worker: queues %s, device %s, broker %s", queues, chosen, _redacted(str(settings.redis_url))
+    )
     if prepare_fixture:
         from worker.engine.fixtures import ensure_fixture
 
-        typer.echo(f"sppo-tiny fixture ready at {ensure_fixture().model_dir}")
+        log.info("sppo-tiny fixture ready at %s", ensure_fixture().model_dir)
     from worker.celery_app import app as celery
 
     # JSON logs: no ASCII-art banner on stdout, so every line a container writes parses.

@@ -47,7 +47,7 @@ def test_training_rates_between_the_two_newest_steps_and_since_the_start() -> No
 def test_http_series_count_requests_by_route_and_status_in_a_histogram(
     server: Server, api: httpx.Client
 ) -> None:
-    route = {"method": "GET", "route": "/fine_tuning/jobs/{job_id}"}  # the template as the router holds it
+    route = {"method": "GET", "route": "/v1/fine_tuning/jobs/{job_id}"}
     before = scrape(server)
     for _ in range(3):
         assert api.get("/v1/fine_tuning/jobs/ftjob-missing").status_code == 404
