@@ -68,11 +68,11 @@ def route_template(scope: Scope) -> str:
     An included router's route knows only its own part (`/models`); the prefix is the request path's
     leading segments, which hold no parameters in this app. `unmatched` for a 404 outside any route.
     """
-    template = getattr(scope.get("route"), "path", None)
+    template: str | None = getattr(scope.get("route"), "path", None)
     if template is None:
         return "unmatched"
     if ":path}" in template:  # a path parameter spans segments: the prefix cannot be counted off
-        return str(template)
+        return template
     segments, own = scope["path"].split("/"), template.split("/")
     return "/".join(segments[: max(1, len(segments) - len(own) + 1)]) + template
 
