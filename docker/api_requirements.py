@@ -15,4 +15,4 @@ with open(sys.argv[1], "rb") as handle:
 for requirement in dependencies:
     name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
     if name not in ENGINE_ONLY:
-        print(requirement)
+        sys.stdout.write(requirement + "\n")
