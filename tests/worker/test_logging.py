@@ -1,4 +1,5 @@
-"""A real `sppo worker` with JSON logs: every line parses, and a task's lines carry its job id."""
+"""A real `sppo worker` with JSON logs: every line parses, a task's lines carry its job id, and the
+container healthcheck sees the worker's presence while it runs."""
 
 import json
 import os
@@ -32,6 +33,7 @@ def test_worker_lines_are_json_and_carry_the_job_id(redis_url: str, tmp_path: Pa
         "SPPO_HEARTBEAT_LEASE_S": "5",
     }
     log = tmp_path / "worker.log"
+    probe = [sys.executable, "-m", "worker.healthcheck"]  # the worker image's HEALTHCHECK
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [str(Path(sys.executable).parent / "sppo"), "worker", "--queues", QUEUE],
@@ -43,6 +45,7 @@ def test_worker_lines_are_json_and_carry_the_job_id(redis_url: str, tmp_path: Pa
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         assert redis.Redis.from_url(redis_url).hlen(WORKERS_KEY) >= 1  # its presence, for /metrics
+        assert subprocess.run(probe, env=env, check=False).returncode == 0
         Celery(broker=redis_url).send_task(TRAIN_TASK, args=["ftjob-not-there"], queue=QUEUE)
         while "dropped" not in log.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -50,6 +53,7 @@ def test_worker_lines_are_json_and_carry_the_job_id(redis_url: str, tmp_path: Pa
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+    assert subprocess.run(probe, env=env, check=False).returncode == 1  # it removed its presence on exit
     text = [line for line in log.read_text().splitlines() if line.strip()]
     # Celery's signal handler prints this one notice to the terminal itself, past any logging set-up.
     lines = [json.loads(line) for line in text if line != "worker: Warm shutdown (MainProcess)"]
