@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 
 from app.errors import ServiceUnavailable
 from app.models import Job, JobStatus, now
-from app.queues import CONTROL_TTL_S, EVALUATE_TASK, EVALUATION_QUEUE, TRAIN_QUEUE, TRAIN_TASK, control_key
+from app.queues import (
+    CONTROL_TTL_S,
+    EVALUATE_TASK,
+    EVALUATION_QUEUE,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
+    broker_options,
+    control_key,
+)
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -27,7 +35,12 @@ def _celery(broker_url: str) -> "Celery":
     from celery import Celery
 
     # Fail fast when the broker is down: the job stays queued and is re-dispatched later.
-    return Celery(broker=broker_url, broker_connection_timeout=2, broker_connection_max_retries=1)
+    return Celery(
+        broker=broker_url,
+        broker_connection_timeout=2,
+        broker_connection_max_retries=1,
+        broker_transport_options=broker_options(),
+    )
 
 
 @lru_cache

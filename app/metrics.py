@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Job, JobStatus
 from app.presence import read_presence
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, redis_key
 from app.streams import decode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class ServiceCollector(Collector):
         for queue in QUEUES:
             pipe = self.client.pipeline()
             for suffix in _PRIORITY_SUFFIXES:
-                pipe.llen(queue + suffix)
+                pipe.llen(redis_key(queue) + suffix)  # Celery's lists carry the install's prefix
             depth.add_metric([queue], sum(pipe.execute()))
         yield depth
         yield from self._workers()

@@ -119,6 +119,10 @@ class Job(Base):
     total_steps: Mapped[int | None]
     trained_tokens: Mapped[int | None]
     estimated_finish: Mapped[int | None]
+    # What the worker is doing right now when the status alone does not say it ("preparing sppo-tiny ...").
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    # Training-health alarms (worker/alarms.py): one entry per kind, repeats counted, not repeated.
+    alarms: Mapped[list[Any] | None]
     # Outcome.
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -2,43 +2,123 @@
 
 A request's model name is only ever matched against this listing, never joined onto a path, so no
 request string can reach the filesystem. The worker resolves names with the same function.
+
+A folder is offered only when it holds a config, weights and a tokenizer. It may declare the grader that
+fits its output (`sppo_grader.json`, a grader in the API's format) and its context length is read from
+`config.json`, so the API can default to a working grader and reject budgets the model cannot hold. The
+API never loads the engine: the fixture's files are read by path from where the engine ships them.
 """
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from app.schemas.method import Grader
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
+
 FIXTURE_MODEL = "sppo-tiny"
+# Where the engine ships the fixture's weights (worker/engine/fixture_models); read, never imported.
+FIXTURE_MODEL_DIR = (
+    Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models" / (f"{FIXTURE_MODEL}/model")
+)
+GRADER_FILE = "sppo_grader.json"
+DEFAULTS_FILE = "sppo_defaults.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+_GRADER = TypeAdapter(Grader)
 
 
 @dataclass(frozen=True)
 class BaseModelEntry:
     name: str
-    path: Path | None  # None for the built-in fixture, which the engine builds on demand
+    path: Path | None  # None for the built-in fixture, which the engine ships or builds on demand
     created: int
+    recommended_grader: dict[str, Any] | None = None
+    context_length: int | None = None
+    defaults: dict[str, Any] | None = None  # the model's sppo_defaults.json
 
 
-def _is_model_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.warning("ignoring unreadable %s", path)
+        return None
+
+
+def _grader(model_dir: Path) -> dict[str, Any] | None:
+    spec = _read_json(model_dir / GRADER_FILE)
+    if spec is None:
+        return None
+    try:
+        return _GRADER.validate_python(spec).model_dump(mode="json")
+    except ValidationError:
+        log.warning("ignoring %s: not a valid grader", model_dir / GRADER_FILE)
+        return None
+
+
+def _context_length(config: Any) -> int | None:
+    if not isinstance(config, dict):
+        return None
+    for key in _CONTEXT_KEYS:
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return int(config[key])
+    return None
+
+
+def _entry(name: str, path: Path | None, model_dir: Path, created: int) -> BaseModelEntry:
+    defaults = _read_json(model_dir / DEFAULTS_FILE)
+    return BaseModelEntry(
+        name=name,
+        path=path,
+        created=created,
+        recommended_grader=_grader(model_dir),
+        context_length=_context_length(_read_json(model_dir / "config.json")),
+        defaults=defaults if isinstance(defaults, dict) else None,
+    )
+
+
+def is_complete_model_dir(path: Path) -> bool:
+    """A loadable folder: config, weights and a tokenizer (a folder with only config.json is not)."""
+    return (
+        path.is_dir()
+        and (path / "config.json").is_file()
+        and any((path / name).is_file() for name in WEIGHT_FILES)
+        and any((path / name).is_file() for name in TOKENIZER_FILES)
+    )
 
 
 def list_base_models(settings: Settings) -> list[BaseModelEntry]:
-    """`sppo-tiny` plus every `<dir>` and `<org>/<dir>` under the registry holding a config.json."""
-    entries = [BaseModelEntry(FIXTURE_MODEL, None, 0)]
+    """`sppo-tiny` plus every complete `<dir>` and `<org>/<dir>` model folder under the registry."""
+    entries = [_entry(FIXTURE_MODEL, None, FIXTURE_MODEL_DIR, 0)]
     root = settings.registry_dir
     if not root.is_dir():
         return entries
     for child in sorted(root.iterdir()):
         if child.name.startswith("."):
             continue
-        candidates = [child] if _is_model_dir(child) else sorted(child.iterdir()) if child.is_dir() else []
+        candidates = (
+            [child]
+            if (child / "config.json").is_file()
+            else sorted(child.iterdir())
+            if child.is_dir()
+            else []
+        )
         for candidate in candidates:
-            if _is_model_dir(candidate) and not candidate.name.startswith("."):
+            if is_complete_model_dir(candidate) and not candidate.name.startswith("."):
                 name = candidate.relative_to(root).as_posix()
-                entries.append(
-                    BaseModelEntry(name, candidate, int((candidate / "config.json").stat().st_mtime))
-                )
+                created = int((candidate / "config.json").stat().st_mtime)
+                entries.append(_entry(name, candidate, candidate, created))
     return entries
 
 

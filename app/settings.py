@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `sppo serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `sppo serve` listens on.")
+    # A new user's first hour (issue 9): shared-Redis prefix, preflight and training-health alarms.
+    redis_prefix: str = Field(
+        default="sppo",
+        pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="Prefix of every Redis key and Celery queue, so several installs can share one Redis.",
+    )
+    preflight_items: int = Field(
+        default=64, ge=1, description="Training items the base model is scored on before a job trains."
+    )
+    alarm_window_steps: int = Field(
+        default=5,
+        ge=2,
+        description="Steps of identical all-0 or all-1 reward that raise a constant-reward alarm.",
+    )
     # --- deployment: logs, graceful shutdown (issue 10) ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the API and the workers."

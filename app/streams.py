@@ -8,6 +8,8 @@ the truth (a capped stream drops old steps, and a step re-run after a crash is a
 import json
 from typing import Any
 
+from app.queues import redis_key
+
 # Enough for the live view of a long run; older steps are served from the DB.
 STREAM_MAXLEN = 10_000
 # Streams of finished jobs expire; the DB keeps the series.
@@ -15,7 +17,7 @@ STREAM_TTL_S = 7 * 24 * 3600
 
 
 def metrics_stream_key(job_id: str) -> str:
-    return f"sppo:jobs:{job_id}:metrics"
+    return redis_key(f"jobs:{job_id}:metrics")
 
 
 def encode_step(step: int, metrics: dict[str, float], created_at: int) -> dict[str, str]:

@@ -121,11 +121,12 @@ def ensure_dev_key(key_file: Path) -> str:
 def run() -> None:
     """Everything for local use: Redis, database migrations, a dev API key, one worker, the API.
 
-    Each step is one call; Ctrl-C stops the API, then the worker and the Redis server it started.
+    Each step is one call; Ctrl-C, SIGTERM or a closed output pipe stop the API, then the workers and the
+    Redis server it started.
     """
     from app.db import upgrade_database
     from app.settings import get_settings
-    from cli.stack import local_stack
+    from cli.stack import local_stack, say
 
     settings = get_settings()
     with local_stack(settings.data_dir, str(settings.redis_url)):
@@ -134,9 +135,9 @@ def run() -> None:
         upgrade_database(settings.db_url)
         key = ensure_dev_key(settings.data_dir / DEV_KEY_FILE)
         url = f"http://{settings.host}:{settings.port}"
-        typer.echo(f"SPPO Service at {url}/v1  (docs: {url}/docs)")
-        typer.echo(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
-        typer.echo(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
-        typer.echo(f"Dashboard at {url}/ (sign in with the key)")
-        typer.echo(f'  sppo client: export SPPO_BASE_URL={url} SPPO_API_KEY="{key}"')
+        say(f"SPPO Service at {url}/v1  (docs: {url}/docs)")
+        say(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
+        say(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
+        say(f"Dashboard at {url}/ (sign in with the key)")
+        say(f'  sppo client: export SPPO_BASE_URL={url} SPPO_API_KEY="{key}"')
         serve(host=settings.host, port=settings.port)

@@ -1,5 +1,6 @@
 """`sppo files upload|list|get`: training files on the server."""
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,17 @@ from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect
 from cli.output import JsonOpt, console, fmt_time, key_values, print_json, table
 
 app = typer.Typer(help="Upload and list training files.", no_args_is_help=True)
+
+
+def find_uploaded(client: Client, path: Path, purpose: str = "fine-tune") -> str | None:
+    """The id of a file of yours with the same content (sha256) and purpose, if you uploaded it before."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    listing = client.get("/files", purpose=purpose)
+    found = next((f for f in listing["data"] if f.get("sha256") == digest.hexdigest()), None)
+    return None if found is None else str(found["id"])
 
 
 def upload_file(client: Client, path: Path, purpose: str = "fine-tune") -> dict[str, Any]:

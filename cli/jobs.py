@@ -7,16 +7,23 @@ from typing import Annotated, Any
 import typer
 
 from cli import transfer
-from cli.client import ApiKeyOpt, BaseUrlOpt, Client, connect, err_console, parse_grader
-from cli.files import upload_file
-from cli.output import JsonOpt, console, fmt_number, fmt_status, fmt_time, key_values, print_json, table
+from cli.client import ApiError, ApiKeyOpt, BaseUrlOpt, Client, connect, err_console, parse_grader
+from cli.files import find_uploaded, upload_file
+from cli.output import (
+    JsonOpt,
+    console,
+    fmt_alarms,
+    fmt_number,
+    fmt_status,
+    fmt_time,
+    key_values,
+    print_json,
+    table,
+)
 
 app = typer.Typer(help="Create, watch and control fine-tuning jobs.", no_args_is_help=True)
 
-DEFAULT_GRADER = (
-    '{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", '
-    '"reference": "{{item.answer}}", "operation": "eq"}'
-)
+GRADER_HELP = "Grader spec as JSON; default: the model's recommended_grader from GET /v1/models."
 
 
 def _value(text: str) -> Any:
@@ -37,10 +44,32 @@ def _pairs(items: list[str], option: str, parse: bool) -> dict[str, Any]:
     return found
 
 
+def model_grader(client: Client, model: str, grader: str | None) -> Any:
+    """The `--grader` given, else the grader the model declares (GET /v1/models `recommended_grader`)."""
+    if grader is not None:
+        return parse_grader(grader)
+    listing = client.get("/models")
+    found = next((m for m in listing["data"] if m["id"] == model), None)
+    if found is not None and found.get("recommended_grader"):
+        return found["recommended_grader"]
+    # a fine-tuned model or checkpoint (`ft:<base>:...`): its base model's grader fits it
+    base = next((m for m in listing["data"] if model.startswith(f"ft:{m['id']}:")), None)
+    if base is not None and base.get("recommended_grader"):
+        return base["recommended_grader"]
+    if found is None and base is None:
+        raise ApiError(f"Model '{model}' is not in GET /v1/models; choose a listed model or pass --grader.")
+    raise ApiError(f"Model '{model}' declares no recommended grader; pass one with --grader.")
+
+
 def file_id_or_upload(client: Client, value: str) -> str:
-    """A file id as given, or the id of a local JSONL file uploaded first (so one command starts a job)."""
+    """A file id as given, or the id of a local JSONL file uploaded first (so one command starts a job);
+    a file with the same content (sha256) uploaded before is reused, not uploaded again."""
     path = Path(value)
     if path.is_file():
+        reused = find_uploaded(client, path)
+        if reused is not None:
+            err_console.print(f"Using {path.name}: already uploaded as [cyan]{reused}[/]", highlight=False)
+            return reused
         uploaded = upload_file(client, path)
         # stderr, so `--json` output on stdout stays one JSON document
         err_console.print(f"Uploaded {path.name} as [cyan]{uploaded['id']}[/]", highlight=False)
@@ -54,7 +83,7 @@ def create(
     training_file: Annotated[str, typer.Option(help="A file id, or a local JSONL file to upload first.")],
     validation_file: Annotated[str | None, typer.Option(help="A file id or a local JSONL file.")] = None,
     algorithm: Annotated[str, typer.Option(help="sppo, grpo or ppo.")] = "sppo",
-    grader: Annotated[str, typer.Option(help="Grader spec as JSON.")] = DEFAULT_GRADER,
+    grader: Annotated[str | None, typer.Option(help=GRADER_HELP)] = None,
     hyperparameter: Annotated[
         list[str] | None,
         typer.Option("--hyperparameter", "-H", help="KEY=VALUE, repeatable (e.g. -H batch_size=8)."),
@@ -67,10 +96,12 @@ def create(
     json_: JsonOpt = False,
 ) -> None:
     """Create a reinforcement fine-tuning job; prints its id."""
-    grader_spec = parse_grader(grader)
+    if grader is not None:
+        parse_grader(grader)  # a bad --grader is a usage error before anything is uploaded
     hyper = _pairs(hyperparameter or [], "--hyperparameter", parse=True)
     meta = _pairs(metadata or [], "--metadata", parse=False)
     with connect(base_url, api_key) as client:
+        grader_spec = model_grader(client, model, grader)
         body: dict[str, Any] = {
             "model": model,
             "training_file": file_id_or_upload(client, training_file),
@@ -113,7 +144,7 @@ def list_jobs(
     if json_:
         print_json(listing)
         return
-    grid = table("id", "status", "model", "algorithm", "step", "created", "finished")
+    grid = table("id", "status", "model", "algorithm", "step", "alarms", "created", "finished")
     for job in listing["data"]:
         grid.add_row(
             job["id"],
@@ -121,6 +152,7 @@ def list_jobs(
             job["model"],
             _algorithm(job),
             _progress(job),
+            fmt_alarms(job),
             fmt_time(job["created_at"]),
             fmt_time(job["finished_at"]),
         )
@@ -142,8 +174,13 @@ def show_job(job: dict[str, Any]) -> None:
         "created": fmt_time(job["created_at"]),
         "finished": fmt_time(job["finished_at"]),
     }
+    if job.get("status_detail"):
+        rows["detail"] = job["status_detail"]
     if job.get("error"):
         rows["error"] = f"[red]{job['error']['message']}[/] ({job['error']['code']})"
+    for alarm in job.get("alarms") or []:
+        if alarm["active"]:
+            rows[f"alarm {alarm['code']}"] = f"[yellow]{alarm['message']}[/] (x{alarm['count']})"
     console.print(key_values("Fine-tuning job", rows))
     hyper = job["method"]["reinforcement"].get("hyperparameters") or {}
     if hyper:

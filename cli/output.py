@@ -46,6 +46,20 @@ def fmt_number(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def fmt_alarms(job: dict[str, Any]) -> str:
+    """A job's active alarms in a cell: `constant_reward x10`, or "-"."""
+    active = [a for a in job.get("alarms") or [] if a.get("active")]
+    return ", ".join(f"[yellow]{a['code']}[/] x{a['count']}" for a in active) or "-"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def table(*columns: str, title: str | None = None) -> Table:
     grid = Table(title=title, header_style="bold", title_justify="left")
     for column in columns:

@@ -1,15 +1,25 @@
 """The processes `sppo run` starts next to the API on one machine: a Redis server when none is reachable,
-and one worker. Each runs in its own session, so Ctrl-C reaches only `sppo run`, which then stops them
-in order (worker first, so it can checkpoint; Redis last, so it can persist).
+a training worker and an evaluation worker (so evaluations never wait behind training). Each runs in its
+own session, so Ctrl-C reaches only `sppo run`, which then stops them in order (workers first, so a
+training job can checkpoint; Redis last, so it can persist).
+
+`sppo run` stops them on Ctrl-C, SIGTERM and SIGHUP, and when its output pipe breaks (`sppo run | tee log`
+and the reader is gone): a watcher sees the pipe's reader close and shuts down as on SIGTERM, and every
+message of the shutdown itself tolerates a closed stdout. Should `sppo run` be killed outright, the
+children get SIGTERM from the kernel (PR_SET_PDEATHSIG), so none outlives it.
 """
 
 import contextlib
+import ctypes
 import os
+import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +27,10 @@ from pathlib import Path
 import typer
 
 REDIS_START_TIMEOUT_S = 20
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WORKER_STOP_TIMEOUT_S = 60  # a warm shutdown lets the running step finish and checkpoint
+TRAIN_QUEUES = "training"
+EVALUATION_QUEUES = "evaluation"
 
 
 def redis_reachable(url: str) -> bool:
@@ -48,6 +61,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def say(message: str) -> None:
+    """A status line that never fails: stdout may be a pipe whose reader is gone."""
+    with contextlib.suppress(OSError, ValueError):
+        typer.echo(message)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM it when `sppo run` dies, however it dies.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A private Redis on a free port, persisting (AOF) into data_dir/redis so queued jobs survive."""
     binary = find_redis_server()
@@ -63,7 +88,7 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
@@ -75,20 +100,44 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, url
 
 
-def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(log_path: Path, queues: str) -> subprocess.Popen[bytes]:
+    """A worker on `queues`. No fixture preparation before taking tasks: a job that needs the fixture
+    built shows that as its status detail, instead of waiting `queued` with no word."""
     command = [str(Path(sys.executable).parent / "sppo")]  # the console script next to this interpreter
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(
-        [*command, "worker", "--prepare-fixture"],
+        [*command, "worker", "--queues", queues],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+        preexec_fn=_die_with_parent,
     )  # fmt: skip
+
+
+def watch_output_pipe() -> None:
+    """SIGTERM this process once the reader of its stdout pipe is gone (poll reports POLLERR)."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode):
+            return
+    except (OSError, ValueError):
+        return
+
+    def wait() -> None:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        poller.poll()  # blocks until the pipe reports an error: its read end has been closed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="stdout-watch", daemon=True).start()
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
     if process.poll() is not None:
         return
     process.send_signal(sig)
+    wait_or_kill(process, timeout)
+
+
+def wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -98,28 +147,36 @@ def stop(process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIG
 
 @contextlib.contextmanager
 def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
-    """Redis (the reachable one, or a private one) and one worker; yields the Redis URL in use."""
+    """Redis (the reachable one, or a private one) and two workers; yields the Redis URL in use."""
     started: subprocess.Popen[bytes] | None = None
-    if not redis_reachable(redis_url):
-        started, redis_url = start_redis(data_dir)
-        typer.echo(f"Started redis-server on {redis_url} (data in {data_dir / 'redis'})")
-    os.environ["SPPO_REDIS_URL"] = redis_url  # for the worker and the in-process API alike
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this
-    # process before the `finally` below stops the worker and Redis. Turn it into an exception instead.
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    worker = start_worker(data_dir / "logs" / "worker.log")
-    typer.echo(f"Started worker (pid {worker.pid}, log {data_dir / 'logs' / 'worker.log'})")
+    # process before the `finally` below stops the workers and Redis. Turn it into an exception instead.
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    workers: list[subprocess.Popen[bytes]] = []
     try:
+        if not redis_reachable(redis_url):
+            started, redis_url = start_redis(data_dir)
+            say(f"Started redis-server on {redis_url} (data in {data_dir / 'redis'})")
+        os.environ["SPPO_REDIS_URL"] = redis_url  # for the workers and the in-process API alike
+        for queues, log_name in ((TRAIN_QUEUES, "worker.log"), (EVALUATION_QUEUES, "evaluation-worker.log")):
+            workers.append(start_worker(data_dir / "logs" / log_name, queues))
+            say(f"Started {queues} worker (pid {workers[-1].pid}, log {data_dir / 'logs' / log_name})")
+        watch_output_pipe()
         yield redis_url
     finally:
-        typer.echo("Stopping the worker ...")
-        stop(worker, WORKER_STOP_TIMEOUT_S)
+        say("Stopping the workers ...")
+        for worker in workers:  # SIGTERM to all first: their warm shutdowns overlap
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            wait_or_kill(worker, WORKER_STOP_TIMEOUT_S)
         if started is not None:
-            typer.echo("Stopping redis-server ...")
+            say("Stopping redis-server ...")
             stop(started, REDIS_START_TIMEOUT_S)
-        typer.echo("Stopped.")
-        signal.signal(signal.SIGTERM, previous)
+        say("Stopped.")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
+def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)

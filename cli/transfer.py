@@ -21,10 +21,11 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from app.schemas.progress import HEADLINE_METRICS
 from cli.client import ApiError, ApiKeyOpt, BaseUrlOpt, Client, connect
-from cli.output import console, fmt_number, fmt_status, table
+from cli.output import console, fmt_duration, fmt_number, fmt_status, table
 
 # `sppo jobs watch` exits with the job's outcome, so scripts can branch on it.
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2, "paused": 3}
@@ -58,16 +59,34 @@ def _metric_rows(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if "/" in k}
 
 
+def _timing(job: dict[str, Any]) -> str:
+    """Running time (queue time excluded) and the time left, from the job's own stamps."""
+    started, now = job.get("started_at"), time.time()
+    end = job.get("finished_at") or now
+    parts = [f"elapsed {fmt_duration(end - started if started else None)}"]
+    if job.get("estimated_finish") and job["status"] == "running":
+        parts.append(f"ETA {fmt_duration(max(0.0, job['estimated_finish'] - now))}")
+    return "  ".join(parts)
+
+
 def _view(job: dict[str, Any], step: int, metrics: dict[str, Any], bar: Progress, task: Any) -> Group:
     total = job.get("total_steps")
     bar.update(
         task, completed=step, total=total or None, description=f"{job['id']} {fmt_status(job['status'])}"
     )
+    lines: list[Any] = [bar, Text(_timing(job))]
+    if job.get("status_detail"):
+        lines.append(Text(job["status_detail"], style="cyan"))
+    for alarm in job.get("alarms") or []:
+        if alarm["active"]:
+            lines.append(
+                Text(f"alarm {alarm['code']} (x{alarm['count']}): {alarm['message']}", style="yellow")
+            )
     grid = table("metric", "value", title=f"step {step}")
     for name in HEADLINE_METRICS:
         if name in metrics:
             grid.add_row(name, fmt_number(metrics[name]))
-    return Group(bar, grid)
+    return Group(*lines, grid)
 
 
 def watch(
@@ -104,7 +123,9 @@ def watch(
     status = str(job["status"])
     if job.get("error"):
         console.print(f"[red]{job['error']['message']}[/]", highlight=False)
-    console.print(f"Job {job_id} {fmt_status(status)}", highlight=False)
+    console.print(f"Job {job_id} {fmt_status(status)} ({_timing(job)})", highlight=False)
+    if job.get("fine_tuned_model"):
+        console.print(f"Fine-tuned model: [bold]{job['fine_tuned_model']}[/]", highlight=False)
     raise typer.Exit(EXIT_CODES[status])
 
 
@@ -145,6 +166,8 @@ def download(
     with connect(base_url, api_key) as client:
         ckpt_id = checkpoint or str(_latest_checkpoint(client, job_id)["id"])
         target = output or Path(f"{job_id}-{ckpt_id}")
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ApiError(f"{target} exists and is not an empty folder; choose another --output.")
         columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn())
         with (
             tempfile.TemporaryDirectory() as tmp,
@@ -157,8 +180,6 @@ def download(
                 archive,
                 lambda done, total: bar.update(task, completed=done, total=total),
             )
-            if target.exists() and any(target.iterdir()):
-                raise ApiError(f"{target} exists and is not empty; choose another --output.")
             staging = Path(tmp) / "unpacked"
             _unpack(archive, staging)
             # The archive holds one folder named after the checkpoint: its contents become `target`.

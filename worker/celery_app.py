@@ -16,7 +16,7 @@ job comes back within that time; lost *running* jobs are recovered sooner by the
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options
 from app.settings import get_settings
 
 VISIBILITY_TIMEOUT_S = 30 * 60
@@ -39,7 +39,7 @@ def create_celery_app() -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         task_ignore_result=True,  # the DB is the truth; no result backend
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S, **broker_options()},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

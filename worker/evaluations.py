@@ -3,22 +3,26 @@ the per-item results (JSONL under the data dir), or the error a user can act on.
 
 import json
 import logging
+from collections.abc import Iterator
+from dataclasses import fields
+from typing import Any
 
 from sqlalchemy import update
 
 from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
-from worker.engine.config import model_defaults
+from worker.engine.config import RunConfig, model_defaults
+from worker.engine.data import load_items
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
+from worker.engine.graders import render_reference
 from worker.runconfig import base_model_dir
 from worker.training import INTERNAL_ERROR
 
 log = logging.getLogger(__name__)
 
 S = JobStatus
-DEFAULT_MAX_RESPONSE_TOKENS = 1024
 
 
 def _set(evaluation_id: str, expected: JobStatus, **values: object) -> bool:
@@ -30,6 +34,34 @@ def _set(evaluation_id: str, expected: JobStatus, **values: object) -> bool:
         )
         session.commit()
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def resolve_sampling(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Unset sampling settings as a training job of this model uses them: its sppo_defaults.json, else the
+    engine's RunConfig defaults, so an evaluation's avg@k agrees with the job's own evaluations."""
+    engine = {f.name: f.default for f in fields(RunConfig)}
+    return {
+        "temperature": float(params.get("temperature") or defaults.get("temperature", engine["temperature"])),
+        "top_p": float(params.get("top_p") or defaults.get("top_p", engine["top_p"])),
+        "max_response_tokens": int(
+            params.get("max_response_tokens")
+            or defaults.get("max_response_tokens", engine["max_response_tokens"])
+        ),
+    }
+
+
+def result_lines(
+    items: list[dict[str, Any]], results: list[dict[str, Any]], grader: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """The engine's per-item results with what a reader needs beside them: the prompt and the reference."""
+    for result in results:
+        item = items[result["index"]]
+        yield {
+            "index": result["index"],
+            "prompt": item.get("messages"),
+            "reference": render_reference(grader, item),
+            **{k: v for k, v in result.items() if k != "index"},
+        }
 
 
 def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
@@ -47,18 +79,17 @@ def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
             raise EngineError("invalid_file", f"File '{evaluation.file_id}' no longer exists.", "file")
         adapter = params.get("adapter_uri")
         model_dir = base_model_dir(settings, params["base_model"])
-        # Unset: the model's recommended budget (sppo_defaults.json), else a general default.
-        tokens = params.get("max_response_tokens") or model_defaults(model_dir).get(
-            "max_response_tokens", DEFAULT_MAX_RESPONSE_TOKENS
-        )
+        sampling = resolve_sampling(params, model_defaults(model_dir))
+        _set(evaluation_id, S.running, params={**params, **sampling})  # shown as resolved
         result = evaluate(
             model_dir,
             None if adapter is None else settings.data_dir / adapter,
             settings.data_dir / file.storage_uri,
             evaluation.grader,
             samples=evaluation.samples,
-            temperature=float(params.get("temperature", 1.0)),
-            max_response_tokens=int(tokens),
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+            max_response_tokens=sampling["max_response_tokens"],
             device=settings.device or "auto",
         )
     except Exception as exc:
@@ -77,8 +108,9 @@ def run_evaluation(evaluation_id: str, *, settings: Settings) -> str:
     target = settings.jobs_dir / "evaluations" / f"{evaluation_id}.jsonl"
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w") as handle:
-        for item in result.items:
-            handle.write(json.dumps(item) + "\n")
+        for line in result_lines(load_items(settings.data_dir / file.storage_uri), result.items,
+                                 evaluation.grader):  # fmt: skip
+            handle.write(json.dumps(line) + "\n")
     _set(
         evaluation_id,
         S.running,

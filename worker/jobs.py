@@ -171,6 +171,7 @@ def fail_job(
         error_message=message,
         error_param=param,
         estimated_finish=None,
+        status_detail=None,
     )
     return _commit_if(session, done)
 

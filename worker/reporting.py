@@ -24,6 +24,7 @@ from app.lifecycle import add_event
 from app.models import Checkpoint, Job, JobStatus, MetricPoint, new_id, now
 from app.queues import control_key
 from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
+from worker.alarms import AlarmBook
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ SHUTDOWN = threading.Event()
 FLUSH_EVERY_S = 2.0  # metric points reach the DB at most this late (and at every checkpoint and the end)
 CONTROL_POLL_S = 0.5  # the trainer may poll control() per generated token; Redis is read at most this often
 ADAPTER_CONFIG = "adapter_config.json"
+ENGINE_RESUMED = "resumed from checkpoint"  # the engine's own resume message, said again by on_start
 
 
 def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -68,6 +70,7 @@ class JobReporter(TrainerCallbacks):
         sessions: sessionmaker[Session],
         redis_client: "redis.Redis",
         heartbeat_interval_s: float,
+        alarms: AlarmBook | None = None,
     ) -> None:
         self.job_id = job_id
         self.worker_id = worker_id
@@ -87,6 +90,7 @@ class JobReporter(TrainerCallbacks):
         self.current_step = 0
         self.trained_tokens: int | None = None  # the engine's cumulative perf/tokens, once a step reports it
         self.last_eval: dict[str, float] = {}
+        self.alarms = alarms or AlarmBook(window=5)
         self._heartbeat = threading.Thread(
             target=self._beat, args=(heartbeat_interval_s,), name=f"heartbeat-{job_id}", daemon=True
         )
@@ -129,7 +133,7 @@ class JobReporter(TrainerCallbacks):
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
     def _progress(self) -> dict[str, Any]:
-        values: dict[str, Any] = {"current_step": self.current_step}
+        values: dict[str, Any] = {"current_step": self.current_step, "alarms": self.alarms.public()}
         if self.trained_tokens is not None:
             values["trained_tokens"] = self.trained_tokens
         done = self.current_step - self.start_step
@@ -184,6 +188,29 @@ class JobReporter(TrainerCallbacks):
             )
         )
 
+    def detail(self, text: str | None, *, event: bool = False) -> None:
+        """What the worker is doing before training starts (`status_detail`); optionally as an event too."""
+        work: Callable[[Session], object] = lambda _session: None  # noqa: E731
+        if event and text is not None:
+            work = lambda session: add_event(session, job_id=self.job_id, message=text)  # noqa: E731
+        self._write(work, status_detail=text)
+
+    def _raise_alarms(self, raised: list[dict[str, Any]]) -> None:
+        """One event per newly raised alarm; the job's `alarms` column carries the counts."""
+
+        def record(session: Session) -> None:
+            for alarm in raised:
+                add_event(
+                    session,
+                    job_id=self.job_id,
+                    message=f"Alarm: {alarm['message']}",
+                    level=alarm["level"],
+                    data={"alarm": alarm["code"], "step": alarm["last_step"]},
+                )
+
+        if raised:
+            self._write(record, alarms=self.alarms.public())
+
     # --- live stream -----------------------------------------------------------------------------------
 
     def _publish(self, step: int, metrics: dict[str, float]) -> None:
@@ -227,6 +254,7 @@ class JobReporter(TrainerCallbacks):
                 data={"start_step": self.start_step, "total_steps": self.total_steps},
             ),
             total_steps=self.total_steps,
+            status_detail=None,
             **self._progress(),
         )
 
@@ -239,16 +267,27 @@ class JobReporter(TrainerCallbacks):
             if "perf/tokens" in metrics:  # cumulative over the whole run, resumes included
                 self.trained_tokens = int(metrics["perf/tokens"])
             due = time.monotonic() - self._last_flush >= FLUSH_EVERY_S
+            raised = self.alarms.observe_step(step, metrics)
+        self._raise_alarms(raised)
         if due:
             self.flush()
 
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
+        if level == "warning":  # counted into the step's alarms (on_step), so repeats collapse into one
+            with self._lock:
+                self.alarms.warning(message)
+            return
+        if message.startswith(ENGINE_RESUMED):
+            return  # on_start writes the one resume event, with the step count
         self.event(message, level=level, data=data)
 
     def on_evaluation(self, step: int, scores: dict[str, float]) -> None:
         # The engine also adds the scores to the step's metrics (on_step follows): only the event here.
         scores = {name: float(value) for name, value in scores.items()}
         self.last_eval = scores
+        with self._lock:
+            raised = self.alarms.observe_evaluation(step, scores)
+        self._raise_alarms(raised)
         summary = ", ".join(f"{name}={value:.3f}" for name, value in sorted(scores.items()))
         self.event(f"Evaluation at step {step}: {summary}", type="metrics", data={"step": step, **scores})
 

@@ -9,6 +9,7 @@ anything else → failed with `internal_error` (details in the worker log, never
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -19,6 +20,8 @@ from app.lifecycle import transition
 from app.models import Job, JobStatus
 from app.queues import control_key
 from app.settings import Settings
+from worker.alarms import AlarmBook
+from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError
 from worker.engine.trainer import run_training
 from worker.jobs import (
@@ -30,6 +33,8 @@ from worker.jobs import (
     succeed_job,
     worker_identity,
 )
+from worker.preflight import OVERRIDE, check, grader_label, run_preflight
+from worker.preparing import reporting_preparation
 from worker.reporting import SHUTDOWN, JobReporter
 from worker.runconfig import build_run_config
 
@@ -86,6 +91,7 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
             str(settings.redis_url), socket_connect_timeout=2, socket_timeout=5
         ),
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        alarms=AlarmBook.restore(settings.alarm_window_steps, job.alarms),
     )
     log.info("job %s claimed by %s (attempt %d)", job_id, worker_id, job.attempt)
     try:
@@ -97,10 +103,14 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
 def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
     sessions = get_sessionmaker(settings.db_url)
     try:
-        with sessions() as session:
+        with sessions() as session, reporting_preparation(job.model, _detail(reporter)):
             config, resolved = build_run_config(session, settings=settings, job=job)
             session.execute(update(Job).where(*reporter.owned).values(resolved_hyperparameters=resolved))
             session.commit()
+        reporter.alarms.grader = grader_label(config.grader)
+        reporter.alarms.max_response_tokens = config.max_response_tokens
+        if job.current_step == 0:  # a resumed or requeued job passed its preflight before
+            _preflight(job, config, settings=settings, reporter=reporter)
         result = run_training(config, reporter)
     except Exception as exc:
         error = _user_error(exc, job)
@@ -124,6 +134,28 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
             )
         return "failed"
     return _record(job, result, settings=settings, reporter=reporter, model_name=model_name)
+
+
+def _detail(reporter: JobReporter) -> Callable[[str, bool], None]:
+    return lambda text, as_event: reporter.detail(text, event=as_event)
+
+
+def _preflight(job: Job, config: RunConfig, *, settings: Settings, reporter: JobReporter) -> None:
+    """Score the base model with the job's grader; raises (the job fails) on a constant reward."""
+    reporter.detail(
+        f"preflight: scoring the base model on training items with the {grader_label(config.grader)}"
+    )
+    result = run_preflight(config, max_items=settings.preflight_items)
+    warning = check(result, config.grader, override=bool(job.hyperparameters.get(OVERRIDE)))
+    if warning is not None:
+        reporter.event(warning, level="warn", data={"code": "grader_constant_reward"})
+    else:
+        reporter.event(
+            f"Preflight: the base model's mean reward is {result.reward_mean:.3f} over {result.completions} "
+            f"completions of {result.items} training items with the {grader_label(config.grader)}",
+            data={"preflight/reward_mean": result.reward_mean},
+        )
+    reporter.detail(None)
 
 
 def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:

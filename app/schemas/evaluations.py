@@ -17,7 +17,14 @@ class EvaluationCreate(StrictModel):
     file: str = Field(min_length=1, max_length=64, description="Id of a fine-tune file with the items.")
     grader: Grader
     samples: int = Field(default=4, ge=1, le=64, description="k of avg@k: sampled completions per item.")
-    temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature for avg@k.")
+    temperature: float | None = Field(
+        default=None,
+        gt=0,
+        le=2,
+        description="Sampling temperature for avg@k; default: the model's training temperature "
+        "(sppo_defaults.json), so scores agree with the evaluations a training job reports.",
+    )
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling; default 1.0.")
     max_response_tokens: int | None = Field(default=None, ge=1, le=32768)
     metadata: dict[str, str] | None = None
 
@@ -32,10 +39,12 @@ class EvaluationPublic(BaseModel):
     file: str
     grader: dict[str, Any]
     samples: int
-    temperature: float
+    temperature: float | None  # None until the worker has resolved the model's default
+    top_p: float | None = None
     max_response_tokens: int | None
     scores: dict[str, float] | None
-    # GET /v1/evaluations/{id}/results: one JSON line per item (prompt, completions, rewards).
+    # GET /v1/evaluations/{id}/results: one JSON line per item: prompt, reference, greedy completion and
+    # reward, sampled completions and their rewards.
     results_url: str | None
     error: JobError | None
     metadata: dict[str, str] | None
@@ -54,7 +63,8 @@ class EvaluationPublic(BaseModel):
             file=evaluation.file_id,
             grader=evaluation.grader,
             samples=evaluation.samples,
-            temperature=float(evaluation.params.get("temperature", 1.0)),
+            temperature=evaluation.params.get("temperature"),
+            top_p=evaluation.params.get("top_p"),
             max_response_tokens=evaluation.params.get("max_response_tokens"),
             scores=evaluation.scores,
             results_url=f"/v1/evaluations/{evaluation.id}/results" if evaluation.result_uri else None,

@@ -40,8 +40,21 @@ class JobHyperparameters(BaseModel):
     learning_rate_multiplier: float | str | None = None
 
 
+class Alarm(BaseModel):
+    """A training-health alarm (extension): raised once, later occurrences counted."""
+
+    code: str
+    level: Literal["warn", "error"]
+    message: str
+    count: int
+    first_step: int
+    last_step: int
+    active: bool
+
+
 class JobPublic(BaseModel):
-    """OpenAI's `fine_tuning.job`; `current_step`, `total_steps` and `attempt` are extensions."""
+    """OpenAI's `fine_tuning.job`; `current_step`, `total_steps`, `attempt`, `status_detail`, `alarms` and
+    `started_at` (first claim by a worker: a duration from it excludes queue time) are extensions."""
 
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -66,6 +79,9 @@ class JobPublic(BaseModel):
     current_step: int
     total_steps: int | None
     attempt: int
+    status_detail: str | None = None
+    alarms: list[Alarm] = []
+    started_at: int | None = None
 
     @classmethod
     def of(cls, job: Job) -> "JobPublic":
@@ -99,6 +115,9 @@ class JobPublic(BaseModel):
             current_step=job.current_step,
             total_steps=job.total_steps,
             attempt=job.attempt,
+            status_detail=job.status_detail,
+            alarms=[Alarm.model_validate(alarm) for alarm in job.alarms or []],
+            started_at=job.started_at,
         )
 
 

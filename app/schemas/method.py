@@ -95,6 +95,8 @@ class ReinforcementHyperparameters(StrictModel):
     lora_rank: int | None = Field(default=None, ge=1, le=256)
     lora_alpha: float | None = Field(default=None, gt=0)
     checkpoint_interval: int | None = Field(default=None, ge=1)
+    # Train even when the preflight finds the grader gives the base model a constant reward (warns instead).
+    allow_constant_reward: bool | None = None
 
 
 class ReinforcementMethod(StrictModel):

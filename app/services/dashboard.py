@@ -75,3 +75,25 @@ def latest_metrics(session: Session, *, tenant: Tenant, job_ids: list[str]) -> d
         )
     )
     return {row.job_id: dict(row.metrics) for row in rows}
+
+
+SCORE_LOOKBACK = (
+    500  # steps searched back for a job's last evaluation (the auto schedule evaluates far more often)
+)
+
+
+def latest_scores(session: Session, *, tenant: Tenant, job_ids: list[str]) -> dict[str, float]:
+    """The last validation score (eval/pass@1) of each of the tenant's jobs in `job_ids` that has one."""
+    scores: dict[str, float] = {}
+    for job_id in job_ids:
+        rows = session.scalars(
+            select(MetricPoint.metrics)
+            .join(Job, Job.id == MetricPoint.job_id)
+            .where(Job.tenant_id == tenant.id, MetricPoint.job_id == job_id)
+            .order_by(MetricPoint.step.desc())
+            .limit(SCORE_LOOKBACK)
+        )
+        found = next((m["eval/pass@1"] for m in rows if isinstance(m.get("eval/pass@1"), int | float)), None)
+        if found is not None:
+            scores[job_id] = float(found)
+    return scores

@@ -73,6 +73,7 @@ def create_evaluation(
         samples=request.samples,
         params={
             "temperature": request.temperature,
+            "top_p": request.top_p,
             "max_response_tokens": request.max_response_tokens,
             "base_model": base_model,
             "adapter_uri": adapter_uri,

@@ -17,7 +17,7 @@ from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from app.lifecycle import add_event, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant
-from app.registry import find_base_model
+from app.registry import BaseModelEntry, find_base_model
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.pagination import page
 from app.settings import Settings
@@ -25,6 +25,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 S = JobStatus
+HYPERPARAMETERS = "method.reinforcement.hyperparameters"
 
 
 def _training_file(session: Session, *, tenant: Tenant, file_id: str, param: str) -> File:
@@ -49,8 +50,35 @@ def _check_quota(session: Session, *, settings: Settings, tenant: Tenant) -> Non
         raise QuotaExceeded(f"You have {active} queued or running jobs; the limit is {limit}.")
 
 
+def _check_against_model(entry: BaseModelEntry, request: JobCreate, training: File) -> list[str]:
+    """400 for settings that cannot work with this model and file; warnings for legal, surprising ones."""
+    hyper = request.method.reinforcement.hyperparameters
+    tokens = hyper.max_response_tokens
+    if tokens is not None and entry.context_length is not None and tokens >= entry.context_length:
+        raise InvalidRequest(
+            f"max_response_tokens {tokens} does not fit model '{entry.name}', whose context holds "
+            f"{entry.context_length} positions (prompt and response together).",
+            param=f"{HYPERPARAMETERS}.max_response_tokens",
+        )
+    if isinstance(hyper.batch_size, int) and hyper.batch_size > training.line_count:
+        raise InvalidRequest(
+            f"batch_size {hyper.batch_size} is larger than the {training.line_count} items of the training "
+            f"file '{training.id}'; a step would repeat items. Use at most {training.line_count}.",
+            param=f"{HYPERPARAMETERS}.batch_size",
+        )
+    warnings = []
+    recommended = (entry.defaults or {}).get("max_response_tokens")
+    if tokens is not None and isinstance(recommended, int) and tokens < recommended:
+        warnings.append(
+            f"max_response_tokens {tokens} is below the {recommended} that model '{entry.name}' "
+            "recommends: longer answers are cut off and score 0 (watch the response_length_limit alarm)."
+        )
+    return warnings
+
+
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
-    if find_base_model(settings, request.model) is None:
+    entry = find_base_model(settings, request.model)
+    if entry is None:
         raise InvalidRequest(
             f"Model '{request.model}' is not available for fine-tuning; see GET /v1/models.",
             param="model",
@@ -70,6 +98,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
                     f"file '{file.id}' has (fields on every line: {list(file.item_fields)}).",
                     param=param,
                 )
+    warnings = _check_against_model(entry, request, files[0])
     _check_quota(session, settings=settings, tenant=tenant)
     method = request.method.model_dump(mode="json", exclude_none=True)
     job = Job(
@@ -87,6 +116,8 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
     session.add(job)
     session.flush()
     add_event(session, job_id=job.id, message="Created fine-tuning job", data={"status": S.queued.value})
+    for warning in warnings:
+        add_event(session, job_id=job.id, level="warn", message=warning)
     session.commit()
     _dispatch(session, settings=settings, job=job)
     return job

@@ -11,7 +11,13 @@ from app.settings import Settings
 
 def list_models(session: Session, *, settings: Settings, tenant: Tenant) -> list[ModelObject]:
     models = [
-        ModelObject(id=entry.name, created=entry.created, owned_by="system")
+        ModelObject(
+            id=entry.name,
+            created=entry.created,
+            owned_by="system",
+            recommended_grader=entry.recommended_grader,
+            context_length=entry.context_length,
+        )
         for entry in list_base_models(settings)
     ]
     fine_tuned = session.scalars(

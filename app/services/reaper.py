@@ -24,13 +24,13 @@ from sqlalchemy.orm import Session
 from app import dispatch
 from app.lifecycle import transition
 from app.models import Job, JobStatus, now
-from app.queues import TRAIN_QUEUE
+from app.queues import TRAIN_QUEUE, redis_key
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 S = JobStatus
-LOCK_KEY = "sppo:reaper:lock"
+LOCK_NAME = "reaper:lock"
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker and not yet acknowledged
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: `<queue>\x06\x16<priority>` for priorities > 0
 
@@ -105,11 +105,13 @@ def broker_holds(client: "redis.Redis", job_id: str) -> bool:
     Celery's message headers carry the task arguments as text (`argsrepr`), so a substring test finds it.
     """
     needle = job_id.encode()
-    queues = [TRAIN_QUEUE] + [f"{TRAIN_QUEUE}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
+    # kombu writes its keys under the install's prefix (app.queues.broker_options)
+    queue = redis_key(TRAIN_QUEUE)
+    queues = [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
     for queue in queues:
         if any(needle in message for message in client.lrange(queue, 0, -1)):
             return True
-    return any(needle in message for message in client.hvals(UNACKED_KEY))
+    return any(needle in message for message in client.hvals(redis_key(UNACKED_KEY)))
 
 
 def find_lost_messages(session: Session, *, settings: Settings, client: "redis.Redis") -> list[str]:
@@ -133,7 +135,9 @@ def reap_once(session: Session, *, settings: Settings) -> ReapReport:
     client = dispatch.redis_client(str(settings.redis_url))
     lock = None
     try:
-        lock = client.lock(LOCK_KEY, timeout=max(5.0, settings.reaper_interval_s * 2), blocking=False)
+        lock = client.lock(
+            redis_key(LOCK_NAME), timeout=max(5.0, settings.reaper_interval_s * 2), blocking=False
+        )
         if not lock.acquire():
             return ReapReport()
     except redis.RedisError:

@@ -18,13 +18,14 @@
     return [x, Object.assign({ size: 60 }, axis)];
   }
 
-  // Rewards, accuracies and pass@k live in [0, 1]: keep that scale, so a flat 0 reads as 0, not as noise.
+  // Fitted to the data, so a curve moving between 0.1 and 0.3 is not flattened; rewards, accuracies and
+  // pass@k live in [0, 1], so their axis never leaves it, and a flat 0 still reads as 0.
   function yRange(bounded) {
     return function (u, min, max) {
-      if (bounded) return [0, Math.max(1, max)];
-      if (min === max) { var pad = Math.abs(min) * 0.1 || 1; return [min - pad, max + pad]; }
-      var span = (max - min) * 0.08;
-      return [min - span, max + span];
+      var pad = min === max ? Math.abs(min) * 0.1 || (bounded ? 0.05 : 1) : (max - min) * 0.08;
+      var lo = min - pad, hi = max + pad;
+      if (bounded) { lo = Math.max(0, lo); hi = Math.min(Math.max(1, max), hi); }
+      return [lo, hi];
     };
   }
 
@@ -38,11 +39,13 @@
     return Math.max(el.clientWidth, 200);
   }
 
-  function makePlot(el, labels, data, xLabel, timeX, bounded) {
+  // colors: an index per series (the compare view's follow the job); default: the series' position.
+  function makePlot(el, labels, data, xLabel, timeX, bounded, colors) {
     el.innerHTML = "";
     var series = [{ label: xLabel, value: function (u, v) { return v == null ? "—" : timeX ? fmt(v) + " s" : v; } }];
     labels.forEach(function (label, i) {
-      series.push({ label: label, stroke: css(COLORS[i % COLORS.length]), width: 2, spanGaps: true,
+      var color = colors ? colors[i] : i;
+      series.push({ label: label, stroke: css(COLORS[color % COLORS.length]), width: 2, spanGaps: true,
                     value: function (u, v) { return fmt(v); }, points: { size: 4 } });
     });
     var plot = new uPlot({
@@ -50,6 +53,7 @@
       scales: { x: { time: false }, y: { range: yRange(bounded) } }, cursor: { drag: { x: true, y: false } },
       legend: { live: true },
     }, data, el);
+    el.uplot = plot; // for the browser tests (its scales) and for debugging from the console
     // Follow the card's width (laptop ↔ phone, rotating).
     new ResizeObserver(function () { plot.setSize({ width: width(el), height: 200 }); }).observe(el);
     return plot;
@@ -123,7 +127,8 @@
       var data = uPlot.join(tables);
       if (plot) plot.destroy();
       plot = makePlot(el, series.map(function (s) { return s.label; }), data,
-                      mode === "time" ? "seconds since start" : "step", mode === "time", el.dataset.bounded === "true");
+                      mode === "time" ? "seconds since start" : "step", mode === "time", el.dataset.bounded === "true",
+                      series.map(function (s) { return s.color; }));
       el.dataset.mode = mode;
     }
     document.querySelectorAll("[data-x]").forEach(function (button) {

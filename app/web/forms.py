@@ -11,6 +11,7 @@ from app.api.deps import SessionDep, SettingsDep
 from app.errors import APIError, validation_error
 from app.models import Tenant
 from app.schemas.jobs import JobCreate
+from app.schemas.models import ModelObject
 from app.services import files, jobs
 from app.services.models import list_models
 from app.settings import Settings
@@ -44,6 +45,12 @@ DEFAULTS = {
     "grader_pattern": "",
     "critic": "",
 }
+
+
+def _recommended_grader(models: list[ModelObject], model: str) -> dict[str, str]:
+    """Form values of the grader `model` declares (GET /v1/models `recommended_grader`), if it does."""
+    grader = next((m.recommended_grader for m in models if m.id == model), None) or {}
+    return {f"grader_{name}": str(value) for name, value in grader.items() if name != "name"}
 
 
 def _number(text: str) -> Any:
@@ -122,13 +129,14 @@ def _form_page(
     **extra: Any,
 ) -> Response:
     recent, _ = files.list_files(session, tenant=tenant, purpose="fine-tune", after=None, limit=100)
+    base_models = [
+        m for m in list_models(session, settings=settings, tenant=tenant) if m.owned_by == "system"
+    ]
     context = {
-        "models": [
-            m.id for m in list_models(session, settings=settings, tenant=tenant) if m.owned_by == "system"
-        ],
+        "models": [m.id for m in base_models],
         "files": recent,
         "hyperparameters": HYPERPARAMETERS,
-        "values": {**DEFAULTS, **values},
+        "values": {**DEFAULTS, **_recommended_grader(base_models, DEFAULTS["model"]), **values},
         "error": None,
         "error_field": None,
         **extra,

@@ -4,6 +4,7 @@ Each route reads through the same service functions as the JSON API (app/service
 session's tenant, and renders a template; htmx requests get just the fragment that refreshes.
 """
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
@@ -23,6 +24,10 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PAGE_SIZE = 20
 STATUSES = [s.value for s in JobStatus]
 BOUNDED_METRICS = ("rollout/reward_mean", "rollout/accuracy", "eval/pass@1")  # scores in [0, 1]
+CRITIC_ALGORITHMS = ("sppo", "ppo")
+CRITIC_HYPERPARAMETERS = ("critic", "critic_learning_rate", "critic_learning_rate_multiplier", "gae_gamma",
+                          "gae_lambda")  # fmt: skip
+COMPARE_COLORS = 6  # --c1 .. --c6 in app.css
 
 
 def _local_path(url: str | None) -> str:
@@ -73,6 +78,7 @@ def jobs_page(
     context: dict[str, Any] = {
         "jobs": [JobPublic.of(job) for job in rows],
         "latest": dashboard.latest_metrics(session, tenant=tenant, job_ids=[job.id for job in rows]),
+        "scores": dashboard.latest_scores(session, tenant=tenant, job_ids=[job.id for job in rows]),
         "has_more": has_more,
         "next_after": rows[-1].id if rows else None,
         "status": status,
@@ -89,10 +95,16 @@ def _job_context(session: SessionDep, tenant: WebTenant, job_id: str) -> dict[st
     events, _ = jobs.list_events(session, tenant=tenant, job_id=job_id, after=None, limit=50)
     checkpoints, _ = jobs.list_checkpoints(session, tenant=tenant, job_id=job_id, after=None, limit=100)
     public = JobPublic.of(job)
+    algorithm = public.method.get("reinforcement", {}).get("algorithm", "sppo")
+    hyperparameters = public.method.get("reinforcement", {}).get("hyperparameters") or {}
+    if algorithm not in CRITIC_ALGORITHMS:  # GRPO has no critic: its settings would only mislead
+        hyperparameters = {k: v for k, v in hyperparameters.items() if k not in CRITIC_HYPERPARAMETERS}
     return {
         "job": public,
-        "algorithm": public.method.get("reinforcement", {}).get("algorithm", "sppo"),
-        "hyperparameters": public.method.get("reinforcement", {}).get("hyperparameters") or {},
+        "algorithm": algorithm,
+        "has_critic": algorithm in CRITIC_ALGORITHMS,
+        "active_alarms": [alarm for alarm in public.alarms if alarm.active],
+        "hyperparameters": hyperparameters,
         "grader": public.method.get("reinforcement", {}).get("grader") or {},
         "events": events,
         "checkpoints": checkpoints,
@@ -135,7 +147,11 @@ def compare_page(
         series.append(
             {
                 "id": job_id,
-                "label": f"{algorithm} · {job_id[-8:]}",
+                # the suffix is the name people give a run; the colour follows the job, not its position
+                "label": f"{picked.suffix} ({algorithm})"
+                if picked.suffix
+                else f"{algorithm} · {job_id[-8:]}",
+                "color": int(hashlib.sha256(job_id.encode()).hexdigest(), 16) % COMPARE_COLORS,
                 "points": [[p.step, p.elapsed_s, p.metrics.get(metric)] for p in points],
             }
         )

@@ -1,5 +1,6 @@
 """A live API server (`uvicorn app.main:app` in a subprocess on a free port) and helpers to talk to it."""
 
+import json
 import os
 import socket
 import subprocess
@@ -29,6 +30,18 @@ GRADER = {
     "reference": "{{item.answer}}",
     "operation": "eq",
 }
+
+
+# What the registry model declares it is graded with (its sppo_grader.json), and its context length.
+REGISTRY_GRADER = {
+    "type": "regex",
+    "name": "final_answer",
+    "input": "{{sample.output_text}}",
+    "pattern": r"####\s*(-?\d+)",
+    "reference": "{{item.answer}}",
+    "operation": "eq",
+}
+REGISTRY_CONTEXT = 64
 
 
 def method(**hyperparameters: Any) -> dict[str, Any]:
@@ -63,9 +76,16 @@ def _free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("sppo-data")
     registry = data_dir / "registry"
-    (registry / REGISTRY_MODEL).mkdir(parents=True)
-    (registry / REGISTRY_MODEL / "config.json").write_text("{}")
+    model_dir = registry / REGISTRY_MODEL
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"max_position_embeddings": REGISTRY_CONTEXT}))
+    (model_dir / "model.safetensors").write_bytes(b"")
+    (model_dir / "tokenizer.json").write_text("{}")
+    (model_dir / "sppo_grader.json").write_text(json.dumps(REGISTRY_GRADER))
+    (model_dir / "sppo_defaults.json").write_text(json.dumps({"max_response_tokens": 32}))
     (registry / "not-a-model").mkdir()  # no config.json: must not be listed
+    (registry / "acme" / "config-only").mkdir()  # no weights or tokenizer: must not be listed either
+    (registry / "acme" / "config-only" / "config.json").write_text("{}")
     db_url = f"sqlite:///{data_dir / 'api.db'}"
     port = _free_port()
     env = {
@@ -119,7 +139,7 @@ def api(server: Server, key: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def upload(api: httpx.Client) -> Callable[..., dict[str, Any]]:
-    def _upload(content: str = ITEM * 3, filename: str = "train.jsonl") -> dict[str, Any]:
+    def _upload(content: str = ITEM * 8, filename: str = "train.jsonl") -> dict[str, Any]:
         response = api.post(
             "/v1/files", data={"purpose": "fine-tune"}, files={"file": (filename, content.encode())}
         )

@@ -16,7 +16,7 @@ from app.main import create_app
 from app.models import FineTunedModel
 from app.settings import Settings, get_settings
 
-from .conftest import REGISTRY_MODEL, Server, assert_error, method
+from .conftest import REGISTRY_CONTEXT, REGISTRY_GRADER, REGISTRY_MODEL, Server, assert_error, method
 
 
 def test_health_ready_metrics(server: Server) -> None:
@@ -36,7 +36,10 @@ def test_models_lists_registry_fixture_and_own_fine_tuned(
     models = api.get("/v1/models").json()
     assert models["object"] == "list"
     ids = [m["id"] for m in models["data"]]
-    assert ids == ["sppo-tiny", REGISTRY_MODEL]  # "not-a-model" has no config.json
+    assert ids == ["sppo-tiny", REGISTRY_MODEL]  # "not-a-model" has no config.json, "config-only" no weights
+    registry_model = models["data"][1]
+    assert registry_model["recommended_grader"] == REGISTRY_GRADER  # its sppo_grader.json
+    assert registry_model["context_length"] == REGISTRY_CONTEXT
     assert all(m["object"] == "model" and m["owned_by"] == "system" for m in models["data"])
 
     body = {"model": "sppo-tiny", "training_file": upload()["id"], "method": method()}

@@ -12,8 +12,9 @@ import redis
 from app.db import session_scope
 from app.lifecycle import transition
 from app.models import Checkpoint, JobStatus
+from app.queues import TRAIN_QUEUE, redis_key
 
-from .conftest import GRADER, MAX_JOBS, REGISTRY_MODEL, Server, assert_error, method
+from .conftest import GRADER, MAX_JOBS, REGISTRY_CONTEXT, REGISTRY_MODEL, Server, assert_error, method
 
 Upload = Callable[..., dict[str, Any]]
 
@@ -46,9 +47,9 @@ def set_status(server: Server, job_id: str, frm: JobStatus, to: JobStatus) -> No
 
 
 def queued_task_ids(server: Server) -> list[str]:
-    """Job ids of the `sppo.train` messages waiting on the Celery `training` queue (a Redis list)."""
+    """Job ids of the `sppo.train` messages waiting on the Celery `training` queue (a prefixed Redis list)."""
     client = redis.Redis.from_url(server.redis_url)
-    messages = [json.loads(raw) for raw in client.lrange("training", 0, -1)]
+    messages = [json.loads(raw) for raw in client.lrange(redis_key(TRAIN_QUEUE), 0, -1)]
     assert all(m["headers"]["task"] == "sppo.train" for m in messages)
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]  # body: [args, kwargs, embed]
 
@@ -287,3 +288,20 @@ def test_file_in_use_cannot_be_deleted(api: httpx.Client, create: Callable[..., 
     api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert api.delete(f"/v1/files/{job['training_file']}").status_code == 200
     assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["training_file"] == job["training_file"]
+
+
+def test_settings_that_cannot_work_with_the_model_or_file_are_400s(
+    api: httpx.Client, training_file: str, create: Callable[..., dict[str, Any]]
+) -> None:
+    hyper = "method.reinforcement.hyperparameters"
+    body = {"model": REGISTRY_MODEL, "training_file": training_file}
+    too_long = api.post("/v1/fine_tuning/jobs", json={**body, "method": method(max_response_tokens=4096)})
+    error = assert_error(too_long, 400, f"{hyper}.max_response_tokens")
+    assert f"context holds {REGISTRY_CONTEXT} positions" in error["message"]
+    too_big = api.post("/v1/fine_tuning/jobs", json={**body, "method": method(batch_size=4096)})
+    assert "larger than the 8 items" in assert_error(too_big, 400, f"{hyper}.batch_size")["message"]
+    # legal but surprising: a response budget below the model's recommended one is a warning event
+    job = create(model=REGISTRY_MODEL, method=method(max_response_tokens=16))
+    events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
+    assert any(e["level"] == "warn" and "below the 32 that model" in e["message"] for e in events)
+    assert job["alarms"] == [] and job["status_detail"] is None

@@ -13,6 +13,7 @@ from app.dispatch import dispatch_pending_jobs
 from app.errors import AuthenticationError
 from app.lifecycle import transition
 from app.models import File, Job, JobEvent, JobStatus, Tenant
+from app.queues import TRAIN_QUEUE, redis_key
 from app.schemas.jobs import JobCreate
 from app.services import jobs
 from app.services.keys import authenticate, create_key, revoke_key
@@ -108,7 +109,10 @@ def test_broker_down_keeps_the_job_queued_and_redispatches(
         stored = session.get(Job, job.id)
         assert stored is not None and stored.dispatched_at is not None
     # The message headers carry the task's args in `argsrepr`.
-    assert any(job.id.encode() in raw for raw in redis.Redis.from_url(redis_url).lrange("training", 0, -1))
+    assert any(
+        job.id.encode() in raw
+        for raw in redis.Redis.from_url(redis_url).lrange(redis_key(TRAIN_QUEUE), 0, -1)
+    )
 
 
 def test_revoked_key_fails_authentication(db_url: str) -> None:

@@ -43,3 +43,20 @@ def test_data_dir_must_be_a_directory(tmp_path: Path) -> None:
     not_a_dir.write_text("")
     with pytest.raises(ValidationError):
         Settings(data_dir=not_a_dir)
+
+
+def test_redis_prefix_names_every_key_and_broker_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.queues import broker_options, control_key
+    from app.settings import get_settings
+    from app.streams import metrics_stream_key
+
+    monkeypatch.setenv("SPPO_REDIS_PREFIX", "second")
+    get_settings.cache_clear()
+    try:
+        assert control_key("ftjob-1") == "second:jobs:ftjob-1:control"
+        assert metrics_stream_key("ftjob-1") == "second:jobs:ftjob-1:metrics"
+        assert broker_options() == {"global_keyprefix": "second:"}  # kombu's queues and bindings too
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="redis_prefix"):
+        Settings(redis_prefix="has space")

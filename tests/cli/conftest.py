@@ -44,5 +44,5 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 @pytest.fixture
 def train_file(tmp_path: Path) -> Path:
     path = tmp_path / "train.jsonl"
-    path.write_text(ITEM * 3)
+    path.write_text(ITEM * 8)
     return path

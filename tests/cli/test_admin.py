@@ -1,9 +1,11 @@
 """`sppo keys create/list/revoke` and the dev key of `sppo run`, against a real migrated database."""
 
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,6 @@ import pytest
 from app.db import session_scope, upgrade_database
 from app.errors import AuthenticationError
 from app.services.keys import authenticate
-from worker.engine.fixtures import Fixture
 
 SPPO = str(Path(sys.executable).parent / "sppo")
 
@@ -82,17 +83,39 @@ def _start_run(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     pytest.fail("sppo run exited before the server started")
 
 
-def test_sppo_run_migrates_serves_and_keeps_the_dev_key(
-    tmp_path: Path, redis_url: str, tiny: Fixture
-) -> None:
-    """`tiny` first: the worker `sppo run` starts then finds the fixture cached instead of building it."""
-    import socket
-
-    import httpx
-
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie has exited
+    except OSError:
+        return False
+
+
+def _children(parent: int) -> list[int]:
+    """Pids of the live processes whose parent is `parent` (field 4 of /proc/<pid>/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+            ):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return [pid for pid in found if _alive(pid)]
+
+
+def test_sppo_run_migrates_serves_and_keeps_the_dev_key(tmp_path: Path, redis_url: str) -> None:
+    """The workers take tasks at once (no fixture preparation first), so no model is needed here."""
+    import httpx
+
+    port = _free_port()
     env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url}
     env.pop("SPPO_DATABASE_URL", None)
     keys = []
@@ -111,3 +134,45 @@ def test_sppo_run_migrates_serves_and_keeps_the_dev_key(
         keys.append(key)
     assert keys[0] == keys[1] and keys[0].startswith("sk-sppo-")
     assert (tmp_path / "sppo.db").exists()  # the default SQLite database under the data dir
+
+
+def test_sppo_run_stops_everything_when_its_output_pipe_breaks(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`sppo run | reader`, the reader exits: Redis, both workers and the API must all stop."""
+    # a Redis URL nothing listens on: `sppo run` starts its own redis-server, which must stop too
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(_free_port()),
+           "SPPO_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}  # fmt: skip
+    env.pop("SPPO_DATABASE_URL", None)
+    signals = tmp_path_factory.mktemp("reader")
+    ready, go = signals / "ready", signals / "go"
+    # reads until the last line `sppo run` prints, says so, and exits once the test has looked around
+    reader_script = (
+        "import os, sys, time\n"
+        "for line in sys.stdin:\n"
+        "    if 'sppo client' in line:\n"
+        f"        open({str(ready)!r}, 'w').close()\n"
+        f"        while not os.path.exists({str(go)!r}): time.sleep(0.1)\n"
+        "        sys.exit(0)\n"
+    )
+    with (tmp_path / "run.err").open("wb") as err:
+        run = subprocess.Popen([SPPO, "run"], env=env, stdout=subprocess.PIPE, stderr=err)
+        reader = subprocess.Popen([sys.executable, "-c", reader_script], stdin=run.stdout)
+        assert run.stdout is not None
+        run.stdout.close()  # only the reader holds the pipe's read end now
+        try:
+            deadline = time.monotonic() + 120
+            while not ready.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            started = _children(run.pid)
+            assert len(started) == 3, started  # redis-server and the two workers
+            go.touch()
+            assert reader.wait(timeout=10) == 0
+            run.wait(timeout=90)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in started if _alive(pid)] == [], (tmp_path / "run.err").read_text()[-3000:]

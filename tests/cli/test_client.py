@@ -1,30 +1,35 @@
 """`sppo files|jobs|evals` against a live server (no worker: jobs stay queued until controlled)."""
 
+import json
 import tarfile
 from pathlib import Path
 
 from app.db import session_scope
 from app.models import Checkpoint
 
-from ..app.conftest import Server
+from ..app.conftest import REGISTRY_GRADER, REGISTRY_MODEL, Server
 from .conftest import Sppo, as_json, run_sppo
 
 
 def test_upload_create_list_get_and_control(sppo: Sppo, train_file: Path) -> None:
     uploaded = as_json(sppo("files", "upload", str(train_file), "--json"))
-    assert uploaded["line_count"] == 3 and uploaded["item_fields"] == ["answer", "messages"]
+    assert uploaded["line_count"] == 8 and uploaded["item_fields"] == ["answer", "messages"]
     listed = sppo("files", "list")
     assert listed.returncode == 0 and uploaded["id"] in listed.stdout and "train.jsonl" in listed.stdout
     assert as_json(sppo("files", "get", uploaded["id"], "--json"))["id"] == uploaded["id"]
 
-    # A local path as --training-file is uploaded first; the upload note goes to stderr, JSON to stdout.
-    job = as_json(
-        sppo(
-            "jobs", "create", "--model", "sppo-tiny", "--training-file", str(train_file),
+    # A local path as --training-file is uploaded first, unless the same content was (as here): reused.
+    # Notes go to stderr, JSON to stdout. No --grader: the model's recommended grader.
+    created = sppo(
+            "jobs", "create", "--model", REGISTRY_MODEL, "--training-file", str(train_file),
             "--algorithm", "grpo", "-H", "batch_size=4", "-H", "n_epochs=auto", "--seed", "3",
             "--metadata", "team=nlp", "--json",
-        )
     )  # fmt: skip
+    job = as_json(created)
+    assert (
+        f"already uploaded as {uploaded['id']}" in created.stderr and job["training_file"] == uploaded["id"]
+    )
+    assert job["method"]["reinforcement"]["grader"] == REGISTRY_GRADER
     assert job["status"] == "queued" and job["seed"] == 3 and job["metadata"] == {"team": "nlp"}
     assert job["method"]["reinforcement"]["algorithm"] == "grpo"
     assert job["method"]["reinforcement"]["hyperparameters"] == {"batch_size": 4, "n_epochs": "auto"}
@@ -33,7 +38,7 @@ def test_upload_create_list_get_and_control(sppo: Sppo, train_file: Path) -> Non
     assert job["id"] in table.stdout and "queued" in table.stdout and "grpo" in table.stdout
     assert [j["id"] for j in as_json(sppo("jobs", "list", "--json"))["data"]] == [job["id"]]
     shown = sppo("jobs", "get", job["id"])
-    assert "batch_size" in shown.stdout and "sppo-tiny" in shown.stdout
+    assert "batch_size" in shown.stdout and REGISTRY_MODEL in shown.stdout
 
     assert "paused" in sppo("jobs", "pause", job["id"]).stdout
     paused = sppo("jobs", "watch", job["id"])
@@ -45,13 +50,16 @@ def test_upload_create_list_get_and_control(sppo: Sppo, train_file: Path) -> Non
 
 
 def test_errors_print_the_api_message_not_a_traceback(server: Server, sppo: Sppo, train_file: Path) -> None:
-    bad_model = sppo("jobs", "create", "--model", "nope", "--training-file", str(train_file))
+    grader = json.dumps(REGISTRY_GRADER)
+    bad_model = sppo(
+        "jobs", "create", "--model", "nope", "--training-file", str(train_file), "--grader", grader
+    )
     assert bad_model.returncode == 1
     assert "Model 'nope' is not available for fine-tuning" in bad_model.stderr
     assert "Traceback" not in bad_model.stderr + bad_model.stdout
 
     bad_value = sppo(
-        "jobs", "create", "--model", "sppo-tiny", "--training-file", "file-x", "-H", "batch_size=0"
+        "jobs", "create", "--model", REGISTRY_MODEL, "--training-file", "file-x", "-H", "batch_size=0"
     )
     assert bad_value.returncode == 1 and "method.reinforcement.hyperparameters.batch_size" in bad_value.stderr
 
@@ -69,7 +77,7 @@ def test_download_unpacks_the_latest_checkpoint(
     server: Server, sppo: Sppo, train_file: Path, tmp_path: Path
 ) -> None:
     job = as_json(
-        sppo("jobs", "create", "--model", "sppo-tiny", "--training-file", str(train_file), "--json")
+        sppo("jobs", "create", "--model", REGISTRY_MODEL, "--training-file", str(train_file), "--json")
     )
     empty = sppo("jobs", "download", job["id"])
     assert empty.returncode == 1 and "has no checkpoints yet" in empty.stderr
@@ -93,16 +101,31 @@ def test_download_unpacks_the_latest_checkpoint(
     unpacked = tmp_path / "adapter"
     assert (unpacked / "adapter_config.json").read_text() == '{"step": 4}'
     assert (unpacked / "adapter_model.safetensors").stat().st_size == 1000
-    again = sppo("jobs", "download", job["id"], "--output", "adapter")
-    assert again.returncode == 1 and "not empty" in again.stderr
+    again = sppo("jobs", "download", job["id"], "--output", "adapter")  # refused before downloading
+    assert again.returncode == 1 and "exists and is not an empty folder" in again.stderr
 
 
-def test_evals_create_and_get(sppo: Sppo, train_file: Path) -> None:
-    created = as_json(sppo("evals", "create", "--model", "sppo-tiny", "--file", str(train_file), "--json"))
-    assert created["status"] == "queued" and created["model"] == "sppo-tiny" and created["samples"] == 4
+def test_evals_create_list_get(sppo: Sppo, train_file: Path) -> None:
+    created = as_json(
+        sppo("evals", "create", "--model", REGISTRY_MODEL, "--file", str(train_file), "--temperature", "0.5",
+             "--json")
+    )  # fmt: skip
+    assert created["status"] == "queued" and created["model"] == REGISTRY_MODEL and created["samples"] == 4
+    assert created["temperature"] == 0.5 and created["grader"] == REGISTRY_GRADER
+    unset = as_json(sppo("evals", "create", "--model", REGISTRY_MODEL, "--file", str(train_file), "--json"))
+    assert unset["temperature"] is None  # the worker resolves the model's training temperature
     shown = sppo("evals", "get", created["id"])
     assert shown.returncode == 0 and created["id"] in shown.stdout and "queued" in shown.stdout
     assert as_json(sppo("evals", "get", created["id"], "--json"))["id"] == created["id"]
+    listed = sppo("evals", "list")
+    assert listed.returncode == 0 and created["id"] in listed.stdout and unset["id"] in listed.stdout
+    no_results = sppo("evals", "results", created["id"])
+    assert no_results.returncode == 1 and "has no results (queued)" in no_results.stderr
+
+
+def test_without_grader_an_unknown_model_is_named(sppo: Sppo, train_file: Path) -> None:
+    result = sppo("jobs", "create", "--model", "nope", "--training-file", str(train_file))
+    assert result.returncode == 1 and "Model 'nope' is not in GET /v1/models" in result.stderr
 
 
 def test_tar_members_outside_the_target_are_refused(tmp_path: Path) -> None:

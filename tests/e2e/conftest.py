@@ -62,12 +62,13 @@ class Stack:
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        """A `sppo worker` subprocess; returns once Celery says it is ready."""
+    def start_worker(self, queues: str = "training,evaluation") -> subprocess.Popen[bytes]:
+        """A `sppo worker` subprocess on `queues`; returns once Celery says it is ready."""
         log = self.log_dir / f"worker-{len(self.workers)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "sppo"), "worker", "--loglevel", "INFO"],
+                [str(Path(sys.executable).parent / "sppo"), "worker", "--loglevel", "INFO",
+                 "--queues", queues],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.workers.append(process)
@@ -109,7 +110,7 @@ def stack(
     data_dir = tmp_path_factory.mktemp("sppo-e2e")
     (data_dir / "logs").mkdir()
     registry = data_dir / "registry"
-    (registry / "broken" / "tiny").mkdir(parents=True)  # listed (has config.json), but cannot be loaded
+    (registry / "broken" / "tiny").mkdir(parents=True)  # a config.json only: not offered (no weights)
     (registry / "broken" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     db_url = new_postgres_database()  # dropped at the end of the session, after this stack stops
     upgrade_database(db_url)

@@ -104,6 +104,7 @@ def test_pause_then_resume_continues_at_the_same_step(
     assert _stream_steps(stack, api, job["id"]) == list(range(1, total + 1))  # no gaps, no repeats
     messages = [e["message"] for e in events(api, job["id"])]
     assert f"Resumed from the checkpoint at step {at} of {total}" in messages
+    assert sum("esumed from" in m for m in messages) == 1  # one resume event, not the engine's as well
 
 
 def test_worker_killed_mid_training_job_resumes_on_a_new_worker(

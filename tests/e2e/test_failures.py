@@ -31,12 +31,13 @@ def _failed(api: httpx.Client, job_id: str) -> dict[str, Any]:
     return error
 
 
-def test_a_model_that_cannot_be_loaded_fails_with_model_not_found(
+def test_a_model_folder_without_weights_is_not_offered(
     api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
+    assert "broken/tiny" not in [m["id"] for m in api.get("/v1/models").json()["data"]]
     response = _create(api, model="broken/tiny", training_file=upload(jsonl(tiny.train_file, 0, 16)))
-    assert response.status_code == 200, response.text  # listed in the registry, so accepted
-    error = _failed(api, response.json()["id"])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
     assert (error["code"], error["param"]) == ("model_not_found", "model")
     assert "broken/tiny" in error["message"] and "/" + "tmp" not in error["message"]  # no server paths
 

@@ -13,8 +13,8 @@ import redis
 from celery import Celery
 
 from app.db import upgrade_database
-from app.presence import WORKERS_KEY
-from app.queues import TRAIN_TASK
+from app.presence import workers_key
+from app.queues import TRAIN_TASK, broker_options
 
 QUEUE = "log-test"  # its own queue: the shared test Redis also holds other tests' `training` messages
 
@@ -44,9 +44,11 @@ def test_worker_lines_are_json_and_carry_the_job_id(redis_url: str, tmp_path: Pa
         while "ready." not in log.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        assert redis.Redis.from_url(redis_url).hlen(WORKERS_KEY) >= 1  # its presence, for /metrics
+        assert redis.Redis.from_url(redis_url).hlen(workers_key()) >= 1  # its presence, for /metrics
         assert subprocess.run(probe, env=env, check=False).returncode == 0
-        Celery(broker=redis_url).send_task(TRAIN_TASK, args=["ftjob-not-there"], queue=QUEUE)
+        Celery(broker=redis_url, broker_transport_options=broker_options()).send_task(
+            TRAIN_TASK, args=["ftjob-not-there"], queue=QUEUE
+        )
         while "dropped" not in log.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)

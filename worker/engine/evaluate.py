@@ -21,7 +21,7 @@ class EvalResult:
     avg_at_k: float
     k: int
     items: list[dict[str, Any]] = field(default_factory=list)
-    """Per item: index, answer text of the greedy completion, its reward, and the k sampled rewards."""
+    """Per item: index, the greedy completion and its reward, the k sampled completions and rewards."""
 
     def scores(self) -> dict[str, float]:
         """Metric names as used everywhere: eval/pass@1 and eval/avg@<k>."""
@@ -69,6 +69,7 @@ def evaluate_policy(
                 "completion": greedy_texts[i],
                 "reward": grader(item, greedy_texts[i]),
                 "sample_rewards": sample_rewards,
+                "samples": sampled_texts[i * samples : (i + 1) * samples],
             }
         )
     pass_at_1 = sum(r["reward"] for r in results) / len(results)

@@ -208,3 +208,8 @@ def build_grader(spec: Mapping[str, Any]) -> Grader:
     if "name" in spec and not isinstance(spec["name"], str):
         raise GraderSpecError("grader.name must be a string", "grader.name")
     return builder(spec)
+
+
+def render_reference(spec: Mapping[str, Any], item: Mapping[str, Any]) -> str:
+    """The reference a grader compares against for `item` (shown next to evaluation results)."""
+    return _template(spec, "reference").render(item, "")

@@ -53,7 +53,7 @@ def new_job(api: httpx.Client) -> Callable[..., dict[str, Any]]:
 
     def _create(algorithm: str = "sppo") -> dict[str, Any]:
         file = api.post(
-            "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", ITEM.encode())}
+            "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", (ITEM * 4).encode())}
         )
         body = method(batch_size=2)
         body["reinforcement"]["algorithm"] = algorithm
