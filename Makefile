@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install run test lint bench fuzz clean
+.PHONY: install run test lint deploy-check bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The deployment files without a Docker engine: the Dockerfiles linted (hadolint, a dev dependency), the
+# compose file validated by Debian's docker-compose against its schema, with .env.example as its .env.
+deploy-check: $(STAMP)
+	$(BIN)/hadolint docker/api.Dockerfile docker/worker.Dockerfile
+	@command -v docker-compose >/dev/null || { echo "deploy-check needs docker-compose (apt-get install docker-compose)"; exit 1; }
+	tmp=$$(mktemp -d) && cp docker-compose.yml $$tmp/ && cp .env.example $$tmp/.env \
+	  && POSTGRES_PASSWORD=check docker-compose --project-directory $$tmp -f $$tmp/docker-compose.yml config -q; \
+	  status=$$?; rm -rf $$tmp; exit $$status
 
 # The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark), then
 # the model server's, fault-soak and load benchmarks (PostgreSQL at SPPO_TEST_POSTGRES_URL).

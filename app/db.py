@@ -14,8 +14,6 @@ from app.settings import get_settings
 if TYPE_CHECKING:
     from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Foreign keys are off by default in SQLite; WAL lets the API read while a worker writes.
@@ -81,10 +79,17 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 
 def alembic_config(url: str) -> "Config":
+    """Alembic's config without alembic.ini: the scripts are the installed `migrations` package, so this
+    works from a checkout and from site-packages alike (the ini only serves the `alembic` command line)."""
+    from importlib.util import find_spec
+
     from alembic.config import Config
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    spec = find_spec("migrations")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the `migrations` package is not installed; reinstall sppo-service")
+    config = Config()
+    config.set_main_option("script_location", str(Path(spec.origin).parent))
     config.attributes["database_url"] = url
     return config
 

@@ -13,6 +13,7 @@ from app.api.openapi import AUTHENTICATED, errors, install_openapi
 from app.api.routes import evaluations, files, health, inference, jobs, metrics, models
 from app.db import get_sessionmaker
 from app.errors import install_error_handlers
+from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.services.reaper import reap_once
 from app.settings import get_settings
@@ -51,6 +52,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     app = FastAPI(title="SPPO Service", version="0.1.0", lifespan=lifespan)
     v1 = APIRouter(prefix="/v1", responses=errors(*AUTHENTICATED))
     for module in (files, jobs, metrics, models, evaluations, inference):

@@ -7,14 +7,17 @@ import time
 import uuid
 from urllib.parse import parse_qsl
 
+import structlog
 from fastapi import HTTPException
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import APIError, InvalidRequest, PayloadTooLarge, error_body
-from app.metrics import METRICS
+from app.logs import new_log_context, reset_log_context
+from app.metrics import observe_request
 
 log = logging.getLogger(__name__)
+request_log = structlog.get_logger("sppo.request")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Multipart framing (boundaries, part headers, the purpose field) on top of the file itself.
@@ -22,7 +25,8 @@ _MULTIPART_SLACK = 64 * 1024
 
 
 class RequestContextMiddleware:
-    """Gives each request an id (a caller's X-Request-ID if it is safe) that the logs and 500 bodies quote."""
+    """Gives each request an id (a caller's X-Request-ID if it is safe) that the logs and 500 bodies quote,
+    counts it in the metrics and writes one log line for it (uvicorn's access log, with the ids added)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,6 +38,7 @@ class RequestContextMiddleware:
         incoming = Headers(scope=scope).get("x-request-id", "")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        context = new_log_context(request_id=request_id)  # the auth dependency adds tenant_id
         started = time.perf_counter()
         status = 500
 
@@ -49,9 +54,29 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")  # the template, so ids never become label values
-            METRICS.observe_request(scope["method"], path, status, time.perf_counter() - started)
+            path = route_template(scope)
+            seconds = time.perf_counter() - started
+            observe_request(scope["method"], path, status, seconds)
+            request_log.info(
+                "request", method=scope["method"], path=scope["path"], route=path, status=status,
+                duration_ms=round(seconds * 1000, 1),
+            )  # fmt: skip
+            reset_log_context(context)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's full template (`/v1/models`), so ids never become metric label values.
+
+    An included router's route knows only its own part (`/models`); the prefix is the request path's
+    leading segments, which hold no parameters in this app. `unmatched` for a 404 outside any route.
+    """
+    template: str | None = getattr(scope.get("route"), "path", None)
+    if template is None:
+        return "unmatched"
+    if ":path}" in template:  # a path parameter spans segments: the prefix cannot be counted off
+        return template
+    segments, own = scope["path"].split("/"), template.split("/")
+    return "/".join(segments[: max(1, len(segments) - len(own) + 1)]) + template
 
 
 class BodyLimitMiddleware:

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,6 +174,15 @@ class Settings(BaseSettings):
     )
     shutdown_drain_s: int = Field(
         default=3, ge=0, description="On SIGTERM, how long open requests and streams may take to finish."
+    )
+    # --- deployment: logs, graceful shutdown (issue 10) ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the API and the workers."
+    )
+    log_format: Literal["console", "json"] = Field(
+        default="console",
+        description="console: human-readable lines (`make run`); json: one JSON object per line carrying "
+        "request_id, tenant_id and job_id (docker-compose.yml sets it).",
     )
 
     @model_validator(mode="after")

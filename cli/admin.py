@@ -58,26 +58,43 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by 
 
 
 @app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision (default: the newest).")] = "head",
+) -> None:
+    """Create or upgrade the schema of SPPO_DATABASE_URL with the migrations shipped in the package."""
+    from app.db import upgrade_database
+    from app.settings import get_settings
+
+    settings = get_settings()
+    upgrade_database(settings.db_url, revision)
+    typer.echo(f"Database {settings.safe_db_url} is at revision {revision}.")
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default SPPO_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default SPPO_PORT).")] = None,
 ) -> None:
-    """Run the API server (`uvicorn app.main:app`); run migrations first (`alembic upgrade head`)."""
+    """Run the API server (`uvicorn app.main:app`); run `sppo migrate` first."""
     import uvicorn
 
+    from app.logs import configure_logging
     from app.settings import get_settings
 
     settings = get_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     uvicorn.run(
         "app.main:app",
         host=host or settings.host,
         port=port or settings.port,
-        log_level="info",
+        log_config=None,  # the app's structlog set-up formats uvicorn's lines too
+        log_level=settings.log_level.lower(),
+        access_log=False,  # RequestContextMiddleware logs each request, with its ids
         # X-Forwarded-Proto/-For only from the proxies named in SPPO_FORWARDED_ALLOW_IPS (none by default)
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
-        # Bounded drain on SIGTERM (metric streams end by themselves, see app/shutdown.py); a request's
-        # headers may not exceed 64 KiB.
+        # SIGTERM (a container stop): stop accepting, let in-flight requests finish, bounded; metric
+        # streams end by themselves (app/shutdown.py). A request's headers may not exceed 64 KiB.
         timeout_graceful_shutdown=settings.shutdown_drain_s,
         h11_max_incomplete_event_size=64 * 1024,
     )

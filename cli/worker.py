@@ -24,26 +24,34 @@ def worker(
     prepare_fixture: Annotated[
         bool, typer.Option(help="Build the sppo-tiny fixture model before taking tasks.")
     ] = False,
-    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help="Log level (default SPPO_LOG_LEVEL).")] = None,
 ) -> None:
     """Run a Celery worker for training and evaluation tasks (one task at a time)."""
+    from app.logs import configure_logging
     from app.settings import get_settings
 
     if device is not None:
         os.environ["SPPO_DEVICE"] = device
-        get_settings.cache_clear()
+    if loglevel is not None:
+        os.environ["SPPO_LOG_LEVEL"] = loglevel.upper()  # the worker's Celery signals read the settings
+    get_settings.cache_clear()
     settings = get_settings()
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     chosen = settings.device or _auto_device()
-    typer.echo(f"sppo worker: queues {queues}, device {chosen}, broker {_redacted(str(settings.redis_url))}")
+    log.info(
+        "sppo worker: queues %s, device %s, broker %s", queues, chosen, _redacted(str(settings.redis_url))
+    )
     if prepare_fixture:
         from worker.engine.fixtures import ensure_fixture
 
-        typer.echo(f"sppo-tiny fixture ready at {ensure_fixture().model_dir}")
+        log.info("sppo-tiny fixture ready at %s", ensure_fixture().model_dir)
     from worker.celery_app import app as celery
 
+    # JSON logs: no ASCII-art banner on stdout, so every line a container writes parses.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
     celery.worker_main(
         [
+            *quiet,
             "worker",
             "--pool=solo",
             "--concurrency=1",
@@ -52,7 +60,7 @@ def worker(
             # No worker-to-worker chatter: state is in the DB, control in Redis keys.
             "--without-gossip",
             "--without-mingle",
-            f"--loglevel={loglevel.upper()}",
+            f"--loglevel={settings.log_level}",
         ]
     )
 

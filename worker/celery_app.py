@@ -28,7 +28,7 @@ def _queue(name: str) -> Queue:
 
 def create_celery_app() -> Celery:
     settings = get_settings()
-    celery = Celery("sppo", broker=str(settings.redis_url), include=["worker.tasks"])
+    celery = Celery("sppo", broker=str(settings.redis_url), include=["worker.tasks", "worker.presence"])
     celery.conf.update(
         # Each queue on its own direct exchange and routing key, as the API's send_task(queue=...) sends.
         task_queues=[_queue(TRAIN_QUEUE), _queue(EVALUATION_QUEUE)],

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
 from app.errors import AuthenticationError
+from app.logs import bind_log_ids
 from app.models import Tenant
 from app.settings import Settings, get_settings
 
@@ -28,6 +29,7 @@ async def get_current_tenant(request: Request) -> Tenant:
     tenant = getattr(request.state, "tenant", None)
     if not isinstance(tenant, Tenant):
         raise AuthenticationError("You didn't provide an API key.", code="missing_api_key")
+    bind_log_ids(tenant_id=tenant.id)
     return tenant
 
 

@@ -19,6 +19,7 @@ from fastapi import Depends, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.api.deps import SessionDep, SettingsDep
+from app.logs import bind_log_ids
 from app.models import Tenant
 from app.services.sessions import SESSION_TTL_S, session_tenant
 from app.settings import Settings
@@ -125,6 +126,7 @@ def get_web_tenant(web: WebSessionDep, session: SessionDep) -> Tenant:
     tenant = session_tenant(session, token=web.token)
     if tenant is None:  # signed out, expired, or the key was revoked since sign-in
         raise LoginRequired
+    bind_log_ids(tenant_id=tenant.id)
     return tenant
 
 

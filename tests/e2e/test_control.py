@@ -141,6 +141,8 @@ def test_worker_shut_down_cleanly_requeues_its_job_which_continues_elsewhere(
     done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
     assert done["status"] == "succeeded" and done["attempt"] == 1, done
     assert metric_steps(api, job["id"]) == list(range(1, total + 1))
+    # The live stream keeps every run of a step: none missing, none run twice (it resumed where it stopped).
+    assert _stream_steps(stack, api, job["id"]) == list(range(1, total + 1))
     messages = [e["message"] for e in events(api, job["id"])]
     assert any("shut down" in m and f"resumes from step {at}" in m for m in messages), messages
     assert f"Resumed from the checkpoint at step {at} of {total}" in messages

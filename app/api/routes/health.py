@@ -3,13 +3,14 @@
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from app import metrics as service_metrics
 from app.api.deps import SessionDep, SettingsDep
 from app.api.openapi import errors
 from app.dispatch import redis_client
-from app.metrics import METRICS
 
 router = APIRouter(tags=["health"])
 
@@ -36,6 +37,7 @@ def ready(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse, responses=errors(503))
-def metrics(session: SessionDep) -> PlainTextResponse:
-    return PlainTextResponse(METRICS.render(session), media_type="text/plain; version=0.0.4")
+@router.get("/metrics", response_class=Response, responses=errors(503))
+def metrics(session: SessionDep, settings: SettingsDep) -> Response:
+    body = service_metrics.render(session, redis_client(str(settings.redis_url)))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
