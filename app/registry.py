@@ -1,4 +1,5 @@
-"""The base-model registry: a directory of Hugging Face model folders, plus the built-in `sppo-tiny` fixture.
+"""The base-model registry: a directory of Hugging Face model folders, plus the built-in fixtures
+(`sppo-tiny`, `sppo-tiny-long`).
 
 A request's model name is only ever matched against this listing, never joined onto a path, so no
 request string can reach the filesystem. The worker resolves names with the same function.
@@ -10,12 +11,13 @@ from pathlib import Path
 from app.settings import Settings
 
 FIXTURE_MODEL = "sppo-tiny"
+FIXTURE_MODELS = (FIXTURE_MODEL, "sppo-tiny-long")  # shipped with the engine (worker/engine/fixture_models)
 
 
 @dataclass(frozen=True)
 class BaseModelEntry:
     name: str
-    path: Path | None  # None for the built-in fixture, which the engine builds on demand
+    path: Path | None  # None for a built-in fixture, which ships with the engine
     created: int
 
 
@@ -24,8 +26,8 @@ def _is_model_dir(path: Path) -> bool:
 
 
 def list_base_models(settings: Settings) -> list[BaseModelEntry]:
-    """`sppo-tiny` plus every `<dir>` and `<org>/<dir>` under the registry holding a config.json."""
-    entries = [BaseModelEntry(FIXTURE_MODEL, None, 0)]
+    """The fixtures plus every `<dir>` and `<org>/<dir>` under the registry holding a config.json."""
+    entries = [BaseModelEntry(name, None, 0) for name in FIXTURE_MODELS]
     root = settings.registry_dir
     if not root.is_dir():
         return entries

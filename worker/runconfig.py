@@ -34,7 +34,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def base_model_dir(settings: Settings, name: str) -> Path:
-    """The directory of a registry model; the built-in fixture is built (once, cached) on first use."""
+    """The directory of a registry model; a built-in fixture is its shipped copy."""
     entry = find_base_model(settings, name)
     if entry is None:
         raise ModelNotFoundError(f"Model '{name}' is no longer in the model registry; see GET /v1/models.")
@@ -43,9 +43,9 @@ def base_model_dir(settings: Settings, name: str) -> Path:
             if not any((entry.path / file).is_file() for file in names):
                 raise ModelNotFoundError(f"Model '{name}' has no {kind} in the model registry.")
         return entry.path
-    from worker.engine.fixtures import ensure_fixture  # builds with torch: only when the fixture is used
+    from worker.engine.fixtures import ensure_fixture  # the engine package: only when a fixture is used
 
-    return ensure_fixture().model_dir
+    return ensure_fixture(name).model_dir
 
 
 def file_path(session: Session, *, settings: Settings, job: Job, file_id: str, param: str) -> Path:

@@ -14,7 +14,7 @@ import yaml
 
 from worker.engine.errors import ConfigError
 
-ALGORITHM_NAMES = ("sppo", "grpo", "ppo")
+ALGORITHM_NAMES = ("sppo", "grpo", "ppo", "reinforce")
 CRITIC_KINDS = ("separate", "shared_lora")
 DEFAULTS_FILE = "sppo_defaults.json"
 
@@ -34,7 +34,8 @@ class RunConfig:
     validation_file: str | None = None
     """Validation JSONL scored every eval_interval steps (pass@1 greedy and avg@k sampled)."""
     algorithm: str = "sppo"
-    """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE)."""
+    """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE),
+    reinforce (batch-mean baseline, no critic)."""
     critic: str = "separate"
     """sppo/ppo critic: `separate` (own model + head) or `shared_lora` (policy base + own LoRA + head)."""
     critic_model: str | None = None
