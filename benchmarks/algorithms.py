@@ -53,10 +53,20 @@ HYPERPARAMETERS = (
 )
 
 
-def hyperparameters(task: str, mode: str) -> dict[str, Any]:
+def hyperparameters(task: str, mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The fixture's shipped defaults, FULL_OVERRIDES in full mode, then --set values."""
     defaults = model_defaults(ensure_fixture(task).model_dir)
     chosen = {k: v for k, v in defaults.items() if k in HYPERPARAMETERS}
-    return {**chosen, **FULL_OVERRIDES} if mode == "full" else chosen
+    return {**chosen, **(FULL_OVERRIDES if mode == "full" else {}), **overrides}
+
+
+def parse_set(values: list[str]) -> dict[str, Any]:
+    """`--set learning_rate=3e-4 --set temperature=1.0` -> {"learning_rate": 0.0003, "temperature": 1.0}."""
+    parsed: dict[str, Any] = {}
+    for value in values:
+        key, _, raw = value.partition("=")
+        parsed[key] = json.loads(raw)
+    return parsed
 
 
 def accuracy_at(points: list[Point], x: float, axis: str) -> float:
@@ -171,9 +181,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint-interval", type=int, default=10, help="steps between scored points")
     parser.add_argument("--max-eval-items", type=int, help="score only the first N validation items")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=JSON", help="override a hyperparameter (a sweep)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG")
     parser.add_argument("--from-json", type=Path, help="redo summary and plot from an algorithms.json")
     args = parser.parse_args()
+    unknown_keys = set(parse_set(args.set)) - set(HYPERPARAMETERS)
+    if unknown_keys:
+        parser.error(f"--set takes only {', '.join(HYPERPARAMETERS)}; got {sorted(unknown_keys)}")
     for option, valid in (("tasks", FIXTURE_NAMES), ("modes", tuple(MODES)), ("variants", tuple(VARIANTS))):
         unknown = set(getattr(args, option).split(",")) - set(valid)
         if unknown:
@@ -209,7 +225,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     started = time.perf_counter()
-    tasks, modes = args.tasks.split(","), args.modes.split(",")
+    tasks, modes, overrides = args.tasks.split(","), args.modes.split(","), parse_set(args.set)
     setup: dict[str, Any] = {
         "budget_s": args.budget_s,
         "clock": args.clock,
@@ -227,7 +243,7 @@ def main() -> None:
     }
     for task in tasks:
         fixture = ensure_fixture(task)
-        temperature = float(hyperparameters(task, "lora")["temperature"])
+        temperature = float(hyperparameters(task, "lora", overrides)["temperature"])
         greedy, sampled = score(fixture, None, temperature, False, args.max_eval_items)
         items = sum(1 for _ in fixture.validation_file.open())
         setup["base"][task] = {
@@ -247,7 +263,7 @@ def main() -> None:
                 args.budget_s,
                 args.clock,
                 args.checkpoint_interval,
-                hyperparameters(task, mode),
+                hyperparameters(task, mode, overrides),
                 work_dir,
             )
             for task in tasks

@@ -138,9 +138,9 @@ class BudgetCallbacks(TrainerCallbacks):
             shutil.copytree(checkpoint / "adapter", target)
             return target
         shutil.copytree(checkpoint / "model", target)  # full fine-tuning: weights without a tokenizer
-        for name in TOKENIZER_FILES:
-            if (self.model_dir / name).is_file():
-                shutil.copy(self.model_dir / name, target / name)
+        for file in self.model_dir.iterdir():
+            if file.is_file() and file.name not in MODEL_FILES:
+                shutil.copy(file, target / file.name)
         return target
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:

@@ -1,6 +1,7 @@
 """One typed configuration for a training run, loadable from YAML and validated with clear messages.
 
-Defaults are the reference values for real (1.5B-7B) models from ALGORITHMS.md. A model directory may
+Defaults are the reference values for real (1.5B-7B) models from ALGORITHMS.md, with the actor learning
+rate raised 10x for LoRA (the default mode; docs/engine.md gives the sources). A model directory may
 carry `sppo_defaults.json` (the fixture does: tiny CPU models need far larger learning rates); those
 values override the reference defaults, and the job's own values override both.
 """
@@ -50,10 +51,12 @@ class RunConfig:
     """Dropout on the LoRA input; 0 keeps old log-probs equal to the training forward's."""
     lora_target_modules: list[str] | str = "all-linear"
     """Modules that get LoRA adapters: a list of names or peft's "all-linear"."""
-    learning_rate: float = 1e-6
-    """Actor learning rate (constant schedule)."""
+    learning_rate: float = 1e-5
+    """Actor learning rate (constant schedule): 10x the authors' full-parameter 1e-6, for a LoRA adapter;
+    set 1e-6 with use_lora false."""
     critic_learning_rate: float = 5e-6
-    """Critic learning rate (constant schedule)."""
+    """Critic learning rate (constant schedule): the authors' value for a full-parameter (`separate`)
+    critic; a `shared_lora` critic trains a LoRA adapter and wants ~10x (5e-5)."""
     weight_decay: float = 0.01
     """AdamW weight decay for actor and critic."""
     max_grad_norm: float = 1.0
