@@ -155,6 +155,9 @@ def build_fixture_command(
         Path | None, typer.Option("--dir", help="Where --rebuild writes. Default: the shipped copy.")
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    init_from: Annotated[
+        Path | None, typer.Option(help="With --rebuild: start the warm-up from this model directory.")
+    ] = None,
 ) -> None:
     """Show the shipped tiny model and its train/validation files, or rebuild it (--rebuild)."""
     from worker.engine.fixtures import default_fixture_dir, ensure_fixture, load_fixture
@@ -164,7 +167,9 @@ def build_fixture_command(
         from worker.engine.fixture_build import build_fixture
         from worker.engine.fixture_tasks import TASKS
 
-        fixture = load_fixture(build_fixture(TASKS[name], directory or default_fixture_dir(name), seed))
+        fixture = load_fixture(
+            build_fixture(TASKS[name], directory or default_fixture_dir(name), seed, init_from)
+        )
     else:
         fixture = ensure_fixture(name)
     console.print(

@@ -131,9 +131,14 @@ def warm_up(
     held_out = [task.make_problem(held_rng) for _ in range(task.selection_items)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     model.train()
-    measured, trace = 0.0, []
+    measured = accuracy(model, tokenizer, held_out, task.max_response_tokens)  # not 0 when initialised
+    trace = [(0, measured)]
     kept: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}
+    if task.window[0] <= measured <= task.window[1]:
+        kept[0] = (measured, {k: v.clone() for k, v in model.state_dict().items()})
     for step in range(1, max_steps + 1):
+        if measured > task.window[1]:
+            break
         make_problem = task.sft_problem or task.make_problem
         input_ids, labels = _sft_batch(tokenizer, [make_problem(rng) for _ in range(task.sft_batch)])
         loss = model(input_ids=input_ids, labels=labels).loss
@@ -149,8 +154,6 @@ def warm_up(
             )
             if task.window[0] <= measured <= task.window[1]:
                 kept[step] = (measured, {k: v.clone() for k, v in model.state_dict().items()})
-            if measured > task.window[1]:
-                break
     if not kept:
         raise RuntimeError(f"{task.name} warm-up never measured inside {task.window}: {trace[-5:]}")
     step = min(kept, key=lambda s: abs(kept[s][0] - task.target_accuracy))

@@ -11,6 +11,8 @@ import math
 import time
 from pathlib import Path
 
+import pytest
+
 from worker.engine.config import RunConfig
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 from worker.engine.trainer import run_training
@@ -19,6 +21,7 @@ logger = logging.getLogger(__name__)
 STEPS = 40
 
 
+@pytest.mark.timeout(1800)  # ~2 minutes on 2 idle cores; a shared, loaded machine is several times slower
 def test_sppo_raises_validation_accuracy(tiny: Fixture, tmp_path: Path) -> None:
     config = RunConfig.from_dict(
         {
