@@ -33,7 +33,7 @@ import torch
 from race import CLOCKS, MODES, SAMPLES_PER_STEP, VARIANTS, Point, RunRecord, RunSpec, run_one, score
 
 from worker.engine.config import model_defaults
-from worker.engine.fixtures import FIXTURE_NAMES, ensure_fixture
+from worker.engine.fixtures import FIXTURE_NAMES, Fixture, ensure_fixture
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGETS = {"sppo-tiny": 0.50, "sppo-tiny-long": 0.45}
@@ -67,6 +67,15 @@ def parse_set(values: list[str]) -> dict[str, Any]:
         key, _, raw = value.partition("=")
         parsed[key] = json.loads(raw)
     return parsed
+
+
+def base_scores(fixture: Fixture, temperature: float, max_items: int | None) -> tuple[float, float]:
+    """The base model's (greedy, sampled) accuracy: from fixture.json when it was measured there."""
+    manifest = json.loads((fixture.model_dir.parent / "fixture.json").read_text())
+    sampled = manifest["base_sampled_accuracy"].get(str(temperature))
+    if max_items is None and sampled is not None:
+        return fixture.base_accuracy, float(sampled)
+    return score(fixture, None, temperature, False, max_items)
 
 
 def accuracy_at(points: list[Point], x: float, axis: str) -> float:
@@ -244,7 +253,7 @@ def main() -> None:
     for task in tasks:
         fixture = ensure_fixture(task)
         temperature = float(hyperparameters(task, "lora", overrides)["temperature"])
-        greedy, sampled = score(fixture, None, temperature, False, args.max_eval_items)
+        greedy, sampled = base_scores(fixture, temperature, args.max_eval_items)
         items = sum(1 for _ in fixture.validation_file.open())
         setup["base"][task] = {
             "accuracy": greedy,

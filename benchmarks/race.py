@@ -24,12 +24,7 @@ from worker.engine.trainer import run_training
 SAMPLES_PER_STEP = 64  # the same for every variant: prompts per step = 64 / samples per prompt
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 SMALL_CRITIC_LAYERS = 2  # the "smaller separate critic": the policy's lower half (4 layers -> 2)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
+MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json")  # what a checkpoint's model/ has
 
 
 @dataclass(frozen=True)
@@ -177,7 +172,7 @@ def run_config(fixture: Fixture, spec: RunSpec, output_dir: Path) -> RunConfig:
     group_size = int(variant.overrides.get("group_size", 1))
     extra: dict[str, Any] = {}
     if spec.variant == "sppo_small_critic":
-        extra["critic_model"] = str(small_critic(fixture, Path(spec.work_dir) / f"small-critic-{spec.task}"))
+        extra["critic_model"] = str(small_critic(fixture, output_dir.parent / "small-critic"))
     return RunConfig.from_dict(
         {
             "model": str(fixture.model_dir),
