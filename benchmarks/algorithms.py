@@ -80,7 +80,7 @@ def base_scores(fixture: Fixture, temperature: float, max_items: int | None) -> 
 
 def accuracy_at(points: list[Point], x: float, axis: str) -> float:
     """Validation accuracy of the latest checkpoint at or before x (a step function of `axis`)."""
-    return [p.accuracy for p in points if getattr(p, axis) <= x][-1]
+    return ([p.accuracy for p in points if getattr(p, axis) <= x] or [points[0].accuracy])[-1]
 
 
 def time_to_target(points: list[Point], target: float) -> float | None:

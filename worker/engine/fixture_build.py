@@ -190,11 +190,6 @@ def build_fixture(task: FixtureTask, target: Path, seed: int = 0, init_from: Pat
     selection, steps, trace = warm_up(model, tokenizer, task, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    model_dir = staging / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    (model_dir / "sppo_defaults.json").write_text(json.dumps(task.defaults, indent=2) + "\n")
-    (model_dir / "sppo_grader.json").write_text(json.dumps(FIXTURE_GRADER, indent=2) + "\n")
     data_rng = random.Random(seed + 2)
     write_jsonl(staging / "train.jsonl", [task.make_problem(data_rng) for _ in range(4000)])
     validation = [task.make_problem(data_rng) for _ in range(task.validation_items)]
@@ -204,6 +199,14 @@ def build_fixture(task: FixtureTask, target: Path, seed: int = 0, init_from: Pat
         str(t): accuracy(model, tokenizer, validation, task.max_response_tokens, temperature=t, seed=seed)
         for t in SAMPLED_TEMPERATURES
     }
+    # the hottest temperature at which enough samples still succeed: exploration, yet a reward signal
+    hot_enough = [t for t in SAMPLED_TEMPERATURES if sampled[str(t)] >= task.min_sampled_accuracy]
+    defaults = {**task.defaults, "temperature": max(hot_enough, default=min(SAMPLED_TEMPERATURES))}
+    model_dir = staging / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "sppo_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    (model_dir / "sppo_grader.json").write_text(json.dumps(FIXTURE_GRADER, indent=2) + "\n")
     manifest = {
         "name": task.name,
         "seed": seed,

@@ -60,6 +60,8 @@ class FixtureTask:
     """Held-out problems the warm-up measures greedy accuracy on to choose its end point."""
     target_accuracy: float = 0.30
     window: tuple[float, float] = (0.25, 0.35)
+    min_sampled_accuracy: float = 0.15
+    """The default temperature is the hottest of fixture_build.SAMPLED_TEMPERATURES reaching this."""
     sft_batch: int = 128
     sft_problem: Callable[[random.Random], Problem] | None = None
     """What the supervised warm-up trains on (default: make_problem)."""
@@ -83,9 +85,8 @@ SHORT = FixtureTask(
     max_positions=64,
     defaults={
         **_COMMON,
-        "learning_rate": 1e-4,
-        "critic_learning_rate": 2e-4,
-        "temperature": 0.5,
+        "learning_rate": 3e-4,
+        "critic_learning_rate": 1e-4,
         "max_response_tokens": 32,
         "batch_size": 64,
         "minibatch_size": 32,
@@ -103,9 +104,8 @@ LONG = FixtureTask(
     max_positions=256,
     defaults={
         **_COMMON,
-        "learning_rate": 1e-4,
-        "critic_learning_rate": 2e-4,
-        "temperature": 0.5,
+        "learning_rate": 3e-4,
+        "critic_learning_rate": 1e-4,
         "max_response_tokens": 192,
         "batch_size": 32,
         "minibatch_size": 16,
