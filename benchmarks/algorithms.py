@@ -228,9 +228,9 @@ def load_records(path: Path) -> tuple[dict[str, Any], list[RunRecord]]:
 def main() -> None:
     args = parse_args()
     if args.from_json is not None:
-        setup, records = load_records(args.from_json)
-        write_results(args.out, setup, records)
-        print(json.dumps(summarize(records), indent=2))
+        recorded_setup, recorded = load_records(args.from_json)
+        write_results(args.out, recorded_setup, recorded)
+        print(json.dumps(summarize(recorded), indent=2))
         return
     torch.set_num_threads(1)
     started = time.perf_counter()
