@@ -94,6 +94,8 @@ SHORT = FixtureTask(
     },
     validation_items=500,
     selection_items=300,
+    sft_batch=64,
+    measure_every=4,
 )
 
 LONG = FixtureTask(
