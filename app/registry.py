@@ -1,5 +1,5 @@
-"""The base-model registry: a directory of Hugging Face model folders, plus the built-in fixtures
-(`sppo-tiny`, `sppo-tiny-long`).
+"""The base-model registry: a directory of Hugging Face model folders, plus the built-in fixture
+model(s) shipped with the engine.
 
 A request's model name is only ever matched against this listing, never joined onto a path, so no
 request string can reach the filesystem. The worker resolves names with the same function.
@@ -11,7 +11,8 @@ from pathlib import Path
 from app.settings import Settings
 
 FIXTURE_MODEL = "sppo-tiny"
-FIXTURE_MODELS = (FIXTURE_MODEL, "sppo-tiny-long")  # shipped with the engine (worker/engine/fixture_models)
+# shipped with the engine (worker/engine/fixture_models); "sppo-tiny-long" joins once its weights ship
+FIXTURE_MODELS = (FIXTURE_MODEL,)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def test_models_lists_registry_fixture_and_own_fine_tuned(
     models = api.get("/v1/models").json()
     assert models["object"] == "list"
     ids = [m["id"] for m in models["data"]]
-    assert ids == ["sppo-tiny", "sppo-tiny-long", REGISTRY_MODEL]  # "not-a-model" has no config.json
+    assert ids == ["sppo-tiny", REGISTRY_MODEL]  # "not-a-model" has no config.json
     assert all(m["object"] == "model" and m["owned_by"] == "system" for m in models["data"])
 
     body = {"model": "sppo-tiny", "training_file": upload()["id"], "method": method()}

@@ -25,8 +25,9 @@ __all__ = [
 
 FIXTURE_VERSION = "v3"
 MODEL_NAME = "sppo-tiny"
-FIXTURE_NAMES = tuple(TASKS)
 SHIPPED_DIR = Path(__file__).resolve().parent / "fixture_models"
+FIXTURE_NAMES = tuple(name for name in TASKS if (SHIPPED_DIR / name / "fixture.json").is_file())
+"""The fixtures whose built weights ship in SHIPPED_DIR."""
 
 
 class FixtureError(RuntimeError):
@@ -62,7 +63,10 @@ def load_fixture(path: Path) -> Fixture:
     try:
         manifest = json.loads((path / "fixture.json").read_text())
     except (OSError, ValueError) as exc:
-        raise FixtureError(f"no readable fixture.json in {path}: {exc}") from exc
+        raise FixtureError(
+            f"no readable fixture.json in {path} ({exc}); build it with"
+            f" `sppo fixture build --name {path.name} --rebuild`"
+        ) from exc
     for file_name, expected in manifest["sha256"].items():
         file = path / "model" / file_name
         if not file.is_file() or _sha256(file) != expected:

@@ -10,6 +10,7 @@ import pytest
 from worker.engine.fixture_tasks import TASKS, long_problem, running_sum_problem
 from worker.engine.fixtures import (
     FIXTURE_GRADER,
+    FIXTURE_NAMES,
     SHIPPED_DIR,
     FixtureError,
     default_fixture_dir,
@@ -18,7 +19,7 @@ from worker.engine.fixtures import (
 )
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_shipped_fixture_loads_without_building(name: str) -> None:
     fixture = ensure_fixture(name)
     assert fixture.model_dir == SHIPPED_DIR / name / "model" == default_fixture_dir(name) / "model"
@@ -27,6 +28,10 @@ def test_shipped_fixture_loads_without_building(name: str) -> None:
     assert manifest["validation_items"] == sum(1 for _ in fixture.validation_file.open()) >= 400
     assert json.loads((fixture.model_dir / "sppo_grader.json").read_text()) == FIXTURE_GRADER
     assert (fixture.model_dir / "model.safetensors").stat().st_size < 8_000_000
+
+
+def test_sppo_tiny_ships() -> None:
+    assert "sppo-tiny" in FIXTURE_NAMES
 
 
 def test_a_changed_model_file_fails_its_checksum(tmp_path: Path) -> None:
