@@ -50,8 +50,9 @@ def test_running_sum_problem_writes_every_addition() -> None:
     rng = random.Random(3)
     a, b, c, d = (rng.randint(10, 99) for _ in range(4))
     assert prompt == f"{a}+{b}+{c}+{d}="
-    assert completion == f"{a}+{b}={a + b};{a + b}+{c}={a + b + c};{a + b + c}+{d}={a + b + c + d}#### {answer}"
-    assert answer == str(a + b + c + d)
+    s, t, u = a + b, a + b + c, a + b + c + d
+    assert completion == f"{a}+{b}={s};{s}+{c}={t};{t}+{d}={u}#### {u}"
+    assert answer == str(u)
 
 
 def test_long_task_needs_at_least_128_response_tokens() -> None:
