@@ -18,7 +18,7 @@ from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 from worker.engine.trainer import run_training
 
 logger = logging.getLogger(__name__)
-STEPS = 40
+STEPS = 100  # ~2 minutes of training on one idle core (SPPO: ~54 samples/s, 64 samples per step)
 
 
 @pytest.mark.timeout(1800)  # ~2 minutes on 2 idle cores; a shared, loaded machine is several times slower
