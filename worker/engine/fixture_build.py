@@ -23,6 +23,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from worker.engine.fixture_tasks import FIXTURE_GRADER, FixtureTask, Problem
+from worker.engine.fixtures import FIXTURE_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ def build_fixture(task: FixtureTask, target: Path, seed: int = 0, init_from: Pat
     (model_dir / "sppo_grader.json").write_text(json.dumps(FIXTURE_GRADER, indent=2) + "\n")
     manifest = {
         "name": task.name,
+        "version": FIXTURE_VERSION,
         "seed": seed,
         "base_accuracy": greedy,
         "base_sampled_accuracy": sampled,
