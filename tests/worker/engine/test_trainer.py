@@ -40,7 +40,9 @@ class Recorder(TrainerCallbacks):
     [
         {"algorithm": "sppo", "critic": "separate"},
         {"algorithm": "sppo", "critic": "shared_lora"},
-        {"algorithm": "grpo", "batch_size": 2, "group_size": 4},
+        # hot sampling and 8 groups: the shipped model answers consistently, and GRPO moves nothing
+        # when every group's rewards are equal
+        {"algorithm": "grpo", "batch_size": 8, "group_size": 4, "temperature": 2.0},
         {"algorithm": "ppo", "critic": "separate"},
         {"algorithm": "sppo", "use_lora": False},
     ],
