@@ -1,4 +1,5 @@
-"""The base-model registry: a directory of Hugging Face model folders, plus the built-in `sppo-tiny` fixture.
+"""The base-model registry: a directory of Hugging Face model folders, plus the built-in fixture
+model(s) shipped with the engine.
 
 A request's model name is only ever matched against this listing, never joined onto a path, so no
 request string can reach the filesystem. The worker resolves names with the same function.
@@ -24,10 +25,10 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 FIXTURE_MODEL = "sppo-tiny"
-# Where the engine ships the fixture's weights (worker/engine/fixture_models); read, never imported.
-FIXTURE_MODEL_DIR = (
-    Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models" / (f"{FIXTURE_MODEL}/model")
-)
+# shipped with the engine (worker/engine/fixture_models); "sppo-tiny-long" joins once its weights ship
+FIXTURE_MODELS = (FIXTURE_MODEL,)
+# Where the engine ships the fixtures' files; read by path, never imported.
+FIXTURES_ROOT = Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models"
 GRADER_FILE = "sppo_grader.json"
 DEFAULTS_FILE = "sppo_defaults.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -43,7 +44,7 @@ _MAX_CHARS_PER_TOKEN = 32
 @dataclass(frozen=True)
 class BaseModelEntry:
     name: str
-    path: Path | None  # None for the built-in fixture, which the engine ships or builds on demand
+    path: Path | None  # None for a built-in fixture, which ships with the engine
     created: int
     recommended_grader: dict[str, Any] | None = None
     context_length: int | None = None
@@ -103,8 +104,8 @@ def is_complete_model_dir(path: Path) -> bool:
 
 
 def list_base_models(settings: Settings) -> list[BaseModelEntry]:
-    """`sppo-tiny` plus every complete `<dir>` and `<org>/<dir>` model folder under the registry."""
-    entries = [_entry(FIXTURE_MODEL, None, FIXTURE_MODEL_DIR, 0)]
+    """The fixtures plus every complete `<dir>` and `<org>/<dir>` model folder under the registry."""
+    entries = [_entry(name, None, FIXTURES_ROOT / name / "model", 0) for name in FIXTURE_MODELS]
     root = settings.registry_dir
     if not root.is_dir():
         return entries

@@ -1,223 +1,86 @@
-"""SPPO vs GRPO (N=4, N=8) vs PPO-GAE, and SPPO's two critics, on the fixture task at equal compute.
+"""The algorithm race: SPPO (three critics) vs GRPO N=4/N=8 vs PPO-GAE vs REINFORCE on both fixture tasks.
 
-Every run gets the same training budget in seconds and the same number of samples per step (64). The
-policy adapter is copied at every checkpoint and scored on the validation set (greedy pass@1) after the
-run, so evaluation never eats into the budget. Each (variant, seed) runs in its own single-threaded
-process, so the peak memory is that run's own.
+Every run of a task gets the same training budget in CPU-seconds of its own single-threaded process and
+the same number of samples per step (64), in LoRA mode (the API's) and/or full-parameter mode. Runs are
+paired in time: the variants of one (task, mode, seed) are queued next to each other, so they share the
+machine's load. Policies are copied at every checkpoint and scored on the validation set (greedy pass@1
+and one sample per item) after the run, so evaluation never eats into the budget.
 
-The budget clock is `cpu` by default: the run's process CPU seconds, which equal wall-clock seconds on a
-dedicated core but do not depend on what else the (shared) machine is doing; `--clock wall` uses
-wall-clock seconds instead. Both are recorded.
+Hyperparameters are the fixture's shipped `sppo_defaults.json` (LoRA) and FULL_OVERRIDES on top of them
+in full mode; the values used are recorded with every run. Targets for time-to-target are fixed here,
+before any run (TARGETS), a little above each base model's accuracy.
 
-    python benchmarks/algorithms.py                        # the full run (about 30 min on 2 cores)
-    python benchmarks/algorithms.py --budget-s 20 --seeds 1 --variants sppo,grpo_n8   # a smoke run
+    python benchmarks/algorithms.py                   # everything: 2 tasks x 2 modes x 7 variants x 3 seeds
+    python benchmarks/algorithms.py --tasks sppo-tiny --modes lora --variants sppo,grpo_n8 \
+        --seeds 1 --budget-s 30                       # a smoke run
 
-Writes benchmarks/results/algorithms.json and benchmarks/results/algorithms.png.
+Writes benchmarks/results/algorithms.json and algorithms.png (accuracy vs CPU-seconds and vs samples).
 """
 
 import argparse
 import json
 import multiprocessing
 import platform
-import resource
-import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from race import CLOCKS, MODES, SAMPLES_PER_STEP, VARIANTS, Point, RunRecord, RunSpec, run_one, score
 
-from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
-from worker.engine.config import RunConfig
-from worker.engine.evaluate import evaluate
-from worker.engine.fixtures import FIXTURE_GRADER, MAX_RESPONSE_TOKENS, Fixture, ensure_fixture
-from worker.engine.trainer import run_training
+from worker.engine.config import model_defaults
+from worker.engine.fixtures import FIXTURE_NAMES, Fixture, ensure_fixture
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SAMPLES_PER_STEP = 64  # the same for every variant: prompts per step = 64 / samples per prompt
-CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+TARGETS = {"sppo-tiny": 0.40, "sppo-tiny-long": 0.40}
+# full-parameter training needs a ~10x smaller learning rate than LoRA (ALGORITHMS.md: 3e-5 learns)
+FULL_OVERRIDES: dict[str, Any] = {"learning_rate": 3e-5, "critic_learning_rate": 1e-4}
+HYPERPARAMETERS = (
+    "learning_rate",
+    "critic_learning_rate",
+    "temperature",
+    "weight_decay",
+    "ppo_epochs",
+    "minibatch_size",
+    "lora_rank",
+    "lora_alpha",
+    "lora_target_modules",
+    "micro_batch_tokens",
+)
 
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    label: str
-    overrides: dict[str, Any]
+def hyperparameters(task: str, mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The fixture's shipped defaults, FULL_OVERRIDES in full mode, then --set values."""
+    defaults = model_defaults(ensure_fixture(task).model_dir)
+    chosen = {k: v for k, v in defaults.items() if k in HYPERPARAMETERS}
+    return {**chosen, **(FULL_OVERRIDES if mode == "full" else {}), **overrides}
 
 
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("sppo", "SPPO (separate critic)", {"algorithm": "sppo", "critic": "separate"}),
-        Variant(
-            "sppo_shared_lora", "SPPO (shared-LoRA critic)", {"algorithm": "sppo", "critic": "shared_lora"}
-        ),
-        Variant("grpo_n4", "GRPO N=4", {"algorithm": "grpo", "group_size": 4}),
-        Variant("grpo_n8", "GRPO N=8", {"algorithm": "grpo", "group_size": 8}),
-        Variant("ppo_gae", "PPO-GAE (token critic)", {"algorithm": "ppo", "critic": "separate"}),
-    )
-}
+def parse_set(values: list[str]) -> dict[str, Any]:
+    """`--set learning_rate=3e-4 --set temperature=1.0` -> {"learning_rate": 0.0003, "temperature": 1.0}."""
+    parsed: dict[str, Any] = {}
+    for value in values:
+        key, _, raw = value.partition("=")
+        parsed[key] = json.loads(raw)
+    return parsed
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    variant: str
-    seed: int
-    budget_s: float
-    clock: str
-    checkpoint_interval: int
-    learning_rate: float
-    critic_learning_rate: float
-    temperature: float
-    work_dir: str
+def base_scores(fixture: Fixture, temperature: float, max_items: int | None) -> tuple[float, float]:
+    """The base model's (greedy, sampled) accuracy: from fixture.json when it was measured there."""
+    manifest = json.loads((fixture.model_dir.parent / "fixture.json").read_text())
+    sampled = manifest["base_sampled_accuracy"].get(str(temperature))
+    if max_items is None and sampled is not None:
+        return fixture.base_accuracy, float(sampled)
+    return score(fixture, None, temperature, False, max_items)
 
 
-@dataclass
-class Point:
-    """One scored checkpoint of a run."""
-
-    step: int
-    training_s: float
-    """Budget clock at the end of the step (model loading, checkpoint writing and scoring excluded)."""
-    wall_s: float
-    samples: float
-    train_accuracy: float
-    """rollout/accuracy of that step: the policy's own sampled answers."""
-    accuracy: float = 0.0
-    """Validation greedy pass@1, filled in after the run."""
-    sampled_accuracy: float = 0.0
-    """Validation accuracy of one sample per item at the training temperature (avg@1)."""
-
-
-@dataclass
-class RunRecord:
-    variant: str
-    seed: int
-    points: list[Point]
-    samples_per_s: float
-    peak_memory_mb: float
-    zero_adv_frac_mean: float
-    steps: int
-
-
-class BudgetCallbacks(TrainerCallbacks):
-    """Pauses a run once its training clock passes the budget and copies the policy adapter at every
-    checkpoint. The clock starts after model loading and leaves out checkpoint writing (between on_step
-    and on_checkpoint) and the callbacks' own work; "pause" makes the trainer checkpoint the last
-    completed step before it returns, so the final state is scored too.
-    """
-
-    def __init__(self, budget_s: float, clock: Callable[[], float], adapter_dir: Path) -> None:
-        self.budget_s, self.clock, self.adapter_dir = budget_s, clock, adapter_dir
-        self.started = clock()
-        self.wall_started = time.perf_counter()
-        self.excluded = 0.0
-        self.step_ended_at: float | None = None
-        self.last_step: tuple[int, float, float, dict[str, float]] | None = None
-        self.points: list[Point] = []
-        self.adapters: list[Path] = []
-        self.zero_adv: list[float] = []
-
-    def training_s(self) -> float:
-        return self.clock() - self.started - self.excluded
-
-    def on_start(self, info: StartInfo) -> None:
-        self.started, self.wall_started = self.clock(), time.perf_counter()
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        self.step_ended_at = self.clock()
-        self.last_step = (step, self.training_s(), time.perf_counter() - self.wall_started, metrics)
-        self.zero_adv.append(metrics.get("health/zero_adv_frac", 0.0))
-
-    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
-        entered = self.clock()
-        if self.step_ended_at is not None:
-            self.excluded += entered - self.step_ended_at
-            self.step_ended_at = None
-        if self.last_step is not None and (not self.points or self.points[-1].step != step):
-            _, training_s, wall_s, step_metrics = self.last_step
-            target = self.adapter_dir / f"step-{step:06d}"
-            shutil.copytree(path / "adapter", target)
-            self.adapters.append(target)
-            self.points.append(
-                Point(
-                    step, training_s, wall_s, step_metrics["perf/samples"], step_metrics["rollout/accuracy"]
-                )
-            )
-        self.excluded += self.clock() - entered
-
-    def control(self) -> Control:
-        return "pause" if self.training_s() >= self.budget_s else "continue"
-
-
-def run_config(fixture: Fixture, spec: RunSpec, output_dir: Path) -> RunConfig:
-    variant = VARIANTS[spec.variant]
-    group_size = int(variant.overrides.get("group_size", 1))
-    return RunConfig.from_dict(
-        {
-            "model": str(fixture.model_dir),
-            "train_file": str(fixture.train_file),
-            "grader": FIXTURE_GRADER,
-            "output_dir": str(output_dir),
-            "batch_size": SAMPLES_PER_STEP // group_size,
-            "max_steps": 1_000_000,  # the budget ends the run
-            "checkpoint_interval": spec.checkpoint_interval,
-            "keep_checkpoints": 1,
-            "seed": spec.seed,
-            "device": "cpu",
-            "max_response_tokens": MAX_RESPONSE_TOKENS,
-            "learning_rate": spec.learning_rate,
-            "critic_learning_rate": spec.critic_learning_rate,
-            "temperature": spec.temperature,
-            **variant.overrides,
-        }
-    )
-
-
-def score(fixture: Fixture, adapter: Path | None, temperature: float) -> tuple[float, float]:
-    """(greedy pass@1, avg@1 sampled at the training temperature) on the validation file."""
-    result = evaluate(
-        fixture.model_dir,
-        adapter,
-        fixture.validation_file,
-        FIXTURE_GRADER,
-        samples=1,
-        temperature=temperature,
-        max_response_tokens=MAX_RESPONSE_TOKENS,
-        device="cpu",
-    )
-    return result.pass_at_1, result.avg_at_k
-
-
-def run_one(spec: RunSpec) -> RunRecord:
-    """Train one (variant, seed) to its budget, then score its checkpoints. Runs in a child process."""
-    torch.set_num_threads(1)
-    fixture = ensure_fixture()
-    work_dir = Path(spec.work_dir) / f"{spec.variant}-seed{spec.seed}"
-    callbacks = BudgetCallbacks(spec.budget_s, CLOCKS[spec.clock], work_dir / "adapters")
-    result = run_training(run_config(fixture, spec, work_dir / "run"), callbacks)
-    peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before scoring loads more
-    for point, adapter in zip(callbacks.points, callbacks.adapters, strict=True):
-        point.accuracy, point.sampled_accuracy = score(fixture, adapter, spec.temperature)
-    last = callbacks.points[-1]
-    return RunRecord(
-        variant=spec.variant,
-        seed=spec.seed,
-        points=callbacks.points,
-        samples_per_s=last.samples / last.training_s,
-        peak_memory_mb=peak_memory_mb,
-        zero_adv_frac_mean=statistics.fmean(callbacks.zero_adv),
-        steps=result.final_step,
-    )
-
-
-def accuracy_at(points: list[Point], seconds: float) -> float:
-    """Validation accuracy of the latest checkpoint at or before `seconds` (a step function)."""
-    return [p.accuracy for p in points if p.training_s <= seconds][-1]
+def accuracy_at(points: list[Point], x: float, axis: str) -> float:
+    """Validation accuracy of the latest checkpoint at or before x (a step function of `axis`)."""
+    return ([p.accuracy for p in points if getattr(p, axis) <= x] or [points[0].accuracy])[-1]
 
 
 def time_to_target(points: list[Point], target: float) -> float | None:
@@ -225,60 +88,92 @@ def time_to_target(points: list[Point], target: float) -> float | None:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
 
 
-def summarize(records: list[RunRecord], target: float) -> dict[str, dict[str, Any]]:
+def summarize(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """Per `task/mode/variant`: accuracies, time-to-target, throughput, memory; per `task/mode`: ratios."""
     summary: dict[str, dict[str, Any]] = {}
-    for name in VARIANTS:
-        runs = [r for r in records if r.variant == name]
-        if not runs:
-            continue
-        reached = [t for r in runs if (t := time_to_target(r.points, target)) is not None]
-        summary[name] = {
-            "label": VARIANTS[name].label,
-            "seeds": len(runs),
-            "final_accuracy": spread([r.points[-1].accuracy for r in runs]),
-            "best_accuracy": spread([max(p.accuracy for p in r.points) for r in runs]),
-            "time_to_target_s": spread(reached) if reached else None,
-            "reached_target": f"{len(reached)}/{len(runs)}",
-            "samples_per_s": spread([r.samples_per_s for r in runs]),
-            "peak_memory_mb": spread([r.peak_memory_mb for r in runs]),
-            "zero_adv_frac": spread([r.zero_adv_frac_mean for r in runs]),
-            "steps": spread([float(r.steps) for r in runs]),
-            "samples": spread([r.points[-1].samples for r in runs]),
-        }
+    for key in sorted({(r.task, r.mode) for r in records}):
+        task, mode = key
+        target = TARGETS[task]
+        for name in VARIANTS:
+            runs = [r for r in records if (r.task, r.mode, r.variant) == (task, mode, name)]
+            if not runs:
+                continue
+            reached = [t for r in runs if (t := time_to_target(r.points, target)) is not None]
+            summary[f"{task}/{mode}/{name}"] = {
+                "label": VARIANTS[name].label,
+                "seeds": len(runs),
+                "target_accuracy": target,
+                "final_accuracy": spread([r.points[-1].accuracy for r in runs]),
+                "final_sampled_accuracy": spread([r.points[-1].sampled_accuracy for r in runs]),
+                "best_accuracy": spread([max(p.accuracy for p in r.points) for r in runs]),
+                "time_to_target_s": spread(reached) if reached else None,
+                "reached_target": f"{len(reached)}/{len(runs)}",
+                "samples_per_s": spread([r.samples_per_s for r in runs]),
+                "peak_memory_mb": spread([r.peak_memory_mb for r in runs]),
+                "zero_adv_frac": spread([r.zero_adv_frac_mean for r in runs]),
+                "steps": spread([float(r.steps) for r in runs]),
+                "samples": spread([r.points[-1].samples for r in runs]),
+            }
+        sppo, grpo = summary.get(f"{task}/{mode}/sppo"), summary.get(f"{task}/{mode}/grpo_n8")
+        if sppo and grpo:
+            ratio = None
+            if sppo["time_to_target_s"] and grpo["time_to_target_s"]:
+                ratio = grpo["time_to_target_s"]["mean"] / sppo["time_to_target_s"]["mean"]
+            summary[f"{task}/{mode}/ratio"] = {
+                "grpo_n8_over_sppo_time_to_target": ratio,
+                "note": "None when either method missed the target in some seed's budget"
+                if ratio is None
+                else "GRPO N=8 mean time-to-target / SPPO's (both reached it)",
+            }
     return summary
 
 
-def plot(records: list[RunRecord], budget_s: float, target: float, clock: str, path: Path) -> None:
+def plot(records: list[RunRecord], budget_s: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server
     import matplotlib.pyplot as plt
 
-    # the step that crosses the budget is finished when it was already in its update phase
-    end = max([budget_s] + [p.training_s for r in records for p in r.points])
-    grid = [end * i / 100 for i in range(101)]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, variant in VARIANTS.items():
-        runs = [r for r in records if r.variant == name]
-        if not runs:
-            continue
-        curves = [[accuracy_at(r.points, t) for t in grid] for r in runs]  # (seeds, grid)
-        mean = [statistics.fmean(column) for column in zip(*curves, strict=True)]
-        (line,) = ax.plot(grid, mean, label=f"{variant.label} ({len(runs)} seeds)")
-        low = [min(column) for column in zip(*curves, strict=True)]
-        high = [max(column) for column in zip(*curves, strict=True)]
-        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
-    ax.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:.2f}")
-    ax.set_xlabel(f"training seconds ({clock} clock, one thread)")
-    ax.set_ylabel("validation accuracy (greedy pass@1)")
-    ax.set_title("sppo-tiny fixture: accuracy at equal compute (mean, min-max band over seeds)")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
+    panels = sorted({(r.task, r.mode) for r in records})
+    fig, axes = plt.subplots(len(panels), 2, figsize=(13, 4.2 * len(panels)), squeeze=False)
+    for row, (task, mode) in enumerate(panels):
+        for col, (axis, label) in enumerate(
+            (("training_s", "training CPU-seconds (one thread)"), ("samples", "samples generated"))
+        ):
+            ax = axes[row][col]
+            runs_here = [r for r in records if (r.task, r.mode) == (task, mode)]
+            end = max(
+                [budget_s if col == 0 else 0.0] + [getattr(p, axis) for r in runs_here for p in r.points]
+            )
+            grid = [end * i / 100 for i in range(101)]
+            for name, variant in VARIANTS.items():
+                runs = [r for r in runs_here if r.variant == name]
+                if not runs:
+                    continue
+                curves = [[accuracy_at(r.points, x, axis) for x in grid] for r in runs]  # (seeds, grid)
+                columns = list(zip(*curves, strict=True))
+                (line,) = ax.plot(
+                    grid, [statistics.fmean(c) for c in columns], label=f"{variant.label} ({len(runs)})"
+                )
+                ax.fill_between(
+                    grid,
+                    [min(c) for c in columns],
+                    [max(c) for c in columns],
+                    color=line.get_color(),
+                    alpha=0.12,
+                )
+            ax.axhline(TARGETS[task], color="grey", linestyle=":", linewidth=1, label="target")
+            ax.set_xlabel(label)
+            ax.set_ylabel("validation greedy pass@1")
+            ax.set_title(f"{task}, {mode}: mean and min-max over seeds")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -286,114 +181,126 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--budget-s", type=float, default=120.0, help="training seconds per run")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (0..N-1)")
+    parser.add_argument("--tasks", default=",".join(FIXTURE_NAMES), help="comma-separated fixtures")
+    parser.add_argument("--modes", default=",".join(MODES), help="lora, full or both")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
-    parser.add_argument("--target", type=float, default=0.4, help="accuracy for time-to-target")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="budget clock (see above)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (0..N-1)")
+    parser.add_argument("--budget-s", type=float, default=180.0, help="training seconds per run")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="budget clock")
     parser.add_argument("--checkpoint-interval", type=int, default=10, help="steps between scored points")
-    # pinned here rather than read from the fixture's sppo_defaults.json, so results stay comparable
-    # when those defaults are retuned; these are the values measured for LoRA-SPPO on the fixture
-    parser.add_argument("--learning-rate", type=float, default=1e-4, help="actor learning rate")
-    parser.add_argument("--critic-learning-rate", type=float, default=2e-4, help="critic learning rate")
-    parser.add_argument("--temperature", type=float, default=0.5, help="sampling temperature")
+    parser.add_argument("--max-eval-items", type=int, help="score only the first N validation items")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG")
     parser.add_argument(
-        "--from-json", type=Path, help="redo summary and plot from an earlier algorithms.json, train nothing"
+        "--set", action="append", default=[], metavar="KEY=JSON", help="override a hyperparameter (a sweep)"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG")
+    parser.add_argument("--from-json", type=Path, help="redo summary and plot from an algorithms.json")
     args = parser.parse_args()
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variant(s) {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
+    unknown_keys = set(parse_set(args.set)) - set(HYPERPARAMETERS)
+    if unknown_keys:
+        parser.error(f"--set takes only {', '.join(HYPERPARAMETERS)}; got {sorted(unknown_keys)}")
+    for option, valid in (("tasks", FIXTURE_NAMES), ("modes", tuple(MODES)), ("variants", tuple(VARIANTS))):
+        unknown = set(getattr(args, option).split(",")) - set(valid)
+        if unknown:
+            parser.error(f"unknown {option} {sorted(unknown)}; valid: {', '.join(valid)}")
     return args
 
 
-def write_results(args: argparse.Namespace, setup: dict[str, Any], records: list[RunRecord]) -> None:
+def write_results(out: Path, setup: dict[str, Any], records: list[RunRecord]) -> None:
     """JSON and plot of the runs finished so far (rewritten after every run, so a cut run keeps them)."""
-    records = sorted(records, key=lambda r: (list(VARIANTS).index(r.variant), r.seed))
+    records = sorted(records, key=lambda r: (r.task, r.mode, list(VARIANTS).index(r.variant), r.seed))
     report = {
-        "setup": {**setup, "runs_finished": len(records)},  # fewer than planned when cut short
-        "summary": summarize(records, args.target),
+        "setup": {**setup, "runs_finished": len(records)},
+        "summary": summarize(records),
         "runs": [asdict(r) for r in records],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "algorithms.json").write_text(json.dumps(report, indent=2))
-    plot(records, args.budget_s, args.target, args.clock, args.out / "algorithms.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "algorithms.json").write_text(json.dumps(report, indent=2))
+    plot(records, setup["budget_s"], out / "algorithms.png")
 
 
-def redo_from_json(args: argparse.Namespace, path: Path) -> None:
-    """Summary and plot again from recorded runs (e.g. for another --target), without training."""
+def load_records(path: Path) -> tuple[dict[str, Any], list[RunRecord]]:
     report = json.loads(path.read_text())
-    records = [
-        RunRecord(**{**run, "points": [Point(**point) for point in run["points"]]}) for run in report["runs"]
-    ]
-    setup = {**report["setup"], "target_accuracy": args.target}
-    args.budget_s, args.clock = setup["budget_s"], setup["clock"]
-    write_results(args, setup, records)
-    print(json.dumps(summarize(records, args.target), indent=2))
+    runs = [RunRecord(**{**r, "points": [Point(**p) for p in r["points"]]}) for r in report["runs"]]
+    return report["setup"], runs
 
 
 def main() -> None:
     args = parse_args()
     if args.from_json is not None:
-        redo_from_json(args, args.from_json)
+        recorded_setup, recorded = load_records(args.from_json)
+        write_results(args.out, recorded_setup, recorded)
+        print(json.dumps(summarize(recorded), indent=2))
         return
     torch.set_num_threads(1)
     started = time.perf_counter()
-    fixture = ensure_fixture()  # built once here, not by every child at the same time
-    base_accuracy, base_sampled = score(fixture, None, args.temperature)
-    print(f"fixture base model: validation accuracy {base_accuracy:.3f}", flush=True)
+    tasks, modes, overrides = args.tasks.split(","), args.modes.split(","), parse_set(args.set)
     setup: dict[str, Any] = {
         "budget_s": args.budget_s,
         "clock": args.clock,
         "seeds": args.seeds,
-        "target_accuracy": args.target,
+        "tasks": tasks,
+        "modes": modes,
+        "variants": args.variants.split(","),
+        "targets": TARGETS,
         "samples_per_step": SAMPLES_PER_STEP,
         "checkpoint_interval": args.checkpoint_interval,
-        "learning_rate": args.learning_rate,
-        "critic_learning_rate": args.critic_learning_rate,
-        "temperature": args.temperature,
-        "max_response_tokens": MAX_RESPONSE_TOKENS,
         "jobs": args.jobs,
-        "base_accuracy": base_accuracy,
-        "base_sampled_accuracy": base_sampled,
-        "validation_items": sum(1 for _ in fixture.validation_file.open()),
+        "base": {},
         "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} cores",
         "torch": torch.__version__,
     }
+    for task in tasks:
+        fixture = ensure_fixture(task)
+        temperature = float(hyperparameters(task, "lora", overrides)["temperature"])
+        greedy, sampled = base_scores(fixture, temperature, args.max_eval_items)
+        items = sum(1 for _ in fixture.validation_file.open())
+        setup["base"][task] = {
+            "accuracy": greedy,
+            "sampled_accuracy": sampled,
+            "validation_items": min(items, args.max_eval_items or items),
+        }
+        print(f"{task} base model: greedy {greedy:.3f}, sampled {sampled:.3f}", flush=True)
     records: list[RunRecord] = []
     with tempfile.TemporaryDirectory(prefix="sppo-bench-") as work_dir:
         specs = [
             RunSpec(
+                task,
+                mode,
                 name,
                 seed,
                 args.budget_s,
                 args.clock,
                 args.checkpoint_interval,
-                args.learning_rate,
-                args.critic_learning_rate,
-                args.temperature,
+                hyperparameters(task, mode, overrides),
                 work_dir,
             )
+            for task in tasks
+            for mode in modes
             for seed in range(args.seeds)
             for name in args.variants.split(",")
         ]
         # a fresh process per run: peak memory (ru_maxrss) is per run and torch state never leaks
         context = multiprocessing.get_context("spawn")
         with context.Pool(args.jobs, maxtasksperchild=1) as pool:
-            for record in pool.imap_unordered(run_one, specs):
-                record.points.insert(0, Point(0, 0.0, 0.0, 0.0, base_sampled, base_accuracy, base_sampled))
+            for record in pool.imap_unordered(partial(run_one, max_items=args.max_eval_items), specs):
+                base = setup["base"][record.task]
+                record.points.insert(
+                    0,
+                    Point(
+                        0, 0.0, 0.0, 0.0, base["sampled_accuracy"], base["accuracy"], base["sampled_accuracy"]
+                    ),
+                )
                 records.append(record)
                 setup["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
-                write_results(args, setup, records)
+                write_results(args.out, setup, records)
                 print(
-                    f"{record.variant:<17} seed {record.seed}:"
-                    f" final accuracy {record.points[-1].accuracy:.3f} after {record.steps} steps,"
+                    f"{record.task} {record.mode} {record.variant} seed {record.seed}: final accuracy"
+                    f" {record.points[-1].accuracy:.3f} after {record.steps} steps,"
                     f" {record.samples_per_s:.1f} samples/s, peak {record.peak_memory_mb:.0f} MB",
                     flush=True,
                 )
-    print(json.dumps(summarize(records, args.target), indent=2))
+    print(json.dumps(summarize(records), indent=2))
 
 
 if __name__ == "__main__":

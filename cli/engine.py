@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from worker.engine.callbacks import TrainerCallbacks
 
 console = Console()
-fixture_app = typer.Typer(help="The tiny local model `sppo-tiny` used by tests, examples and benchmarks.")
+fixture_app = typer.Typer(
+    help="The tiny local models `sppo-tiny`, `sppo-tiny-long` (tests, examples, benchmarks)."
+)
 SHOWN = [
     "rollout/reward_mean", "rollout/accuracy", "train/policy_loss", "train/critic_loss", "train/value_mean",
     "train/clipfrac", "train/approx_kl", "train/entropy", "perf/tokens_per_s", "eval/pass@1",
@@ -146,16 +148,31 @@ def evaluate_command(
 
 @fixture_app.command("build")
 def build_fixture_command(
+    name: Annotated[str, typer.Option(help="sppo-tiny or sppo-tiny-long.")] = "sppo-tiny",
+    rebuild: Annotated[
+        bool, typer.Option(help="Build the model from scratch (minutes) instead of using the shipped copy.")
+    ] = False,
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="Default: $SPPO_FIXTURE_DIR or ./.sppo/fixtures/...")
+        Path | None, typer.Option("--dir", help="Where --rebuild writes. Default: the shipped copy.")
     ] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    init_from: Annotated[
+        Path | None, typer.Option(help="With --rebuild: start the warm-up from this model directory.")
+    ] = None,
 ) -> None:
-    """Build (or reuse) the tiny model and its train/validation files."""
-    from worker.engine.fixtures import ensure_fixture
+    """Show the shipped tiny model and its train/validation files, or rebuild it (--rebuild)."""
+    from worker.engine.fixtures import default_fixture_dir, ensure_fixture, load_fixture
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fixture = ensure_fixture(directory, seed=seed)
+    if rebuild:
+        from worker.engine.fixture_build import build_fixture
+        from worker.engine.fixture_tasks import TASKS
+
+        fixture = load_fixture(
+            build_fixture(TASKS[name], directory or default_fixture_dir(name), seed, init_from)
+        )
+    else:
+        fixture = ensure_fixture(name)
     console.print(
         f"model: {fixture.model_dir}\ntrain: {fixture.train_file}\nvalidation: {fixture.validation_file}"
     )

@@ -22,7 +22,7 @@ def worker(
         str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default SPPO_DEVICE, else cuda if available).")
     ] = None,
     prepare_fixture: Annotated[
-        bool, typer.Option(help="Build the sppo-tiny fixture model before taking tasks.")
+        bool, typer.Option(help="Check the shipped sppo-tiny fixture before taking tasks.")
     ] = False,
     loglevel: Annotated[str | None, typer.Option(help="Log level (default SPPO_LOG_LEVEL).")] = None,
 ) -> None:

@@ -19,18 +19,16 @@ if TYPE_CHECKING:
 
 POSTGRES_URL = os.environ.get("SPPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_HOST_URL = os.environ.get("SPPO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-# One fixture-model cache per checkout, whatever SPPO_DATA_DIR a test sets: built once, shared by all tests.
-os.environ.setdefault("SPPO_FIXTURE_DIR", str(Path(__file__).resolve().parents[1] / ".sppo" / "fixtures"))
 
 
 @pytest.fixture(scope="session")
 def tiny() -> "Fixture":
-    """The `sppo-tiny` model and data (`default_fixture_dir()`), built on first use and cached."""
+    """The shipped `sppo-tiny` model and data."""
     import torch
 
-    from worker.engine.fixtures import default_fixture_dir, ensure_fixture
+    from worker.engine.fixtures import ensure_fixture
 
-    fixture = ensure_fixture(default_fixture_dir())
+    fixture = ensure_fixture()
     # then one thread: on a shared 2-core machine, two OpenMP threads per process thrash under load
     torch.set_num_threads(1)
     return fixture

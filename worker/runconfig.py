@@ -30,7 +30,7 @@ REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
 
 
 def base_model_dir(settings: Settings, name: str) -> Path:
-    """The directory of a registry model; the built-in fixture is built (once, cached) on first use.
+    """The directory of a registry model; a built-in fixture is its shipped copy.
 
     The registry lists only folders with weights and a tokenizer, so one that lost them is "no longer" there.
     """
@@ -39,9 +39,9 @@ def base_model_dir(settings: Settings, name: str) -> Path:
         raise ModelNotFoundError(f"Model '{name}' is no longer in the model registry; see GET /v1/models.")
     if entry.path is not None:
         return entry.path
-    from worker.engine.fixtures import ensure_fixture  # builds with torch: only when the fixture is used
+    from worker.engine.fixtures import ensure_fixture  # the engine package: only when a fixture is used
 
-    return ensure_fixture().model_dir
+    return ensure_fixture(name).model_dir
 
 
 def file_path(session: Session, *, settings: Settings, job: Job, file_id: str, param: str) -> Path:

@@ -69,10 +69,12 @@ def test_invalid_json_body(api: httpx.Client) -> None:
 
 
 def test_unknown_route_and_request_id(server: Server) -> None:
-    with server.client() as client:
+    with server.client(server.new_key()) as client:
         response = client.get("/v1/nothing-here", headers={"X-Request-ID": "trace-123"})
     assert_error(response, 404)
     assert response.headers["X-Request-ID"] == "trace-123"
+    with server.client() as client:  # authentication comes first, even for a route that does not exist
+        assert_error(client.get("/v1/nothing-here"), 401)
     with server.client() as client:
         generated = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers[
             "X-Request-ID"

@@ -1,8 +1,7 @@
 """The whole service for end-to-end tests: real uvicorn, real Celery worker subprocesses, Redis, PostgreSQL.
 
 One stack per test session (one API, one worker at a time) with short heartbeat and reaper periods, so
-crash recovery is seen within seconds. The `sppo-tiny` fixture model comes from the cache the engine's
-tests share ($SPPO_FIXTURE_DIR, else <repo>/.sppo/fixtures/sppo-tiny-<version>).
+crash recovery is seen within seconds. The `sppo-tiny` fixture model is the one shipped with the engine.
 """
 
 import json
@@ -121,7 +120,6 @@ def stack(
         "SPPO_DATABASE_URL": db_url,
         "SPPO_REDIS_URL": stack_redis_url,
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
-        "SPPO_FIXTURE_DIR": os.environ["SPPO_FIXTURE_DIR"],  # the workers reuse the tests' built fixture
         "SPPO_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
         "SPPO_HEARTBEAT_LEASE_S": str(LEASE_S),
         "SPPO_REAPER_INTERVAL_S": "1",

@@ -1,4 +1,4 @@
-"""Advantage estimators and losses for SPPO, GRPO and PPO-GAE as small pure tensor functions.
+"""Advantage estimators and losses for SPPO, GRPO, PPO-GAE and REINFORCE as small pure tensor functions.
 
 Shapes: B = samples in the batch, T = padded response length. `response_mask` is (B, T), 1 on response
 tokens and 0 on padding; padded positions never influence a result (they are selected away with
@@ -84,6 +84,19 @@ def grpo_advantages(
         all_equal = (group_max == group_min)[group]
         advantage = torch.where(all_equal, torch.zeros_like(deviation), deviation)
     advantages = advantage[:, None].expand_as(response_mask)
+    return torch.where(response_mask.bool(), advantages, torch.zeros_like(advantages)), rewards
+
+
+def reinforce_advantages(rewards: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """REINFORCE with a batch-mean baseline: A_i = R_i − mean_batch R on every response token; returns = R.
+
+    rewards (B,), response_mask (B, T) → advantages (B, T), returns (B,). What SPPO degenerates to when its
+    critic learns nothing but the average success rate.
+    """
+    rewards = rewards.float()
+    with torch.no_grad():
+        advantage = rewards - rewards.mean()  # (B,)
+    advantages = advantage[:, None].expand_as(response_mask)  # (B, T)
     return torch.where(response_mask.bool(), advantages, torch.zeros_like(advantages)), rewards
 
 
@@ -246,6 +259,10 @@ def _grpo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     )
 
 
+def _reinforce(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    return reinforce_advantages(inputs.rewards, inputs.response_mask)
+
+
 def _ppo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     values = _require_values(inputs, "ppo", 2)
     token_rewards = _reward_at_last_token(inputs.rewards, inputs.response_mask)
@@ -256,6 +273,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "sppo": Algorithm("sppo", "sequence", 1, _sppo, critic_bce_loss),
     "grpo": Algorithm("grpo", None, 8, _grpo, None),
     "ppo": Algorithm("ppo", "token", 1, _ppo, clipped_value_loss),
+    "reinforce": Algorithm("reinforce", None, 1, _reinforce, None),
 }
 
 

@@ -1,6 +1,7 @@
 """One typed configuration for a training run, loadable from YAML and validated with clear messages.
 
-Defaults are the reference values for real (1.5B-7B) models from ALGORITHMS.md. A model directory may
+Defaults are the reference values for real (1.5B-7B) models from ALGORITHMS.md, with the actor learning
+rate raised 10x for LoRA (the default mode; docs/engine.md gives the sources). A model directory may
 carry `sppo_defaults.json` (the fixture does: tiny CPU models need far larger learning rates); those
 values override the reference defaults, and the job's own values override both.
 """
@@ -14,7 +15,7 @@ import yaml
 
 from worker.engine.errors import ConfigError
 
-ALGORITHM_NAMES = ("sppo", "grpo", "ppo")
+ALGORITHM_NAMES = ("sppo", "grpo", "ppo", "reinforce")
 CRITIC_KINDS = ("separate", "shared_lora")
 DEFAULTS_FILE = "sppo_defaults.json"
 
@@ -34,7 +35,8 @@ class RunConfig:
     validation_file: str | None = None
     """Validation JSONL scored every eval_interval steps (pass@1 greedy and avg@k sampled)."""
     algorithm: str = "sppo"
-    """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE)."""
+    """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE),
+    reinforce (batch-mean baseline, no critic)."""
     critic: str = "separate"
     """sppo/ppo critic: `separate` (own model + head) or `shared_lora` (policy base + own LoRA + head)."""
     critic_model: str | None = None
@@ -49,10 +51,12 @@ class RunConfig:
     """Dropout on the LoRA input; 0 keeps old log-probs equal to the training forward's."""
     lora_target_modules: list[str] | str = "all-linear"
     """Modules that get LoRA adapters: a list of names or peft's "all-linear"."""
-    learning_rate: float = 1e-6
-    """Actor learning rate (constant schedule)."""
+    learning_rate: float = 1e-5
+    """Actor learning rate (constant schedule): 10x the authors' full-parameter 1e-6, for a LoRA adapter;
+    set 1e-6 with use_lora false."""
     critic_learning_rate: float = 5e-6
-    """Critic learning rate (constant schedule)."""
+    """Critic learning rate (constant schedule): the authors' value for a full-parameter (`separate`)
+    critic; a `shared_lora` critic trains a LoRA adapter and wants ~10x (5e-5)."""
     weight_decay: float = 0.01
     """AdamW weight decay for actor and critic."""
     max_grad_norm: float = 1.0

@@ -21,6 +21,7 @@ from worker.engine.algorithms import (
     grpo_advantages,
     masked_mean,
     masked_whiten,
+    reinforce_advantages,
     sppo_advantages,
 )
 
@@ -65,6 +66,17 @@ def test_sppo_advantages_broadcast_without_grad() -> None:
     close(advantages, [[0.5, 0.5, 0.0], [-0.75, 0.0, 0.0]])
     close(returns, [1.0, 0.0])
     assert not advantages.requires_grad
+
+
+def test_reinforce_advantages_subtract_the_batch_mean() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 0], [0, 0]])
+    advantages, returns = reinforce_advantages(rewards, mask)
+    # mean R = 3/5 = 0.6: A = 0.4 for R = 1, −0.6 for R = 0, on valid tokens only
+    close(advantages, [[0.4, 0.4], [-0.6, 0.0], [-0.6, -0.6], [0.4, 0.0], [0.0, 0.0]])
+    close(returns, [1.0, 0.0, 0.0, 1.0, 1.0])
+    uniform, _ = reinforce_advantages(torch.ones(2), torch.ones(2, 2))
+    close(uniform, [[0.0, 0.0], [0.0, 0.0]])  # all rewards equal: no signal
 
 
 def test_grpo_advantages_groups_and_all_equal() -> None:
@@ -193,16 +205,20 @@ def test_clipped_value_loss() -> None:
 
 
 def test_registry() -> None:
-    assert set(ALGORITHMS) == {"sppo", "grpo", "ppo"}
+    assert set(ALGORITHMS) == {"sppo", "grpo", "ppo", "reinforce"}
     sppo = get_algorithm("sppo")
     assert (sppo.critic, sppo.default_samples_per_prompt) == ("sequence", 1)
     assert sppo.critic_loss is critic_bce_loss
     grpo = get_algorithm("grpo")
     assert (grpo.critic, grpo.default_samples_per_prompt, grpo.critic_loss) == (None, 8, None)
     assert get_algorithm("ppo").critic == "token"
+    reinforce = get_algorithm("reinforce")
+    assert (reinforce.critic, reinforce.default_samples_per_prompt, reinforce.critic_loss) == (None, 1, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         sppo.name = "x"  # type: ignore[misc]
-    with pytest.raises(ValueError, match=r"unknown algorithm 'dpo'; valid algorithms: grpo, ppo, sppo"):
+    with pytest.raises(
+        ValueError, match=r"unknown algorithm 'dpo'; valid algorithms: grpo, ppo, reinforce, sppo"
+    ):
         get_algorithm("dpo")
 
 

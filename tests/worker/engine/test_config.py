@@ -20,7 +20,7 @@ def base(tmp_path: Path) -> dict[str, object]:
 
 def test_reference_defaults_without_model_defaults(tmp_path: Path) -> None:
     config = RunConfig.from_dict(base(tmp_path))
-    assert config.learning_rate == 1e-6
+    assert config.learning_rate == 1e-5  # LoRA: 10x the authors' full-parameter 1e-6
     assert config.clip_epsilon == 0.2
     assert config.samples_per_prompt == 1
 

@@ -1,27 +1,27 @@
-"""The engine learns: SPPO on the fixture task raises validation accuracy by a clear margin.
+"""The engine learns: SPPO with the shipped fixture's defaults (LoRA, the API's mode) raises greedy pass@1.
 
-Validation accuracy here is avg@4 at the training temperature on all 200 validation items (800 samples,
-standard error ~0.013), which is far less noisy than greedy pass@1 on 200 items; both are logged.
-The run is seeded and single-threaded, so on a given platform its outcome is reproducible.
+The base accuracy is the shipped model's recorded greedy pass@1 on all validation items (greedy decoding
+is deterministic, so it needs no re-measurement). The asserted gain is 4 standard errors of the measured
+difference of two proportions on n items, 4 * sqrt(p0 (1 - p0) / n + p1 (1 - p1) / n). The run is seeded
+and single-threaded, and the base model ships with the code, so every machine trains the same model.
 """
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import pytest
 
 from worker.engine.config import RunConfig
-from worker.engine.evaluate import evaluate
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 from worker.engine.trainer import run_training
 
 logger = logging.getLogger(__name__)
-STEPS = 100
-MARGIN = 0.04
+STEPS = 150  # 100 steps measured +0.112 (0.318 -> 0.430), 0.01 short of 4 SE; ~3 minutes on an idle core
 
 
-@pytest.mark.timeout(1800)  # ~3 minutes on 2 idle cores; a shared, loaded machine is several times slower
+@pytest.mark.timeout(1800)  # ~2 minutes on 2 idle cores; a shared, loaded machine is several times slower
 def test_sppo_raises_validation_accuracy(tiny: Fixture, tmp_path: Path) -> None:
     config = RunConfig.from_dict(
         {
@@ -30,25 +30,21 @@ def test_sppo_raises_validation_accuracy(tiny: Fixture, tmp_path: Path) -> None:
             "validation_file": str(tiny.validation_file),
             "grader": FIXTURE_GRADER,
             "output_dir": str(tmp_path),
-            "algorithm": "sppo",
             "max_steps": STEPS,
             "eval_interval": STEPS,
+            "eval_samples": 1,
             "checkpoint_interval": STEPS,
             "seed": 0,
         }
     )
-    base = evaluate(
-        config.model, None, tiny.validation_file, FIXTURE_GRADER, config.eval_samples,
-        config.temperature, config.max_response_tokens, seed=0,
-    )  # fmt: skip
     started = time.perf_counter()
     result = run_training(config)
     seconds = time.perf_counter() - started
-    k = config.eval_samples
-    before, after = base.avg_at_k, result.eval[f"eval/avg@{k}"]
+    n = sum(1 for _ in tiny.validation_file.open())
+    before, after = tiny.base_accuracy, result.eval["eval/pass@1"]
+    standard_error = math.sqrt(before * (1 - before) / n + after * (1 - after) / n)
     logger.warning(
-        "learning test: avg@%d %.3f -> %.3f, pass@1 %.3f -> %.3f, %d steps in %.0f s",
-        k, before, after, base.pass_at_1, result.eval["eval/pass@1"], STEPS, seconds,
+        "learning test: pass@1 %.3f -> %.3f on %d items (4 SE = %.3f), %d steps in %.0f s",
+        before, after, n, 4 * standard_error, STEPS, seconds,
     )  # fmt: skip
-    assert after >= before + MARGIN, f"avg@{k} went from {before:.3f} to {after:.3f}"
-    assert result.eval["eval/pass@1"] >= base.pass_at_1, "greedy accuracy fell"
+    assert after - before >= 4 * standard_error, f"pass@1 went from {before:.3f} to {after:.3f}"

@@ -42,7 +42,9 @@ class Recorder(TrainerCallbacks):
         {"algorithm": "sppo", "critic": "separate"},
         # the critic takes one step per minibatch; a zero head and zero LoRA B reach LoRA A at the third
         {"algorithm": "sppo", "critic": "shared_lora", "minibatch_size": 2},
-        {"algorithm": "grpo", "batch_size": 2, "group_size": 4},
+        # hot sampling and 8 groups: the shipped model answers consistently, and GRPO moves nothing
+        # when every group's rewards are equal
+        {"algorithm": "grpo", "batch_size": 8, "group_size": 4, "temperature": 2.0},
         {"algorithm": "ppo", "critic": "separate"},
         {"algorithm": "sppo", "use_lora": False},
     ],
