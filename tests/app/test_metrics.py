@@ -93,7 +93,7 @@ def test_job_queue_worker_and_training_series_after_a_job_runs(
         assert claim_job(session, job_id=job_id, worker_id=worker_id) is not None
     reporter = JobReporter(
         job_id=job_id, worker_id=worker_id, model_name="ft:test", data_dir=server.data_dir,
-        sessions=get_sessionmaker(server.db_url), redis_client=client, heartbeat_interval_s=60,
+        sessions=get_sessionmaker(server.db_url), redis_client=client, heartbeat_interval_s=60, db_retry_s=5,
     )  # fmt: skip
     try:
         for step, elapsed, samples, tokens in [(1, 2.0, 8, 300), (2, 6.0, 16, 700)]:

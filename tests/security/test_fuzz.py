@@ -56,7 +56,7 @@ def _seed(target: Server, client: httpx.Client) -> dict[str, str]:
     file = client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", ITEM.encode())})
     assert file.status_code == 200, file.text
     file_id = file.json()["id"]
-    body = {"model": "sppo-tiny", "training_file": file_id, "method": method(batch_size=2)}
+    body = {"model": "sppo-tiny", "training_file": file_id, "method": method(batch_size=1)}
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
     job_id = job.json()["id"]

@@ -114,7 +114,7 @@ def _queued_job(client: httpx.Client) -> str:
     file = _upload(client)
     job = client.post(
         "/v1/fine_tuning/jobs",
-        json={"model": "sppo-tiny", "training_file": file.json()["id"], "method": method(batch_size=2)},
+        json={"model": "sppo-tiny", "training_file": file.json()["id"], "method": method(batch_size=1)},
     )
     assert job.status_code == 200, job.text
     return str(job.json()["id"])  # no worker runs here: it stays queued and its stream stays open

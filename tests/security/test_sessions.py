@@ -62,7 +62,7 @@ def _queued_job(site: Server, key: str) -> str:
     with site.client(key) as api:
         upload = {"file": ("t.jsonl", ITEM.encode())}
         file = api.post("/v1/files", data={"purpose": "fine-tune"}, files=upload)
-        body = {"model": "sppo-tiny", "training_file": file.json()["id"], "method": method(batch_size=2)}
+        body = {"model": "sppo-tiny", "training_file": file.json()["id"], "method": method(batch_size=1)}
         return str(api.post("/v1/fine_tuning/jobs", json=body).json()["id"])
 
 
