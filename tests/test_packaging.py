@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["app", "worker", "cli", "migrations", "pyproject.toml", "README.md"]
+SOURCES = ["app", "worker", "cli", "inference", "migrations", "pyproject.toml", "README.md"]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -55,7 +55,9 @@ def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     dependencies = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(purelib, "dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(dependencies)))
     pip = [sys.executable, "-m", "pip", "--python", python]
-    subprocess.run([*pip, "install", "-q", "--no-deps", "--no-index", wheel], check=True)
+    # --ignore-installed: the borrowed dependencies hold this checkout's editable install of the same version
+    install = [*pip, "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel]
+    subprocess.run(install, check=True)
     return venv
 
 

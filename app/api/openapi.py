@@ -31,6 +31,7 @@ _RETRY_AFTER = {
 _ERRORS: dict[int, dict[str, Any]] = {
     400: {"description": "Invalid request: a malformed body or parameter (`param` names it)."},
     401: {"description": "Missing, unknown or revoked API key."},
+    403: {"description": "The operation is not allowed on this object (e.g. deleting a base model)."},
     404: {"description": "No such object for this API key's tenant."},
     409: {"description": "The object's state does not allow this (e.g. cancelling a finished job)."},
     413: {"description": "The body is larger than the limit."},

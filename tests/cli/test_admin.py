@@ -165,7 +165,7 @@ def test_sppo_run_stops_everything_when_its_output_pipe_breaks(
             while not ready.exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
             started = _children(run.pid)
-            assert len(started) == 3, started  # redis-server and the two workers
+            assert len(started) == 4, started  # redis-server, the two workers and the model server
             go.touch()
             assert reader.wait(timeout=10) == 0
             run.wait(timeout=90)

@@ -101,9 +101,9 @@ def test_download_unpacks_the_latest_checkpoint(
     unpacked = tmp_path / "adapter"
     # The archive names the base model by registry name (not a server path) and carries a model card.
     assert json.loads((unpacked / "adapter_config.json").read_text()) == {
-        "step": 4, "base_model_name_or_path": "sppo-tiny"
+        "step": 4, "base_model_name_or_path": REGISTRY_MODEL
     }  # fmt: skip
-    assert "Base model: `sppo-tiny`" in (unpacked / "README.md").read_text()
+    assert f"Base model: `{REGISTRY_MODEL}`" in (unpacked / "README.md").read_text()
     assert (unpacked / "adapter_model.safetensors").stat().st_size == 1000
     again = sppo("jobs", "download", job["id"], "--output", "adapter")  # refused before downloading
     assert again.returncode == 1 and "exists and is not an empty folder" in again.stderr

@@ -7,18 +7,18 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from worker.engine.fixtures import build_model, build_tokenizer
+from worker.engine.fixture_build import build_model, build_tokenizer
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inference")
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), seed=3)
+    model = build_model(len(tokenizer), 64, seed=3)
     model.save_pretrained(root / "models" / "rand-tiny")
     tokenizer.save_pretrained(root / "models" / "rand-tiny")
     for seed, name in ((1, "a"), (2, "b")):
-        base = build_model(len(tokenizer), seed=3)  # reseeds torch itself: the adapter's seed comes after
+        base = build_model(len(tokenizer), 64, seed=3)  # reseeds torch itself: the adapter's seed comes after
         torch.manual_seed(seed)
         lora = LoraConfig(
             r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False

@@ -14,7 +14,7 @@ from app.settings import Settings
 from inference.batcher import Batcher, Busy, Delta, Done, Event, Finished, Generation
 from inference.models import ModelCache
 from worker.engine.data import encode_prompts
-from worker.engine.fixtures import build_tokenizer
+from worker.engine.fixture_build import build_tokenizer
 
 PROMPTS = ["12+34+56=", "7+8+9="]
 MAX_TOKENS = 8

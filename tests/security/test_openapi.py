@@ -18,6 +18,9 @@ EXPECTED = {
     ("get", "/v1/fine_tuning/jobs/{job_id}/metrics/stream"): {"400", "404"},
     ("post", "/v1/evaluations"): {"400", "413"},
     ("get", "/v1/models"): set(),
+    ("get", "/v1/models/{model_id}"): {"400", "404"},
+    ("delete", "/v1/models/{model_id}"): {"400", "403", "404"},
+    ("post", "/v1/chat/completions"): {"400", "404", "413"},
 }
 
 

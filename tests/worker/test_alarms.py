@@ -88,6 +88,7 @@ def reporter(settings: Settings, session: Session, make_job: Callable[..., str])
         sessions=get_sessionmaker(settings.db_url),
         redis_client=redis.Redis.from_url(str(settings.redis_url)),
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        db_retry_s=settings.db_retry_s,
         alarms=AlarmBook(window=3),
     )
     yield made

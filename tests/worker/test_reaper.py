@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.dispatch import send_training_task
 from app.models import Evaluation, Job, JobEvent, JobStatus, now
-from app.queues import EVALUATION_QUEUE
+from app.queues import EVALUATION_QUEUE, redis_key
 from app.services.reaper import broker_holds, reap_once
 from app.settings import Settings
 from worker.evaluations import claim_evaluation
@@ -105,7 +105,7 @@ def test_a_silent_evaluation_is_requeued_and_sent_again(
     assert report.evaluations_requeued == [stale]
     row = _evaluation_row(session, stale)
     assert (row.status, row.attempt, row.worker_id) == (S.queued, 2, None)
-    messages = redis.Redis.from_url(str(settings.redis_url)).lrange(EVALUATION_QUEUE, 0, -1)
+    messages = redis.Redis.from_url(str(settings.redis_url)).lrange(redis_key(EVALUATION_QUEUE), 0, -1)
     assert any(stale.encode() in message for message in messages)
     assert _evaluation_row(session, fresh).status == S.running
     assert claim_evaluation(settings, stale, "w:3") and not claim_evaluation(settings, stale, "w:4")

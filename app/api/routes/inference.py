@@ -4,13 +4,14 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import errors
 from app.schemas.inference import ChatCompletionCreate, CompletionCreate
 from app.services.inference import proxy_generate, resolve_model
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=errors(400, 404, 413))
 async def create_chat_completion(
     body: ChatCompletionCreate, session: SessionDep, settings: SettingsDep, tenant: CurrentTenant
 ) -> Response:
@@ -21,7 +22,7 @@ async def create_chat_completion(
     return await proxy_generate(settings=settings, target=target, request=body.proxied(), stream=body.stream)
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=errors(400, 404, 413))
 async def create_completion(
     body: CompletionCreate, session: SessionDep, settings: SettingsDep, tenant: CurrentTenant
 ) -> Response:

@@ -6,6 +6,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
+from app.api.openapi import errors
 from app.errors import NotFound
 from app.registry import find_base_model
 from app.schemas.common import DeletedPublic, ListPublic
@@ -25,7 +26,7 @@ def list_all_models(
 
 
 # Registered before `/{model_id:path}`, which would otherwise take ".../files" as part of the id.
-@router.get("/{model_id:path}/files", response_class=StreamingResponse)
+@router.get("/{model_id:path}/files", response_class=StreamingResponse, responses=errors(400, 404))
 async def download_model_files(
     settings: SettingsDep, tenant: CurrentTenant, model_id: str
 ) -> StreamingResponse:
@@ -39,14 +40,14 @@ async def download_model_files(
     return await proxy_model_files(settings=settings, name=model_id)
 
 
-@router.get("/{model_id:path}", response_model=ModelObject)
+@router.get("/{model_id:path}", response_model=ModelObject, responses=errors(400, 404))
 def retrieve_model(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str
 ) -> ModelObject:
     return get_model(session, settings=settings, tenant=tenant, model_id=model_id)
 
 
-@router.delete("/{model_id:path}", response_model=DeletedPublic)
+@router.delete("/{model_id:path}", response_model=DeletedPublic, responses=errors(400, 403, 404))
 def remove_model(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, model_id: str
 ) -> DeletedPublic:
