@@ -196,7 +196,9 @@ def wait_for(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        job = api.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        response = api.get(f"/v1/fine_tuning/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        job = response.json()
         if until(job):
             return dict(job)
         assert time.monotonic() < deadline, f"timed out waiting on job {job_id}: {job}"

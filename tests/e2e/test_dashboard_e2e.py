@@ -68,8 +68,9 @@ def test_dashboard_follows_a_real_run(
 
     page.goto(f"/jobs/{sppo['id']}")
     # The charts move as steps arrive over the stream: 1 point, then more, while the job runs.
-    page.wait_for_function("Number(document.querySelector('#charts').dataset.points) >= 1", timeout=180_000)
-    page.wait_for_function("Number(document.querySelector('#charts').dataset.points) >= 2", timeout=120_000)
+    # attribute selectors, not JS predicates: the page's CSP forbids the eval those would need
+    page.wait_for_selector("#charts:not([data-points='0'])", timeout=180_000)
+    page.wait_for_selector("#charts:not([data-points='0']):not([data-points='1'])", timeout=120_000)
     assert page.locator("#charts .chart[data-metrics='rollout/reward_mean'] canvas").count() == 1
     if page.locator("#job-head[data-status='running']").count():
         shot(page, "job-running.png")

@@ -8,7 +8,6 @@ task's target accuracy inside its window is saved. The built directory (model, t
 fixture.json with accuracies and checksums) is what ships in worker/engine/fixture_models/.
 """
 
-import hashlib
 import json
 import logging
 import random
@@ -23,7 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from worker.engine.fixture_tasks import FIXTURE_GRADER, FixtureTask, Problem
-from worker.engine.fixtures import FIXTURE_VERSION
+from worker.engine.fixtures import FIXTURE_VERSION, sha256
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +159,6 @@ def warm_up(
     step = min(kept, key=lambda s: abs(kept[s][0] - task.target_accuracy))
     model.load_state_dict(kept[step][1])
     return kept[step][0], step, trace
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_jsonl(path: Path, problems: list[Problem]) -> None:

@@ -54,7 +54,8 @@ def default_fixture_dir(name: str = MODEL_NAME) -> Path:
     return SHIPPED_DIR / name
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file (fixture.json records one per model file)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -69,7 +70,7 @@ def load_fixture(path: Path) -> Fixture:
         ) from exc
     for file_name, expected in manifest["sha256"].items():
         file = path / "model" / file_name
-        if not file.is_file() or _sha256(file) != expected:
+        if not file.is_file() or sha256(file) != expected:
             raise FixtureError(f"{file} is missing or does not match its checksum in {path / 'fixture.json'}")
     return Fixture(
         name=manifest["name"],

@@ -37,9 +37,8 @@ def test_sign_in_watch_steps_arrive_and_cancel(
     for step in (1, 2, 3):
         metrics = {"rollout/reward_mean": step / 4, "train/policy_loss": 1 / step, "train/critic_loss": 0.5}
         live.xadd(metrics_stream_key(job["id"]), encode_step(step, metrics, 0))
-        page.wait_for_function(
-            f"document.querySelector('#charts').dataset.points === '{step}'", timeout=15_000
-        )
+        # attribute selectors, not a JS predicate: the page's CSP forbids the eval that would need
+        page.wait_for_selector(f"#charts[data-points='{step}']", timeout=15_000)
     assert page.locator("#charts .chart[data-metrics='rollout/reward_mean'] canvas").count() == 1
     assert page.locator("#charts .chart[data-metrics='perf/tokens_per_s'] canvas").count() == 0  # no data yet
 

@@ -55,7 +55,7 @@ def test_alarms_banner_and_fitted_axes_on_a_running_job(
     chip = page.locator(f"tr[data-job-id='{job['id']}'] .alarm-chip")
     assert chip.inner_text() == "constant reward ×10"
     page.goto(f"/jobs/{job['id']}")
-    page.wait_for_function("document.querySelector('#charts').dataset.points === '12'", timeout=15_000)
+    page.wait_for_selector("#charts[data-points='12']", timeout=15_000)  # no JS predicate: CSP bars eval
     alarm = page.locator("#job-head [data-alarm='constant_reward']")
     assert (
         "never rewards this model's answers" in alarm.inner_text() and "×10, steps 3–12" in alarm.inner_text()
