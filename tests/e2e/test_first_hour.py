@@ -135,7 +135,7 @@ def test_the_readme_first_job_on_a_clean_data_dir(tmp_path: Path, tiny: Fixture,
         assert created.returncode == 0, created.stderr
         job = json.loads(created.stdout)
         headers = {"Authorization": f"Bearer {client_env['SPPO_API_KEY']}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers=headers, timeout=30) as api:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as api:
             done = wait_for(api, job["id"], lambda j: j["status"] in FINISHED, timeout=1500)
             assert done["status"] == "succeeded", done
             assert done["started_at"] - done["created_at"] <= 30  # trained at once, no fixture build first
