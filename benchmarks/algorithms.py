@@ -75,12 +75,13 @@ def base_scores(fixture: Fixture, temperature: float, max_items: int | None) -> 
     sampled = manifest["base_sampled_accuracy"].get(str(temperature))
     if max_items is None and sampled is not None:
         return fixture.base_accuracy, float(sampled)
-    return score(fixture, None, temperature, False, max_items)
+    greedy, sampled_now = score(fixture, None, temperature, False, max_items)
+    return float(greedy), float(sampled_now)
 
 
 def accuracy_at(points: list[Point], x: float, axis: str) -> float:
     """Validation accuracy of the latest checkpoint at or before x (a step function of `axis`)."""
-    return ([p.accuracy for p in points if getattr(p, axis) <= x] or [points[0].accuracy])[-1]
+    return float(([p.accuracy for p in points if getattr(p, axis) <= x] or [points[0].accuracy])[-1])
 
 
 def time_to_target(points: list[Point], target: float) -> float | None:

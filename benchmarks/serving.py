@@ -44,11 +44,11 @@ def _free_port() -> int:
 def _random_model(registry: Path) -> str:
     import torch
 
-    from worker.engine.fixtures import build_model, build_tokenizer
+    from worker.engine.fixture_build import build_model, build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    build_model(len(tokenizer), seed=0).save_pretrained(registry / "random-tiny")
+    build_model(len(tokenizer), 64, seed=0).save_pretrained(registry / "random-tiny")
     tokenizer.save_pretrained(registry / "random-tiny")
     return "random-tiny"
 
