@@ -5,6 +5,7 @@ to reach in a few requests; a third runs against an unreachable Redis to show th
 """
 
 import asyncio
+import concurrent.futures
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -205,4 +206,6 @@ def test_limiter_scripts_on_the_real_redis(redis_url: str) -> None:
         assert await client.zcard(f"{KEY_PREFIX}:streams:{subject}") == 0
         await client.aclose()
 
-    asyncio.run(scenario())
+    # A thread of its own: the session's shared Playwright browser keeps an event loop on this one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, scenario()).result()
