@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Server:
     db_url: str
     redis_url: str
     data_dir: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def new_key(self, tenant: str | None = None) -> str:
         """A key for a new tenant (each test gets its own, so quotas and listings never interfere)."""
@@ -75,7 +76,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_api_server(data_dir: Path, *, db_url: str, redis_url: str, env: dict[str, str]) -> Iterator[Server]:
+def run_api_server(
+    data_dir: Path,
+    *,
+    db_url: str,
+    redis_url: str,
+    env: dict[str, str],
+    log_level: str = "info",
+    start_timeout_s: float = 30,
+) -> Iterator[Server]:
     """`uvicorn app.main:app` on a free port with these settings (the database must be migrated)."""
     port = _free_port()
     full_env = {
@@ -88,7 +97,7 @@ def run_api_server(data_dir: Path, *, db_url: str, redis_url: str, env: dict[str
     log_path = data_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "info"],
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", log_level],
             cwd=ROOT,
             env=full_env,
             stdout=log,
@@ -96,7 +105,7 @@ def run_api_server(data_dir: Path, *, db_url: str, redis_url: str, env: dict[str
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout_s
         while True:
             try:
                 if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
@@ -106,10 +115,16 @@ def run_api_server(data_dir: Path, *, db_url: str, redis_url: str, env: dict[str
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"API server did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
-        yield Server(base_url=base_url, db_url=db_url, redis_url=redis_url, data_dir=data_dir)
+        yield Server(
+            base_url=base_url, db_url=db_url, redis_url=redis_url, data_dir=data_dir, process=process
+        )
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def migrate(data_dir: Path, db_url: str) -> None:

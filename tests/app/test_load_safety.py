@@ -8,14 +8,10 @@ tenant keeps working.
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import update
 
@@ -23,7 +19,7 @@ from app.db import session_scope, upgrade_database
 from app.models import ApiKey, Job, JobStatus, now
 from app.services.keys import create_key
 from benchmarks.loadgen import burst, client, subscribe
-from tests.app.conftest import ROOT, _free_port, method
+from tests.app.conftest import Server, method, run_api_server
 
 pytestmark = pytest.mark.postgres
 
@@ -35,13 +31,6 @@ STREAMS = 20  # more than the default pool's 5 + 10 connections
 
 
 @dataclass
-class PgServer:
-    base_url: str
-    db_url: str
-    process: subprocess.Popen[bytes]
-
-
-@dataclass
 class Tenant:
     key: str
     job_id: str
@@ -50,47 +39,15 @@ class Tenant:
 @pytest.fixture(scope="module")
 def pg_server(
     tmp_path_factory: pytest.TempPathFactory, new_postgres_database: Callable[[], str], redis_url: str
-) -> Iterator[PgServer]:
+) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("sppo-load")
     db_url = new_postgres_database()
     upgrade_database(db_url)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "SPPO_DATA_DIR": str(data_dir),
-        "SPPO_DATABASE_URL": db_url,
-        "SPPO_REDIS_URL": redis_url,
-    }
-    log_path = data_dir / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base_url, process, log_path)
-        yield PgServer(base_url=base_url, db_url=db_url, process=process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 90  # a contended machine starts a server slowly
-    while True:
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"API server did not start:\n{log_path.read_text()}")
-        time.sleep(0.1)
+    # a contended machine starts a server slowly; warnings only, so the burst's log stays small
+    with run_api_server(
+        data_dir, db_url=db_url, redis_url=redis_url, env={}, log_level="warning", start_timeout_s=90
+    ) as running:
+        yield running
 
 
 def _idle_tenant(db_url: str, *, status: JobStatus) -> Tenant:
@@ -114,7 +71,7 @@ def _idle_tenant(db_url: str, *, status: JobStatus) -> Tenant:
         return Tenant(key=created.plaintext, job_id=job.id)
 
 
-def test_a_burst_of_polls_from_an_idle_key_never_wedges(pg_server: PgServer) -> None:
+def test_a_burst_of_polls_from_an_idle_key_never_wedges(pg_server: Server) -> None:
     tenant = _idle_tenant(pg_server.db_url, status=JobStatus.running)
 
     async def run() -> None:
@@ -134,7 +91,7 @@ def test_a_burst_of_polls_from_an_idle_key_never_wedges(pg_server: PgServer) -> 
     asyncio.run(run())
 
 
-def test_open_streams_hold_no_db_connection(pg_server: PgServer) -> None:
+def test_open_streams_hold_no_db_connection(pg_server: Server) -> None:
     streaming = _idle_tenant(pg_server.db_url, status=JobStatus.paused)  # a paused job's stream never ends
     other = _idle_tenant(pg_server.db_url, status=JobStatus.queued)
 
@@ -156,7 +113,7 @@ def test_open_streams_hold_no_db_connection(pg_server: PgServer) -> None:
     asyncio.run(run())
 
 
-def test_sigterm_with_open_streams_exits_within_seconds(pg_server: PgServer) -> None:
+def test_sigterm_with_open_streams_exits_within_seconds(pg_server: Server) -> None:
     """The last test of the module: it stops the module's server."""
     streaming = _idle_tenant(pg_server.db_url, status=JobStatus.paused)
 
@@ -168,6 +125,7 @@ def test_sigterm_with_open_streams_exits_within_seconds(pg_server: PgServer) -> 
             )
             await asyncio.sleep(3)
             started = time.monotonic()
+            assert pg_server.process is not None
             pg_server.process.terminate()
             await asyncio.to_thread(pg_server.process.wait, 15)
             subscribers.cancel()
