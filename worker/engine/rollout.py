@@ -18,6 +18,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from worker.engine.batching import micro_batches
+from worker.engine.policy import lora_merged
 
 LOGPROB_CHUNK_ELEMENTS = 1 << 22  # logits elements upcast at a time (16 MiB of float32)
 ControlFn = Callable[[], str]
@@ -196,7 +197,7 @@ def generate(
     )
     stopping = StoppingCriteriaList([_PollControl(control)] if control is not None else [])
     chunks: list[torch.Tensor] = []
-    with _without_model_generation_defaults(model):
+    with _without_model_generation_defaults(model), lora_merged(model):
         for rows in micro_batches(len(prompts), prompt_length + max_new_tokens, token_budget):
             output = model.generate(  # type: ignore[operator]
                 input_ids=input_ids[rows],

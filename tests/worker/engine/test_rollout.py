@@ -4,11 +4,14 @@ from typing import Any
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 
 from worker.engine.data import encode_prompts, load_items
 from worker.engine.fixtures import Fixture
-from worker.engine.policy import load_base_model, load_tokenizer
+from worker.engine.policy import load_base_model, load_policy, load_tokenizer
 from worker.engine.rollout import GenerationInterrupted, generate, response_logprobs
+
+from .conftest import tiny_config
 
 
 def test_response_logprobs_and_their_gradient_equal_log_softmax() -> None:
@@ -141,3 +144,47 @@ def test_control_is_polled_during_generation(tiny: Fixture) -> None:
         generate(model, prompts, pad_id=0, eos_id=-1, max_new_tokens=40, control=control)
     assert info.value.signal == "cancel"
     assert calls
+
+
+def test_lora_policy_samples_from_its_merged_weights_and_keeps_the_base_exact(
+    tiny: Fixture, tmp_path: Path
+) -> None:
+    """Generation folds the adapter into the base weights (one matmul per linear, not three), samples
+    exactly the policy's distribution, and leaves every base weight bit-identical afterwards."""
+    torch.manual_seed(0)
+    policy = load_policy(tiny_config(tiny, tmp_path), torch.device("cpu"))
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)  # a trained adapter: B = 0 would make the merge a no-op
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    tokenizer = load_tokenizer(tiny.model_dir)
+    prompts = encode_prompts(tokenizer, load_items(tiny.train_file)[:8])
+    seen: list[bool] = []
+
+    def record_merged(module: torch.nn.Module, args: Any) -> None:
+        seen.append(bool(module.merged))
+
+    layer = next(m for m in policy.modules() if isinstance(m, LoraLayer))
+    hook = layer.register_forward_pre_hook(record_merged)
+    greedy = generate(
+        policy,
+        prompts,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        max_new_tokens=16,
+        greedy=True,
+    )
+    hook.remove()
+    assert seen and all(seen)
+    assert not layer.merged
+    for name, parameter in policy.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    position_ids = (greedy.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():  # the unmerged training forward: greedy tokens are its argmax
+        logits = policy(
+            input_ids=greedy.input_ids, attention_mask=greedy.attention_mask, position_ids=position_ids
+        ).logits[:, greedy.prompt_length - 1 : -1]
+    mask = greedy.response_mask.bool()
+    agree = (logits.argmax(-1)[mask] == greedy.responses[mask]).float().mean()
+    assert agree > 0.99  # W + s·B·A and W·x + s·B·A·x differ only by rounding (near-ties may flip)
