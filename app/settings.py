@@ -263,10 +263,6 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs"
 
     @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
-
-    @property
     def registry_dir(self) -> Path:
         return self.model_registry_dir or self.data_dir / "models"
 
