@@ -4,6 +4,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import fsspec
+from fsspec.core import split_protocol
 from pydantic import Field, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -17,7 +19,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPPO_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(default=Path(".sppo"), description="Root of uploaded files and artifacts.")
+    data_dir: Path = Field(
+        default=Path(".sppo"),
+        description="This host's files: the SQLite DB, logs and local copies of artifacts (the artifacts "
+        "themselves unless artifact_store is set).",
+    )
+    artifact_store: str | None = Field(
+        default=None,
+        description="Where uploads, checkpoints and adapters are stored, as a URI: unset (or data_dir) "
+        "keeps them in data_dir; an fsspec URL (s3://bucket/prefix with the `s3` extra, "
+        "file:///srv/artifacts) lets workers on other hosts reach them without a shared disk.",
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL (sqlite or postgresql); default: a SQLite file under data_dir. "
@@ -222,6 +234,22 @@ class Settings(BaseSettings):
     def safe_db_url(self) -> str:
         return make_url(self.db_url).render_as_string(hide_password=True)
 
+    @field_validator("artifact_store")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        # Fail at start-up, not at the first upload, on a typo or a backend that is not installed.
+        if value is None:
+            return None
+        protocol = split_protocol(value)[0]
+        try:
+            fsspec.get_filesystem_class(protocol or "file")
+        except ImportError as exc:  # e.g. "Install s3fs to access S3"
+            hint = "pip install 'sppo-service[s3]'"
+            raise ValueError(f"SPPO_ARTIFACT_STORE {value!r}: {exc} ({hint})") from None
+        except ValueError as exc:
+            raise ValueError(f"SPPO_ARTIFACT_STORE {value!r}: {exc}") from None
+        return value
+
     @model_validator(mode="after")
     def _check_lease(self) -> "Settings":
         # A lease shorter than two heartbeats would requeue healthy jobs.
@@ -233,10 +261,6 @@ class Settings(BaseSettings):
     def jobs_dir(self) -> Path:
         """Per-job working directories: engine checkpoints, final adapters, evaluation results."""
         return self.data_dir / "jobs"
-
-    @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
 
     @property
     def registry_dir(self) -> Path:

@@ -4,13 +4,15 @@
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# Optional extras, space-separated: `--build-arg EXTRAS=s3` for an S3 artifact store.
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/sppo
 COPY pyproject.toml README.md ./
 COPY docker/api_requirements.py docker/
 # Dependencies first (a layer that survives code changes), then the wheel itself without them.
-RUN python docker/api_requirements.py pyproject.toml > /tmp/requirements.txt \
+RUN python docker/api_requirements.py pyproject.toml ${EXTRAS} > /tmp/requirements.txt \
  && /opt/sppo/bin/pip install -r /tmp/requirements.txt
 COPY app app
 COPY worker worker

@@ -1,4 +1,5 @@
-"""Print the API image's requirements: the package's dependencies without the training engine's.
+"""Print the API image's requirements: the package's dependencies without the training engine's, plus
+those of the optional extras named after the file (`s3` for SPPO_ARTIFACT_STORE=s3://...).
 
 The API process never imports the engine (an import-linter contract), so its image leaves out torch and
 the libraries only the engine uses; everything else comes from pyproject.toml, so the two never drift.
@@ -11,7 +12,10 @@ import tomllib
 ENGINE_ONLY = {"torch", "transformers", "peft", "safetensors", "math-verify", "numpy"}
 
 with open(sys.argv[1], "rb") as handle:
-    dependencies = tomllib.load(handle)["project"]["dependencies"]
+    project = tomllib.load(handle)["project"]
+dependencies = project["dependencies"] + [
+    r for extra in sys.argv[2:] for r in project["optional-dependencies"][extra]
+]
 for requirement in dependencies:
     name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
     if name not in ENGINE_ONLY:

@@ -11,6 +11,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
+# Optional extras, comma-separated: `--build-arg EXTRAS=s3` for an S3 artifact store.
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -24,7 +26,7 @@ COPY app app
 COPY worker worker
 COPY cli cli
 COPY migrations migrations
-RUN /opt/sppo/bin/pip install .
+RUN /opt/sppo/bin/pip install ".${EXTRAS:+[${EXTRAS}]}"
 
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

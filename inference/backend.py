@@ -52,7 +52,7 @@ class TransformersBackend:
         base = await asyncio.to_thread(self.cache.base, request.base_model)
         if request.adapter_uri is not None:
             try:
-                adapter_path(self.cache.settings, request.adapter_uri)
+                await asyncio.to_thread(adapter_path, self.cache.settings, request.adapter_uri)
             except AdapterNotFound:
                 raise RequestError(404, f"The files of model '{request.model}' are no longer stored.",
                                    param="model", code="model_not_found") from None  # fmt: skip

@@ -17,6 +17,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.settings import Settings
+from app.storage import artifact_store
 from worker.engine.policy import load_base_model, load_tokenizer
 from worker.runconfig import base_model_dir
 
@@ -41,10 +42,13 @@ class LoadedBase:
 
 
 def adapter_path(settings: Settings, uri: str) -> Path:
-    """An adapter uri from the API, checked to be an adapter folder inside the data directory."""
-    root = settings.data_dir.resolve()
-    path = (root / uri).resolve()
-    if not path.is_relative_to(root) or not (path / "adapter_config.json").is_file():
+    """The local copy of the adapter the API named by its artifact key (fetched from the store when this
+    host has none); AdapterNotFound unless it is a stored adapter folder."""
+    try:
+        path = artifact_store(settings).fetch(uri)
+    except (ValueError, FileNotFoundError):  # not a key (`..`, an absolute path), or nothing stored there
+        raise AdapterNotFound(f"no adapter stored at {uri}") from None
+    if not (path / "adapter_config.json").is_file():
         raise AdapterNotFound(f"no adapter stored at {uri}")
     return path
 

@@ -83,7 +83,7 @@ class VllmBackend:
         lora = None
         if request.adapter_uri is not None:
             try:
-                path = adapter_path(self.settings, request.adapter_uri)
+                path = await asyncio.to_thread(adapter_path, self.settings, request.adapter_uri)
             except AdapterNotFound:
                 raise RequestError(404, f"The files of model '{request.model}' are no longer stored.",
                                    param="model", code="model_not_found") from None  # fmt: skip

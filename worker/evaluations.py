@@ -20,6 +20,7 @@ from sqlalchemy import case, func, or_, update
 from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
+from app.storage import artifact_store
 from worker.dbretry import retrying
 from worker.engine.checkpoint import crash_point
 from worker.engine.config import RunConfig, model_defaults
@@ -143,17 +144,19 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
         assert evaluation is not None
         file = session.get(File, evaluation.file_id)
     params = evaluation.params
+    store = artifact_store(settings)
     try:
         if file is None:
             raise EngineError("invalid_file", f"File '{evaluation.file_id}' no longer exists.", "file")
         adapter = params.get("adapter_uri")
+        data_file = store.fetch(file.storage_uri)
         model_dir = base_model_dir(settings, params["base_model"])
         sampling = resolve_sampling(params, model_defaults(model_dir))
         _update(settings, evaluation_id, *mine, params={**params, **sampling})  # shown as resolved
         result = evaluate(
             model_dir,
-            None if adapter is None else settings.data_dir / adapter,
-            settings.data_dir / file.storage_uri,
+            None if adapter is None else store.fetch(adapter),
+            data_file,
             evaluation.grader,
             samples=evaluation.samples,
             temperature=sampling["temperature"],
@@ -169,21 +172,22 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
         done = _update(settings, evaluation_id, *mine, status=S.failed, **values)
         return "failed" if done else "lost"
     crash_point("evaluation.scored", 0)
-    target = settings.jobs_dir / "evaluations" / f"{evaluation_id}.jsonl"
+    key = f"jobs/evaluations/{evaluation_id}.jsonl"
+    target = store.local_path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{worker_id.replace(':', '-')}.tmp")
     with partial.open("w") as handle:  # renamed into place whole: a reader never sees half a file
-        for line in result_lines(load_items(settings.data_dir / file.storage_uri), result.items,
-                                 evaluation.grader):  # fmt: skip
+        for line in result_lines(load_items(data_file), result.items, evaluation.grader):
             handle.write(json.dumps(line) + "\n")
     partial.replace(target)
+    store.publish(key, keep_copy=False)
     done = _update(
         settings,
         evaluation_id,
         *mine,
         status=S.succeeded,
         scores=result.scores(),
-        result_uri=str(target.relative_to(settings.data_dir)),
+        result_uri=key,
         finished_at=now(),
     )
     return "succeeded" if done else "lost"

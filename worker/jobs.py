@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.lifecycle import transition
 from app.models import File, FineTunedModel, Job, JobStatus, MetricPoint, Tenant, new_id, now
 from app.settings import Settings
+from app.storage import artifact_store
 
 S = JobStatus
 RESULTS_PURPOSE = "fine-tune-results"  # OpenAI's purpose for a job's result file
@@ -78,14 +79,17 @@ def _metrics_csv(session: Session, *, settings: Settings, job: Job) -> File:
     ).all()
     names = sorted({name for _, metrics in points for name in metrics})
     file_id = new_id("file")
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.files_dir / f"{file_id}.csv"
+    store = artifact_store(settings)
+    key = f"files/{file_id}.csv"
+    path = store.local_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", *names])
         for step, metrics in points:
             writer.writerow([step, *(metrics.get(name, "") for name in names)])
     data = path.read_bytes()
+    store.publish(key, keep_copy=False)
     file = File(
         id=file_id,
         tenant_id=job.tenant_id,
@@ -93,17 +97,12 @@ def _metrics_csv(session: Session, *, settings: Settings, job: Job) -> File:
         purpose=RESULTS_PURPOSE,
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        storage_uri=str(path.relative_to(settings.data_dir)),
+        storage_uri=key,
         line_count=len(points),
         item_fields=[],
     )
     session.add(file)
     return file
-
-
-def relative_uri(settings: Settings, path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(settings.data_dir)) if path.is_relative_to(settings.data_dir) else str(path)
 
 
 def _commit_if(session: Session, done: bool) -> bool:
@@ -135,7 +134,7 @@ def succeed_job(
             tenant_id=job.tenant_id,
             job_id=job.id,
             base_model=job.model,
-            adapter_uri=relative_uri(settings, adapter_dir),
+            adapter_uri=artifact_store(settings).key_of(adapter_dir),
         )
     )
     session.flush()
@@ -154,7 +153,7 @@ def succeed_job(
         estimated_finish=None,
     )
     if not _commit_if(session, done):
-        (settings.data_dir / result_file.storage_uri).unlink(missing_ok=True)
+        artifact_store(settings).delete(result_file.storage_uri)
     return done
 
 

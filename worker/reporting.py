@@ -30,8 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.lifecycle import add_event
 from app.models import Job, JobStatus, MetricPoint, now
 from app.queues import control_key
+from app.storage import ArtifactStore
 from app.streams import STREAM_MAXLEN, encode_step
 from worker.alarms import AlarmBook
+from worker.artifacts import publish_checkpoints
 from worker.dbretry import retrying
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 from worker.engine.checkpoint import crash_point, list_checkpoints, step_metrics
@@ -64,7 +66,7 @@ class JobReporter(TrainerCallbacks):
         job_id: str,
         worker_id: str,
         model_name: str,
-        data_dir: Path,
+        store: ArtifactStore,
         sessions: sessionmaker[Session],
         redis_client: "redis.Redis",
         heartbeat_interval_s: float,
@@ -75,7 +77,7 @@ class JobReporter(TrainerCallbacks):
         self.db_retry_s = db_retry_s
         self.worker_id = worker_id
         self.model_name = model_name  # the fine-tuned model name; checkpoints are named after it
-        self.data_dir = data_dir
+        self.store = store  # where checkpoints are published; its data dir holds the run directory
         self._sessions = sessions
         self._redis = redis_client
         self._lock = threading.Lock()
@@ -246,6 +248,8 @@ class JobReporter(TrainerCallbacks):
             message = f"Resumed from the checkpoint at step {self.start_step} of {self.total_steps}"
         else:
             message = f"Training started: {self.total_steps} steps"
+        # A checkpoint a killed attempt saved but never published: in the store before its row is restored.
+        publish_checkpoints(self.store, info.output_dir)
         steps = step_metrics(info.output_dir, upto=self.start_step)
         checkpoints = [(s, p) for s, p in list_checkpoints(info.output_dir) if s <= self.start_step]
 
@@ -254,7 +258,7 @@ class JobReporter(TrainerCallbacks):
                 session,
                 job_id=self.job_id,
                 model_name=self.model_name,
-                data_dir=self.data_dir,
+                data_dir=self.store.data_dir,
                 start_step=self.start_step,
                 steps=steps,
                 checkpoints=checkpoints,
@@ -305,15 +309,17 @@ class JobReporter(TrainerCallbacks):
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         self.flush()  # the checkpoint's steps must be in the DB before the checkpoint row says they exist
         crash_point("report.flushed", step)
+        # In the store before its row: a listed checkpoint can be downloaded, and resumed on any host.
+        publish_checkpoints(self.store, path.parent.parent, written=path)  # <output_dir>/checkpoints/step-N
         values = {name: float(value) for name, value in metrics.items()}
         row = checkpoint_row(
-            job_id=self.job_id, model_name=self.model_name, data_dir=self.data_dir, step=step, path=path,
-            metrics=values,
+            job_id=self.job_id, model_name=self.model_name, data_dir=self.store.data_dir, step=step,
+            path=path, metrics=values,
         )  # fmt: skip
 
         def record(session: Session) -> None:
             upsert_checkpoint(session, row)
-            drop_removed_checkpoints(session, job_id=self.job_id, data_dir=self.data_dir)
+            drop_removed_checkpoints(session, job_id=self.job_id, data_dir=self.store.data_dir)
             add_event(
                 session,
                 job_id=self.job_id,

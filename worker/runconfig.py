@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.models import File, Job
 from app.registry import find_base_model
 from app.settings import Settings
+from app.storage import artifact_store
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
@@ -50,7 +51,7 @@ def file_path(session: Session, *, settings: Settings, job: Job, file_id: str, p
         raise DataFileError(
             f"File '{file_id}' no longer exists; upload it again and create a new job.", param
         )
-    return settings.data_dir / file.storage_uri
+    return artifact_store(settings).local_path(file.storage_uri)  # fetched by worker.artifacts.fetch_inputs
 
 
 def job_output_dir(settings: Settings, job_id: str) -> Path:

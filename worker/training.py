@@ -12,6 +12,7 @@ than `db_retry_s`, the job is left to the reaper (its heartbeat stops, so it is 
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -22,7 +23,9 @@ from app.lifecycle import transition
 from app.models import Job, JobStatus
 from app.queues import control_key
 from app.settings import Settings
+from app.storage import artifact_store
 from worker.alarms import AlarmBook
+from worker.artifacts import fetch_inputs, restore_run
 from worker.dbretry import is_connection_error, retrying
 from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError
@@ -94,7 +97,7 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
         job_id=job_id,
         worker_id=worker_id,
         model_name=model_name,
-        data_dir=settings.data_dir,
+        store=artifact_store(settings),
         sessions=sessions,
         redis_client=redis.Redis.from_url(
             str(settings.redis_url), socket_connect_timeout=2, socket_timeout=5
@@ -122,6 +125,8 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
 
     try:
         config = retrying(configure, what=f"job {job.id}", deadline_s=settings.db_retry_s)
+        fetch_inputs(reporter.store, config)  # outside any DB session: these may be downloads
+        restore_run(reporter.store, Path(config.output_dir))
         check_prompts(config)
         reporter.alarms.grader = grader_label(config.grader)
         reporter.alarms.max_response_tokens = config.max_response_tokens
@@ -192,6 +197,8 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
         log.info("job %s was cancelled or taken over while running; its outcome is not recorded", job.id)
         reporter.flush_after_cancel()
         return "lost"
+    if result.final_adapter_dir is not None:  # in the store before the fine-tuned model row names it
+        reporter.store.publish(reporter.store.key_of(result.final_adapter_dir))
     return retrying(
         lambda: _outcome(job, result, settings=settings, reporter=reporter, model_name=model_name),
         what=f"outcome of job {job.id}",

@@ -1,16 +1,25 @@
-"""HTTP responses shared by the JSON API and the dashboard: the live metrics stream and adapter archives.
+"""HTTP responses shared by the JSON API and the dashboard: the live metrics stream, adapter archives and
+stored artifacts.
 
 Both surfaces authorize first (Bearer key or session cookie), then hand over to these.
 """
 
-from fastapi.responses import FileResponse, StreamingResponse
+from collections.abc import Iterator
+from typing import IO
+from urllib.parse import quote
+
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
+from app.errors import NotFound
 from app.models import Tenant
 from app.services import progress
 from app.services.jobs import get_job
 from app.settings import Settings
+from app.storage import artifact_store
+
+_CHUNK = 1024 * 1024
 
 
 def metric_stream(
@@ -31,10 +40,40 @@ def adapter_download(
 ) -> FileResponse:
     """A checkpoint's peft adapter as a .tar.gz, deleted once sent."""
     checkpoint = progress.get_checkpoint(session, tenant=tenant, job_id=job_id, checkpoint_id=checkpoint_id)
-    archive = progress.adapter_archive(settings, checkpoint, get_job(session, tenant=tenant, job_id=job_id))
+    job = get_job(session, tenant=tenant, job_id=job_id)
+    session.close()  # the rows stay readable; no DB connection is held while the store is read
+    archive = progress.adapter_archive(settings, checkpoint, job)
     return FileResponse(
         archive,
         media_type="application/gzip",
         filename=f"{checkpoint.id}.tar.gz",
         background=BackgroundTask(archive.unlink, missing_ok=True),
     )
+
+
+def artifact_download(settings: Settings, *, key: str, media_type: str, filename: str) -> Response:
+    """A stored artifact as an attachment: sent from the local file, or streamed from the store."""
+    store = artifact_store(settings)
+    if store.is_local:
+        return FileResponse(store.local_path(key), media_type=media_type, filename=filename)
+    try:
+        handle = store.open(key)
+    except FileNotFoundError:
+        raise NotFound(f"The content of '{filename}' is no longer stored.") from None
+    return StreamingResponse(
+        _chunks(handle), media_type=media_type, headers={"Content-Disposition": _attachment(filename)}
+    )
+
+
+def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
+
+
+def _attachment(filename: str) -> str:
+    # As Starlette's FileResponse writes it: RFC 6266's filename* for names that are not plain ASCII.
+    quoted = quote(filename)
+    if quoted != filename:
+        return f"attachment; filename*=utf-8''{quoted}"
+    return f'attachment; filename="{filename}"'

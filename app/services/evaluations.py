@@ -4,8 +4,6 @@ The model name is resolved here, tenant-scoped, and the result is stored with th
 worker never resolves a name a tenant could not see.
 """
 
-from pathlib import Path
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,6 +17,7 @@ from app.services.files import get_file
 from app.services.jobs import check_context
 from app.services.pagination import page
 from app.settings import Settings
+from app.storage import artifact_store
 
 
 def resolve_model(
@@ -99,8 +98,7 @@ def create_evaluation(
 
 
 def _stored(settings: Settings, uri: str) -> bool:
-    path = Path(uri)
-    return (path if path.is_absolute() else settings.data_dir / path).is_dir()
+    return artifact_store(settings).exists(uri)
 
 
 def get_evaluation(session: Session, *, tenant: Tenant, evaluation_id: str) -> Evaluation:
@@ -119,10 +117,10 @@ def list_evaluations(
     return page(session, query, key=Evaluation.created_at, ident=Evaluation.id, after=after, limit=limit)
 
 
-def results_path(settings: Settings, evaluation: Evaluation) -> Path:
+def results_key(settings: Settings, evaluation: Evaluation) -> str:
+    """The artifact key of the evaluation's per-item results; 404 when there are none (any longer)."""
     if evaluation.result_uri is None:
         raise NotFound(f"Evaluation '{evaluation.id}' has no results yet.", param="evaluation_id")
-    path = settings.data_dir / evaluation.result_uri
-    if not path.is_file():
+    if not artifact_store(settings).exists(evaluation.result_uri):
         raise NotFound(f"The results of evaluation '{evaluation.id}' are no longer stored.")
-    return path
+    return evaluation.result_uri

@@ -1,4 +1,5 @@
-"""Uploaded files: streamed to disk under a server-generated name, size-limited, hashed and validated."""
+"""Uploaded files: streamed to disk under a server-generated name, size-limited, hashed and validated, then
+published to the artifact store (app/storage.py) under a key made of the file's id."""
 
 import hashlib
 import json
@@ -13,13 +14,10 @@ from app.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
 from app.services.pagination import page
 from app.settings import Settings
+from app.storage import artifact_store
 
 PURPOSES = ("fine-tune",)
 _CHUNK = 1024 * 1024
-
-
-def file_path(settings: Settings, file: File) -> Path:
-    return settings.data_dir / file.storage_uri
 
 
 def inspect_jsonl(path: Path) -> tuple[int, list[str], int]:
@@ -82,14 +80,18 @@ def create_file(
         raise InvalidRequest(
             f"Invalid purpose '{purpose}'; expected one of {list(PURPOSES)}.", param="purpose"
         )
+    store = artifact_store(settings)
     file_id = new_id("file")
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
-    final = settings.files_dir / f"{file_id}.jsonl"
+    key = f"files/{file_id}.jsonl"
+    final = store.local_path(key)
+    final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_suffix(".part")
     try:
         size, digest = _copy_limited(upload, partial, limit=settings.max_upload_bytes)
         line_count, fields, longest = inspect_jsonl(partial)
         os.replace(partial, final)
+        # Before the row: a file the DB lists is always in the store. The API keeps no copy of its own.
+        store.publish(key, keep_copy=False)
         file = File(
             id=file_id,
             tenant_id=tenant.id,
@@ -97,7 +99,7 @@ def create_file(
             purpose=purpose,
             bytes=size,
             sha256=digest,
-            storage_uri=str(final.relative_to(settings.data_dir)),
+            storage_uri=key,
             line_count=line_count,
             item_fields=fields,
             max_prompt_chars=longest,
@@ -106,7 +108,7 @@ def create_file(
         session.commit()
     except BaseException:
         partial.unlink(missing_ok=True)
-        final.unlink(missing_ok=True)
+        store.delete(key)
         raise
     return file
 
@@ -153,7 +155,7 @@ def delete_file(session: Session, *, settings: Settings, tenant: Tenant, file_id
         raise Conflict(
             f"File {file_id} is used by fine-tuning job {in_use}, which has not finished.", param="id"
         )
-    path = file_path(settings, file)
+    key = file.storage_uri
     session.delete(file)
     session.commit()
-    path.unlink(missing_ok=True)
+    artifact_store(settings).delete(key)

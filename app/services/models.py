@@ -1,7 +1,5 @@
 """The models a tenant can see: registry base models and its own fine-tuned models."""
 
-import shutil
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -11,6 +9,7 @@ from app.registry import find_base_model, list_base_models
 from app.schemas.models import ModelObject
 from app.services.inference import model_not_found
 from app.settings import Settings
+from app.storage import artifact_store
 
 
 def list_models(session: Session, *, settings: Settings, tenant: Tenant) -> list[ModelObject]:
@@ -49,12 +48,11 @@ def delete_model(session: Session, *, settings: Settings, tenant: Tenant, model_
             f"The model '{model_id}' is a base model of the service and cannot be deleted.", param="model"
         )
     row = _own_fine_tuned(session, tenant=tenant, model_id=model_id)
-    jobs_dir = settings.jobs_dir.resolve()
-    adapter = (settings.data_dir / row.adapter_uri).resolve()
+    adapter = row.adapter_uri
     session.delete(row)
     session.commit()
-    if adapter.is_relative_to(jobs_dir) and adapter != jobs_dir:  # never a file outside the jobs' own
-        shutil.rmtree(adapter, ignore_errors=True)
+    if adapter.startswith("jobs/"):  # never an artifact outside the jobs' own
+        artifact_store(settings).delete(adapter)
 
 
 def _own_fine_tuned(session: Session, *, tenant: Tenant, model_id: str) -> FineTunedModel:

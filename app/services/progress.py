@@ -29,6 +29,7 @@ from app.models import FINISHED_STATUSES, Checkpoint, Job, MetricPoint, Tenant
 from app.services.jobs import get_job
 from app.services.model_card import model_card, portable_adapter_config
 from app.settings import Settings
+from app.storage import artifact_store
 from app.streams import metrics_stream_key
 
 log = logging.getLogger(__name__)
@@ -146,16 +147,15 @@ def adapter_archive(settings: Settings, checkpoint: Checkpoint, job: Job) -> Pat
     names the base model by registry name and a README.md model card tells how. The caller deletes the
     file once it is sent.
     """
-    source = Path(checkpoint.uri)
-    source = source if source.is_absolute() else settings.data_dir / source
-    if not (source / "adapter_config.json").is_file():
+    store = artifact_store(settings)
+    if not store.exists(f"{checkpoint.uri}/adapter_config.json"):
         raise NotFound(
             f"The adapter of checkpoint '{checkpoint.id}' is no longer stored.", param="checkpoint_id"
         )
     fd, name = tempfile.mkstemp(prefix="sppo-adapter-", suffix=".tar.gz")
     os.close(fd)
     try:
-        with tarfile.open(name, "w:gz") as archive:
+        with store.local_copy(checkpoint.uri) as source, tarfile.open(name, "w:gz") as archive:
             for file in sorted(source.iterdir()):
                 if file.name in ("adapter_config.json", "README.md") or not file.is_file():
                     continue

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.db import get_sessionmaker, session_scope
 from app.metrics import training_rates
+from app.storage import ArtifactStore
 from worker.jobs import claim_job, fail_job
 from worker.presence import Presence
 from worker.reporting import JobReporter
@@ -92,7 +93,7 @@ def test_job_queue_worker_and_training_series_after_a_job_runs(
     with session_scope(server.db_url) as session:
         assert claim_job(session, job_id=job_id, worker_id=worker_id) is not None
     reporter = JobReporter(
-        job_id=job_id, worker_id=worker_id, model_name="ft:test", data_dir=server.data_dir,
+        job_id=job_id, worker_id=worker_id, model_name="ft:test", store=ArtifactStore(None, server.data_dir),
         sessions=get_sessionmaker(server.db_url), redis_client=client, heartbeat_interval_s=60, db_retry_s=5,
     )  # fmt: skip
     try:

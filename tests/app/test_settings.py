@@ -12,7 +12,7 @@ def test_defaults_put_everything_under_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert settings.db_url == f"sqlite:///{tmp_path / 'sppo.db'}"
     assert settings.registry_dir == tmp_path / "models"
-    assert settings.files_dir == tmp_path / "files"
+    assert settings.artifact_store is None  # the data dir itself is the artifact store
 
 
 def test_postgres_url_gets_psycopg_and_password_is_hidden() -> None:

@@ -11,6 +11,7 @@ from app.db import get_sessionmaker
 from app.models import Job, JobEvent
 from app.schemas.jobs import Alarm
 from app.settings import Settings
+from app.storage import artifact_store
 from worker.alarms import AlarmBook
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job
@@ -84,7 +85,7 @@ def reporter(settings: Settings, session: Session, make_job: Callable[..., str])
         job_id=job_id,
         worker_id="w:1",
         model_name=f"ft:sppo-tiny:t::{job_id}",
-        data_dir=settings.data_dir,
+        store=artifact_store(settings),
         sessions=get_sessionmaker(settings.db_url),
         redis_client=redis.Redis.from_url(str(settings.redis_url)),
         heartbeat_interval_s=settings.heartbeat_interval_s,

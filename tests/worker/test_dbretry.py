@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.db import get_sessionmaker
 from app.models import MetricPoint
 from app.settings import Settings
+from app.storage import artifact_store
 from worker.dbretry import retrying
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job
@@ -114,7 +115,7 @@ def test_reporter_records_every_step_once_while_backends_are_terminated(
         job_id=job_id,
         worker_id="w:1",
         model_name=f"ft:sppo-tiny:t::{job_id}",
-        data_dir=pg_settings.data_dir,
+        store=artifact_store(pg_settings),
         sessions=get_sessionmaker(pg_settings.db_url),
         redis_client=redis.Redis.from_url(str(pg_settings.redis_url)),
         heartbeat_interval_s=pg_settings.heartbeat_interval_s,

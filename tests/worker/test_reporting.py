@@ -15,6 +15,7 @@ from app.lifecycle import transition
 from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint
 from app.queues import control_key
 from app.settings import Settings
+from app.storage import artifact_store
 from app.streams import decode_step, metrics_stream_key
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job
@@ -41,7 +42,7 @@ def reporter(settings: Settings, job_id: str) -> Iterator[Reporter]:
                 job_id=job_id,
                 worker_id="w:1",
                 model_name=f"ft:sppo-tiny:t::{job_id}",
-                data_dir=settings.data_dir,
+                store=artifact_store(settings),
                 sessions=get_sessionmaker(settings.db_url),
                 redis_client=redis.Redis.from_url(str(settings.redis_url)),
                 heartbeat_interval_s=settings.heartbeat_interval_s,

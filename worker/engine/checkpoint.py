@@ -37,7 +37,7 @@ from worker.engine.errors import CheckpointError
 from worker.engine.policy import POLICY_ADAPTER
 
 logger = logging.getLogger(__name__)
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+STEP_DIR = re.compile(r"^step-(\d+)$")  # a complete checkpoint (staging folders start with .tmp-)
 # the trainer's log of every step's metrics, cut back to the checkpoint on resume
 METRICS_FILE = "metrics.jsonl"
 CRASH_AT_ENV = "SPPO_CRASH_AT"
@@ -92,7 +92,7 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     root = checkpoints_dir(output_dir)
     if not root.exists():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return sorted(found)
 
 

@@ -3,10 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import JSONL, errors
+from app.api.responses import artifact_download
 from app.schemas.common import ListPublic
 from app.schemas.evaluations import EvaluationCreate, EvaluationPublic
 from app.services import evaluations
@@ -47,10 +48,11 @@ def retrieve_evaluation(session: SessionDep, tenant: CurrentTenant, evaluation_i
 )
 def evaluation_results(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, evaluation_id: str
-) -> FileResponse:
+) -> Response:
     evaluation = evaluations.get_evaluation(session, tenant=tenant, evaluation_id=evaluation_id)
-    return FileResponse(
-        evaluations.results_path(settings, evaluation),
+    return artifact_download(
+        settings,
+        key=evaluations.results_key(settings, evaluation),
         media_type="application/jsonl",
         filename=f"{evaluation.id}-results.jsonl",
     )

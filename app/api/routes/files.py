@@ -3,10 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import JSONL, errors
+from app.api.responses import artifact_download
 from app.schemas.common import DeletedPublic, ListPublic
 from app.schemas.files import FileObject
 from app.services import files
@@ -51,12 +52,10 @@ def retrieve_file(session: SessionDep, tenant: CurrentTenant, file_id: str) -> F
 
 
 @router.get("/{file_id}/content", response_class=FileResponse, responses={200: JSONL, **errors(400, 404)})
-def file_content(
-    session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, file_id: str
-) -> FileResponse:
+def file_content(session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, file_id: str) -> Response:
     file = files.get_file(session, tenant=tenant, file_id=file_id)
-    return FileResponse(
-        files.file_path(settings, file), media_type="application/jsonl", filename=file.filename
+    return artifact_download(
+        settings, key=file.storage_uri, media_type="application/jsonl", filename=file.filename
     )
 
 
