@@ -1,4 +1,5 @@
-"""A Redis outage on the API's live paths: a metrics stream keeps its connection and goes on from the DB.
+"""A Redis outage on the API's live paths: a metrics stream keeps its connection and goes on from the DB;
+pause and cancel are answered, and the pause reaches the worker through the DB.
 
 A real uvicorn API on a redis-server of the test's own, which the test kills and starts again empty; the
 worker's side is played by its own code (worker.livestream.publish_step) and rows in the database.
@@ -16,12 +17,13 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
-from app.db import session_scope, upgrade_database
+from app.db import get_sessionmaker, session_scope, upgrade_database
 from app.models import ApiKey, Job, JobStatus, MetricPoint
 from app.streams import encode_step
 from tests.app.conftest import Server, method, run_api_server
 from tests.conftest import RedisServer
 from worker.livestream import publish_step
+from worker.reporting import JobReporter
 
 WAIT_S = 30
 
@@ -150,3 +152,36 @@ def test_a_metrics_stream_keeps_its_connection_through_a_redis_outage_and_restar
         "into the outage"
     )
 
+
+def test_pause_and_cancel_during_a_redis_outage_are_answered_and_the_pause_reaches_the_worker(
+    outage_server: Server, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    key = outage_server.new_key()
+    to_pause, to_cancel = running_job(outage_server, "w:1"), running_job(outage_server, "w:2")
+    reporter = JobReporter(  # the worker's side of `to_pause`: its heartbeat reads the job row
+        job_id=to_pause,
+        worker_id="w:1",
+        model_name="ft:sppo-tiny:x",
+        data_dir=tmp_path,
+        sessions=get_sessionmaker(outage_server.db_url),
+        redis_client=redis.Redis.from_url(own_redis.url, socket_connect_timeout=1, socket_timeout=1),
+        heartbeat_interval_s=0.2,
+        db_retry_s=2,
+    )
+    try:
+        own_redis.stop()
+        asked = time.monotonic()
+        with outage_server.client(key) as api:
+            paused = api.post(f"/v1/fine_tuning/jobs/{to_pause}/pause")
+            assert paused.status_code == 200, paused.text
+            assert paused.json()["status"] == "running"  # until the worker has checkpointed
+            cancelled = api.post(f"/v1/fine_tuning/jobs/{to_cancel}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["status"] == "cancelled"
+        while reporter.control() != "pause":
+            assert time.monotonic() - asked < 5, "the worker never saw the pause"
+            time.sleep(0.05)
+        seen_s = time.monotonic() - asked
+        print(f"pause answered 200 with Redis down; the worker saw it {seen_s:.2f}s after the request")
+    finally:
+        reporter.close()
