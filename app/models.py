@@ -224,6 +224,9 @@ class Evaluation(Base):
     heartbeat_at: Mapped[int | None]
     worker_id: Mapped[str | None] = mapped_column(String(128))
     started_at: Mapped[int | None]
+    # When the task was last sent to the broker (NULL: at creation, before migration 0008); a queued
+    # evaluation sent long ago whose message the broker no longer holds is sent again (app/services/reaper).
+    dispatched_at: Mapped[int | None]
 
 
 class DashboardSession(Base):
