@@ -177,8 +177,9 @@ async def metric_events(settings: Settings, *, job_id: str, cursor: Cursor) -> A
                     redis_down = True
                 cursor.redis_id = None  # read on from the last step sent, once Redis is back
                 events = await _db_events(job_id, cursor.step)
-            fresh = [event for event in events if cursor.step is None or event[0] > cursor.step]
-            for step, data, event_id in fresh:
+            for step, data, event_id in events:
+                if cursor.step is not None and step <= cursor.step:
+                    continue  # sent already (see the module docstring)
                 cursor.step = step
                 yield _sse("metrics", data, event_id)
                 last_sent = time.monotonic()
