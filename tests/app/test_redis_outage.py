@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from app.db import get_sessionmaker, session_scope, upgrade_database
 from app.models import ApiKey, Job, JobStatus, MetricPoint
+from app.storage import ArtifactStore
 from app.streams import encode_step
 from tests.app.conftest import Server, method, run_api_server
 from tests.conftest import RedisServer
@@ -162,7 +163,7 @@ def test_pause_and_cancel_during_a_redis_outage_are_answered_and_the_pause_reach
         job_id=to_pause,
         worker_id="w:1",
         model_name="ft:sppo-tiny:x",
-        data_dir=tmp_path,
+        store=ArtifactStore(None, tmp_path),
         sessions=get_sessionmaker(outage_server.db_url),
         redis_client=redis.Redis.from_url(own_redis.url, socket_connect_timeout=1, socket_timeout=1),
         heartbeat_interval_s=0.2,
