@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from app import dispatch
 from app.lifecycle import transition
 from app.models import Evaluation, Job, JobStatus, now
-from app.queues import TRAIN_QUEUE, redis_key
+from app.queues import TRAIN_QUEUE, redis_key, training_queues
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,16 +135,18 @@ def reap_lost_evaluations(session: Session, *, settings: Settings, report: ReapR
         session.commit()
 
 
-def broker_holds(client: "redis.Redis", job_id: str) -> bool:
+def broker_holds(client: "redis.Redis", job_id: str, queues: list[str] | None = None) -> bool:
     """Whether a training message for `job_id` waits in the queue or is reserved by a worker.
 
     Celery's message headers carry the task arguments as text (`argsrepr`), so a substring test finds it.
     """
     needle = job_id.encode()
     # kombu writes its keys under the install's prefix (app.queues.broker_options)
-    queue = redis_key(TRAIN_QUEUE)
-    queues = [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
-    for queue in queues:
+    lists = []
+    for name in queues or [TRAIN_QUEUE]:
+        queue = redis_key(name)
+        lists += [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
+    for queue in lists:
         if any(needle in message for message in client.lrange(queue, 0, -1)):
             return True
     return any(needle in message for message in client.hvals(redis_key(UNACKED_KEY)))
@@ -156,7 +158,8 @@ def find_lost_messages(session: Session, *, settings: Settings, client: "redis.R
     candidates = session.scalars(
         select(Job.id).where(Job.status == S.queued, Job.dispatched_at < cutoff)
     ).all()
-    lost = [job_id for job_id in candidates if not broker_holds(client, job_id)]
+    queues = training_queues(settings)
+    lost = [job_id for job_id in candidates if not broker_holds(client, job_id, queues)]
     if lost:
         session.execute(
             update(Job).where(Job.id.in_(lost), Job.status == S.queued).values(dispatched_at=None)
