@@ -42,10 +42,12 @@ deploy-check: $(STAMP)
 # the model server's, fault-soak and load benchmarks (PostgreSQL at SPPO_TEST_POSTGRES_URL).
 # BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run;
 # INFERENCE_BENCH_ARGS to the model server's (e.g. "--requests-per-client 2"); CHAOS_ARGS to the fault
-# soak (e.g. "--jobs 4 --budget-s 600 --label reduced"); LOAD_ARGS to the load one (e.g. "--runs 1 --duration-s 3").
+# soak (e.g. "--jobs 4 --budget-s 600 --label reduced"); LOAD_ARGS to the load one (e.g. "--runs 1 --duration-s 3");
+# MULTI_DEVICE_ARGS to the 1-vs-2-process one (e.g. "--steps 2").
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/multi_device.py $(MULTI_DEVICE_ARGS)
 	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
 	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
