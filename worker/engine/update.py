@@ -150,7 +150,8 @@ class PPOUpdate:
         self.opt.critic.zero_grad(set_to_none=True)
         chunks: list[torch.Tensor] = []
         loss_total = 0.0
-        mb_size = float(self.dist.sum(torch.tensor(float(len(mb_inds)))))  # the global minibatch's rows
+        rows_here = torch.tensor(float(len(mb_inds)), device=rollout.input_ids.device)  # nccl: on the GPU
+        mb_size = float(self.dist.sum(rows_here))  # the global minibatch's rows
         for rows in micro_batches(len(mb_inds), rollout.input_ids.shape[1], self.micro_batch_tokens):
             inds = mb_inds[rows]
             values = self.critic(rollout.input_ids[inds], rollout.attention_mask[inds], rollout.prompt_length)
