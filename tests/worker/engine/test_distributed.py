@@ -93,8 +93,10 @@ def _steps(output_dir: Path) -> list[dict[str, float]]:
         {"algorithm": "sppo"},
         # 4 prompts x 4 samples: a rank holds two whole groups, whose baselines need no other rank
         {"algorithm": "grpo", "batch_size": 4, "group_size": 4},
+        # token-level critic: its (B, R) values are gathered across ranks of different widths
+        {"algorithm": "ppo"},
     ],
-    ids=["sppo", "grpo"],
+    ids=["sppo", "grpo", "ppo"],
 )
 def test_two_ranks_match_one_process_on_the_same_global_batch(
     tiny: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any]
