@@ -4,16 +4,21 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
+from worker.engine import launch
 from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
-from worker.engine.errors import DistributedError
+from worker.engine.errors import ConfigError, DistributedError
 from worker.engine.fixtures import Fixture
+from worker.engine.launch import ORPHAN_EXIT_CODE, WATCH_INTERVAL_S
 from worker.engine.trainer import run_training
 
 from .conftest import tiny_config
@@ -110,3 +115,29 @@ def test_a_killed_rank_fails_the_run_and_leaves_no_process(tiny: Fixture, tmp_pa
     assert failure.value.code == "distributed_process_failed"
     assert "stopped unexpectedly" in failure.value.message
     assert _processes(config_path) == {}
+
+
+def test_a_rank_ends_once_its_launcher_is_gone() -> None:
+    launcher = subprocess.Popen(["sleep", "60"])
+    code = (
+        "import sys, time; from worker.engine.launch import exit_with_launcher; "
+        "exit_with_launcher(int(sys.argv[1])); print('watching', flush=True); time.sleep(60)"
+    )
+    rank = subprocess.Popen([sys.executable, "-c", code, str(launcher.pid)], stdout=subprocess.PIPE)
+    assert rank.stdout is not None and rank.stdout.readline() == b"watching\n"
+    launcher.kill()
+    launcher.wait()  # reaped, as the worker's parent reaps a killed worker
+    started = time.monotonic()
+    assert rank.wait(timeout=10) == ORPHAN_EXIT_CODE
+    assert time.monotonic() - started < 3 * WATCH_INTERVAL_S
+
+
+def test_more_devices_than_gpus_is_refused_before_starting(
+    tiny: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(launch, "resolve_device", lambda _: torch.device("cuda"))
+    with pytest.raises(ConfigError) as refused:
+        run_training(tiny_config(tiny, tmp_path / "run", n_devices=2, device="cuda"))
+    assert refused.value.param == "n_devices" and "sees 1" in refused.value.message
+    assert not (tmp_path / "run").exists()
