@@ -116,6 +116,9 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(128))
     # NULL while queued and not yet handed to the broker (e.g. broker down): re-dispatched later.
     dispatched_at: Mapped[int | None]
+    # When the user asked a running job to pause; the worker reads it with its heartbeat, so a pause
+    # reaches it when the Redis control key cannot (Redis down, or restarted empty).
+    pause_requested_at: Mapped[int | None]
     # Progress.
     current_step: Mapped[int] = mapped_column(default=0)
     total_steps: Mapped[int | None]
@@ -221,6 +224,9 @@ class Evaluation(Base):
     heartbeat_at: Mapped[int | None]
     worker_id: Mapped[str | None] = mapped_column(String(128))
     started_at: Mapped[int | None]
+    # When the task was last sent to the broker (NULL: at creation, before migration 0008); a queued
+    # evaluation sent long ago whose message the broker no longer holds is sent again (app/services/reaper).
+    dispatched_at: Mapped[int | None]
 
 
 class DashboardSession(Base):

@@ -25,8 +25,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 FIXTURE_MODEL = "sppo-tiny"
-# shipped with the engine (worker/engine/fixture_models); "sppo-tiny-long" joins once its weights ship
-FIXTURE_MODELS = (FIXTURE_MODEL,)
+# shipped with the engine (worker/engine/fixture_models)
+FIXTURE_MODELS = (FIXTURE_MODEL, "sppo-tiny-long")
 # Where the engine ships the fixtures' files; read by path, never imported.
 FIXTURES_ROOT = Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models"
 GRADER_FILE = "sppo_grader.json"

@@ -193,6 +193,11 @@ class Settings(BaseSettings):
         description="Upload speed allowance: a body may take body_timeout_s plus "
         "its size at this rate; a slower sender is cut off with 408.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a client has to send a whole request head (app/http_protocol.py); then 408.",
+    )
     shutdown_drain_s: int = Field(
         default=3, ge=0, description="On SIGTERM, how long open requests and streams may take to finish."
     )

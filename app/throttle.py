@@ -37,6 +37,8 @@ _UPLOADS = {"/v1/files", "/jobs/new"}
 _EVALUATIONS = {"/v1/evaluations"}
 _UNCOUNTED = {"/health", "/ready", "/metrics"}
 _READS = {"GET", "HEAD", "OPTIONS"}
+# Stopping work costs no disk or compute and needs no broker: let it through while Redis is down.
+_STOPS = re.compile(r"^(/v1/fine_tuning)?/jobs/[^/]+/(cancel|pause)$")
 _WARN_EVERY_S = 30.0
 _STREAM_RETRY_AFTER_S = 5
 _UNAVAILABLE_RETRY_AFTER_S = 5
@@ -109,7 +111,7 @@ class RateLimitMiddleware:
                 await _refuse(scope, send, message, _STREAM_RETRY_AFTER_S, code="too_many_streams")
                 return
         except (redis.RedisError, OSError):
-            if method not in _READS:
+            if method not in _READS and not (method == "POST" and _STOPS.match(path)):
                 await _unavailable(scope, send)
                 return
             self._warn_open()

@@ -101,7 +101,8 @@ class Soak:
 
     def start_api(self) -> None:
         self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                       "--port", str(self.api_port)])  # fmt: skip
+                                       "--port", str(self.api_port),
+                                       "--http", "app.http_protocol:HeadTimeoutProtocol"])  # fmt: skip
         self._wait(lambda: httpx.get(f"{self.base_url}/health", timeout=1).raise_for_status())
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:

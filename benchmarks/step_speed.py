@@ -25,6 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "step_speed.json"
+# both engines sample at one temperature: the base revision's fixture may ship another default
+TEMPERATURE = 0.5
 ALGORITHMS: dict[str, dict[str, Any]] = {
     "sppo": {"algorithm": "sppo"},
     "grpo": {"algorithm": "grpo", "group_size": 8},
@@ -50,15 +52,16 @@ def child(algorithm: str, steps: int, samples_per_step: int, pieces: bool) -> di
             "output_dir": output_dir,
             "seed": 0,
             "batch_size": samples_per_step // (8 if algorithm == "grpo" else 1),
+            "temperature": TEMPERATURE,
             **ALGORITHMS[algorithm],
         }
         trainer = Trainer(RunConfig.from_dict(values), TrainerCallbacks())
         trainer.train_step()  # warm-up: allocator, critic initialisation
-        started = time.perf_counter()
+        started = time.process_time()  # CPU-seconds of this one-thread process: robust to other load
         for _ in range(steps):
             trainer.train_step()
         samples = steps * trainer.config.batch_size * trainer.config.samples_per_prompt
-        result: dict[str, Any] = {"samples_per_s": samples / (time.perf_counter() - started)}
+        result: dict[str, Any] = {"samples_per_s": samples / (time.process_time() - started)}
         if pieces:
             result.update(_pieces(trainer, fixture.validation_file))
     return result

@@ -94,9 +94,10 @@ def serve(
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         # SIGTERM (a container stop): stop accepting, let in-flight requests finish, bounded; metric
-        # streams end by themselves (app/shutdown.py). A request's headers may not exceed 64 KiB.
+        # streams end by themselves (app/shutdown.py).
         timeout_graceful_shutdown=settings.shutdown_drain_s,
-        h11_max_incomplete_event_size=64 * 1024,
+        # A request head must arrive within SPPO_HEADER_TIMEOUT_S and may not exceed 64 KiB.
+        http="app.http_protocol:HeadTimeoutProtocol",
     )
 
 

@@ -7,6 +7,9 @@ the HTTP tests talk to `uvicorn app.main:app` in a subprocess.
 import contextlib
 import os
 import secrets
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,3 +152,50 @@ def stack_redis_url() -> Iterator[str]:
     must not take messages other tests put there."""
     with _claim_redis_database("the end-to-end stack") as url:
         yield url
+
+
+class RedisServer:
+    """A redis-server of one test's own (no persistence), which the test may stop and start again empty."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._log = log
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        with self._log.open("ab") as log:
+            self._process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis.Redis.from_url(self.url, socket_connect_timeout=1).ping():
+                    return
+            except redis.RedisError:
+                assert time.monotonic() < deadline, self._log.read_text()
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGKILL, as a crash or a pulled cable would: no clean goodbye to connected clients."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = RedisServer(port, tmp_path / "redis.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -211,5 +211,6 @@ def pause_job(session: Session, *, job_id: str, worker_id: str, step: int) -> bo
         where=_mine(worker_id),
         worker_id=None,
         estimated_finish=None,
+        pause_requested_at=None,
     )
     return _commit_if(session, done)

@@ -86,6 +86,7 @@ class JobReporter(TrainerCallbacks):
         self._pending: dict[int, dict[str, float]] = {}
         self._last_flush = time.monotonic()
         self._last_control: tuple[float, Control] = (0.0, "continue")
+        self.pause_requested = False  # the job row's pause request, read with every heartbeat
         self._run_started = time.monotonic()
         self.start_step = 0
         self.total_steps: int | None = None
@@ -136,10 +137,15 @@ class JobReporter(TrainerCallbacks):
         # A thread, so the lease holds through model loading and long steps that never poll control().
         while not self._stopped.wait(interval):
             try:
-                if not self._write(lambda _session: None):
+                if not self._write(self._read_pause_request):
                     return
             except Exception:  # a DB blip: the next beat tries again; the lease is several beats long
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def _read_pause_request(self, session: Session) -> None:
+        # The API records a pause in the row as well as in Redis: Redis may be down or have lost the key.
+        requested = session.scalar(select(Job.pause_requested_at).where(Job.id == self.job_id))
+        self.pause_requested = requested is not None
 
     def _progress(self) -> dict[str, Any]:
         values: dict[str, Any] = {"current_step": self.current_step, "alarms": self.alarms.public()}
@@ -334,7 +340,7 @@ class JobReporter(TrainerCallbacks):
     def control(self) -> Control:
         if self.lost:
             return "cancel"
-        if SHUTDOWN.is_set():
+        if SHUTDOWN.is_set() or self.pause_requested:
             return "pause"
         last_read, answer = self._last_control
         if time.monotonic() - last_read < CONTROL_POLL_S:

@@ -209,7 +209,8 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
 def _outcome(job: Job, result: Any, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
     """One transaction recording how the run ended (retried whole after a dropped connection)."""
     with get_sessionmaker(settings.db_url)() as session:
-        if result.status == "paused" and SHUTDOWN.is_set() and not _pause_requested(settings, job.id):
+        asked = reporter.pause_requested or _pause_requested(settings, job.id)
+        if result.status == "paused" and SHUTDOWN.is_set() and not asked:
             done = requeue_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
             return "requeued (worker shutdown)" if done else "lost"
         if result.status == "paused":

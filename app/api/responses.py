@@ -14,7 +14,7 @@ from starlette.background import BackgroundTask
 
 from app.errors import NotFound
 from app.models import Tenant
-from app.services import progress
+from app.services import live_metrics, progress
 from app.services.jobs import get_job
 from app.settings import Settings
 from app.storage import artifact_store
@@ -27,9 +27,9 @@ def metric_stream(
 ) -> StreamingResponse:
     """Server-Sent Events of a job's step metrics, resumable from `Last-Event-ID`."""
     get_job(session, tenant=tenant, job_id=job_id)  # 404 for another tenant's job, before streaming
-    cursor = progress.check_stream_cursor(last_event_id)
+    cursor = live_metrics.check_stream_cursor(last_event_id)
     return StreamingResponse(
-        progress.metric_events(settings, job_id=job_id, cursor=cursor),
+        live_metrics.metric_events(settings, job_id=job_id, cursor=cursor),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

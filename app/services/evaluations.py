@@ -94,6 +94,8 @@ def create_evaluation(
         evaluation.finished_at = now()
         session.commit()
         raise ServiceUnavailable(evaluation.error_message)
+    evaluation.dispatched_at = now()
+    session.commit()
     return evaluation
 
 

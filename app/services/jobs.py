@@ -4,19 +4,21 @@ Cancel of a running job marks it `cancelled` at once and sets the Redis control 
 safe because every write the worker makes is a transition guarded by `status = 'running'` (see
 app/lifecycle.py): once the API has cancelled the job, the worker's next heartbeat, checkpoint or
 finish matches no row, and the worker stops. The control key only makes it stop sooner (within a step).
-Pause has no such shortcut: the worker must write a checkpoint first, so it moves running → paused.
+Pause has no such shortcut: the worker must write a checkpoint first, so it moves running → paused. A
+pause is recorded in the job row (`pause_requested_at`), which the worker reads with its heartbeat, and
+set as the control key for speed; so cancel and pause both work while Redis is down.
 """
 
 import logging
 import secrets
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from app.lifecycle import add_event, transition
-from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant
+from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
 from app.registry import BaseModelEntry, fewest_tokens, find_base_model
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.pagination import page
@@ -219,9 +221,14 @@ def pause_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: s
         return job
     if job.status == S.running:
         # The worker checkpoints, then moves the job running → paused; the job answers "running" until then.
-        dispatch.set_control(settings, job_id, "pause")
+        # Recorded in the DB, which the worker reads with every heartbeat; the Redis key only makes it
+        # sooner, so a pause works while Redis is down.
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == S.running).values(pause_requested_at=now())
+        )
         add_event(session, job_id=job_id, message="Pause requested; the job pauses after its next checkpoint")
         session.commit()
+        _try_control(settings, job_id, "pause")
         return job
     # A job no worker holds yet pauses at once (the worker's queued → running claim will then fail).
     if not transition(
@@ -238,14 +245,22 @@ def pause_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: s
 def resume_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
     job = get_job(session, tenant=tenant, job_id=job_id)
     if job.status in (S.validating_files, S.queued, S.running):
-        if job.status == S.running:
-            dispatch.clear_control(settings, job_id)  # withdraw a pause the worker has not acted on yet
+        if job.status == S.running:  # withdraw a pause the worker has not acted on yet
+            dispatch.clear_control(settings, job_id)
+            session.execute(update(Job).where(Job.id == job_id).values(pause_requested_at=None))
+            session.commit()
         return job
     _check_quota(session, settings=settings, tenant=tenant)
     # A stale "pause" flag would pause the resumed run at its first step.
     dispatch.clear_control(settings, job_id)
     if not transition(
-        session, job_id=job_id, expected=(S.paused,), to=S.queued, message="Job resumed", dispatched_at=None
+        session,
+        job_id=job_id,
+        expected=(S.paused,),
+        to=S.queued,
+        message="Job resumed",
+        dispatched_at=None,
+        pause_requested_at=None,
     ):
         raise Conflict(
             f"Job {job_id} is {session.scalar(_status(job_id))}; only a paused job can be resumed."

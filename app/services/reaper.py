@@ -8,6 +8,9 @@
 - A `running` evaluation whose heartbeat is older than the lease is sent again and requeued with
   `attempt + 1` (the message first: a worker that takes it before the requeue commits takes the
   evaluation over, see worker/evaluations.py), or failed after `max_attempts`.
+- A `queued` evaluation sent longer than a lease ago whose message the broker no longer holds is sent
+  again. A duplicate message is harmless: the worker's claim takes only a queued evaluation (or one whose
+  worker went silent), so the second message finds nothing to do.
 
 Why the API and not Celery beat: the API is always running when jobs exist, `make run` then needs no
 extra process, and the reaper's writes are the same guarded transitions as everyone else's, so several
@@ -18,6 +21,7 @@ keeps its job.
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -27,7 +31,7 @@ from sqlalchemy.orm import Session
 from app import dispatch
 from app.lifecycle import transition
 from app.models import Evaluation, Job, JobStatus, now
-from app.queues import TRAIN_QUEUE, redis_key, training_queues
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, redis_key, training_queues
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ class ReapReport:
     redispatched: int = 0
     evaluations_requeued: list[str] = field(default_factory=list)
     evaluations_failed: list[str] = field(default_factory=list)
+    evaluations_redispatched: list[str] = field(default_factory=list)
 
 
 def _last_sign_of_life() -> ColumnElement[int]:
@@ -129,21 +134,22 @@ def reap_lost_evaluations(session: Session, *, settings: Settings, report: ReapR
                 report.evaluations_failed.append(evaluation_id)
         elif dispatch.send_evaluation_task(settings, evaluation_id):  # broker down: next round
             requeue = {"status": S.queued, "attempt": Evaluation.attempt + 1, "worker_id": None}
-            result = session.execute(guard.values(**requeue, heartbeat_at=None))
+            result = session.execute(guard.values(**requeue, heartbeat_at=None, dispatched_at=now()))
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 report.evaluations_requeued.append(evaluation_id)
         session.commit()
 
 
-def broker_holds(client: "redis.Redis", job_id: str, queues: list[str] | None = None) -> bool:
-    """Whether a training message for `job_id` waits in the queue or is reserved by a worker.
+def broker_holds(client: "redis.Redis", task_id: str, queue_names: Sequence[str] = (TRAIN_QUEUE,)) -> bool:
+    """Whether a message for `task_id` (a job or evaluation id) waits in one of the queues or is reserved
+    by a worker.
 
     Celery's message headers carry the task arguments as text (`argsrepr`), so a substring test finds it.
     """
-    needle = job_id.encode()
+    needle = task_id.encode()
     # kombu writes its keys under the install's prefix (app.queues.broker_options)
     lists = []
-    for name in queues or [TRAIN_QUEUE]:
+    for name in queue_names:
         queue = redis_key(name)
         lists += [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
     for queue in lists:
@@ -169,6 +175,32 @@ def find_lost_messages(session: Session, *, settings: Settings, client: "redis.R
     return lost
 
 
+def resend_lost_evaluations(
+    session: Session, *, settings: Settings, client: "redis.Redis", report: ReapReport
+) -> None:
+    """Send again the queued evaluations sent over a lease ago whose message the broker no longer holds."""
+    sent = func.coalesce(Evaluation.dispatched_at, Evaluation.created_at)
+    candidates = session.scalars(
+        select(Evaluation.id)
+        .where(Evaluation.status == S.queued, sent < now() - settings.heartbeat_lease_s)
+        .order_by(Evaluation.created_at)
+    ).all()
+    for evaluation_id in candidates:
+        if broker_holds(client, evaluation_id, (EVALUATION_QUEUE,)):
+            continue
+        if not dispatch.send_evaluation_task(settings, evaluation_id):
+            break  # the broker is down again; the next round tries again
+        queued = update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == S.queued)
+        session.execute(queued.values(dispatched_at=now()))
+        session.commit()
+        report.evaluations_redispatched.append(evaluation_id)
+    if report.evaluations_redispatched:
+        log.warning(
+            "the broker lost the messages of %d queued evaluation(s); sent them again",
+            len(report.evaluations_redispatched),
+        )
+
+
 def reap_once(session: Session, *, settings: Settings) -> ReapReport:
     """One round: lost running jobs, lost messages, undispatched jobs. Skipped while another API holds it."""
     client = dispatch.redis_client(str(settings.redis_url))
@@ -192,6 +224,7 @@ def reap_once(session: Session, *, settings: Settings) -> ReapReport:
             log.warning("requeued lost evaluation %s", evaluation_id)
         if lock is not None:
             find_lost_messages(session, settings=settings, client=client)
+            resend_lost_evaluations(session, settings=settings, client=client, report=report)
         report.redispatched = dispatch.dispatch_pending_jobs(session, settings=settings)
         return report
     finally:

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
+from app.api.retry import ReadRetryRoute
 from app.errors import APIError
 from app.settings import get_settings
 from app.web.session import CSRF_FIELD, CsrfFailed, LoginRequired, WebSession, load_session, save_session
@@ -81,8 +81,9 @@ def signed_in(request: Request, response: Response, web: WebSession) -> Response
     return response
 
 
-class PageRoute(APIRoute):
-    """Dashboard routes answer in HTML: no session → sign-in page, domain errors → an error page."""
+class PageRoute(ReadRetryRoute):
+    """Dashboard routes answer in HTML: no session → sign-in page, domain errors → an error page; reads
+    are run again once after a dropped DB connection, as the API's are."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_BYTES = 256 * 1024
 MAX_JOBS = 3
 BODY_TIMEOUT_S = 2  # a slow body is cut off after this (plus its size at 64 KiB/s)
+HEADER_TIMEOUT_S = 2  # a request head must be complete this long after it started
 REGISTRY_MODEL = "acme/tiny-llama"
 DEVICE_COUNTS = [1, 2]  # what the test deployment's workers offer
+# The API as `sppo serve` runs it: with the protocol that bounds request heads.
+UVICORN = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "app.http_protocol:HeadTimeoutProtocol"]
 
 ITEM = '{"messages": [{"role": "user", "content": "What is 2+3?"}], "answer": "5"}\n'
 GRADER = {
@@ -98,7 +101,7 @@ def run_api_server(
     log_path = data_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", log_level],
+            [*UVICORN, "--port", str(port), "--log-level", log_level],
             cwd=ROOT,
             env=full_env,
             stdout=log,
@@ -153,6 +156,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     env = {
         "SPPO_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "SPPO_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "SPPO_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there

@@ -36,8 +36,10 @@ def test_models_lists_registry_fixture_and_own_fine_tuned(
     models = api.get("/v1/models").json()
     assert models["object"] == "list"
     ids = [m["id"] for m in models["data"]]
-    assert ids == ["sppo-tiny", REGISTRY_MODEL]  # "not-a-model" has no config.json, "config-only" no weights
-    registry_model = models["data"][1]
+    # both shipped fixtures, then the registry ("not-a-model" has no config.json, "config-only" no weights)
+    assert ids == ["sppo-tiny", "sppo-tiny-long", REGISTRY_MODEL]
+    assert models["data"][1]["context_length"] == 256  # the long-horizon fixture's positions
+    registry_model = models["data"][2]
     assert registry_model["recommended_grader"] == REGISTRY_GRADER  # its sppo_grader.json
     assert registry_model["context_length"] == REGISTRY_CONTEXT
     assert all(m["object"] == "model" and m["owned_by"] == "system" for m in models["data"])

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from app.services.keys import create_key
 from .conftest import _free_port, method
 
 GRACE_S = 3
+HEADER_TIMEOUT_S = 1
 # uvicorn re-raises the SIGTERM it handled once it has shut down, so the exit status says "terminated".
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
@@ -49,6 +52,7 @@ def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
         "SPPO_REDIS_URL": redis_url,
         "SPPO_LOG_FORMAT": "json",
         "SPPO_SHUTDOWN_DRAIN_S": str(GRACE_S),
+        "SPPO_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "SPPO_PORT": str(port),
     }
     log = tmp_path / "serve.log"
@@ -90,6 +94,17 @@ def test_every_line_is_json_and_a_request_line_carries_request_and_tenant_ids(se
     assert request["event"] == "request" and request["route"] == "/v1/models" and request["status"] == 200
     assert request["tenant_id"] == tenant_id and request["level"] == "info" and "timestamp" in request
     assert any("Started server process" in line["event"] for line in lines)  # uvicorn's own lines too
+
+
+def test_a_request_head_that_never_completes_gets_408_after_the_header_timeout(served: Served) -> None:
+    address = urlsplit(served.base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        answer = sock.recv(4096)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert HEADER_TIMEOUT_S - 0.2 <= waited < HEADER_TIMEOUT_S + 3, waited
 
 
 def test_sigterm_lets_an_upload_in_flight_finish_and_closes_open_streams(served: Served) -> None:

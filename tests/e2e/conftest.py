@@ -22,6 +22,7 @@ import pytest
 
 from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
+from tests.app.conftest import UVICORN
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +139,7 @@ def stack(
     api_log = data_dir / "logs" / "api.log"
     with api_log.open("wb") as out:
         api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "info"],
+            [*UVICORN, "--port", str(port), "--log-level", "info"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"

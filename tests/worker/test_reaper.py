@@ -7,7 +7,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.dispatch import send_training_task
+from app.dispatch import send_evaluation_task, send_training_task
 from app.models import Evaluation, Job, JobEvent, JobStatus, now
 from app.queues import EVALUATION_QUEUE, redis_key
 from app.services.reaper import broker_holds, reap_once
@@ -135,3 +135,23 @@ def test_a_redelivered_message_takes_over_an_evaluation_whose_worker_went_silent
     assert (row.status, row.attempt, row.worker_id) == (S.running, 2, "w:3")
     assert not claim_evaluation(settings, alive, "w:3")  # its worker heartbeats: the message is a duplicate
     assert _evaluation_row(session, alive).worker_id == "w:2"
+
+
+def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    client = redis.Redis.from_url(str(settings.redis_url))
+    long_ago = now() - 600
+    lost = _evaluation(session, make_job, dispatched_at=long_ago)  # as after a FLUSHDB: no message anywhere
+    held = _evaluation(session, make_job, dispatched_at=long_ago)  # waiting its turn behind others
+    assert send_evaluation_task(settings, held)
+    recent = _evaluation(session, make_job, dispatched_at=now())  # its message may still be on its way
+    before = now()
+    reap_once(session, settings=settings)
+    queued = b"".join(client.lrange(redis_key(EVALUATION_QUEUE), 0, -1))
+    assert lost.encode() in queued, "the lost evaluation was not sent again"
+    assert (_evaluation_row(session, lost).dispatched_at or 0) >= before
+    assert _evaluation_row(session, held).dispatched_at == long_ago  # its message is still in the queue
+    assert recent.encode() not in queued
+    # Were the first message only delayed, it and the new one make two: only one claim wins.
+    assert claim_evaluation(settings, lost, "w:1") and not claim_evaluation(settings, lost, "w:2")

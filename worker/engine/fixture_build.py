@@ -197,7 +197,7 @@ def build_fixture(task: FixtureTask, target: Path, seed: int = 0, init_from: Pat
     }
     # the hottest temperature at which enough samples still succeed: exploration, yet a reward signal
     hot_enough = [t for t in SAMPLED_TEMPERATURES if sampled[str(t)] >= task.min_sampled_accuracy]
-    defaults = {**task.defaults, "temperature": max(hot_enough, default=min(SAMPLED_TEMPERATURES))}
+    defaults = {"temperature": max(hot_enough, default=min(SAMPLED_TEMPERATURES)), **task.defaults}
     model_dir = staging / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -8,11 +8,12 @@ from fastapi.responses import FileResponse, Response
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import JSONL, errors
 from app.api.responses import artifact_download
+from app.api.retry import ReadRetryRoute
 from app.schemas.common import ListPublic
 from app.schemas.evaluations import EvaluationCreate, EvaluationPublic
 from app.services import evaluations
 
-router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/evaluations", tags=["evaluations"], route_class=ReadRetryRoute)
 
 
 @router.post("", response_model=EvaluationPublic, responses=errors(400, 413))

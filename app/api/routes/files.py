@@ -8,11 +8,12 @@ from fastapi.responses import FileResponse, Response
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import JSONL, errors
 from app.api.responses import artifact_download
+from app.api.retry import ReadRetryRoute
 from app.schemas.common import DeletedPublic, ListPublic
 from app.schemas.files import FileObject
 from app.services import files
 
-router = APIRouter(prefix="/files", tags=["files"])
+router = APIRouter(prefix="/files", tags=["files"], route_class=ReadRetryRoute)
 
 
 @router.post("", response_model=FileObject, responses=errors(400, 413))

@@ -7,12 +7,13 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.deps import After, CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import errors
+from app.api.retry import ReadRetryRoute
 from app.errors import InvalidRequest
 from app.schemas.common import ListPublic
 from app.schemas.jobs import CheckpointPublic, EventPublic, JobCreate, JobPublic
 from app.services import jobs
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], route_class=ReadRetryRoute)
 
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
 

@@ -8,10 +8,11 @@ from fastapi.responses import FileResponse, StreamingResponse
 from app.api import responses
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import ARCHIVE, EVENT_STREAM, errors
+from app.api.retry import ReadRetryRoute
 from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
 from app.services import progress
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], route_class=ReadRetryRoute)
 # Step numbers are 64-bit in the database: a larger cursor would be a database error, not an empty page.
 MAX_STEP = 2**63 - 1
 

@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import errors
+from app.api.retry import ReadRetryRoute
 from app.errors import NotFound
 from app.registry import find_base_model
 from app.schemas.common import DeletedPublic, ListPublic
@@ -14,7 +15,7 @@ from app.schemas.models import ModelObject
 from app.services.inference import proxy_model_files
 from app.services.models import delete_model, get_model, list_models
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=ReadRetryRoute)
 
 
 @router.get("", response_model=ListPublic[ModelObject])

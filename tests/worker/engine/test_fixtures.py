@@ -30,8 +30,8 @@ def test_shipped_fixture_loads_without_building(name: str) -> None:
     assert (fixture.model_dir / "model.safetensors").stat().st_size < 8_000_000
 
 
-def test_sppo_tiny_ships() -> None:
-    assert "sppo-tiny" in FIXTURE_NAMES
+def test_both_fixtures_ship() -> None:
+    assert FIXTURE_NAMES == ("sppo-tiny", "sppo-tiny-long")
 
 
 def test_a_changed_model_file_fails_its_checksum(tmp_path: Path) -> None:
