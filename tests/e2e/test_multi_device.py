@@ -1,7 +1,9 @@
 """A 2-device job through the whole service: the API routes it to the 2-device worker only, which runs it
 on two torchrun ranks; rank 0's reports reach the DB and the metrics stream once per step. A SIGKILLed
-worker leaves no rank behind, and its job is requeued and finished by another 2-device worker."""
+worker leaves no rank behind, and its job is requeued and finished by another 2-device worker; a SIGKILLed
+rank fails its job with a clear error and leaves the worker serving."""
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -100,3 +102,25 @@ def test_a_killed_two_device_worker_leaves_no_rank_and_its_job_resumes_elsewhere
         assert job["status"] == "succeeded", job["error"]
         assert job["attempt"] >= 2 and metric_steps(api, job_id) == list(range(0, 7))  # every step once
     assert _worker_of(stack, job_id) not in (None, owner)
+
+
+def test_a_killed_rank_fails_the_job_cleanly_and_the_worker_goes_on(
+    stack: Stack, key: str, tiny: Fixture
+) -> None:
+    stack.start_worker(queues="training.devices.2", SPPO_WORKER_DEVICES="2")
+    with stack.client(key) as api:
+        job_id = _create(api, tiny, 6 * BATCH, eval_interval=100)
+        wait_for(api, job_id, lambda j: j["status"] == "running" and j["current_step"] >= 1)
+        rank_one = next(pid for pid in _ranks_of(job_id) if _rank_of(pid) == 1)
+        os.kill(rank_one, signal.SIGKILL)  # as the OOM killer would
+        job = wait_for(api, job_id, _finished, timeout=120)
+        assert job["status"] == "failed" and job["error"]["code"] == "distributed_process_failed"
+        assert "stopped unexpectedly" in job["error"]["message"]
+    owner = _worker_of(stack, job_id)
+    worker = next(w for w in stack.workers if owner is not None and owner.endswith(f":{w.pid}"))
+    assert _ranks_of(job_id) == [] and worker.poll() is None
+
+
+def _rank_of(pid: int) -> int | None:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next((int(item[5:]) for item in environ if item.startswith(b"RANK=")), None)
