@@ -42,7 +42,8 @@ deploy-check: $(STAMP)
 # the model server's, fault-soak and load benchmarks (PostgreSQL at SPPO_TEST_POSTGRES_URL).
 # BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run;
 # INFERENCE_BENCH_ARGS to the model server's (e.g. "--requests-per-client 2"); CHAOS_ARGS to the fault
-# soak (e.g. "--jobs 4 --budget-s 600 --label reduced"); LOAD_ARGS to the load one (e.g. "--runs 1 --duration-s 3").
+# soak (e.g. "--jobs 4 --budget-s 600 --label reduced"); LOAD_ARGS to the load one (e.g. "--runs 1 --duration-s 3");
+# MULTI_DEVICE_ARGS to the 1-vs-2-process one (e.g. "--steps 2").
 # Optional last: our GRPO against TRL's GRPOTrainer, with the python of TRL_VENV (trl kept out of .venv so
 # the project's own dependencies stay as installed; `pip install trl` there, see benchmarks/trl_grpo.py);
 # without that venv the main one runs it and it reports the skip. TRL_ARGS e.g. "--rounds 2 --steps 3".
@@ -50,6 +51,7 @@ TRL_VENV ?= .venv-trl
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/multi_device.py $(MULTI_DEVICE_ARGS)
 	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
 	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)

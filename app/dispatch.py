@@ -1,6 +1,7 @@
 """Hand-offs to the worker through Redis: the Celery task message and the per-job control key.
 
-The API sends the task by name (`sppo.train` on queue `training`) and never imports the worker code.
+The API sends the task by name (`sppo.train` on the queue of the job's device count, app/queues.py) and
+never imports the worker code.
 """
 
 import logging
@@ -17,10 +18,11 @@ from app.queues import (
     CONTROL_TTL_S,
     EVALUATE_TASK,
     EVALUATION_QUEUE,
-    TRAIN_QUEUE,
     TRAIN_TASK,
     broker_options,
     control_key,
+    job_devices,
+    training_queue,
 )
 from app.settings import Settings
 
@@ -48,19 +50,21 @@ def redis_client(url: str) -> "redis.Redis":
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def send_training_task(settings: Settings, job_id: str) -> bool:
-    """Publish the training task; False (logged) if the broker could not take it."""
+def send_training_task(settings: Settings, job_id: str, n_devices: int = 1) -> bool:
+    """Publish the training task on the queue of its device count; False (logged) if the broker could
+    not take it."""
+    queue = training_queue(n_devices)
     try:
         _celery(str(settings.redis_url)).send_task(
             TRAIN_TASK,
             args=[job_id],
-            queue=TRAIN_QUEUE,
+            queue=queue,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         )
     except Exception:  # any broker failure: the job must survive it, so log and report
         log.warning(
-            "could not dispatch job %s to the %s queue; it stays queued", job_id, TRAIN_QUEUE, exc_info=True
+            "could not dispatch job %s to the %s queue; it stays queued", job_id, queue, exc_info=True
         )
         return False
     return True
@@ -81,7 +85,8 @@ def send_evaluation_task(settings: Settings, evaluation_id: str) -> bool:
 def dispatch(session: Session, *, settings: Settings, job_id: str) -> bool:
     """Send a committed, queued job to the broker and record it. A job sent twice is harmless: the worker's
     claim (queued → running) is a guarded transition, so only one run ever starts."""
-    if not send_training_task(settings, job_id):
+    hyperparameters = session.scalar(select(Job.hyperparameters).where(Job.id == job_id)) or {}
+    if not send_training_task(settings, job_id, job_devices(hyperparameters)):
         return False
     session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=now()))
     session.commit()

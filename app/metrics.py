@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from app.models import Job, JobStatus
 from app.presence import read_presence
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, redis_key
+from app.queues import EVALUATION_QUEUE, redis_key, training_queues
+from app.settings import get_settings
 from app.streams import decode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ HTTP_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=HTTP_REGISTRY,
 )
-QUEUES = (TRAIN_QUEUE, EVALUATION_QUEUE)
 # Celery's Redis transport keeps priorities 3, 6 and 9 in lists next to the queue's own.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 _MIB = 2**20  # the engine reports memory in MiB
@@ -103,7 +103,7 @@ class ServiceCollector(Collector):
 
     def _redis_series(self) -> Iterator[Metric]:
         depth = _gauge("sppo_queue_depth", "Tasks waiting in each Celery queue (not yet taken).", ["queue"])
-        for queue in QUEUES:
+        for queue in (*training_queues(get_settings()), EVALUATION_QUEUE):
             pipe = self.client.pipeline()
             for suffix in _PRIORITY_SUFFIXES:
                 pipe.llen(redis_key(queue) + suffix)  # Celery's lists carry the install's prefix
@@ -119,6 +119,7 @@ class ServiceCollector(Collector):
             ["worker"],
         )
         busy = _gauge("sppo_worker_busy", "1 while the worker runs a task.", ["worker"])
+        devices = _gauge("sppo_worker_devices", "Devices each worker offers one job.", ["worker"])
         gpu = _gauge(
             "sppo_worker_gpu_memory_bytes",
             "CUDA memory of each GPU worker's device (allocated by tensors, reserved by the allocator).",
@@ -127,11 +128,12 @@ class ServiceCollector(Collector):
         for worker_id, state in sorted(read_presence(self.client).items()):
             last_seen.add_metric([worker_id], float(state["last_seen"]))
             busy.add_metric([worker_id], 1.0 if state.get("task_id") else 0.0)
+            devices.add_metric([worker_id], float(state.get("devices", 1)))
             for kind in ("allocated", "reserved"):
                 if f"gpu_memory_{kind}_bytes" in state:
                     value = float(state[f"gpu_memory_{kind}_bytes"])
                     gpu.add_metric([worker_id, str(state.get("device")), kind], value)
-        yield from (last_seen, busy, gpu)
+        yield from (last_seen, busy, devices, gpu)
 
     def _training(self) -> Iterator[Metric]:
         families = {

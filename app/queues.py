@@ -1,16 +1,37 @@
 """Names the API and the workers share: Celery task names, queues and the per-job control key in Redis.
 
+Training queues are per device count: `training` for one-device jobs (the name single-device deployments
+already consume), `training.devices.N` for jobs of N devices. A worker consumes the queue of the count it
+offers (`sppo worker --devices N`), so a job only ever reaches a worker that can hold it.
+
 Kept apart from app/dispatch.py (which speaks HTTP errors) so the worker can import them without FastAPI.
 Every Redis key and Celery queue carries `SPPO_REDIS_PREFIX`, so two installs can share one Redis.
 """
 
-from app.settings import get_settings
+from typing import Any
+
+from app.settings import Settings, get_settings
 
 TRAIN_TASK = "sppo.train"
 TRAIN_QUEUE = "training"
 EVALUATE_TASK = "sppo.evaluate"
 EVALUATION_QUEUE = "evaluation"
 CONTROL_TTL_S = 7 * 24 * 3600  # a flag nobody read for a week belongs to a job that is long gone
+
+
+def training_queue(n_devices: int) -> str:
+    """The Celery queue of jobs that train on `n_devices` devices of one worker host."""
+    return TRAIN_QUEUE if n_devices == 1 else f"{TRAIN_QUEUE}.devices.{n_devices}"
+
+
+def training_queues(settings: Settings) -> list[str]:
+    """Every training queue of this deployment: one per device count its workers offer."""
+    return [training_queue(n) for n in settings.training_device_counts]
+
+
+def job_devices(hyperparameters: dict[str, Any]) -> int:
+    """The devices a job asked for (1 when it did not say)."""
+    return int(hyperparameters.get("n_devices") or 1)
 
 
 def redis_key(name: str) -> str:

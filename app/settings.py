@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     device: str | None = Field(
         default=None, description="Worker device (cpu, cuda, cuda:1, mps); default: cuda when available."
     )
+    training_device_counts: list[int] = Field(
+        default=[1],
+        min_length=1,
+        description="Device counts the deployment's training workers offer (JSON list, e.g. [1, 2]): a job "
+        "asking for another n_devices is refused at creation, since no worker would ever take it.",
+    )
+    worker_devices: int = Field(
+        default=1, ge=1, description="Devices this worker offers one job (`sppo worker --devices`)."
+    )
     host: str = Field(default="127.0.0.1", description="Address `sppo serve` binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `sppo serve` listens on.")
     # A new user's first hour (issue 9): shared-Redis prefix, preflight and training-health alarms.
@@ -211,6 +220,13 @@ class Settings(BaseSettings):
         if self.thread_pool_size < self.api_max_in_flight:
             raise ValueError("SPPO_THREAD_POOL_SIZE must be at least SPPO_API_MAX_IN_FLIGHT")
         return self
+
+    @field_validator("training_device_counts")
+    @classmethod
+    def _device_counts(cls, counts: list[int]) -> list[int]:
+        if any(n < 1 for n in counts):
+            raise ValueError("SPPO_TRAINING_DEVICE_COUNTS must list device counts >= 1")
+        return sorted(set(counts))
 
     @field_validator("data_dir", "model_registry_dir")
     @classmethod

@@ -2,7 +2,9 @@
 
 The solo pool runs the task in the worker process itself: one job per process, and a killed worker takes
 its training with it (the reaper then requeues the job, which resumes from its last checkpoint). Scale
-out with more worker processes (one per GPU: `SPPO_DEVICE=cuda:1 sppo worker`).
+out with more worker processes (one per GPU: `SPPO_DEVICE=cuda:1 sppo worker`), or give one worker several
+devices for jobs that ask for them (`sppo worker --devices 4`: it consumes `training.devices.4` and runs
+each job on its host's 4 devices with torchrun; docs/multi-device.md).
 """
 
 import logging
@@ -17,7 +19,17 @@ log = logging.getLogger(__name__)
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "training,evaluation",
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated queues to consume (default: the training queue of --devices, "
+            "and evaluation)."
+        ),
+    ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(min=1, help="Devices this worker gives one job (default SPPO_WORKER_DEVICES, else 1)."),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default SPPO_DEVICE, else cuda if available).")
     ] = None,
@@ -32,12 +44,21 @@ def worker(
 
     if device is not None:
         os.environ["SPPO_DEVICE"] = device
+    if devices is not None:
+        os.environ["SPPO_WORKER_DEVICES"] = str(devices)  # presence reports it from the settings
     if loglevel is not None:
         os.environ["SPPO_LOG_LEVEL"] = loglevel.upper()  # the worker's Celery signals read the settings
     get_settings.cache_clear()
     settings = get_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     chosen = settings.device or _auto_device()
+    queues = queues or default_queues(settings.worker_devices)
+    if settings.worker_devices not in settings.training_device_counts:
+        log.warning(
+            "this worker offers %d device(s), but SPPO_TRAINING_DEVICE_COUNTS (%s) does not list it: the API "
+            "refuses such jobs, so its queue stays empty",
+            settings.worker_devices, settings.training_device_counts,
+        )  # fmt: skip
     log.info(
         "sppo worker: queues %s, device %s, broker %s", queues, chosen, _redacted(str(settings.redis_url))
     )
@@ -63,6 +84,13 @@ def worker(
             f"--loglevel={settings.log_level}",
         ]
     )
+
+
+def default_queues(devices: int) -> str:
+    """The training queue of jobs with exactly `devices` devices, and evaluations."""
+    from app.queues import EVALUATION_QUEUE, training_queue
+
+    return f"{training_queue(devices)},{EVALUATION_QUEUE}"
 
 
 def _auto_device() -> str:

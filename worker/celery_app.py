@@ -16,7 +16,7 @@ job comes back within that time; lost *running* jobs are recovered sooner by the
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, training_queues
 from app.settings import get_settings
 
 VISIBILITY_TIMEOUT_S = 30 * 60
@@ -31,7 +31,7 @@ def create_celery_app() -> Celery:
     celery = Celery("sppo", broker=str(settings.redis_url), include=["worker.tasks", "worker.presence"])
     celery.conf.update(
         # Each queue on its own direct exchange and routing key, as the API's send_task(queue=...) sends.
-        task_queues=[_queue(TRAIN_QUEUE), _queue(EVALUATION_QUEUE)],
+        task_queues=[*map(_queue, training_queues(settings)), _queue(EVALUATION_QUEUE)],
         task_default_queue=TRAIN_QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

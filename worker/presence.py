@@ -41,10 +41,13 @@ def gpu_memory(device: str) -> dict[str, int]:
 class Presence:
     """A daemon thread recording this worker's state in Redis until `stop()`."""
 
-    def __init__(self, client: "redis.Redis", *, worker_id: str, device: str, interval_s: float) -> None:
+    def __init__(
+        self, client: "redis.Redis", *, worker_id: str, device: str, interval_s: float, devices: int = 1
+    ) -> None:
         self.client = client
         self.worker_id = worker_id
         self.device = device
+        self.devices = devices  # what the worker offers one job; the API's /metrics shows it
         self.interval_s = interval_s
         self.task: tuple[str, str] | None = None  # (task name, job or evaluation id)
         self._stopped = threading.Event()
@@ -56,7 +59,7 @@ class Presence:
     def record(self) -> None:
         name, task_id = self.task or (None, None)
         record_presence(
-            self.client, self.worker_id, device=self.device, task=name, task_id=task_id,
+            self.client, self.worker_id, device=self.device, devices=self.devices, task=name, task_id=task_id,
             **gpu_memory(self.device),
         )  # fmt: skip
 
@@ -99,6 +102,7 @@ def _start_presence(**_kwargs: Any) -> None:
         client,
         worker_id=worker_identity(),
         device=settings.device or "auto",
+        devices=settings.worker_devices,
         interval_s=settings.heartbeat_interval_s,
     )
     _presence.start()

@@ -101,6 +101,8 @@ class ReinforcementHyperparameters(StrictModel):
     lora_rank: int | None = Field(default=None, ge=1, le=256)
     lora_alpha: float | None = Field(default=None, gt=0, le=4096)  # 1e308 overflowed the LoRA scaling
     checkpoint_interval: int | None = Field(default=None, ge=1, le=1_000_000)
+    # devices of one worker host that train the job together; checked against SPPO_TRAINING_DEVICE_COUNTS
+    n_devices: int | None = Field(default=None, ge=1, le=64)
     # Train even when the preflight finds the grader gives the base model a constant reward (warns instead).
     allow_constant_reward: bool | None = None
 

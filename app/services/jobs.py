@@ -78,6 +78,27 @@ def _check_against_model(entry: BaseModelEntry, request: JobCreate, training: Fi
     return warnings
 
 
+def _check_devices(settings: Settings, request: JobCreate) -> None:
+    """400 for a job no worker can ever take, and for batches its devices cannot share equally."""
+    hyper = request.method.reinforcement.hyperparameters
+    n_devices = hyper.n_devices or 1
+    offered = settings.training_device_counts
+    if n_devices not in offered:
+        raise InvalidRequest(
+            f"n_devices {n_devices} is not offered by this deployment: its training workers take jobs of "
+            f"{', '.join(map(str, offered))} device(s) (SPPO_TRAINING_DEVICE_COUNTS).",
+            param=f"{HYPERPARAMETERS}.n_devices",
+        )
+    for name in ("batch_size", "minibatch_size"):
+        value = getattr(hyper, name)
+        if isinstance(value, int) and value % n_devices:
+            raise InvalidRequest(
+                f"{name} {value} cannot be shared equally by {n_devices} devices; use a multiple of "
+                f"n_devices.",
+                param=f"{HYPERPARAMETERS}.{name}",
+            )
+
+
 def check_context(entry: BaseModelEntry, file: File, *, param: str) -> None:
     """Refuse a file whose longest prompt cannot fit the model's context (it would stall the worker)."""
     context = entry.context_length
@@ -117,6 +138,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
                     param=param,
                 )
     warnings = _check_against_model(entry, request, files[0])
+    _check_devices(settings, request)
     _check_quota(session, settings=settings, tenant=tenant)
     method = request.method.model_dump(mode="json", exclude_none=True)
     job = Job(

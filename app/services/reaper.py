@@ -21,6 +21,7 @@ keeps its job.
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 from app import dispatch
 from app.lifecycle import transition
 from app.models import Evaluation, Job, JobStatus, now
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, redis_key
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, redis_key, training_queues
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,19 @@ def reap_lost_evaluations(session: Session, *, settings: Settings, report: ReapR
         session.commit()
 
 
-def broker_holds(client: "redis.Redis", task_id: str, queue_name: str = TRAIN_QUEUE) -> bool:
-    """Whether a message for `task_id` (a job or evaluation id) waits in the queue or is reserved by a worker.
+def broker_holds(client: "redis.Redis", task_id: str, queue_names: Sequence[str] = (TRAIN_QUEUE,)) -> bool:
+    """Whether a message for `task_id` (a job or evaluation id) waits in one of the queues or is reserved
+    by a worker.
 
     Celery's message headers carry the task arguments as text (`argsrepr`), so a substring test finds it.
     """
     needle = task_id.encode()
     # kombu writes its keys under the install's prefix (app.queues.broker_options)
-    queue = redis_key(queue_name)
-    queues = [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
-    for queue in queues:
+    lists = []
+    for name in queue_names:
+        queue = redis_key(name)
+        lists += [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
+    for queue in lists:
         if any(needle in message for message in client.lrange(queue, 0, -1)):
             return True
     return any(needle in message for message in client.hvals(redis_key(UNACKED_KEY)))
@@ -160,7 +164,8 @@ def find_lost_messages(session: Session, *, settings: Settings, client: "redis.R
     candidates = session.scalars(
         select(Job.id).where(Job.status == S.queued, Job.dispatched_at < cutoff)
     ).all()
-    lost = [job_id for job_id in candidates if not broker_holds(client, job_id)]
+    queues = training_queues(settings)
+    lost = [job_id for job_id in candidates if not broker_holds(client, job_id, queues)]
     if lost:
         session.execute(
             update(Job).where(Job.id.in_(lost), Job.status == S.queued).values(dispatched_at=None)
@@ -181,7 +186,7 @@ def resend_lost_evaluations(
         .order_by(Evaluation.created_at)
     ).all()
     for evaluation_id in candidates:
-        if broker_holds(client, evaluation_id, EVALUATION_QUEUE):
+        if broker_holds(client, evaluation_id, (EVALUATION_QUEUE,)):
             continue
         if not dispatch.send_evaluation_task(settings, evaluation_id):
             break  # the broker is down again; the next round tries again

@@ -24,6 +24,7 @@ MAX_JOBS = 3
 BODY_TIMEOUT_S = 2  # a slow body is cut off after this (plus its size at 64 KiB/s)
 HEADER_TIMEOUT_S = 2  # a request head must be complete this long after it started
 REGISTRY_MODEL = "acme/tiny-llama"
+DEVICE_COUNTS = [1, 2]  # what the test deployment's workers offer
 # The API as `sppo serve` runs it: with the protocol that bounds request heads.
 UVICORN = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "app.http_protocol:HeadTimeoutProtocol"]
 
@@ -160,6 +161,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there
         "SPPO_INFERENCE_MAX_REQUEST_BYTES": str(MAX_UPLOAD_BYTES),
+        "SPPO_TRAINING_DEVICE_COUNTS": json.dumps(DEVICE_COUNTS),
     }
     with run_api_server(data_dir, db_url=db_url, redis_url=redis_url, env=env) as running:
         yield running

@@ -125,6 +125,7 @@ def stack(
         "SPPO_HEARTBEAT_LEASE_S": str(LEASE_S),
         "SPPO_REAPER_INTERVAL_S": "1",
         "SPPO_DEVICE": "cpu",
+        "SPPO_TRAINING_DEVICE_COUNTS": "[1, 2]",  # tests/e2e/test_multi_device.py starts a 2-device worker
         "OMP_NUM_THREADS": "1",  # on a shared 2-core machine more threads per process thrash under load
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{models_port}",
         "SPPO_INFERENCE_PORT": str(models_port),

@@ -109,6 +109,9 @@ class RunConfig:
     """Seeds data order, sampling and initialisation; CPU runs are reproducible."""
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda[:i]"."""
+    n_devices: int = 1
+    """Processes, one device each, that train the run together (torchrun, data-parallel; see
+    docs/multi-device.md); batch_size and minibatch_size must be multiples of it."""
     health_entropy_floor: float = 0.01
     """Warn when the mean token entropy falls below this (entropy collapse)."""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +160,10 @@ class RunConfig:
         for name in ("max_steps", "group_size", "eval_max_items"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
+        n_devices = self.n_devices
+        _check(isinstance(n_devices, int) and n_devices >= 1, "must be an integer >= 1", "n_devices")
+        for name in ("batch_size", "minibatch_size"):  # every rank takes an equal share of both
+            _check(getattr(self, name) % self.n_devices == 0, "must be a multiple of n_devices", name)
         _check(
             self.algorithm != "grpo" or self.samples_per_prompt >= 2,
             "grpo needs at least 2 samples per prompt to form a group baseline",

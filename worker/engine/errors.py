@@ -58,3 +58,10 @@ class CheckpointError(EngineError):
 
     def __init__(self, message: str) -> None:
         super().__init__("checkpoint_error", message, None)
+
+
+class DistributedError(EngineError):
+    """A process of a multi-device run stopped unexpectedly; torchrun stopped the others with it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("distributed_process_failed", message, None)

@@ -38,6 +38,8 @@ from worker.engine.checkpoint import (
 from worker.engine.config import RunConfig
 from worker.engine.critic import Critic, build_critic
 from worker.engine.data import PromptSampler, encode_prompts, load_items
+from worker.engine.distributed import STEP, in_launched_rank
+from worker.engine.distributed import setup as setup_distributed
 from worker.engine.evaluate import completions, evaluate_policy
 from worker.engine.graders import build_grader
 from worker.engine.health import HealthMonitor, fingerprint
@@ -63,7 +65,7 @@ class Trainer:
         self.config, self.callbacks = config, callbacks
         self.output_dir = Path(config.output_dir)
         seed_everything(config.seed)
-        self.device = resolve_device(config.device)
+        self.dist, self.device = setup_distributed(resolve_device(config.device))
         self.algorithm = get_algorithm(config.algorithm)
         self.grader = build_grader(config.grader)
         self.tokenizer = load_tokenizer(config.model)
@@ -87,6 +89,7 @@ class Trainer:
         if self.algorithm.critic is not None:
             self.critic = build_critic(config, self.algorithm.critic, self.policy, actor_params, self.device)
         critic_params = self.critic.trainable_parameters() if self.critic is not None else []
+        self.dist.broadcast_parameters(actor_params + critic_params)
         actor_opt = torch.optim.AdamW(actor_params, lr=config.learning_rate, weight_decay=config.weight_decay)
         critic_opt = (
             torch.optim.AdamW(critic_params, lr=config.critic_learning_rate, weight_decay=config.weight_decay)
@@ -108,7 +111,9 @@ class Trainer:
             max_grad_norm=config.max_grad_norm,
             micro_batch_tokens=config.micro_batch_tokens,
             on_warning=lambda message: self.callbacks.on_event("warning", message, None),
+            dist=self.dist,
         )
+        self.local_minibatch_size = config.minibatch_size // self.dist.world_size
         self.health = HealthMonitor(config.health_entropy_floor)
         self.step = 0
         self.elapsed_before = 0.0  # seconds spent in earlier attempts of this run (resume)
@@ -156,7 +161,8 @@ class Trainer:
         self.pending_eval = state.get("pending_eval")
         set_rng_state(state["rng"])
         self.step = step
-        self._truncate_metrics(step)
+        if self.dist.is_main:  # rank 0 owns the run's files
+            self._truncate_metrics(step)
         self.callbacks.on_event("info", f"resumed from checkpoint at step {step}", {"path": str(path)})
 
     def _truncate_metrics(self, step: int) -> None:
@@ -180,6 +186,7 @@ class Trainer:
         """group_size responses per prompt, scored: (rollout, rewards (B,), item index of each row,
         group index of each row). Groups are prompt instances: an item drawn twice is two groups."""
         group = self.config.samples_per_prompt
+        item_indices = self.dist.shard(item_indices)
         rows = [i for i in item_indices for _ in range(group)]
         rollout = generate(
             self.policy,
@@ -190,7 +197,8 @@ class Trainer:
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             token_budget=self.config.micro_batch_tokens,
-            control=self.callbacks.control,
+            # ranks generate for different numbers of tokens: a poll inside would leave the others waiting
+            control=None if self.dist.active else self.callbacks.control,
         )
         texts = completions(self.tokenizer, rollout)
         rewards = torch.tensor(
@@ -200,51 +208,54 @@ class Trainer:
         return rollout, rewards.to(self.device), rows, group_index
 
     def train_step(self) -> dict[str, float]:
+        self.dist.reseed(self.config.seed, self.step)
         started = time.perf_counter()
         rollout, rewards, _, group_index = self.collect(self.sampler.next_batch())
+        all_rewards = self.dist.gather_rows(rewards)  # (B,) of the global batch: the estimators see it all
         rollout_s = time.perf_counter() - started
         train_started = time.perf_counter()
         before = fingerprint(self.opt.actor_params + self.opt.critic_params)
         if self.step == 0 and self.critic is not None:
-            self.critic.init_from_success_rate(rewards.mean().item())
+            self.critic.init_from_success_rate(all_rewards.mean().item())
         critic_metrics: dict[str, float] = {}
         if self.critic is not None and self.critic.level == "sequence":
             values: torch.Tensor | None
             values, critic_metrics = self.update.fit_sequence_critic(
-                rollout, rewards.float(), self.config.minibatch_size
+                rollout, rewards.float(), self.local_minibatch_size
             )
         else:
             values = self.update.critic_values(rollout)
-        mask = rollout.response_mask
+        mask = self.dist.gather_rows(rollout.response_mask)
         advantages, returns = self.algorithm.compute_advantages(
             AdvantageInputs(
-                rewards=rewards,
+                rewards=all_rewards,
                 response_mask=mask,
-                group_index=group_index,
-                values=values,
+                group_index=self.dist.gather_groups(group_index),
+                values=None if values is None else self.dist.gather_rows(values),
                 gamma=self.config.gae_gamma,
                 lam=self.config.gae_lambda,
                 grpo_scale_by_std=self.config.grpo_scale_by_std,
             )
         )
+        width = rollout.response_mask.shape[1]
         batch = StepBatch(
             rollout,
-            advantages,
-            returns,
+            self.dist.local_rows(advantages, width),
+            self.dist.local_rows(returns, width),
             values if self.algorithm.critic == "token" else None,
             self.update.reference_logprobs(rollout),
         )
-        metrics = self.update.run(batch, self.config.ppo_epochs, self.config.minibatch_size)
+        metrics = self.update.run(batch, self.config.ppo_epochs, self.local_minibatch_size)
         metrics.update(critic_metrics)
         train_s = time.perf_counter() - train_started
         self.step += 1
-        samples, tokens = rewards.shape[0], int(rollout.attention_mask.sum())
+        samples, tokens = all_rewards.shape[0], int(self.dist.sum(rollout.attention_mask.sum()))
         self.counters["samples"] += samples
         self.counters["tokens"] += tokens
         metrics.update(
             {
-                "rollout/reward_mean": rewards.mean().item(),
-                "rollout/accuracy": (rewards >= 1.0).float().mean().item(),
+                "rollout/reward_mean": all_rewards.mean().item(),
+                "rollout/accuracy": (all_rewards >= 1.0).float().mean().item(),
                 "rollout/response_length_mean": mask.sum(-1).mean().item(),
                 "train/advantage_abs_mean": (advantages.abs() * mask).sum().item()
                 / max(1.0, mask.sum().item()),
@@ -326,6 +337,7 @@ class Trainer:
             try:
                 if signal != "continue":
                     raise GenerationInterrupted(signal)
+                self.dist.command(STEP)
                 metrics = self.train_step()
             except GenerationInterrupted as interrupted:
                 set_rng_state(at_step_start[0])  # the unfinished step never happened
@@ -390,7 +402,12 @@ def reset_peak_memory() -> None:
 
 
 def run_training(config: RunConfig, callbacks: TrainerCallbacks | None = None) -> TrainingResult:
-    """Train (or resume) the run described by `config`; see TrainerCallbacks for reporting and control."""
+    """Train (or resume) the run described by `config`; see TrainerCallbacks for reporting and control.
+    With n_devices > 1 the run goes to torchrun's processes, whose rank 0 relays the callbacks here."""
+    if config.n_devices > 1 and not in_launched_rank():
+        from worker.engine.launch import launch  # launch.py imports this module for its ranks
+
+        return launch(config, callbacks or TrainerCallbacks())
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     config.to_yaml(Path(config.output_dir) / "config.yaml")
     reset_peak_memory()

@@ -28,6 +28,7 @@ from torch import nn
 from worker.engine.algorithms import Algorithm, clipped_policy_loss, critic_bce_loss, masked_mean
 from worker.engine.batching import micro_batches
 from worker.engine.critic import Critic
+from worker.engine.distributed import DistContext
 from worker.engine.errors import OutOfMemoryError, TrainingDivergedError
 from worker.engine.rollout import Rollout, response_logprobs
 
@@ -71,12 +72,14 @@ class PPOUpdate:
         max_grad_norm: float,
         micro_batch_tokens: int,
         on_warning: Callable[[str], None],
+        dist: DistContext,
     ) -> None:
         self.policy, self.critic, self.algorithm, self.opt = policy, critic, algorithm, optimizers
         self.temperature, self.clip_epsilon, self.kl_coef = temperature, clip_epsilon, kl_coef
         self.entropy_coef, self.value_clip, self.max_grad_norm = entropy_coef, value_clip, max_grad_norm
         self.micro_batch_tokens = micro_batch_tokens
         self.on_warning = on_warning
+        self.dist = dist
 
     # ---- forwards before the update ----------------------------------------------------------------
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
@@ -147,20 +150,27 @@ class PPOUpdate:
         self.opt.critic.zero_grad(set_to_none=True)
         chunks: list[torch.Tensor] = []
         loss_total = 0.0
+        rows_here = torch.tensor(float(len(mb_inds)), device=rollout.input_ids.device)  # nccl: on the GPU
+        mb_size = float(self.dist.sum(rows_here))  # the global minibatch's rows
         for rows in micro_batches(len(mb_inds), rollout.input_ids.shape[1], self.micro_batch_tokens):
             inds = mb_inds[rows]
             values = self.critic(rollout.input_ids[inds], rollout.attention_mask[inds], rollout.prompt_length)
             critic_loss, _ = critic_bce_loss(values, returns[inds])
             _check_finite(critic_loss, "critic")
-            weight = len(inds) / len(mb_inds)  # sample-mean over the minibatch, however it is cut
+            weight = len(inds) / mb_size  # sample-mean over the minibatch, however it is cut
             (critic_loss * weight).backward()  # type: ignore[no-untyped-call]
             loss_total += critic_loss.item() * weight
             chunks.append(values.detach())
+        self.dist.reduce_gradients(self.opt.critic_params)
         nn.utils.clip_grad_norm_(self.opt.critic_params, self.max_grad_norm)
         self.opt.critic.step()
         values = torch.cat(chunks)  # (b,) logits of the critic before this minibatch's step
-        metrics = {"train/critic_loss": loss_total, "train/value_mean": torch.sigmoid(values).mean().item()}
-        return values, metrics
+        share = len(mb_inds) / mb_size  # of the global minibatch: the ranks' means add up to its mean
+        metrics = {
+            "train/critic_loss": loss_total,
+            "train/value_mean": torch.sigmoid(values).mean().item() * share,
+        }
+        return values, self.dist.sum_scalars(metrics)
 
     # ---- the update --------------------------------------------------------------------------------
     def run(self, batch: StepBatch, ppo_epochs: int, minibatch_size: int) -> dict[str, float]:
@@ -192,6 +202,11 @@ class PPOUpdate:
             try:
                 return attempt()
             except torch.cuda.OutOfMemoryError:
+                if self.dist.active:  # a retry on one rank would repeat collectives the others are past
+                    raise OutOfMemoryError(
+                        "a step did not fit in GPU memory on one of the job's devices: lower batch_size, "
+                        "minibatch_size or max_response_tokens"
+                    ) from None
                 self.opt.actor.zero_grad(set_to_none=True)
                 if self.opt.critic is not None:
                     self.opt.critic.zero_grad(set_to_none=True)
@@ -211,7 +226,8 @@ class PPOUpdate:
         rollout = batch.rollout
         assert rollout.old_logprobs is not None
         prompt_length = rollout.prompt_length
-        mb_tokens = rollout.response_mask[mb_inds].sum().clamp(min=1)
+        # the global minibatch's tokens: each rank's share of the token-mean, summed by reduce_gradients
+        mb_tokens = self.dist.sum(rollout.response_mask[mb_inds].sum()).clamp(min=1)
         mb_size = len(mb_inds)
         token_critic = self.critic is not None and self.critic.level == "token"
         self.opt.actor.zero_grad(set_to_none=True)
@@ -264,16 +280,17 @@ class PPOUpdate:
                 stats["train/critic_loss"] += critic_loss.item() * token_weight
                 for name, value in critic_metrics.items():
                     stats[f"train/{name}"] += value * token_weight
+        self.dist.reduce_gradients(self.opt.actor_params)
         grad_norm = nn.utils.clip_grad_norm_(self.opt.actor_params, self.max_grad_norm)
         _check_finite(grad_norm, "policy gradient")
         self.opt.actor.step()
         if token_critic and self.opt.critic is not None:
+            self.dist.reduce_gradients(self.opt.critic_params)
             nn.utils.clip_grad_norm_(self.opt.critic_params, self.max_grad_norm)
             self.opt.critic.step()
         for scheduler in self.opt.schedulers:
             scheduler.step()
-        stats["train/grad_norm"] = grad_norm.item()
-        return dict(stats)
+        return {**self.dist.sum_scalars(dict(stats)), "train/grad_norm": grad_norm.item()}
 
 
 def _has_active_dropout(model: nn.Module) -> bool:
