@@ -185,7 +185,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(FIXTURE_NAMES), help="comma-separated fixtures")
     parser.add_argument("--modes", default=",".join(MODES), help="lora, full or both")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (0..N-1)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (first-seed .. first-seed+N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="add seeds to an earlier, shorter run")
     parser.add_argument("--budget-s", type=float, default=180.0, help="training seconds per run")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="budget clock")
     parser.add_argument("--checkpoint-interval", type=int, default=10, help="steps between scored points")
@@ -278,7 +279,7 @@ def main() -> None:
             )
             for task in tasks
             for mode in modes
-            for seed in range(args.seeds)
+            for seed in range(args.first_seed, args.first_seed + args.seeds)
             for name in args.variants.split(",")
         ]
         # a fresh process per run: peak memory (ru_maxrss) is per run and torch state never leaks
