@@ -93,7 +93,7 @@ def test_download_unpacks_the_latest_checkpoint(
                     job_id=job["id"],
                     step_number=step,
                     fine_tuned_model_checkpoint=f"ckpt-{step}",
-                    uri=str(adapter),
+                    uri=adapter.relative_to(server.data_dir).as_posix(),  # an artifact key, as workers write
                 )
             )
     result = sppo("jobs", "download", job["id"], "--output", "adapter")
