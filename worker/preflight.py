@@ -45,19 +45,23 @@ def grader_label(spec: dict[str, Any]) -> str:
     return label + ")"
 
 
-def samples_per_item(items: int, max_items: int) -> int:
-    """Sampled completions per item: at least one, and at least `max_items` sampled completions in all.
+MIN_SAMPLED = 64
+"""Sampled completions the preflight always scores, however few items it has."""
+
+
+def samples_per_item(items: int) -> int:
+    """Sampled completions per item: at least one, and at least `MIN_SAMPLED` in all.
 
     A small training file would otherwise be judged on a handful of completions: 8 items of a base model
     that answers 24% of samples correctly all miss with probability 0.76^8 = 11%, a false alarm; 64
     completions all miss with probability 2e-8.
     """
-    return max(1, -(-max_items // items))
+    return max(1, -(-MIN_SAMPLED // items))
 
 
 @torch.no_grad()
 def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
-    """A greedy completion of up to `max_items` training items and sampled ones (`samples_per_item`)."""
+    """A greedy completion of up to `max_items` training items, and sampled ones (`samples_per_item`)."""
     items = load_items(config.train_file)
     sample = random.Random(config.seed).sample(items, min(max_items, len(items)))
     tokenizer = load_tokenizer(config.model)
@@ -68,7 +72,7 @@ def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
         tokenizer,
         sample,
         build_grader(config.grader),
-        samples=samples_per_item(len(sample), max_items),
+        samples=samples_per_item(len(sample)),
         temperature=config.temperature,
         max_response_tokens=config.max_response_tokens,
         top_p=config.top_p,

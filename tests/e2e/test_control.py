@@ -81,7 +81,7 @@ def test_cancel_queued_and_running_jobs(
 def test_pause_then_resume_continues_at_the_same_step(
     stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
-    total = 5
+    total = 12  # steps of 4 samples are fast: enough left after step 2 for the pause to land mid-run
     job = _create(api, upload(jsonl(tiny.train_file, 0, BATCH * total)), checkpoint_interval=10)
     _running_at(api, job["id"], 2)
     response = api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
@@ -110,7 +110,7 @@ def test_pause_then_resume_continues_at_the_same_step(
 def test_worker_killed_mid_training_job_resumes_on_a_new_worker(
     stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
-    total = 6
+    total = 12  # enough steps left after step 3 that the kill lands mid-run on a fast machine
     job = _create(api, upload(jsonl(tiny.train_file, 0, BATCH * total)), checkpoint_interval=2)
     _running_at(api, job["id"], 3)  # past the checkpoint at 2: step 3 (at least) runs twice
     stack.kill_worker()
@@ -130,7 +130,7 @@ def test_worker_killed_mid_training_job_resumes_on_a_new_worker(
 def test_worker_shut_down_cleanly_requeues_its_job_which_continues_elsewhere(
     stack: Stack, api: httpx.Client, upload: Callable[..., str], tiny: Fixture
 ) -> None:
-    total = 5
+    total = 12  # enough steps left after step 2 that the shutdown lands mid-run on a fast machine
     job = _create(api, upload(jsonl(tiny.train_file, 0, BATCH * total)), checkpoint_interval=10)
     _running_at(api, job["id"], 2)
     stack.stop_worker()  # returns once the worker has checkpointed, requeued the job and exited
