@@ -75,7 +75,7 @@ def create_app() -> FastAPI:
         timeout_s=settings.body_timeout_s,
         min_rate=settings.min_body_rate_bytes_s,
     )
-    app.add_middleware(AuthFirstMiddleware)  # before the body limit reads a byte
+    app.add_middleware(AuthFirstMiddleware, cache_s=settings.auth_cache_s)  # before a body byte is read
     app.add_middleware(
         AdmissionMiddleware, limit=settings.api_max_in_flight, timeout_s=settings.api_queue_timeout_s
     )

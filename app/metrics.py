@@ -1,18 +1,22 @@
 """`GET /metrics` with prometheus-client. No tenant data (job ids only, of running jobs).
 
-HTTP series are this API process's own (one registry, filled by the middleware). Everything else is read
+HTTP series are kept by the middleware of each API process; with several (`SPPO_API_WORKERS`), `sppo
+serve` points prometheus-client's multiprocess mode at a shared directory (`PROMETHEUS_MULTIPROC_DIR`)
+and a scrape sums every process's files, whichever process answers it. Everything else is read
 at scrape time from where the truth is, so no series is lost with a process and any API replica reports
 the same values: jobs from the DB, queue depth and worker presence from Redis (app/presence.py), and the
 training rates of each running job from the last two step records in its Redis metrics stream.
 """
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -24,6 +28,7 @@ from app.settings import get_settings
 from app.streams import decode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created` series double the output and no dashboard here reads them
 
 HTTP_REGISTRY = CollectorRegistry()
@@ -166,4 +171,13 @@ def render(session: Session, client: "redis.Redis") -> bytes:
     """The Prometheus text exposition of this process's HTTP series and the service's state."""
     state = CollectorRegistry()
     state.register(ServiceCollector(session, client))
-    return generate_latest(HTTP_REGISTRY) + generate_latest(state)
+    return generate_latest(http_registry()) + generate_latest(state)
+
+
+def http_registry() -> CollectorRegistry:
+    """This process's HTTP series, or those of every process of `sppo serve` in multiprocess mode."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return HTTP_REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

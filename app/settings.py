@@ -181,6 +181,20 @@ class Settings(BaseSettings):
     thread_pool_size: int = Field(
         default=40, ge=1, description="Worker threads for sync routes; at least api_max_in_flight."
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes of `sppo serve` (uvicorn workers) on one port; about one per core the API "
+        "may use. Each has its own DB pool (db_pool_size + db_max_overflow connections).",
+    )
+    auth_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long an API process trusts an API key it has checked, without asking the DB "
+        "again; a revoked key is refused within this time. 0: every request asks the DB.",
+    )
     max_json_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest JSON (or form) body of any request but an upload."
     )

@@ -44,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("SPPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SENT_AT = "bench/sent_at"
+STREAM_KEYS = 4
 METHOD = {
     "type": "reinforcement",
     "reinforcement": {
@@ -69,14 +70,19 @@ def database() -> Iterator[str]:
 
 
 @contextmanager
-def api_server(app_root: Path, db_url: str, redis_url: str, port: int) -> Iterator[str]:
-    """`alembic upgrade head`, then `uvicorn app.main:app` (one process) from `app_root`."""
+def api_server(app_root: Path, db_url: str, redis_url: str, port: int, workers: int = 1) -> Iterator[str]:
+    """`alembic upgrade head`, then `uvicorn app.main:app` with `workers` processes from `app_root` (with
+    several, the HTTP metrics in prometheus-client's multiprocess mode, as `sppo serve` sets it up)."""
     data_dir = Path(tempfile.mkdtemp(prefix="sppo-load-"))
     env = {**os.environ, "PYTHONPATH": str(app_root), "SPPO_DATA_DIR": str(data_dir),
            "SPPO_DATABASE_URL": db_url, "SPPO_REDIS_URL": redis_url}  # fmt: skip
+    if workers > 1:
+        (data_dir / "prometheus").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(data_dir / "prometheus")
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=app_root, env=env, check=True)
     log = (data_dir / "api.log").open("wb")
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning",
+               "--workers", str(workers)]  # fmt: skip
     process = subprocess.Popen(command, cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -97,9 +103,11 @@ def api_server(app_root: Path, db_url: str, redis_url: str, port: int) -> Iterat
             process.wait()
 
 
-def seed(db_url: str) -> tuple[str, str, str]:
-    """A tenant, its key and a running job, written with plain SQL so any checkout's schema takes them."""
+def seed(db_url: str, extra_keys: int = 0) -> tuple[str, str, str, tuple[str, ...]]:
+    """A tenant, its key, `extra_keys` more keys and a running job, written with plain SQL so any checkout's
+    schema takes them."""
     key = generate_api_key()
+    extra = tuple(generate_api_key() for _ in range(extra_keys))
     ids = {"tenant": f"tenant-{secrets.token_hex(8)}", "key": f"key-{secrets.token_hex(8)}",
            "job": f"ftjob-{secrets.token_hex(12)}"}  # fmt: skip
     stamp = int(time.time())
@@ -113,6 +121,13 @@ def seed(db_url: str) -> tuple[str, str, str]:
             {"id": ids["key"], "tenant": ids["tenant"], "hash": hash_api_key(key),
              "prefix": display_prefix(key), "t": stamp},
         )  # fmt: skip
+        for other in extra:
+            conn.execute(
+                sa.text("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, created_at) "
+                        "VALUES (:id, :tenant, :hash, :prefix, :t)"),
+                {"id": f"key-{secrets.token_hex(8)}", "tenant": ids["tenant"], "hash": hash_api_key(other),
+                 "prefix": display_prefix(other), "t": stamp},
+            )  # fmt: skip
         for i in range(25):  # a page of listing plus one
             conn.execute(
                 sa.text("INSERT INTO jobs (id, tenant_id, model, training_file, status, attempt, "
@@ -123,7 +138,7 @@ def seed(db_url: str) -> tuple[str, str, str]:
                  "method": json.dumps(METHOD), "t": stamp - i},
             )  # fmt: skip
     engine.dispose()
-    return key, ids["key"], ids["job"]
+    return key, ids["key"], ids["job"], extra
 
 
 def make_idle(db_url: str, key_id: str) -> None:
@@ -170,7 +185,8 @@ async def after_wedge_check(base_url: str, key: str, job_id: str) -> dict[str, A
 
 
 async def scenarios(args: argparse.Namespace, base_url: str, db_url: str, redis_url: str) -> dict[str, Any]:
-    key, key_id, job_id = seed(db_url)
+    # SSE subscribers share STREAM_KEYS keys: one key may hold only SPPO_RATE_LIMIT_STREAMS (32) streams
+    key, key_id, job_id, stream_keys = seed(db_url, extra_keys=STREAM_KEYS)
     out: dict[str, Any] = {}
     paths = {"status": f"/v1/fine_tuning/jobs/{job_id}", "listing": "/v1/fine_tuning/jobs?limit=20"}
     async with client(base_url, key, max_connections=500, timeout_s=args.timeout_s) as http:
@@ -189,7 +205,12 @@ async def scenarios(args: argparse.Namespace, base_url: str, db_url: str, redis_
             async with client(base_url, key, max_connections=args.subscribers, timeout_s=30) as streams:
                 subscribers = asyncio.create_task(
                     subscribe(
-                        streams, stream_path, subscribers=args.subscribers, duration_s=14, sent_at_key=SENT_AT
+                        streams,
+                        stream_path,
+                        subscribers=args.subscribers,
+                        duration_s=14,
+                        sent_at_key=SENT_AT,
+                        keys=stream_keys,
                     )
                 )
                 await asyncio.sleep(3)  # every client connected and caught up
@@ -224,18 +245,19 @@ def main() -> None:
     parser.add_argument("--only", default="status,listing,sse,overload")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes (as deployed)")
     args = parser.parse_args()
     args.only = set(args.only.split(","))
     redis.Redis.from_url(args.redis_url).flushdb()
     with (
         database() as db_url,
-        api_server(args.app_root.resolve(), db_url, args.redis_url, args.port) as base_url,
+        api_server(args.app_root.resolve(), db_url, args.redis_url, args.port, args.api_workers) as base_url,
     ):
         figures = asyncio.run(scenarios(args, base_url, db_url, args.redis_url))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[args.label] = {
         "app_root": str(args.app_root),
-        "uvicorn_workers": 1,
+        "uvicorn_workers": args.api_workers,
         "database": "postgresql",
         "rate_req_s": args.rate,
         "duration_s": args.duration_s,

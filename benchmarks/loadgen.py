@@ -125,16 +125,24 @@ class StreamResult:
 
 
 async def subscribe(
-    http: httpx.AsyncClient, path: str, *, subscribers: int, duration_s: float, sent_at_key: str
+    http: httpx.AsyncClient,
+    path: str,
+    *,
+    subscribers: int,
+    duration_s: float,
+    sent_at_key: str,
+    keys: tuple[str, ...] = (),
 ) -> StreamResult:
     """`subscribers` SSE clients on `path` for `duration_s`; the delivery latency of each `metrics` event is
-    now minus the wall-clock stamp the publisher put in its metrics under `sent_at_key`."""
+    now minus the wall-clock stamp the publisher put in its metrics under `sent_at_key`. With `keys`, the
+    clients take turns among them (a key may hold only so many open streams); else the client's own."""
     result = StreamResult(subscribers=subscribers)
     failures: Counter[str] = Counter()
 
-    async def one() -> None:
+    async def one(i: int) -> None:
+        headers = {"Authorization": f"Bearer {keys[i % len(keys)]}"} if keys else None
         try:
-            async with http.stream("GET", path) as response:
+            async with http.stream("GET", path, headers=headers) as response:
                 if response.status_code != 200:
                     failures[str(response.status_code)] += 1
                     return
@@ -148,7 +156,7 @@ async def subscribe(
         except httpx.HTTPError as exc:
             failures[type(exc).__name__] += 1
 
-    tasks = [asyncio.create_task(one()) for _ in range(subscribers)]
+    tasks = [asyncio.create_task(one(i)) for i in range(subscribers)]
     await asyncio.sleep(duration_s)
     for task in tasks:
         task.cancel()

@@ -1,6 +1,7 @@
 """Server administration: API keys, `sppo serve` and `sppo run` (heavy imports stay inside the commands)."""
 
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -83,10 +84,13 @@ def serve(
 
     settings = get_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if settings.api_workers > 1:
+        share_http_metrics(settings.data_dir / "prometheus")
     uvicorn.run(
         "app.main:app",
         host=host or settings.host,
         port=port or settings.port,
+        workers=settings.api_workers,
         log_config=None,  # the app's structlog set-up formats uvicorn's lines too
         log_level=settings.log_level.lower(),
         access_log=False,  # RequestContextMiddleware logs each request, with its ids
@@ -99,6 +103,16 @@ def serve(
         # A request head must arrive within SPPO_HEADER_TIMEOUT_S and may not exceed 64 KiB.
         http="app.http_protocol:HeadTimeoutProtocol",
     )
+
+
+def share_http_metrics(directory: Path) -> None:
+    """prometheus-client's multiprocess mode for the uvicorn workers (app/metrics.py): emptied first, so
+    the counters of an earlier run's processes are not summed into this one's."""
+    from app.metrics import MULTIPROC_ENV
+
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
 
 
 def ensure_dev_key(key_file: Path) -> str:

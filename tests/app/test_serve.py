@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
@@ -42,6 +43,15 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
+    yield from _serve(tmp_path, redis_url)
+
+
+@pytest.fixture
+def served_by_two(tmp_path: Path, redis_url: str) -> Iterator[Served]:
+    yield from _serve(tmp_path, redis_url, SPPO_API_WORKERS="2")
+
+
+def _serve(tmp_path: Path, redis_url: str, **settings: str) -> Iterator[Served]:
     db_url = f"sqlite:///{tmp_path / 'sppo.db'}"
     upgrade_database(db_url)
     port = _free_port()
@@ -54,6 +64,7 @@ def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
         "SPPO_SHUTDOWN_DRAIN_S": str(GRACE_S),
         "SPPO_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "SPPO_PORT": str(port),
+        **settings,
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -158,3 +169,25 @@ def test_sigterm_lets_an_upload_in_flight_finish_and_closes_open_streams(served:
     assert served.process.wait(timeout=20) in CLEAN_EXIT
     with pytest.raises(httpx.TransportError):  # nothing listens any more
         httpx.get(f"{served.base_url}/health", timeout=2)
+
+
+def test_two_worker_processes_report_the_http_series_of_both(served_by_two: Served) -> None:
+    with session_scope(served_by_two.db_url) as session:
+        key = create_key(session, tenant_name="two").plaintext
+    requests = 40
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(requests):  # a new connection each: the kernel spreads them over both processes
+        assert httpx.get(f"{served_by_two.base_url}/v1/models", headers=headers).status_code == 200
+    for _ in range(6):  # whichever process answers the scrape, it counts every request
+        scrape = httpx.get(f"{served_by_two.base_url}/metrics", timeout=10)
+        samples = {
+            (sample.name, sample.labels.get("route"), sample.labels.get("status")): sample.value
+            for family in text_string_to_metric_families(scrape.text)
+            for sample in family.samples
+        }
+        assert samples[("sppo_http_requests_total", "/v1/models", "200")] == requests
+        assert samples[("sppo_http_request_duration_seconds_count", "/v1/models", None)] == requests
+    served_by_two.process.send_signal(signal.SIGTERM)
+    assert served_by_two.process.wait(timeout=30) in CLEAN_EXIT
+    started = [line for line in served_by_two.lines() if "Started server process" in line["event"]]
+    assert len(started) == 2
