@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
 from worker.engine.config import RunConfig
@@ -37,16 +36,26 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("sppo", "SPPO (separate critic)", {"algorithm": "sppo", "critic": "separate"}),
         Variant(
-            "sppo_small_critic", "SPPO (2-layer separate critic)", {"algorithm": "sppo", "critic": "separate"}
+            "sppo",
+            "SPPO (separate critic)",
+            {"algorithm": "sppo", "critic": "separate", "critic_layers": None},
+        ),
+        Variant(
+            "sppo_small_critic",
+            "SPPO (2-layer separate critic)",
+            {"algorithm": "sppo", "critic": "separate", "critic_layers": SMALL_CRITIC_LAYERS},
         ),
         Variant(
             "sppo_shared_lora", "SPPO (shared-LoRA critic)", {"algorithm": "sppo", "critic": "shared_lora"}
         ),
         Variant("grpo_n4", "GRPO N=4", {"algorithm": "grpo", "group_size": 4}),
         Variant("grpo_n8", "GRPO N=8", {"algorithm": "grpo", "group_size": 8}),
-        Variant("ppo_gae", "PPO-GAE (token critic)", {"algorithm": "ppo", "critic": "separate"}),
+        Variant(
+            "ppo_gae",
+            "PPO-GAE (token critic)",
+            {"algorithm": "ppo", "critic": "separate", "critic_layers": None},
+        ),
         Variant("reinforce", "REINFORCE (batch-mean baseline)", {"algorithm": "reinforce"}),
     )
 }
@@ -157,22 +166,9 @@ class BudgetCallbacks(TrainerCallbacks):
         return "pause" if self.training_s() >= self.budget_s else "continue"
 
 
-def small_critic(fixture: Fixture, directory: Path) -> Path:
-    """The policy's base model cut to its lower SMALL_CRITIC_LAYERS layers (a critic half the size)."""
-    if not (directory / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(fixture.model_dir)
-        model.model.layers = model.model.layers[:SMALL_CRITIC_LAYERS]
-        model.config.num_hidden_layers = SMALL_CRITIC_LAYERS
-        model.save_pretrained(directory)
-    return directory
-
-
 def run_config(fixture: Fixture, spec: RunSpec, output_dir: Path) -> RunConfig:
     variant = VARIANTS[spec.variant]
     group_size = int(variant.overrides.get("group_size", 1))
-    extra: dict[str, Any] = {}
-    if spec.variant == "sppo_small_critic":
-        extra["critic_model"] = str(small_critic(fixture, output_dir.parent / "small-critic"))
     return RunConfig.from_dict(
         {
             "model": str(fixture.model_dir),
@@ -189,7 +185,6 @@ def run_config(fixture: Fixture, spec: RunSpec, output_dir: Path) -> RunConfig:
             "max_response_tokens": fixture.max_response_tokens,
             **spec.hyperparameters,
             **variant.overrides,
-            **extra,
         }
     )
 

@@ -89,6 +89,8 @@ class ReinforcementHyperparameters(StrictModel):
     temperature: float | None = Field(default=None, ge=0.01, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     critic: Literal["separate", "shared_lora"] | None = None
+    # a separate critic built from the first N decoder layers of the base model (a smaller critic)
+    critic_layers: int | None = Field(default=None, ge=1, le=1024)
     group_size: int | None = Field(default=None, ge=1, le=64)  # samples per prompt (grpo default 8)
     ppo_epochs: int | None = Field(default=None, ge=1, le=16)
     minibatch_size: int | None = Field(default=None, ge=1, le=4096)

@@ -41,6 +41,9 @@ class RunConfig:
     """sppo/ppo critic: `separate` (own model + head) or `shared_lora` (policy base + own LoRA + head)."""
     critic_model: str | None = None
     """Model directory of a `separate` critic (may be smaller than the policy); default: the policy model."""
+    critic_layers: int | None = None
+    """A `separate` critic built from only the first N decoder layers of its model (a smaller critic from
+    the same checkpoint, as the paper pairs a 7B policy with a 1.5B critic); None: all layers."""
     use_lora: bool = True
     """Train the policy as a LoRA adapter (peft); False trains all policy weights."""
     lora_rank: int = 16
@@ -136,6 +139,11 @@ class RunConfig:
             "a shared_lora critic needs a frozen base: set use_lora to true",
             "critic",
         )
+        _check(
+            self.critic_layers is None or self.critic == "separate",
+            "only a separate critic can have fewer layers (a shared_lora critic is the policy's base)",
+            "critic_layers",
+        )
         for name in ("learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm"):
             _check(getattr(self, name) > 0, "must be > 0", name)
         for name in ("weight_decay", "kl_coef", "entropy_coef", "lora_dropout"):
@@ -157,7 +165,7 @@ class RunConfig:
             'must be "auto" or an integer >= 1',
             "eval_interval",
         )
-        for name in ("max_steps", "group_size", "eval_max_items"):
+        for name in ("max_steps", "group_size", "eval_max_items", "critic_layers"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
         n_devices = self.n_devices
@@ -182,6 +190,8 @@ class RunConfig:
                 raise ConfigError("is required", required)
         merged = {k: v for k, v in model_defaults(values["model"]).items() if k in known}
         merged.update(values)
+        if merged.get("critic") == "shared_lora" and "critic_layers" not in values:
+            merged.pop("critic_layers", None)  # a model's smaller-critic default is for a separate critic
         try:
             return cls(**merged)
         except TypeError as exc:

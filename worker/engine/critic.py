@@ -13,9 +13,10 @@ from typing import Any, Literal, cast
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from worker.engine.config import RunConfig
+from worker.engine.errors import ConfigError
 from worker.engine.policy import active_adapter, lora_config, trainable_parameters
 
 Level = Literal["sequence", "token"]
@@ -83,8 +84,17 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class SeparateCritic(Critic):
-    def __init__(self, model_dir: str, level: Level, device: torch.device) -> None:
-        encoder = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    def __init__(self, model_dir: str, level: Level, device: torch.device, layers: int | None = None) -> None:
+        model_config = AutoConfig.from_pretrained(model_dir)
+        if layers is not None:
+            if layers > model_config.num_hidden_layers:
+                message = f"critic_layers is {layers}; the model has {model_config.num_hidden_layers} layers"
+                raise ConfigError(message, "critic_layers")
+            # the decoder is built with `layers` layers and loads only their weights
+            model_config.num_hidden_layers = layers
+            if getattr(model_config, "layer_types", None):
+                model_config.layer_types = model_config.layer_types[:layers]
+        encoder = AutoModel.from_pretrained(model_dir, config=model_config, dtype=torch.float32).to(device)
         super().__init__(encoder.config.hidden_size, level)
         self.encoder = encoder
         self.head.to(device)
@@ -151,4 +161,4 @@ def build_critic(
     if config.critic == "shared_lora":
         assert isinstance(policy, PeftModel), "config validation guarantees a LoRA policy"
         return SharedLoraCritic(policy, config, level, policy_params)
-    return SeparateCritic(config.critic_model or config.model, level, device)
+    return SeparateCritic(config.critic_model or config.model, level, device, config.critic_layers)

@@ -46,6 +46,8 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ({"clip_epsilon": 1.5}, "clip_epsilon"),
         ({"batch_size": 0}, "batch_size"),
         ({"critic": "shared_lora", "use_lora": False}, "critic"),
+        ({"critic": "shared_lora", "critic_layers": 2}, "critic_layers"),
+        ({"critic_layers": 0}, "critic_layers"),
         ({"algorithm": "grpo", "group_size": 1}, "group_size"),
         ({"learnin_rate": 1.0}, "learnin_rate"),
     ],

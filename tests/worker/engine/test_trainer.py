@@ -4,10 +4,12 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModel
 
 from worker.engine.algorithms import AdvantageInputs
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
-from worker.engine.errors import TrainingDivergedError
+from worker.engine.critic import SeparateCritic
+from worker.engine.errors import ConfigError, TrainingDivergedError
 from worker.engine.fixtures import Fixture
 from worker.engine.trainer import Trainer, run_training
 
@@ -73,6 +75,19 @@ def test_shared_lora_critic_holds_no_second_copy_of_the_base(tiny: Fixture, tmp_
     )  # head only: adapter lives in the policy
     assert critic_numel < 1000 < base_numel
     assert "encoder" not in dict(trainer.critic.named_modules())
+
+
+def test_a_smaller_separate_critic_is_the_first_layers_of_the_base(tiny: Fixture, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(tiny, tmp_path, critic_layers=2), TrainerCallbacks())
+    assert isinstance(trainer.critic, SeparateCritic)
+    base = AutoModel.from_pretrained(tiny.model_dir)
+    assert len(base.layers) == 4 and len(trainer.critic.encoder.layers) == 2
+    base_weights = base.state_dict()
+    for name, tensor in trainer.critic.encoder.state_dict().items():
+        assert torch.equal(tensor, base_weights[name]), name
+    with pytest.raises(ConfigError, match="has 4 layers") as info:
+        Trainer(tiny_config(tiny, tmp_path / "too-deep", critic_layers=5), TrainerCallbacks())
+    assert info.value.param == "critic_layers"
 
 
 def test_run_reports_every_metric_and_evaluates(tiny: Fixture, tmp_path: Path) -> None:
