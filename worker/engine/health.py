@@ -23,6 +23,7 @@ class HealthMonitor:
     last_eval_score: float | None = None
     rewards_since_eval: list[float] = field(default_factory=list)
     reward_at_last_eval: float | None = None
+    unchanged_last_step: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     def after_step(
         self,
@@ -36,8 +37,13 @@ class HealthMonitor:
         warnings: list[Warning_] = []
         row_abs = (advantages.abs() * response_mask).sum(-1)  # (B,)
         zero_adv_frac = (row_abs == 0).float().mean().item()
-        unchanged = (before == after).all(-1).float()  # (N,)
-        unchanged_frac = unchanged.mean().item()
+        unchanged = (before == after).all(-1)  # (N,)
+        unchanged_frac = unchanged.float().mean().item()
+        # Warned only when a tensor stays put two steps running: in a step of one optimizer update a LoRA
+        # A gets no gradient (its B starts at zero), which is expected, not a fault.
+        previous = self.unchanged_last_step
+        stuck = int((unchanged & previous).sum()) if previous.shape == unchanged.shape else 0
+        self.unchanged_last_step = unchanged
         metrics = {
             "health/zero_adv_frac": zero_adv_frac,
             "health/unchanged_param_frac": unchanged_frac,
@@ -45,10 +51,8 @@ class HealthMonitor:
         }
         if zero_adv_frac > ZERO_ADVANTAGE_WARN:
             warnings.append((f"{zero_adv_frac:.0%} of samples have zero advantage and do not train", metrics))
-        if unchanged_frac > 0:
-            warnings.append(
-                (f"{int(unchanged.sum())} trainable tensors did not change in this step", metrics)
-            )
+        if stuck:
+            warnings.append((f"{stuck} trainable tensors did not change in the last two steps", metrics))
         if entropy < self.entropy_floor:
             warnings.append(
                 (f"token entropy {entropy:.4f} is below {self.entropy_floor}: the policy may have collapsed",
@@ -82,9 +86,12 @@ class HealthMonitor:
             "last_eval_score": self.last_eval_score,
             "reward_at_last_eval": self.reward_at_last_eval,
             "rewards_since_eval": list(self.rewards_since_eval),
+            "unchanged_last_step": self.unchanged_last_step.tolist(),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.last_eval_score = state["last_eval_score"]  # type: ignore[assignment]
         self.reward_at_last_eval = state["reward_at_last_eval"]  # type: ignore[assignment]
         self.rewards_since_eval = list(state["rewards_since_eval"])  # type: ignore[call-overload]
+        # absent from checkpoints written before this field existed
+        self.unchanged_last_step = torch.tensor(state.get("unchanged_last_step", []), dtype=torch.bool)
