@@ -12,7 +12,7 @@ Recorded per fault: the time until the work it hit moved again (a killed worker'
 otherwise any job's next recorded step). Per job: status, steps recorded vs expected, lost and duplicated
 steps (metric rows are unique per (job, step), so a duplicate would have to be a repeated step number).
 
-    python benchmarks/chaos.py                               # 20 jobs, 2 workers, faults every 20 s
+    python benchmarks/chaos.py                               # 20 jobs of 100 steps, 2 workers, faults every 5 s
     python benchmarks/chaos.py --jobs 4 --budget-s 600       # a reduced run
 
 Writes benchmarks/results/chaos.json.
@@ -244,9 +244,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=4, help="steps per job (batch 8, checkpoint every 2)")
+    # long enough that faults land while jobs run: 20 jobs of 4 steps finish in 14 s on a quiet machine
+    parser.add_argument("--steps", type=int, default=100, help="steps per job (batch 8, checkpoint every 2)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fault-every-s", type=float, default=20.0)
+    parser.add_argument("--fault-every-s", type=float, default=5.0)
     parser.add_argument("--budget-s", type=float, default=1800.0, help="the soak stops after this long")
     parser.add_argument("--recovery-timeout-s", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=0)
