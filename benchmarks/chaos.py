@@ -12,8 +12,8 @@ Recorded per fault: the time until the work it hit moved again (a killed worker'
 otherwise any job's next recorded step). Per job: status, steps recorded vs expected, lost and duplicated
 steps (metric rows are unique per (job, step), so a duplicate would have to be a repeated step number).
 
-    python benchmarks/chaos.py                               # 20 jobs of 100 steps, 2 workers, faults every 5 s
-    python benchmarks/chaos.py --jobs 4 --budget-s 600       # a reduced run
+    python benchmarks/chaos.py                          # 20 jobs of 100 steps, 2 workers, faults every 5 s
+    python benchmarks/chaos.py --jobs 4 --budget-s 600  # a reduced run
 
 Writes benchmarks/results/chaos.json.
 """
