@@ -178,16 +178,25 @@ def test_two_worker_processes_report_the_http_series_of_both(served_by_two: Serv
     headers = {"Authorization": f"Bearer {key}"}
     for _ in range(requests):  # a new connection each: the kernel spreads them over both processes
         assert httpx.get(f"{served_by_two.base_url}/v1/models", headers=headers).status_code == 200
+    # a request is counted just after its response is sent: allow the last one a moment
+    deadline = time.monotonic() + 5
+    while _scrape(served_by_two)[("sppo_http_requests_total", "/v1/models", "200")] < requests:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     for _ in range(6):  # whichever process answers the scrape, it counts every request
-        scrape = httpx.get(f"{served_by_two.base_url}/metrics", timeout=10)
-        samples = {
-            (sample.name, sample.labels.get("route"), sample.labels.get("status")): sample.value
-            for family in text_string_to_metric_families(scrape.text)
-            for sample in family.samples
-        }
+        samples = _scrape(served_by_two)
         assert samples[("sppo_http_requests_total", "/v1/models", "200")] == requests
         assert samples[("sppo_http_request_duration_seconds_count", "/v1/models", None)] == requests
     served_by_two.process.send_signal(signal.SIGTERM)
     assert served_by_two.process.wait(timeout=30) in CLEAN_EXIT
     started = [line for line in served_by_two.lines() if "Started server process" in line["event"]]
     assert len(started) == 2
+
+
+def _scrape(served: Served) -> dict[tuple[str, str | None, str | None], float]:
+    scrape = httpx.get(f"{served.base_url}/metrics", timeout=10)
+    return {
+        (sample.name, sample.labels.get("route"), sample.labels.get("status")): sample.value
+        for family in text_string_to_metric_families(scrape.text)
+        for sample in family.samples
+    }
