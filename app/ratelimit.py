@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 
 STREAM_SLOT_TTL_S = 60
 STREAM_REFRESH_S = STREAM_SLOT_TTL_S / 3  # three chances to refresh before a live slot lapses
-KEY_PREFIX = "sppo:ratelimit"
 
 # KEYS[i]: a counter's key stem; ARGV: limit_1, window_1, limit_2, window_2, ...
 # Returns 0 when the request is counted, else the seconds until the first full window resets.
@@ -71,8 +70,9 @@ class Window:
 class Limiter:
     """The Redis side of the limits; every call may raise a `redis.RedisError` (the caller decides)."""
 
-    def __init__(self, client: "aioredis.Redis") -> None:
+    def __init__(self, client: "aioredis.Redis", prefix: str) -> None:
         self.client = client
+        self.prefix = prefix  # this install's (SPPO_REDIS_PREFIX), so two installs on one Redis never mix
         self._hit: Any = client.register_script(_HIT)
         self._acquire: Any = client.register_script(_ACQUIRE)
         self._refresh: Any = client.register_script(_REFRESH)
@@ -82,7 +82,7 @@ class Limiter:
         active = [w for w in windows if w.limit > 0]
         if not active:
             return 0
-        keys = [f"{KEY_PREFIX}:{w.bucket}:{subject}:{w.seconds}" for w in active]
+        keys = [f"{self.prefix}:{w.bucket}:{subject}:{w.seconds}" for w in active]
         args = [value for w in active for value in (w.limit, w.seconds)]
         retry_after = int(await self._hit(keys=keys, args=args))
         return max(retry_after, 1) if retry_after else 0
@@ -90,14 +90,14 @@ class Limiter:
     async def acquire_stream(self, subject: str, slot: str, limit: int) -> bool:
         if limit <= 0:
             return True
-        return bool(await self._acquire(keys=[_streams_key(subject)], args=[slot, limit, STREAM_SLOT_TTL_S]))
+        key = self._streams_key(subject)
+        return bool(await self._acquire(keys=[key], args=[slot, limit, STREAM_SLOT_TTL_S]))
 
     async def refresh_stream(self, subject: str, slot: str) -> None:
-        await self._refresh(keys=[_streams_key(subject)], args=[slot, STREAM_SLOT_TTL_S])
+        await self._refresh(keys=[self._streams_key(subject)], args=[slot, STREAM_SLOT_TTL_S])
 
     async def release_stream(self, subject: str, slot: str) -> None:
-        await self.client.zrem(_streams_key(subject), slot)
+        await self.client.zrem(self._streams_key(subject), slot)
 
-
-def _streams_key(subject: str) -> str:
-    return f"{KEY_PREFIX}:streams:{subject}"
+    def _streams_key(self, subject: str) -> str:
+        return f"{self.prefix}:streams:{subject}"

@@ -26,6 +26,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_body
+from app.queues import redis_key
 from app.ratelimit import STREAM_REFRESH_S, Limiter, Window
 from app.settings import Settings
 from app.web.session import COOKIE
@@ -84,7 +85,7 @@ class RateLimitMiddleware:
             client = aioredis.Redis.from_url(
                 str(self.settings.redis_url), socket_connect_timeout=0.5, socket_timeout=0.5
             )
-            self._limiter = Limiter(client)
+            self._limiter = Limiter(client, redis_key("ratelimit"))
         return self._limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.datastructures import Headers
 
-from app.ratelimit import KEY_PREFIX, STREAM_SLOT_TTL_S, Limiter, Window
+from app.ratelimit import STREAM_SLOT_TTL_S, Limiter, Window
 from app.settings import Settings
 from app.throttle import subject_of, windows_for
 
@@ -188,11 +188,12 @@ def test_limiter_scripts_on_the_real_redis(redis_url: str) -> None:
 
     async def scenario() -> None:
         client = aioredis.Redis.from_url(redis_url)
-        limiter = Limiter(client)
+        prefix = f"test-{uuid.uuid4().hex[:8]}:ratelimit"  # SPPO_REDIS_PREFIX's place in every key
+        limiter = Limiter(client, prefix)
         subject = uuid.uuid4().hex
         hourly = [Window("uploads", 2, 3600)]
         assert [await limiter.hit(subject, hourly) for _ in range(4)][:2] == [0, 0]
-        keys = await client.keys(f"{KEY_PREFIX}:uploads:{subject}:3600:*")
+        keys = await client.keys(f"{prefix}:uploads:{subject}:3600:*")
         assert len(keys) == 1 and int(await client.get(keys[0])) == 2  # the two refusals left no trace
         assert 0 < await limiter.hit(subject, hourly) <= 3600
 
@@ -200,10 +201,10 @@ def test_limiter_scripts_on_the_real_redis(redis_url: str) -> None:
         assert not await limiter.acquire_stream(subject, "b", 1)
         # the process holding "a" was killed: its last refresh is older than the slot's TTL
         now = int((await client.time())[0])
-        await client.zadd(f"{KEY_PREFIX}:streams:{subject}", {"a": now - STREAM_SLOT_TTL_S - 1})
+        await client.zadd(f"{prefix}:streams:{subject}", {"a": now - STREAM_SLOT_TTL_S - 1})
         assert await limiter.acquire_stream(subject, "b", 1)
         await limiter.release_stream(subject, "b")
-        assert await client.zcard(f"{KEY_PREFIX}:streams:{subject}") == 0
+        assert await client.zcard(f"{prefix}:streams:{subject}") == 0
         await client.aclose()
 
     # A thread of its own: the session's shared Playwright browser keeps an event loop on this one.
