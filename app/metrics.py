@@ -168,7 +168,7 @@ class ServiceCollector(Collector):
 
 
 def render(session: Session, client: "redis.Redis") -> bytes:
-    """The Prometheus text exposition of this process's HTTP series and the service's state."""
+    """The Prometheus text exposition of the HTTP series (`http_registry`) and the service's state."""
     state = CollectorRegistry()
     state.register(ServiceCollector(session, client))
     return generate_latest(http_registry()) + generate_latest(state)
