@@ -11,7 +11,6 @@ starts, so a long stream (SSE, which holds no DB connection) does not keep one.
 """
 
 import asyncio
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from app.db import get_sessionmaker
 from app.errors import DB_UNAVAILABLE, APIError, ServiceUnavailable
 from app.middleware import bad_target, send_error
 from app.models import Tenant
+from app.security import hash_api_key
 from app.services.keys import authenticate
 
 # Liveness must answer while the API is saturated; it touches neither the DB nor a thread.
@@ -91,7 +91,7 @@ class KeyCache:
 
     @staticmethod
     def key_of(authorization: str) -> str:
-        return hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).hexdigest()
+        return hash_api_key(authorization)  # the whole header: the key as sent is never kept
 
     def get(self, key: str) -> Tenant | None:
         entry = self._entries.get(key)

@@ -115,18 +115,13 @@ def seed(db_url: str, extra_keys: int = 0) -> tuple[str, str, str, tuple[str, ..
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES (:id, 'load', :t)"),
                      {"id": ids["tenant"], "t": stamp})  # fmt: skip
-        conn.execute(
-            sa.text("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, created_at) "
-                    "VALUES (:id, :tenant, :hash, :prefix, :t)"),
-            {"id": ids["key"], "tenant": ids["tenant"], "hash": hash_api_key(key),
-             "prefix": display_prefix(key), "t": stamp},
-        )  # fmt: skip
-        for other in extra:
+        key_ids = [ids["key"], *(f"key-{secrets.token_hex(8)}" for _ in extra)]
+        for key_id, plaintext in zip(key_ids, (key, *extra), strict=True):
             conn.execute(
                 sa.text("INSERT INTO api_keys (id, tenant_id, key_hash, prefix, created_at) "
                         "VALUES (:id, :tenant, :hash, :prefix, :t)"),
-                {"id": f"key-{secrets.token_hex(8)}", "tenant": ids["tenant"], "hash": hash_api_key(other),
-                 "prefix": display_prefix(other), "t": stamp},
+                {"id": key_id, "tenant": ids["tenant"], "hash": hash_api_key(plaintext),
+                 "prefix": display_prefix(plaintext), "t": stamp},
             )  # fmt: skip
         for i in range(25):  # a page of listing plus one
             conn.execute(
