@@ -147,6 +147,14 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def reaper_redis_url() -> Iterator[str]:
+    """A Redis database for tests that run the reaper in-process: the API servers of other tests reap in
+    `redis_url` every few seconds, and a round of theirs holding the reaper lock would skip the test's."""
+    with _claim_redis_database("the reaper tests") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def stack_redis_url() -> Iterator[str]:
     """A Redis database for the end-to-end stack alone: its worker consumes the `training` queue, which
     must not take messages other tests put there."""

@@ -40,6 +40,7 @@ S = JobStatus
 LOCK_NAME = "reaper:lock"
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker and not yet acknowledged
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: `<queue>\x06\x16<priority>` for priorities > 0
+MAX_LOCK_TTL_S = 60.0  # a round takes seconds; an API killed mid-round must not stall recovery for long
 
 
 @dataclass
@@ -201,13 +202,18 @@ def resend_lost_evaluations(
         )
 
 
+def lock_ttl_s(interval_s: float) -> float:
+    """How long the reaper lock outlives a holder that died mid-round: two intervals, within [5 s, 60 s]."""
+    return min(MAX_LOCK_TTL_S, max(5.0, interval_s * 2))
+
+
 def reap_once(session: Session, *, settings: Settings) -> ReapReport:
     """One round: lost running jobs, lost messages, undispatched jobs. Skipped while another API holds it."""
     client = dispatch.redis_client(str(settings.redis_url))
     lock = None
     try:
         lock = client.lock(
-            redis_key(LOCK_NAME), timeout=max(5.0, settings.reaper_interval_s * 2), blocking=False
+            redis_key(LOCK_NAME), timeout=lock_ttl_s(settings.reaper_interval_s), blocking=False
         )
         if not lock.acquire():
             return ReapReport()

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import sqlalchemy as sa
 
 from app.db import session_scope, upgrade_database
-from app.models import ApiKey, Job
+from app.models import ApiKey, Job, Tenant
+from app.services.reaper import LOCK_NAME
 from tests.app.conftest import Server, method, run_api_server
 
 pytestmark = pytest.mark.postgres
@@ -24,24 +26,49 @@ API_APP = "sppo-api-db-drops"  # libpq's PGAPPNAME: how the test finds the API's
 # text: under the extended protocol a statement waits on its locks while being parsed, before
 # pg_stat_activity shows it.
 WAITING = "SELECT pid FROM pg_stat_activity WHERE application_name = :app AND wait_event_type = 'Lock'"
+REDIS_PREFIX = "sppo-db-drops"  # its own reaper lock: another test's API reaping must not skip its round
 
 
 @pytest.fixture
 def pg_server(tmp_path: Path, new_postgres_database: Callable[[], str], redis_url: str) -> Iterator[Server]:
     db_url = new_postgres_database()
     upgrade_database(db_url)
-    env = {"PGAPPNAME": API_APP, "SPPO_REAPER_INTERVAL_S": "3600"}  # no reaper query on the jobs table
+    with session_scope(db_url) as session:  # the reaper's first round dispatches it
+        marker = _queued_job(session, Tenant(name="reaper-marker"))
+    # one reaper round, at start-up, then none: no reaper query on the jobs table while a test locks it
+    env = {"PGAPPNAME": API_APP, "SPPO_REAPER_INTERVAL_S": "3600", "SPPO_REDIS_PREFIX": REDIS_PREFIX}
     with run_api_server(tmp_path, db_url=db_url, redis_url=redis_url, env=env) as server:
+        _wait_for_the_first_reaper_round(server, marker)
         yield server
+
+
+def _queued_job(session: sa.orm.Session, tenant: Tenant) -> str:
+    session.add(tenant)
+    session.flush()
+    job = Job(tenant_id=tenant.id, model="sppo-tiny", training_file="file-x", seed=0, method=method())
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def _wait_for_the_first_reaper_round(server: Server, marker: str) -> None:
+    """Until the start-up round has dispatched the marker job and released its lock: on a slow machine it
+    may still be querying the jobs table when the test locks it."""
+    lock = redis.Redis.from_url(server.redis_url)
+    deadline = time.monotonic() + 60
+    while True:
+        with session_scope(server.db_url) as session:
+            dispatched = session.get_one(Job, marker).dispatched_at is not None
+        if dispatched and not lock.exists(f"{REDIS_PREFIX}:{LOCK_NAME}"):
+            return
+        assert time.monotonic() < deadline, "the API's first reaper round never finished"
+        time.sleep(0.05)
 
 
 def _job(server: Server) -> str:
     with session_scope(server.db_url) as session:
         tenant_id = session.scalars(sa.select(ApiKey.tenant_id)).one()
-        job = Job(tenant_id=tenant_id, model="sppo-tiny", training_file="file-x", seed=0, method=method())
-        session.add(job)
-        session.flush()
-        return job.id
+        return _queued_job(session, session.get_one(Tenant, tenant_id))
 
 
 def _request_with_its_connection_dropped(
@@ -56,7 +83,9 @@ def _request_with_its_connection_dropped(
             thread.start()
             deadline = time.monotonic() + 20
             while not (pids := killer.execute(sa.text(WAITING), {"app": API_APP}).scalars().all()):
-                assert time.monotonic() < deadline, "the request never waited on the lock"
+                assert time.monotonic() < deadline, (
+                    f"the request never waited on the lock (answered: {result})"
+                )
                 time.sleep(0.05)
             killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
             killer.commit()

@@ -19,11 +19,11 @@ def fresh_db_url(empty_db_url: str) -> str:
 
 
 @pytest.fixture
-def settings(fresh_db_url: str, redis_url: str, tmp_path: Path) -> Settings:
+def settings(fresh_db_url: str, reaper_redis_url: str, tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path,
         database_url=fresh_db_url,  # type: ignore[arg-type]
-        redis_url=redis_url,  # type: ignore[arg-type]
+        redis_url=reaper_redis_url,  # type: ignore[arg-type]
         heartbeat_interval_s=0.2,
         heartbeat_lease_s=10,
     )

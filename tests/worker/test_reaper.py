@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.dispatch import send_evaluation_task, send_training_task
 from app.models import Evaluation, Job, JobEvent, JobStatus, now
 from app.queues import EVALUATION_QUEUE, redis_key
-from app.services.reaper import broker_holds, reap_once
+from app.services.reaper import broker_holds, lock_ttl_s, reap_once
 from app.settings import Settings
 from worker.evaluations import claim_evaluation
 from worker.jobs import claim_job
@@ -155,3 +155,7 @@ def test_a_queued_evaluation_whose_message_was_lost_is_sent_again(
     assert recent.encode() not in queued
     # Were the first message only delayed, it and the new one make two: only one claim wins.
     assert claim_evaluation(settings, lost, "w:1") and not claim_evaluation(settings, lost, "w:2")
+
+
+def test_the_lock_of_an_api_killed_mid_round_expires_within_a_minute() -> None:
+    assert [lock_ttl_s(s) for s in (0.5, 5, 20, 3600)] == [5.0, 10.0, 40.0, 60.0]
