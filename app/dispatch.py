@@ -1,7 +1,10 @@
 """Hand-offs to the worker through Redis: the Celery task message and the per-job control key.
 
 The API sends the task by name (`sppo.train` on the queue of the job's device count, app/queues.py) and
-never imports the worker code.
+never imports the worker code. A job that has run before (requeued after its worker was lost or shut
+down, or resumed after a pause) is sent ahead of jobs that have never started: it holds checkpoints and a
+user is watching its progress, and at the back of the queue it would wait behind every job submitted
+while it ran.
 """
 
 import logging
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# kombu's Redis transport keeps one list per priority step (0, 3, 6, 9) and pops step 0 first
+RESUMED_PRIORITY, NEW_PRIORITY = 0, 6
+
 
 @lru_cache
 def _celery(broker_url: str) -> "Celery":
@@ -50,15 +56,16 @@ def redis_client(url: str) -> "redis.Redis":
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def send_training_task(settings: Settings, job_id: str, n_devices: int = 1) -> bool:
-    """Publish the training task on the queue of its device count; False (logged) if the broker could
-    not take it."""
+def send_training_task(settings: Settings, job_id: str, n_devices: int = 1, *, resumed: bool = False) -> bool:
+    """Publish the training task on the queue of its device count, ahead of new jobs if `resumed`; False
+    (logged) if the broker could not take it."""
     queue = training_queue(n_devices)
     try:
         _celery(str(settings.redis_url)).send_task(
             TRAIN_TASK,
             args=[job_id],
             queue=queue,
+            priority=RESUMED_PRIORITY if resumed else NEW_PRIORITY,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         )
@@ -85,8 +92,12 @@ def send_evaluation_task(settings: Settings, evaluation_id: str) -> bool:
 def dispatch(session: Session, *, settings: Settings, job_id: str) -> bool:
     """Send a committed, queued job to the broker and record it. A job sent twice is harmless: the worker's
     claim (queued → running) is a guarded transition, so only one run ever starts."""
-    hyperparameters = session.scalar(select(Job.hyperparameters).where(Job.id == job_id)) or {}
-    if not send_training_task(settings, job_id, job_devices(hyperparameters)):
+    hyperparameters, started_at = session.execute(
+        select(Job.hyperparameters, Job.started_at).where(Job.id == job_id)
+    ).one()
+    if not send_training_task(
+        settings, job_id, job_devices(hyperparameters or {}), resumed=started_at is not None
+    ):
         return False
     session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=now()))
     session.commit()

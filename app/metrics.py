@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Job, JobStatus
 from app.presence import read_presence
-from app.queues import EVALUATION_QUEUE, redis_key, training_queues
+from app.queues import EVALUATION_QUEUE, broker_lists, training_queues
 from app.settings import get_settings
 from app.streams import decode_step, metrics_stream_key
 
@@ -45,8 +45,6 @@ HTTP_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=HTTP_REGISTRY,
 )
-# Celery's Redis transport keeps priorities 3, 6 and 9 in lists next to the queue's own.
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 _MIB = 2**20  # the engine reports memory in MiB
 
 
@@ -110,8 +108,8 @@ class ServiceCollector(Collector):
         depth = _gauge("sppo_queue_depth", "Tasks waiting in each Celery queue (not yet taken).", ["queue"])
         for queue in (*training_queues(get_settings()), EVALUATION_QUEUE):
             pipe = self.client.pipeline()
-            for suffix in _PRIORITY_SUFFIXES:
-                pipe.llen(redis_key(queue) + suffix)  # Celery's lists carry the install's prefix
+            for key in broker_lists(queue):
+                pipe.llen(key)
             depth.add_metric([queue], sum(pipe.execute()))
         yield depth
         yield from self._workers()

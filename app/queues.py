@@ -39,6 +39,15 @@ def redis_key(name: str) -> str:
     return f"{get_settings().redis_prefix}:{name}"
 
 
+# kombu's Redis transport keeps a queue's messages of priority 3-5, 6-8 and 9 in lists beside its own (0-2)
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists holding `queue`'s waiting messages, the one a worker pops first (priority 0) first."""
+    return [redis_key(queue) + suffix for suffix in _PRIORITY_SUFFIXES]
+
+
 def broker_options() -> dict[str, str]:
     """Kombu transport options both Celery apps (API and worker) use: every broker key prefixed."""
     return {"global_keyprefix": redis_key("")}

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from app import dispatch
 from app.lifecycle import transition
 from app.models import Evaluation, Job, JobStatus, now
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, redis_key, training_queues
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_lists, redis_key, training_queues
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 S = JobStatus
 LOCK_NAME = "reaper:lock"
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker and not yet acknowledged
-PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: `<queue>\x06\x16<priority>` for priorities > 0
 MAX_LOCK_TTL_S = 60.0  # a round takes seconds; an API killed mid-round must not stall recovery for long
 
 
@@ -148,13 +147,8 @@ def broker_holds(client: "redis.Redis", task_id: str, queue_names: Sequence[str]
     Celery's message headers carry the task arguments as text (`argsrepr`), so a substring test finds it.
     """
     needle = task_id.encode()
-    # kombu writes its keys under the install's prefix (app.queues.broker_options)
-    lists = []
-    for name in queue_names:
-        queue = redis_key(name)
-        lists += [queue] + [f"{queue}{PRIORITY_SEPARATOR}{p}" for p in range(1, 10)]
-    for queue in lists:
-        if any(needle in message for message in client.lrange(queue, 0, -1)):
+    for key in (key for name in queue_names for key in broker_lists(name)):
+        if any(needle in message for message in client.lrange(key, 0, -1)):
             return True
     return any(needle in message for message in client.hvals(redis_key(UNACKED_KEY)))
 

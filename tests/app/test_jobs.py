@@ -12,7 +12,7 @@ import redis
 from app.db import session_scope
 from app.lifecycle import transition
 from app.models import Checkpoint, JobStatus
-from app.queues import TRAIN_QUEUE, redis_key
+from app.queues import TRAIN_QUEUE, broker_lists
 
 from .conftest import GRADER, MAX_JOBS, REGISTRY_CONTEXT, REGISTRY_MODEL, Server, assert_error, method
 
@@ -49,7 +49,7 @@ def set_status(server: Server, job_id: str, frm: JobStatus, to: JobStatus) -> No
 def queued_task_ids(server: Server) -> list[str]:
     """Job ids of the `sppo.train` messages waiting on the Celery `training` queue (a prefixed Redis list)."""
     client = redis.Redis.from_url(server.redis_url)
-    messages = [json.loads(raw) for raw in client.lrange(redis_key(TRAIN_QUEUE), 0, -1)]
+    messages = [json.loads(raw) for key in broker_lists(TRAIN_QUEUE) for raw in client.lrange(key, 0, -1)]
     assert all(m["headers"]["task"] == "sppo.train" for m in messages)
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]  # body: [args, kwargs, embed]
 

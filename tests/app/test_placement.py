@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from app.queues import redis_key, training_queue
+from app.queues import broker_lists, training_queue
 from cli.worker import default_queues
 
 from .conftest import DEVICE_COUNTS, Server, assert_error, method
@@ -19,7 +19,7 @@ HYPER = "method.reinforcement.hyperparameters"
 def waiting_jobs(server: Server, queue: str) -> list[str]:
     """Job ids of the training messages waiting on `queue`."""
     client = redis.Redis.from_url(server.redis_url)
-    messages = [json.loads(raw) for raw in client.lrange(redis_key(queue), 0, -1)]
+    messages = [json.loads(raw) for key in broker_lists(queue) for raw in client.lrange(key, 0, -1)]
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
 

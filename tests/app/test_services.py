@@ -13,7 +13,7 @@ from app.dispatch import dispatch_pending_jobs
 from app.errors import AuthenticationError
 from app.lifecycle import transition
 from app.models import File, Job, JobEvent, JobStatus, Tenant
-from app.queues import TRAIN_QUEUE, redis_key
+from app.queues import TRAIN_QUEUE, broker_lists
 from app.schemas.jobs import JobCreate
 from app.services import jobs
 from app.services.keys import authenticate, create_key, revoke_key
@@ -111,7 +111,8 @@ def test_broker_down_keeps_the_job_queued_and_redispatches(
     # The message headers carry the task's args in `argsrepr`.
     assert any(
         job.id.encode() in raw
-        for raw in redis.Redis.from_url(redis_url).lrange(redis_key(TRAIN_QUEUE), 0, -1)
+        for key in broker_lists(TRAIN_QUEUE)
+        for raw in redis.Redis.from_url(redis_url).lrange(key, 0, -1)
     )
 
 

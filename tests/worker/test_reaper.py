@@ -4,12 +4,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.dispatch import send_evaluation_task, send_training_task
+from app.dispatch import dispatch, send_evaluation_task, send_training_task
 from app.models import Evaluation, Job, JobEvent, JobStatus, now
-from app.queues import EVALUATION_QUEUE, redis_key
+from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, redis_key
 from app.services.reaper import broker_holds, lock_ttl_s, reap_once
 from app.settings import Settings
 from worker.evaluations import claim_evaluation
@@ -68,6 +69,32 @@ def test_queued_job_whose_message_was_lost_is_dispatched_again(
     assert (_job(session, lost).dispatched_at or 0) >= now() - 5
     assert broker_holds(client, lost)
     assert _job(session, held).dispatched_at == long_ago  # its message is still in the queue
+
+
+def _next_training_message(settings: Settings) -> str:
+    """The job id of the message a worker would take next (a kombu consumer with Celery's options)."""
+    with Connection(str(settings.redis_url), transport_options=broker_options()) as connection:
+        queue = connection.SimpleQueue(TRAIN_QUEUE)
+        message = queue.get(timeout=5)
+        message.ack()
+        queue.close()
+    args, _kwargs, _embed = message.payload
+    return str(args[0])
+
+
+def test_a_requeued_job_goes_ahead_of_jobs_that_never_started(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    client = redis.Redis.from_url(str(settings.redis_url))
+    for leftover in client.keys(redis_key(TRAIN_QUEUE) + "*"):  # other tests' messages
+        client.delete(leftover)
+    waiting = make_job()
+    assert dispatch(session, settings=settings, job_id=waiting)  # submitted while the other one ran
+    lost = make_job(
+        status=S.running, attempt=1, worker_id="w:1", heartbeat_at=now() - 60, started_at=now() - 90
+    )
+    assert reap_once(session, settings=settings).requeued == [lost]
+    assert [_next_training_message(settings), _next_training_message(settings)] == [lost, waiting]
 
 
 def test_claim_takes_only_queued_jobs(session: Session, make_job: Callable[..., str]) -> None:
