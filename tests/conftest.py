@@ -4,15 +4,17 @@ Nothing is mocked: the DB tests run against both real backends, dispatch is chec
 the HTTP tests talk to `uvicorn app.main:app` in a subprocess.
 """
 
+import asyncio
 import contextlib
 import os
 import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +24,16 @@ if TYPE_CHECKING:
 
 POSTGRES_URL = os.environ.get("SPPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_HOST_URL = os.environ.get("SPPO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+T = TypeVar("T")
+
+
+def run_in_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` in a thread of its own: the session's shared Playwright browser (sync API) keeps an
+    event loop running on the main thread, inside which asyncio.run refuses to start."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture(scope="session")

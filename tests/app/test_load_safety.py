@@ -9,10 +9,8 @@ tenant keeps working.
 import asyncio
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import update
@@ -22,6 +20,7 @@ from app.models import ApiKey, Job, JobStatus, now
 from app.services.keys import create_key
 from benchmarks.loadgen import burst, client, subscribe
 from tests.app.conftest import Server, method, run_api_server
+from tests.conftest import run_in_own_loop
 
 pytestmark = pytest.mark.postgres
 
@@ -30,14 +29,6 @@ BURST_S = 2.0
 # Longer than the API's wait in line (5 s) plus a slow answer: a request still unanswered then is wedged.
 CLIENT_TIMEOUT_S = 15
 STREAMS = 20  # more than the default pool's 5 + 10 connections
-T = TypeVar("T")
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run` in a thread of its own: the main thread may still hold the event loop of Playwright's
-    sync API from an earlier browser test, and asyncio.run refuses to start inside a running loop."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 @dataclass
@@ -98,7 +89,7 @@ def test_a_burst_of_polls_from_an_idle_key_never_wedges(pg_server: Server) -> No
                 after = await http.get(path, timeout=3)
                 assert after.status_code == 200, after.text
 
-    _run(run())
+    run_in_own_loop(run())
 
 
 def test_open_streams_hold_no_db_connection(pg_server: Server) -> None:
@@ -120,7 +111,7 @@ def test_open_streams_hold_no_db_connection(pg_server: Server) -> None:
         assert result.connected == STREAMS, result.summary()
         assert polls.errors == 0, polls.summary()
 
-    _run(run())
+    run_in_own_loop(run())
 
 
 def test_sigterm_with_open_streams_exits_within_seconds(pg_server: Server) -> None:
@@ -142,4 +133,4 @@ def test_sigterm_with_open_streams_exits_within_seconds(pg_server: Server) -> No
             return time.monotonic() - started
 
     # Streams end within one blocking read (2 s) of SIGTERM; before, the process was still up after 60 s.
-    assert _run(run()) < 6
+    assert run_in_own_loop(run()) < 6

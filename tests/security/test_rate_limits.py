@@ -4,8 +4,6 @@ Two `uvicorn app.main:app` processes share one database and one Redis database, 
 to reach in a few requests; a third runs against an unreachable Redis to show the fail-open choice.
 """
 
-import asyncio
-import concurrent.futures
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ from app.settings import Settings
 from app.throttle import subject_of, windows_for
 
 from ..app.conftest import ITEM, Server, assert_error, method, migrate, run_api_server
+from ..conftest import run_in_own_loop
 
 T = TypeVar("T")
 LIMITS = {
@@ -207,6 +206,4 @@ def test_limiter_scripts_on_the_real_redis(redis_url: str) -> None:
         assert await client.zcard(f"{prefix}:streams:{subject}") == 0
         await client.aclose()
 
-    # A thread of its own: the session's shared Playwright browser keeps an event loop on this one.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, scenario()).result()
+    run_in_own_loop(scenario())
