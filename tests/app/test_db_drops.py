@@ -34,7 +34,10 @@ def pg_server(tmp_path: Path, new_postgres_database: Callable[[], str], redis_ur
     db_url = new_postgres_database()
     upgrade_database(db_url)
     with session_scope(db_url) as session:  # the reaper's first round dispatches it
-        marker = _queued_job(session, Tenant(name="reaper-marker"))
+        tenant = Tenant(name="reaper-marker")
+        session.add(tenant)
+        session.flush()
+        marker = _queued_job(session, tenant.id)
     # one reaper round, at start-up, then none: no reaper query on the jobs table while a test locks it
     env = {"PGAPPNAME": API_APP, "SPPO_REAPER_INTERVAL_S": "3600", "SPPO_REDIS_PREFIX": REDIS_PREFIX}
     with run_api_server(tmp_path, db_url=db_url, redis_url=redis_url, env=env) as server:
@@ -42,10 +45,8 @@ def pg_server(tmp_path: Path, new_postgres_database: Callable[[], str], redis_ur
         yield server
 
 
-def _queued_job(session: sa.orm.Session, tenant: Tenant) -> str:
-    session.add(tenant)
-    session.flush()
-    job = Job(tenant_id=tenant.id, model="sppo-tiny", training_file="file-x", seed=0, method=method())
+def _queued_job(session: sa.orm.Session, tenant_id: str) -> str:
+    job = Job(tenant_id=tenant_id, model="sppo-tiny", training_file="file-x", seed=0, method=method())
     session.add(job)
     session.flush()
     return job.id
@@ -67,8 +68,7 @@ def _wait_for_the_first_reaper_round(server: Server, marker: str) -> None:
 
 def _job(server: Server) -> str:
     with session_scope(server.db_url) as session:
-        tenant_id = session.scalars(sa.select(ApiKey.tenant_id)).one()
-        return _queued_job(session, session.get_one(Tenant, tenant_id))
+        return _queued_job(session, session.scalars(sa.select(ApiKey.tenant_id)).one())
 
 
 def _request_with_its_connection_dropped(
