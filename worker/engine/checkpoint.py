@@ -35,6 +35,7 @@ from torch import nn
 
 from worker.engine.errors import CheckpointError
 from worker.engine.policy import POLICY_ADAPTER
+from worker.engine.sharding import is_sharded, load_weights
 
 logger = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")  # a complete checkpoint (staging folders start with .tmp-)
@@ -74,12 +75,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_policy(policy: nn.Module, directory: Path) -> Path:
-    """The policy in a format `from_pretrained` reads: a peft adapter, or the full model."""
+def save_policy(policy: nn.Module, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """The policy in a format `from_pretrained` reads: a peft adapter, or the full model. A sharded
+    policy passes its gathered `weights` (sharding.gather_state): its parameters are only shards."""
     if isinstance(policy, PeftModel):
         policy.save_pretrained(str(directory / "adapter"), selected_adapters=[POLICY_ADAPTER])
         return directory / "adapter"
-    policy.save_pretrained(directory / "model")  # type: ignore[operator]
+    policy.save_pretrained(directory / "model", state_dict=weights)  # type: ignore[operator]
     return directory / "model"
 
 
@@ -103,12 +105,14 @@ def save_checkpoint(
     critic_state: dict[str, Any] | None,
     state: dict[str, Any],
     metrics: dict[str, float],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
+    """`weights`: a sharded policy's gathered full weights (see save_policy)."""
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
-    save_policy(policy, staging)
+    save_policy(policy, staging, weights)
     torch.save(critic_state, staging / "critic.pt")
     torch.save({**state, "step": step}, staging / "state.pt")
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -127,6 +131,8 @@ def load_checkpoint(path: Path, policy: nn.Module) -> tuple[dict[str, Any] | Non
         if isinstance(policy, PeftModel):
             weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
             set_peft_model_state_dict(policy, weights, adapter_name=POLICY_ADAPTER)
+        elif is_sharded(policy):  # every rank reads the full weights and keeps its shard
+            load_weights(policy, load_file(str(path / "model" / "model.safetensors")))
         else:
             policy.load_state_dict(load_file(str(path / "model" / "model.safetensors")), strict=False)
         critic_state = torch.load(path / "critic.pt", weights_only=True)

@@ -113,8 +113,9 @@ class RunConfig:
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda[:i]"."""
     n_devices: int = 1
-    """Processes, one device each, that train the run together (torchrun, data-parallel; see
-    docs/multi-device.md); batch_size and minibatch_size must be multiples of it."""
+    """Processes, one device each, that train the run together (torchrun, data-parallel: a LoRA policy
+    replicated, a fully fine-tuned one sharded with FSDP2; see docs/multi-device.md); batch_size and
+    minibatch_size must be multiples of it."""
     health_entropy_floor: float = 0.01
     """Warn when the mean token entropy falls below this (entropy collapse)."""
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -1,11 +1,12 @@
 """Data-parallel training over the devices of one host: the rank's place in the job and its collectives.
 
 `torchrun` (torch.distributed.run, started by `launch.py`) runs one process per device; every rank holds
-a full replica of the policy and critic. A step's prompts are split into contiguous, equal shards, one
-per rank (whole prompts, so a GRPO group of N samples never spans two ranks); each rank samples and
-grades its shard. Everything an advantage estimator reads (rewards, response masks, group indices,
-critic values) is all-gathered first, so SPPO, GRPO, PPO-GAE and REINFORCE compute on the global batch
-exactly as one process would, and each rank keeps its own rows. In the update, each rank runs its share
+a full replica of the critic and of a LoRA policy (a fully fine-tuned policy is sharded: sharding.py).
+A step's prompts are split into contiguous, equal shards, one per rank (whole prompts, so a GRPO group
+of N samples never spans two ranks); each rank samples and grades its shard. Everything an advantage
+estimator reads (rewards, response masks, group indices, critic values) is all-gathered first, so SPPO,
+GRPO, PPO-GAE and REINFORCE compute on the global batch exactly as one process would, and each rank
+keeps its own rows. In the update, each rank runs its share
 of every minibatch and the gradients are summed across ranks before clipping:
 
     grad = Σ_ranks Σ_local tokens ∇ℓ_t / N_tokens(global minibatch)
@@ -13,12 +14,13 @@ of every minibatch and the gradients are summed across ranks before clipping:
 i.e. the token-mean over the global minibatch (sample-mean for the sequence critic), the same loss one
 process would take. That is DistributedDataParallel's all-reduce, written out: DDP's wrapper would hide
 the PeftModel from `generate` and `save_pretrained`, and its bucketed overlap buys little for a LoRA
-adapter's few megabytes of gradients.
+adapter's few megabytes of gradients. A sharded policy's gradients are reduce-scattered by FSDP instead.
 
 Rank 0 drives the run (callbacks, evaluation, checkpoints, metrics.jsonl); the other ranks ("followers")
-only train: before each step rank 0 broadcasts a command, STEP or STOP. Followers re-seed their sampling
-RNG from (seed, step, rank) at every step, so a run resumed on the same number of ranks continues
-exactly without saving their RNG; rank 0's RNG is in the checkpoint as in a single-process run.
+only train: before each step rank 0 broadcasts a command, STEP or STOP. Evaluating and checkpointing a
+sharded policy are collectives, so rank 0 then also sends EVALUATE and GATHER. Followers re-seed their
+sampling RNG from (seed, step, rank) at every step, so a run resumed on the same number of ranks
+continues exactly without saving their RNG; rank 0's RNG is in the checkpoint as in a single-process run.
 """
 
 import os
@@ -32,7 +34,7 @@ from torch import nn
 # Followers wait in a collective while rank 0 evaluates and checkpoints alone, so the timeout must cover
 # that. A rank that dies is noticed sooner: torchrun's agent sees its exit and stops the other ranks.
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
-STEP, STOP = 1, 0
+STOP, STEP, EVALUATE, GATHER = 0, 1, 2, 3
 FOLLOWER_SEED_STRIDE = 1_000_003  # a prime: (seed, step, rank) map to distinct seeds for any sane run
 CPU = torch.device("cpu")
 
@@ -59,7 +61,8 @@ class DistContext:
         return items[self.rank * size : (self.rank + 1) * size]
 
     def command(self, command: int) -> int:
-        """Rank 0's `command` (STEP or STOP), as every rank receives it; the followers' argument is unused."""
+        """Rank 0's `command` (STOP, STEP, EVALUATE, GATHER), as every rank receives it; the followers'
+        argument is unused."""
         if not self.active:
             return command
         value = torch.tensor([command], device=self.device)
@@ -139,11 +142,14 @@ class DistContext:
 
     def max_int(self, value: int) -> int:
         """The largest `value` over ranks."""
-        if not self.active:
-            return value
-        top = torch.tensor([value], device=self.device)
-        dist.all_reduce(top, op=dist.ReduceOp.MAX)
-        return int(top.item())
+        return max_over_ranks(value, self.device) if self.active else value
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` over the ranks of the process group (collective; nccl wants `device` a GPU)."""
+    top = torch.tensor([value], device=device)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return int(top.item())
 
 
 def setup(device: torch.device) -> tuple[DistContext, torch.device]:

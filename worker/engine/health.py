@@ -5,16 +5,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from worker.engine.sharding import local_part, sum_over_shards
+
 Warning_ = tuple[str, dict[str, float]]
 ZERO_ADVANTAGE_WARN = 0.8  # above this share of samples the step barely trains (e.g. all-equal GRPO groups)
 HACKING_MARGIN = 0.05  # reward up and validation down by more than this between evaluations
 
 
 def fingerprint(parameters: list[nn.Parameter]) -> torch.Tensor:
-    """Per-tensor (sum, sum of squares) in float64: cheap to keep, changes whenever a tensor moves."""
-    return torch.stack(
-        [torch.stack([p.detach().double().sum(), p.detach().double().pow(2).sum()]) for p in parameters]
-    ).cpu()  # (N, 2)
+    """Per-tensor (sum, sum of squares) in float64: cheap to keep, changes whenever a tensor moves.
+    A sharded tensor's sums are taken over its shards on every rank (a collective) and added up."""
+    parts = [local_part(p.detach()).double() for p in parameters]
+    rows = torch.stack([torch.stack([t.sum(), t.pow(2).sum()]) for t in parts]).cpu()  # (N, 2)
+    return sum_over_shards(rows, parameters)
 
 
 @dataclass

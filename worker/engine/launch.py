@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from worker.engine.callbacks import TrainerCallbacks, TrainingResult
 from worker.engine.config import RunConfig
-from worker.engine.distributed import STEP, STOP
+from worker.engine.distributed import EVALUATE, GATHER, STEP, STOP
 from worker.engine.errors import ConfigError, DistributedError, EngineError
 from worker.engine.policy import resolve_device
 from worker.engine.relay import ADDRESS_ENV, TOKEN_ENV, RelayCallbacks, RelayServer
@@ -113,10 +113,12 @@ def exit_with_launcher(pid: int) -> None:
 
 
 def follow(trainer: Trainer) -> None:
-    """A follower rank: resume like rank 0, then train each step rank 0 announces."""
+    """A follower rank: resume like rank 0, then do what rank 0 announces until it says STOP: train a
+    step, or (a sharded policy) take part in an evaluation or in gathering the state to save."""
     trainer.resume()
-    while trainer.dist.command(STOP) == STEP:
-        trainer.train_step()
+    actions = {STEP: trainer.train_step, EVALUATE: trainer.evaluate, GATHER: trainer.full_state}
+    while (command := trainer.dist.command(STOP)) != STOP:
+        actions[command]()
 
 
 def main(config_path: str) -> None:

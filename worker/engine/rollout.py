@@ -18,7 +18,9 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from worker.engine.batching import micro_batches
+from worker.engine.distributed import max_over_ranks
 from worker.engine.policy import lora_merged
+from worker.engine.sharding import is_sharded
 
 LOGPROB_CHUNK_ELEMENTS = 1 << 22  # logits elements upcast at a time (16 MiB of float32)
 ControlFn = Callable[[], str]
@@ -180,8 +182,15 @@ def generate(
     token_budget: int = 65536,
     control: ControlFn | None = None,
 ) -> Rollout:
-    """Sample one response per prompt (repeat a prompt for several samples); old_logprobs left empty."""
+    """Sample one response per prompt (repeat a prompt for several samples); old_logprobs left empty.
+
+    A sharded model (sharding.py) generates in lockstep with the other ranks: as many chunks on every
+    rank (cut by the widest rank's prompts), each generate call stepping until every rank's rows are done.
+    """
     device = next(model.parameters()).device
+    sharded = is_sharded(model)
+    if sharded and control is not None:
+        raise ValueError("a sharded model cannot stop one rank's generation: poll control between steps")
     was_training = model.training
     model.eval()
     input_ids, attention_mask = left_pad(prompts, pad_id, device)
@@ -196,14 +205,18 @@ def generate(
         pad_token_id=pad_id,
     )
     stopping = StoppingCriteriaList([_PollControl(control)] if control is not None else [])
+    row_tokens = prompt_length + max_new_tokens
+    if sharded:
+        row_tokens = max_over_ranks(row_tokens, device)
     chunks: list[torch.Tensor] = []
     with _without_model_generation_defaults(model), lora_merged(model):
-        for rows in micro_batches(len(prompts), prompt_length + max_new_tokens, token_budget):
+        for rows in micro_batches(len(prompts), row_tokens, token_budget):
             output = model.generate(  # type: ignore[operator]
                 input_ids=input_ids[rows],
                 attention_mask=attention_mask[rows],
                 generation_config=config,
                 stopping_criteria=stopping,
+                synced_gpus=sharded,
             )
             chunks.append(output[:, prompt_length:])  # (b, r): generate pads finished rows with pad_id
     width = max(chunk.shape[1] for chunk in chunks)

@@ -38,13 +38,14 @@ from worker.engine.checkpoint import (
 from worker.engine.config import RunConfig
 from worker.engine.critic import Critic, build_critic
 from worker.engine.data import PromptSampler, encode_prompts, load_items
-from worker.engine.distributed import STEP, in_launched_rank
+from worker.engine.distributed import EVALUATE, GATHER, STEP, in_launched_rank
 from worker.engine.distributed import setup as setup_distributed
 from worker.engine.evaluate import completions, evaluate_policy
 from worker.engine.graders import build_grader
 from worker.engine.health import HealthMonitor, fingerprint
 from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
 from worker.engine.rollout import GenerationInterrupted, Rollout, generate
+from worker.engine.sharding import gather_state, load_optimizer_state, shard_model
 from worker.engine.update import Optimizers, PPOUpdate, StepBatch
 
 logger = logging.getLogger(__name__)
@@ -84,12 +85,18 @@ class Trainer:
             int(config.eval_interval) if config.eval_interval != "auto" else max(1, self.total_steps // 5)
         )
         self.policy = load_policy(config, self.device)
-        actor_params = trainable_parameters(self.policy)
         self.critic: Critic | None = None
         if self.algorithm.critic is not None:
-            self.critic = build_critic(config, self.algorithm.critic, self.policy, actor_params, self.device)
+            self.critic = build_critic(
+                config, self.algorithm.critic, self.policy, trainable_parameters(self.policy), self.device
+            )
         critic_params = self.critic.trainable_parameters() if self.critic is not None else []
-        self.dist.broadcast_parameters(actor_params + critic_params)
+        self.dist.broadcast_parameters(trainable_parameters(self.policy) + critic_params)
+        # a fully fine-tuned policy on several ranks is sharded (FSDP2), a LoRA one replicated
+        self.sharded = self.dist.active and not config.use_lora
+        if self.sharded:
+            shard_model(self.policy)
+        actor_params = trainable_parameters(self.policy)
         actor_opt = torch.optim.AdamW(actor_params, lr=config.learning_rate, weight_decay=config.weight_decay)
         critic_opt = (
             torch.optim.AdamW(critic_params, lr=config.critic_learning_rate, weight_decay=config.weight_decay)
@@ -123,9 +130,9 @@ class Trainer:
         self.pending_eval: dict[str, float] | None = None  # metrics of a step whose evaluation is to run
 
     # ---- state -----------------------------------------------------------------------------------
-    def trainer_state(self) -> dict[str, Any]:
+    def trainer_state(self, actor_optimizer: dict[str, Any]) -> dict[str, Any]:
         return {
-            "actor_optimizer": self.opt.actor.state_dict(),
+            "actor_optimizer": actor_optimizer,
             "critic_optimizer": self.opt.critic.state_dict() if self.opt.critic else None,
             "schedulers": [s.state_dict() for s in self.opt.schedulers],
             "rng": rng_state(),
@@ -148,7 +155,10 @@ class Trainer:
         critic_state, state = load_checkpoint(path, self.policy)
         if self.critic is not None and critic_state is not None:
             self.critic.load_state(critic_state)
-        self.opt.actor.load_state_dict(state["actor_optimizer"])
+        if self.sharded:
+            load_optimizer_state(self.policy, self.opt.actor, state["actor_optimizer"])
+        else:
+            self.opt.actor.load_state_dict(state["actor_optimizer"])
         if self.opt.critic is not None:
             self.opt.critic.load_state_dict(state["critic_optimizer"])
         for scheduler, scheduler_state in zip(self.opt.schedulers, state["schedulers"], strict=True):
@@ -172,11 +182,24 @@ class Trainer:
             lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in lines))
 
+    def full_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+        """(weights, actor optimizer state) to save. A sharded policy's are gathered from every rank (a
+        collective: rank 0 sends GATHER first) and are empty on the followers; otherwise the weights are
+        None (the policy saves its own) and the optimizer state is this rank's."""
+        if not self.sharded:
+            return None, self.opt.actor.state_dict()
+        return gather_state(self.policy, self.opt.actor)
+
+    def _gathered_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+        if self.sharded:
+            self.dist.command(GATHER)
+        return self.full_state()
+
     def checkpoint(self, metrics: dict[str, float]) -> Path:
+        weights, actor_optimizer = self._gathered_state()
         critic_state = self.critic.state() if self.critic is not None else None
-        path = save_checkpoint(
-            self.output_dir, self.step, self.policy, critic_state, self.trainer_state(), metrics
-        )
+        state = self.trainer_state(actor_optimizer)
+        path = save_checkpoint(self.output_dir, self.step, self.policy, critic_state, state, metrics, weights)
         prune(self.output_dir, self.config.keep_checkpoints, self.best[0] if self.best else None)
         self.callbacks.on_checkpoint(self.step, path, metrics)
         return path
@@ -287,6 +310,8 @@ class Trainer:
         full = self.step > 0 and (
             self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
         )
+        if self.sharded and self.dist.is_main:  # every rank generates with its shard of the policy
+            self.dist.command(EVALUATE)
         result = evaluate_policy(
             self.policy,
             self.tokenizer,
@@ -297,7 +322,8 @@ class Trainer:
             max_response_tokens=self.config.max_response_tokens,
             top_p=self.config.top_p,
             token_budget=self.update.micro_batch_tokens,
-            control=self.callbacks.control,
+            # the ranks of a sharded policy generate in lockstep: control is polled before the evaluation
+            control=None if self.sharded else self.callbacks.control,
         )
         scores = result.scores()
         health, warnings = self.health.after_eval(result.pass_at_1)
@@ -347,7 +373,8 @@ class Trainer:
                 self.pending_eval = metrics
             else:
                 self.record(metrics)
-        final_dir = save_policy(self.policy, self.output_dir / "final")
+        weights, _ = self._gathered_state()
+        final_dir = save_policy(self.policy, self.output_dir / "final", weights)
         return self.result("completed", metrics, final_dir)
 
     def record(self, metrics: dict[str, float], checkpoint: bool = True) -> None:

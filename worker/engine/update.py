@@ -31,6 +31,7 @@ from worker.engine.critic import Critic
 from worker.engine.distributed import DistContext
 from worker.engine.errors import OutOfMemoryError, TrainingDivergedError
 from worker.engine.rollout import Rollout, response_logprobs
+from worker.engine.sharding import full_value, is_sharded
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +81,9 @@ class PPOUpdate:
         self.micro_batch_tokens = micro_batch_tokens
         self.on_warning = on_warning
         self.dist = dist
+        self.sharded = is_sharded(policy)
+        # FSDP averages a sharded policy's gradients over ranks; the loss weights here want their sum
+        self.policy_grad_scale = float(dist.world_size) if self.sharded else 1.0
 
     # ---- forwards before the update ----------------------------------------------------------------
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
@@ -118,10 +122,17 @@ class PPOUpdate:
                 totals[name].append(value)
         return torch.cat(chunks), {name: sum(v) / len(v) for name, v in totals.items()}
 
+    def _policy_micro_batches(self, num_rows: int, rollout: Rollout) -> list[slice]:
+        """Micro-batches for the policy's forwards: a sharded policy's must be as many on every rank, so
+        they are cut by the widest rank's rows (ranks hold equal numbers of rows of their own widths)."""
+        width = rollout.input_ids.shape[1]
+        widest = self.dist.max_int(width) if self.sharded else width
+        return micro_batches(num_rows, widest, self.micro_batch_tokens)
+
     @torch.no_grad()
     def _policy_logprobs(self, rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
         chunks = []
-        for part in micro_batches(len(rows), rollout.input_ids.shape[1], self.micro_batch_tokens):
+        for part in self._policy_micro_batches(len(rows), rollout):
             inds = rows[part]
             logprobs, _ = response_logprobs(
                 self.policy,
@@ -234,7 +245,7 @@ class PPOUpdate:
         if token_critic and self.opt.critic is not None:
             self.opt.critic.zero_grad(set_to_none=True)
         stats: dict[str, float] = defaultdict(float)
-        for rows in micro_batches(mb_size, rollout.input_ids.shape[1], self.micro_batch_tokens):
+        for rows in self._policy_micro_batches(mb_size, rollout):
             inds = mb_inds[rows]
             mb_input_ids, mb_attention = rollout.input_ids[inds], rollout.attention_mask[inds]
             mb_mask = rollout.response_mask[inds]  # (b, R)
@@ -264,7 +275,7 @@ class PPOUpdate:
             entropy_mean = masked_mean(entropy, mb_mask)
             loss = pg_loss - self.entropy_coef * entropy_mean if entropy_grad else pg_loss
             _check_finite(loss, "policy")
-            (loss * token_weight).backward()  # type: ignore[no-untyped-call]
+            (loss * (token_weight * self.policy_grad_scale)).backward()  # type: ignore[no-untyped-call]
             stats["train/policy_loss"] += pg_loss.item() * token_weight
             stats["train/entropy"] += entropy_mean.item() * token_weight
             for name, value in pg_metrics.items():
@@ -280,8 +291,9 @@ class PPOUpdate:
                 stats["train/critic_loss"] += critic_loss.item() * token_weight
                 for name, value in critic_metrics.items():
                     stats[f"train/{name}"] += value * token_weight
-        self.dist.reduce_gradients(self.opt.actor_params)
-        grad_norm = nn.utils.clip_grad_norm_(self.opt.actor_params, self.max_grad_norm)
+        if not self.sharded:  # FSDP has reduce-scattered a sharded policy's gradients in its backward
+            self.dist.reduce_gradients(self.opt.actor_params)
+        grad_norm = full_value(nn.utils.clip_grad_norm_(self.opt.actor_params, self.max_grad_norm))
         _check_finite(grad_norm, "policy gradient")
         self.opt.actor.step()
         if token_critic and self.opt.critic is not None:

@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from worker.engine.config import RunConfig
 from worker.engine.fixtures import Fixture
 
@@ -36,3 +39,10 @@ def tiny_config(tiny: Fixture, output_dir: Path, **overrides: object) -> RunConf
     }
     values.update(overrides)
     return RunConfig.from_dict(values)
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    """A finished run's final LoRA adapter or, fully fine-tuned, its model weights."""
+    final = output_dir / "final"
+    path = final / "adapter" / "adapter_model.safetensors"
+    return load_file(str(path if path.exists() else final / "model" / "model.safetensors"))

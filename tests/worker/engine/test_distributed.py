@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
 
 from worker.engine import trainer as trainer_module
 from worker.engine.config import RunConfig
@@ -24,7 +23,7 @@ from worker.engine.fixtures import Fixture
 from worker.engine.rollout import Rollout, left_pad
 from worker.engine.trainer import run_training
 
-from .conftest import tiny_config
+from .conftest import final_weights, tiny_config
 
 # |2 ranks − 1 process| allowed on every logged number: float sums taken in another order, nothing more
 TOLERANCE = 1e-5
@@ -95,8 +94,11 @@ def _steps(output_dir: Path) -> list[dict[str, float]]:
         {"algorithm": "grpo", "batch_size": 4, "group_size": 4},
         # token-level critic: its (B, R) values are gathered across ranks of different widths
         {"algorithm": "ppo"},
+        # full fine-tuning: the policy is sharded (FSDP2) instead of replicated
+        {"algorithm": "sppo", "use_lora": False, "learning_rate": 3e-5},
+        {"algorithm": "grpo", "batch_size": 4, "group_size": 4, "use_lora": False, "learning_rate": 3e-5},
     ],
-    ids=["sppo", "grpo", "ppo"],
+    ids=["sppo", "grpo", "ppo", "sppo-full", "grpo-full"],
 )
 def test_two_ranks_match_one_process_on_the_same_global_batch(
     tiny: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any]
@@ -117,7 +119,7 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(
         for name, value in expected.items():
             assert actual[name] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), name
     assert single.final_adapter_dir is not None
-    weights_one = load_file(str(single.final_adapter_dir / "adapter_model.safetensors"))
-    weights_two = load_file(str(tmp_path / "two" / "final" / "adapter" / "adapter_model.safetensors"))
+    weights_one, weights_two = (final_weights(tmp_path / run) for run in ("one", "two"))
+    assert weights_two.keys() == weights_one.keys()  # the same files, however many ranks wrote them
     for name, tensor in weights_one.items():
         torch.testing.assert_close(weights_two[name], tensor, rtol=0, atol=WEIGHT_TOLERANCE)

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from worker.engine import launch
 from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
@@ -21,7 +20,7 @@ from worker.engine.fixtures import Fixture
 from worker.engine.launch import ORPHAN_EXIT_CODE, WATCH_INTERVAL_S
 from worker.engine.trainer import run_training
 
-from .conftest import tiny_config
+from .conftest import final_weights, tiny_config
 
 OPTIONS: dict[str, Any] = {
     "n_devices": 2, "max_steps": 4, "checkpoint_interval": 2, "eval_interval": 2, "eval_max_items": 4,
@@ -50,27 +49,32 @@ def _lines(output_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in line.items() if not k.startswith("perf/")} for line in lines]
 
 
-def _weights(output_dir: Path) -> dict[str, Any]:
-    return load_file(str(output_dir / "final" / "adapter" / "adapter_model.safetensors"))
-
-
-def test_two_ranks_resume_exactly_after_a_pause_and_on_one_process(tiny: Fixture, tmp_path: Path) -> None:
-    straight = run_training(tiny_config(tiny, tmp_path / "straight", **OPTIONS), Watch())
+@pytest.mark.parametrize(
+    "mode",
+    # full fine-tuning shards the policy: generation, evaluation and checkpoints are collectives
+    [{}, {"use_lora": False, "learning_rate": 3e-5}],
+    ids=["lora", "full-sharded"],
+)
+def test_two_ranks_resume_exactly_after_a_pause_and_on_one_process(
+    tiny: Fixture, tmp_path: Path, mode: dict[str, Any]
+) -> None:
+    options = {**OPTIONS, **mode}
+    straight = run_training(tiny_config(tiny, tmp_path / "straight", **options), Watch())
     assert straight.status == "completed" and straight.final_step == 4
 
-    paused = run_training(tiny_config(tiny, tmp_path / "resumed", **OPTIONS), Watch(pause_after=2))
+    paused = run_training(tiny_config(tiny, tmp_path / "resumed", **options), Watch(pause_after=2))
     assert paused.status == "paused" and paused.final_step == 2
     shutil.copytree(tmp_path / "resumed", tmp_path / "single")  # the same checkpoint, for 1 process
     watch = Watch()
-    resumed = run_training(tiny_config(tiny, tmp_path / "resumed", **OPTIONS), watch)
+    resumed = run_training(tiny_config(tiny, tmp_path / "resumed", **options), watch)
     assert resumed.status == "completed" and watch.starts[0].start_step == 2
     assert _lines(tmp_path / "resumed") == _lines(tmp_path / "straight")
-    for name, tensor in _weights(tmp_path / "straight").items():
-        assert _weights(tmp_path / "resumed")[name].equal(tensor), name
+    for name, tensor in final_weights(tmp_path / "straight").items():
+        assert final_weights(tmp_path / "resumed")[name].equal(tensor), name
 
     # one process takes over the 2-rank checkpoint: same weights and optimizer, its own sampling from there
     watch = Watch()
-    single = run_training(tiny_config(tiny, tmp_path / "single", **{**OPTIONS, "n_devices": 1}), watch)
+    single = run_training(tiny_config(tiny, tmp_path / "single", **{**options, "n_devices": 1}), watch)
     assert single.status == "completed" and watch.starts[0].start_step == 2 and watch.steps == [3, 4]
     assert _lines(tmp_path / "single")[:2] == _lines(tmp_path / "straight")[:2]
 

@@ -1,0 +1,124 @@
+"""Fully sharded data parallel (FSDP2) for full fine-tuning on several ranks.
+
+A fully fine-tuned policy replicated on every rank costs each device 12-16 bytes per parameter (weights,
+gradients, Adam's two moments): ~110 GB for a 7B policy, more than one GPU holds. With `use_lora: false`
+and n_devices > 1, `torch.distributed.fsdp.fully_shard` splits every transformer block's parameters (and
+the root's: embeddings, final norm, head) across the ranks; a block's weights are all-gathered just
+before its forward or backward and freed after, gradients arrive reduce-scattered, and each rank keeps
+1/N of weights, gradients and optimizer state. A LoRA policy stays replicated (distributed.py): its
+frozen base is read-only and its adapter is small.
+
+Every forward and backward of a sharded model is a collective, which the rest of the engine honours:
+- all ranks run the same number of forwards and backwards in the same order: rollout chunks and update
+  micro-batches are cut by the widest rank's row width, `generate` runs with `synced_gpus` (a rank whose
+  rows are done keeps stepping until every rank's are), evaluation runs on every rank (rank 0 sends
+  EVALUATE), and a checkpoint gathers the full state on every rank (GATHER);
+- FSDP averages gradients over ranks while the engine's loss weights already make their *sum* the global
+  minibatch's token-mean, so the policy loss is scaled by the world size (`set_gradient_divide_factor(1)`
+  would say it directly, but needs the PREMUL_SUM reduction, which gloo lacks);
+- checkpoints hold the full weights and the optimizer state in `Optimizer.state_dict()`'s layout, the same
+  files a single process writes, so a run resumes on any number of ranks.
+The critic stays replicated: a prompt-only critic is small next to the policy (the paper: 1.5B beside 7B).
+"""
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+# gathered to rank 0 only, on the CPU: the full state never has to fit on one device twice
+GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# every rank reads the checkpoint files itself (the run directory is shared) and keeps its shard
+FROM_FULL = StateDictOptions(full_state_dict=True, strict=False)
+
+
+def shard_model(model: nn.Module) -> None:
+    """fully_shard each transformer block (HF lists their classes in `_no_split_modules`), then the root."""
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def full_value(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: a DTensor's full value (e.g. the norm clip_grad_norm_ returns for sharded grads)."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def local_part(value: torch.Tensor) -> torch.Tensor:
+    """The values this rank holds: a DTensor's local shard, any other tensor itself."""
+    return value.to_local() if isinstance(value, DTensor) else value
+
+
+def sum_over_shards(rows: torch.Tensor, parameters: list[nn.Parameter]) -> torch.Tensor:
+    """Per-parameter sums (N, k) computed on local shards, completed over ranks for the sharded rows."""
+    sharded = [i for i, p in enumerate(parameters) if isinstance(p, DTensor)]
+    if not sharded:
+        return rows
+    part = rows[sharded].to(local_part(parameters[sharded[0]]).device)
+    dist.all_reduce(part)
+    rows[sharded] = part.to(rows.device)
+    return rows
+
+
+def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Collective (every rank calls it): rank 0 gets the full weights and the optimizer state in
+    `optimizer.state_dict()`'s layout, on the CPU; the other ranks get empty dicts."""
+    weights = get_model_state_dict(model, options=GATHER_TO_RANK0)
+    by_name = get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK0)
+    if not weights:
+        return {}, {}
+    # a tied weight (the head sharing the embeddings) is saved once, under its first name, as
+    # save_pretrained does for an unsharded model: the gathered copies no longer share storage
+    once = dict(model.named_parameters()).keys()
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - once
+    untied = {name: tensor for name, tensor in weights.items() if name not in tied}
+    return untied, _by_index(by_name, _parameter_names(model))
+
+
+def load_weights(model: nn.Module, weights: dict[str, Any]) -> None:
+    """Collective: each rank passes the full weights and keeps its shard of them."""
+    set_model_state_dict(model, weights, options=FROM_FULL)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Collective: each rank passes the full state in `optimizer.state_dict()`'s layout, keeps its shard."""
+    by_name = _by_name(state, _parameter_names(model))
+    set_optimizer_state_dict(model, optimizer, by_name, options=FROM_FULL)
+
+
+def _parameter_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters in the optimizer's order (trainable_parameters, tied ones once)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """torch.distributed.checkpoint's name-keyed optimizer state -> Optimizer.state_dict()'s index keys."""
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        "state": {index[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+    }
+
+
+def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of _by_index."""
+    return {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
