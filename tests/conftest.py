@@ -208,12 +208,16 @@ class RedisServer:
             self._process.wait(timeout=10)
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def free_port() -> int:
+    """A local TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = RedisServer(port, tmp_path / "redis.log")
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path / "redis.log")
     server.start()
     try:
         yield server

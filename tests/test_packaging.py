@@ -7,7 +7,6 @@ keeps the test offline and fast. Everything then runs from a directory outside a
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -17,16 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["app", "worker", "cli", "inference", "migrations", "pyproject.toml", "README.md"]
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _build_wheel(tmp_path: Path) -> Path:
@@ -79,7 +74,7 @@ def test_wheel_installed_in_a_fresh_venv_migrates_serves_and_is_ready(tmp_path: 
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     assert (outside / "data" / "sppo.db").is_file()
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(

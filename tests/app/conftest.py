@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from app.db import session_scope
 from app.services.keys import create_key
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_BYTES = 256 * 1024
@@ -73,12 +73,6 @@ class Server:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def run_api_server(
     data_dir: Path,
@@ -90,7 +84,7 @@ def run_api_server(
     start_timeout_s: float = 30,
 ) -> Iterator[Server]:
     """`uvicorn app.main:app` on a free port with these settings (the database must be migrated)."""
-    port = _free_port()
+    port = free_port()
     full_env = {
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),
@@ -159,7 +153,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "SPPO_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "SPPO_MAX_CONCURRENT_JOBS_PER_TENANT": str(MAX_JOBS),
         "SPPO_MODEL_REGISTRY_DIR": str(registry),
-        "SPPO_INFERENCE_URL": f"http://127.0.0.1:{_free_port()}",  # no model server listens there
+        "SPPO_INFERENCE_URL": f"http://127.0.0.1:{free_port()}",  # no model server listens there
         "SPPO_INFERENCE_MAX_REQUEST_BYTES": str(MAX_UPLOAD_BYTES),
         "SPPO_TRAINING_DEVICE_COUNTS": json.dumps(DEVICE_COUNTS),
     }

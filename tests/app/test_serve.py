@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
+from tests.conftest import free_port
 
-from .conftest import _free_port, method
+from .conftest import method
 
 GRACE_S = 3
 HEADER_TIMEOUT_S = 1
@@ -54,7 +55,7 @@ def served_by_two(tmp_path: Path, redis_url: str) -> Iterator[Served]:
 def _serve(tmp_path: Path, redis_url: str, **settings: str) -> Iterator[Served]:
     db_url = f"sqlite:///{tmp_path / 'sppo.db'}"
     upgrade_database(db_url)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SPPO_DATA_DIR": str(tmp_path),

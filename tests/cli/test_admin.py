@@ -1,7 +1,6 @@
 """`sppo keys create/list/revoke` and the dev key of `sppo run`, against a real migrated database."""
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 from app.db import session_scope, upgrade_database
 from app.errors import AuthenticationError
 from app.services.keys import authenticate
+from tests.conftest import free_port
 
 SPPO = str(Path(sys.executable).parent / "sppo")
 
@@ -83,12 +83,6 @@ def _start_run(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     pytest.fail("sppo run exited before the server started")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _alive(pid: int) -> bool:
     try:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # a zombie has exited
@@ -115,7 +109,7 @@ def test_sppo_run_migrates_serves_and_keeps_the_dev_key(tmp_path: Path, redis_ur
     """The workers take tasks at once (no fixture preparation first), so no model is needed here."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url}
     env.pop("SPPO_DATABASE_URL", None)
     keys = []
@@ -141,8 +135,8 @@ def test_sppo_run_stops_everything_when_its_output_pipe_breaks(
 ) -> None:
     """`sppo run | reader`, the reader exits: Redis, both workers and the API must all stop."""
     # a Redis URL nothing listens on: `sppo run` starts its own redis-server, which must stop too
-    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(_free_port()),
-           "SPPO_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}  # fmt: skip
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(free_port()),
+           "SPPO_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
     env.pop("SPPO_DATABASE_URL", None)
     signals = tmp_path_factory.mktemp("reader")
     ready, go = signals / "ready", signals / "go"

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,12 @@ import pytest
 from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
 from tests.app.conftest import UVICORN
+from tests.conftest import free_port
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT_S, LEASE_S = 1, 6  # a SIGKILLed worker's job is requeued ~6-7 s later
 FINISHED = {"succeeded", "failed", "cancelled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -114,7 +108,7 @@ def stack(
     (registry / "broken" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     db_url = new_postgres_database()  # dropped at the end of the session, after this stack stops
     upgrade_database(db_url)
-    port, models_port = _free_port(), _free_port()
+    port, models_port = free_port(), free_port()
     env = {
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),

@@ -5,7 +5,6 @@ starts training at once and ends with validation above its step-0 score."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.e2e.conftest import FINISHED, Stack, jsonl, sppo_method, wait_for
 from worker.engine.fixtures import Fixture
 
@@ -91,16 +91,10 @@ def test_an_evaluation_finishes_while_a_training_job_runs(
         stack.workers.pop().terminate()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_readme_first_job_on_a_clean_data_dir(tmp_path: Path, tiny: Fixture, redis_url: str) -> None:
     """Needs the shipped fixture (engine issue) for the 30 s start and engine-core's step-0 evaluation for
     the baseline; both assertions read the job's own stamps and metric series."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path / "data"), "SPPO_PORT": str(port),
            "SPPO_REDIS_URL": redis_url, "SPPO_REDIS_PREFIX": f"first-{port}",
            "OMP_NUM_THREADS": "1"}  # fmt: skip

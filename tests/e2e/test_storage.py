@@ -24,13 +24,13 @@ import httpx
 import pytest
 
 from app.db import upgrade_database
+from tests.conftest import free_port
 from tests.e2e.conftest import (
     FINISHED,
     HEARTBEAT_S,
     LEASE_S,
     ROOT,
     Stack,
-    _free_port,
     _wait_http,
     events,
     jsonl,
@@ -56,7 +56,7 @@ def hosts(
     (api_dir / "logs").mkdir(parents=True)
     db_url = new_postgres_database()
     upgrade_database(db_url)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SPPO_DATA_DIR": str(api_dir),

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, St
 from worker.engine.batching import micro_batches
 from worker.engine.distributed import max_over_ranks
 from worker.engine.policy import lora_merged
-from worker.engine.sharding import is_sharded
+from worker.engine.sharding import gathered, is_sharded
 
 LOGPROB_CHUNK_ELEMENTS = 1 << 22  # logits elements upcast at a time (16 MiB of float32)
 ControlFn = Callable[[], str]
@@ -209,7 +209,7 @@ def generate(
     if sharded:
         row_tokens = max_over_ranks(row_tokens, device)
     chunks: list[torch.Tensor] = []
-    with _without_model_generation_defaults(model), lora_merged(model):
+    with _without_model_generation_defaults(model), lora_merged(model), gathered(model):
         for rows in micro_batches(len(prompts), row_tokens, token_budget):
             output = model.generate(  # type: ignore[operator]
                 input_ids=input_ids[rows],

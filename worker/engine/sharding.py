@@ -11,8 +11,9 @@ frozen base is read-only and its adapter is small.
 Every forward and backward of a sharded model is a collective, which the rest of the engine honours:
 - all ranks run the same number of forwards and backwards in the same order: rollout chunks and update
   micro-batches are cut by the widest rank's row width, `generate` runs with `synced_gpus` (a rank whose
-  rows are done keeps stepping until every rank's are), evaluation runs on every rank (rank 0 sends
-  EVALUATE), and a checkpoint gathers the full state on every rank (GATHER);
+  rows are done keeps stepping until every rank's are) and with the weights kept gathered (`gathered`),
+  evaluation runs on every rank (rank 0 sends EVALUATE), and a checkpoint gathers the full state on every
+  rank (GATHER);
 - FSDP averages gradients over ranks while the engine's loss weights already make their *sum* the global
   minibatch's token-mean, so the policy loss is scaled by the world size (`set_gradient_divide_factor(1)`
   would say it directly, but needs the PREMUL_SUM reduction, which gloo lacks);
@@ -21,6 +22,8 @@ Every forward and backward of a sharded model is a collective, which the rest of
 The critic stays replicated: a prompt-only critic is small next to the policy (the paper: 1.5B beside 7B).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -53,6 +56,26 @@ def shard_model(model: nn.Module) -> None:
 
 def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """A sharded model keeps each block's full weights from its first forward to the end of the block
+    (generation): one all-gather per block instead of one per block per generated token, for the
+    memory of one full copy of the weights while it lasts. Other models are left as they are."""
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+        model.set_reshard_after_forward(True)
+        # FSDP's own default for the root: backward needs its weights again right after the forward
+        model.set_reshard_after_forward(False, recurse=False)
 
 
 def full_value(value: torch.Tensor) -> torch.Tensor:

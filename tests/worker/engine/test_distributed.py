@@ -8,7 +8,6 @@ rewards and values, global token-mean weights, summed gradients, summed metrics)
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.conftest import free_port
 from worker.engine import trainer as trainer_module
 from worker.engine.config import RunConfig
 from worker.engine.distributed import STOP
@@ -74,12 +74,6 @@ def _rank(rank: int, world_size: int, port: int, config: dict[str, Any]) -> None
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _steps(output_dir: Path) -> list[dict[str, float]]:
     lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     counted = ("perf/samples", "perf/tokens")  # timings differ; these counts must not
@@ -110,7 +104,7 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(
     single = run_training(tiny_config(tiny, tmp_path / "one", validation_file=None, **options))
     config = tiny_config(tiny, tmp_path / "two", validation_file=None, n_devices=2, **options).to_dict()
     Path(config["output_dir"]).mkdir()
-    mp.spawn(_rank, args=(2, _free_port(), config), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), config), nprocs=2, join=True)
 
     one, two = _steps(tmp_path / "one"), _steps(tmp_path / "two")
     assert [line["step"] for line in two] == list(range(1, STEPS + 1))

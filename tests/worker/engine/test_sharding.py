@@ -1,9 +1,23 @@
-"""The optimizer-state layouts a sharded checkpoint converts between (sharding.py)."""
+"""Sharded full fine-tuning (sharding.py): the optimizer-state layouts a checkpoint converts between, and
+generation with a sharded model."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from worker.engine.sharding import _by_index, _by_name
+from tests.conftest import free_port
+from worker.engine.data import encode_prompts, load_items
+from worker.engine.fixtures import Fixture
+from worker.engine.policy import load_base_model, load_tokenizer
+from worker.engine.rollout import generate
+from worker.engine.sharding import _by_index, _by_name, shard_model
 
+# 48 tokens per generate call: 2 rows of 10 + 12 tokens, 1 row of 13 + 12
+GREEDY = {"pad_id": 0, "eos_id": 2, "max_new_tokens": 12, "greedy": True, "token_budget": 48}
 NAMES = ["model.embed_tokens.weight", "model.norm.weight"]
 
 
@@ -28,3 +42,34 @@ def test_the_index_layout_is_what_a_single_process_optimizer_saves() -> None:
     optimizer.step()
     saved = optimizer.state_dict()
     assert _by_index(_by_name(saved, NAMES), NAMES) == saved
+
+
+def _generate_on_rank(rank: int, port: int, model_dir: str, prompts: list[list[int]], out: str) -> None:
+    """One of 2 gloo ranks: shard the model, greedily complete this rank's prompts, save the tokens."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a rank out of step fails, not hangs
+    model = load_base_model(model_dir, torch.device("cpu"))
+    shard_model(model)
+    mine = prompts[:2] if rank == 0 else prompts[2:]
+    # rank 1's longer prompts fit fewer rows in the budget (1 against 2): the chunks must still be as many
+    rollout = generate(model, mine, **GREEDY)
+    torch.save(rollout.input_ids, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_a_sharded_model_generates_what_the_whole_model_does(tiny: Fixture, tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(tiny.model_dir)
+    items = load_items(tiny.validation_file)
+    prompts = encode_prompts(tokenizer, items[:2]) + [
+        p + p[-3:] for p in encode_prompts(tokenizer, items[2:4])
+    ]
+    port = free_port()
+    mp.spawn(_generate_on_rank, args=(port, str(tiny.model_dir), prompts, str(tmp_path)), nprocs=2, join=True)
+
+    whole = load_base_model(tiny.model_dir, torch.device("cpu"))
+    for rank, mine in ((0, prompts[:2]), (1, prompts[2:])):
+        expected = generate(whole, mine, **GREEDY)
+        assert torch.load(tmp_path / f"rank{rank}.pt").equal(expected.input_ids), f"rank {rank}"
