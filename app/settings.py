@@ -106,6 +106,15 @@ class Settings(BaseSettings):
         description="transformers (CPU or GPU) or vllm (GPU, the optional `vllm` extra).",
     )
     inference_device: str = Field(default="cpu", description="Device of the transformers backend.")
+    rollout_backend: str = Field(
+        default="hf",
+        pattern="^(hf|vllm)$",
+        description="What samples a training job's rollouts on this worker: hf (transformers generate) or "
+        "vllm (GPU, the optional `vllm` extra; LoRA jobs on one device).",
+    )
+    rollout_gpu_memory_utilization: float = Field(
+        default=0.3, gt=0, lt=1, description="With rollout_backend vllm: the GPU memory share of its engine."
+    )
     inference_max_batch_size: int = Field(
         default=16, ge=1, description="Sequences decoded together in one batch (1: one at a time)."
     )

@@ -17,6 +17,7 @@ from worker.engine.errors import ConfigError
 
 ALGORITHM_NAMES = ("sppo", "grpo", "ppo", "reinforce")
 CRITIC_KINDS = ("separate", "shared_lora")
+ROLLOUT_BACKENDS = ("hf", "vllm")
 DEFAULTS_FILE = "sppo_defaults.json"
 
 
@@ -116,6 +117,13 @@ class RunConfig:
     """Processes, one device each, that train the run together (torchrun, data-parallel: a LoRA policy
     replicated, a fully fine-tuned one sharded with FSDP2; see docs/multi-device.md); batch_size and
     minibatch_size must be multiples of it."""
+    rollout_backend: str = "hf"
+    """What samples the rollouts: "hf" (transformers `generate` on the training policy) or "vllm" (a vLLM
+    engine on the same GPU that hot-swaps the policy's LoRA adapter after each update; the `vllm` extra,
+    CUDA, use_lora and one device). Evaluations always use "hf"."""
+    rollout_gpu_memory_utilization: float = 0.3
+    """With rollout_backend vllm: the share of the GPU's memory the engine takes (weights and KV cache);
+    the rest is the trainer's."""
     health_entropy_floor: float = 0.01
     """Warn when the mean token entropy falls below this (entropy collapse)."""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -169,6 +177,14 @@ class RunConfig:
         for name in ("max_steps", "group_size", "eval_max_items", "critic_layers"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
+        backends = ", ".join(ROLLOUT_BACKENDS)
+        _check(self.rollout_backend in ROLLOUT_BACKENDS, f"must be one of {backends}", "rollout_backend")
+        _check(
+            0 < self.rollout_gpu_memory_utilization < 1, "must be in (0, 1)", "rollout_gpu_memory_utilization"
+        )
+        if self.rollout_backend == "vllm":  # the engine takes the policy as a LoRA adapter, on one device
+            _check(self.use_lora, "the vllm rollout backend needs use_lora: true", "rollout_backend")
+            _check(self.n_devices == 1, "the vllm rollout backend runs on one device", "rollout_backend")
         n_devices = self.n_devices
         _check(isinstance(n_devices, int) and n_devices >= 1, "must be an integer >= 1", "n_devices")
         for name in ("batch_size", "minibatch_size"):  # every rank takes an equal share of both

@@ -44,6 +44,9 @@ class Rollout:
     response_mask: torch.Tensor  # (B, R) float: 1 on response tokens up to and including EOS
     prompt_length: int  # P
     old_logprobs: torch.Tensor | None = None  # (B, R), filled in by the PPO update before its first step
+    # (B, R) log-probs the serving engine reported for the tokens it sampled (vLLM rollouts only): their
+    # gap to old_logprobs measures how far the sampler's distribution is from the training forward's
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def responses(self) -> torch.Tensor:
@@ -166,6 +169,39 @@ def _response_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
     is_eos = (responses == eos_id).long()  # (B, R)
     eos_seen_before = is_eos.cumsum(-1) - is_eos  # (B, R) number of EOS strictly before t
     return (eos_seen_before == 0).float()
+
+
+def rollout_from_tokens(
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    pad_id: int,
+    eos_id: int,
+    device: torch.device,
+    logprobs: list[list[float]] | None = None,
+) -> Rollout:
+    """A Rollout of responses sampled elsewhere (a serving engine): prompts left-padded, responses
+    right-padded, each response's mask up to and including its first EOS; `logprobs` (one per response
+    token) become `sampler_logprobs`."""
+    input_ids, attention_mask = left_pad(prompts, pad_id, device)
+    width = max(1, max(len(r) for r in responses))
+    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)  # (B, R)
+    sampled = torch.zeros((len(responses), width))  # (B, R)
+    for i, response in enumerate(responses):
+        response_ids[i, : len(response)] = torch.tensor(response, dtype=torch.long)
+        if logprobs is not None:
+            sampled[i, : len(response)] = torch.tensor(logprobs[i])
+    response_mask = _response_mask(response_ids, eos_id)  # (B, R)
+    for i, response in enumerate(responses):
+        response_mask[i, len(response) :] = 0  # padding (possibly pad_id == eos_id) is never a response
+    response_ids, response_mask = response_ids.to(device), response_mask.to(device)
+    return Rollout(
+        torch.cat([input_ids, response_ids], dim=1),
+        torch.cat([attention_mask, response_mask.long()], dim=1),
+        response_mask,
+        input_ids.shape[1],
+        sampler_logprobs=None if logprobs is None else sampled.to(device) * response_mask,
+    )
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ from worker.engine.policy import load_policy, load_tokenizer, resolve_device, tr
 from worker.engine.rollout import GenerationInterrupted, Rollout, generate
 from worker.engine.sharding import gather_state, load_optimizer_state, shard_model
 from worker.engine.update import Optimizers, PPOUpdate, StepBatch
+from worker.engine.vllm_rollout import VllmRollout
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class Trainer:
         if self.sharded:
             shard_model(self.policy)
         actor_params = trainable_parameters(self.policy)
+        self.vllm = (
+            VllmRollout(config, self.policy, self.device) if config.rollout_backend == "vllm" else None
+        )
         actor_opt = torch.optim.AdamW(actor_params, lr=config.learning_rate, weight_decay=config.weight_decay)
         critic_opt = (
             torch.optim.AdamW(critic_params, lr=config.critic_learning_rate, weight_decay=config.weight_decay)
@@ -171,6 +175,8 @@ class Trainer:
         self.pending_eval = state.get("pending_eval")
         set_rng_state(state["rng"])
         self.step = step
+        if self.vllm is not None:
+            self.vllm.sync(self.policy)
         if self.dist.is_main:  # rank 0 owns the run's files
             self._truncate_metrics(step)
         self.callbacks.on_event("info", f"resumed from checkpoint at step {step}", {"path": str(path)})
@@ -211,18 +217,23 @@ class Trainer:
         group = self.config.samples_per_prompt
         item_indices = self.dist.shard(item_indices)
         rows = [i for i in item_indices for _ in range(group)]
-        rollout = generate(
-            self.policy,
-            [self.prompts[i] for i in rows],
-            pad_id=self.tokenizer.pad_token_id,
-            eos_id=self.tokenizer.eos_token_id,
-            max_new_tokens=self.config.max_response_tokens,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            token_budget=self.config.micro_batch_tokens,
-            # ranks generate for different numbers of tokens: a poll inside would leave the others waiting
-            control=None if self.dist.active else self.callbacks.control,
-        )
+        pad_id, eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        if self.vllm is not None:
+            rollout = self.vllm.sample([self.prompts[i] for i in rows], pad_id=pad_id, eos_id=eos_id,
+                                       device=self.device)  # fmt: skip
+        else:
+            rollout = generate(
+                self.policy,
+                [self.prompts[i] for i in rows],
+                pad_id=pad_id,
+                eos_id=eos_id,
+                max_new_tokens=self.config.max_response_tokens,
+                temperature=self.config.temperature,
+                top_p=self.config.top_p,
+                token_budget=self.config.micro_batch_tokens,
+                # ranks generate for different numbers of tokens: a poll inside would leave the others waiting
+                control=None if self.dist.active else self.callbacks.control,
+            )
         texts = completions(self.tokenizer, rollout)
         rewards = torch.tensor(
             [self.grader(self.items[i], text) for i, text in zip(rows, texts, strict=True)]
@@ -270,6 +281,9 @@ class Trainer:
         )
         metrics = self.update.run(batch, self.config.ppo_epochs, self.local_minibatch_size)
         metrics.update(critic_metrics)
+        if self.vllm is not None:
+            self.vllm.sync(self.policy)
+            metrics["rollout/sampler_logprob_gap"] = sampler_gap(rollout)
         train_s = time.perf_counter() - train_started
         self.step += 1
         samples, tokens = all_rewards.shape[0], int(self.dist.sum(rollout.attention_mask.sum()))
@@ -406,6 +420,13 @@ class Trainer:
         )
 
 
+def sampler_gap(rollout: Rollout) -> float:
+    """Mean |log-prob the serving engine sampled with − the training forward's| over response tokens."""
+    assert rollout.sampler_logprobs is not None and rollout.old_logprobs is not None
+    gap = (rollout.sampler_logprobs - rollout.old_logprobs).abs() * rollout.response_mask
+    return gap.sum().item() / max(1.0, rollout.response_mask.sum().item())
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """The peak since reset_peak_memory() (the run's start), not the worker process's lifetime peak."""
     if device.type == "cuda":
@@ -438,4 +459,9 @@ def run_training(config: RunConfig, callbacks: TrainerCallbacks | None = None) -
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     config.to_yaml(Path(config.output_dir) / "config.yaml")
     reset_peak_memory()
-    return Trainer(config, callbacks or TrainerCallbacks()).run()
+    trainer = Trainer(config, callbacks or TrainerCallbacks())
+    try:
+        return trainer.run()
+    finally:
+        if trainer.vllm is not None:
+            trainer.vllm.close()

@@ -50,6 +50,10 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ({"critic_layers": 0}, "critic_layers"),
         ({"algorithm": "grpo", "group_size": 1}, "group_size"),
         ({"learnin_rate": 1.0}, "learnin_rate"),
+        ({"rollout_backend": "sglang"}, "rollout_backend"),
+        ({"rollout_backend": "vllm", "use_lora": False}, "rollout_backend"),
+        ({"rollout_backend": "vllm", "n_devices": 2}, "rollout_backend"),
+        ({"rollout_gpu_memory_utilization": 1.0}, "rollout_gpu_memory_utilization"),
     ],
 )
 def test_invalid_values_name_the_param(tmp_path: Path, change: dict[str, object], param: str) -> None:

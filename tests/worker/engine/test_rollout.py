@@ -9,7 +9,7 @@ from peft.tuners.lora import LoraLayer
 from worker.engine.data import encode_prompts, load_items
 from worker.engine.fixtures import Fixture
 from worker.engine.policy import load_base_model, load_policy, load_tokenizer
-from worker.engine.rollout import GenerationInterrupted, generate, response_logprobs
+from worker.engine.rollout import GenerationInterrupted, generate, response_logprobs, rollout_from_tokens
 
 from .conftest import tiny_config
 
@@ -188,3 +188,22 @@ def test_lora_policy_samples_from_its_merged_weights_and_keeps_the_base_exact(
     mask = greedy.response_mask.bool()
     agree = (logits.argmax(-1)[mask] == greedy.responses[mask]).float().mean()
     assert agree > 0.99  # W + s·B·A and W·x + s·B·A·x differ only by rounding (near-ties may flip)
+
+
+def test_a_rollout_from_tokens_pads_and_masks_like_generate() -> None:
+    rollout = rollout_from_tokens(
+        [[5, 6], [7]], [[3, 2, 9], [4]], pad_id=0, eos_id=2, device=torch.device("cpu"),
+        logprobs=[[-0.5, -0.25, -1.0], [-2.0]],
+    )  # fmt: skip
+    assert rollout.prompt_length == 2
+    assert rollout.input_ids.tolist() == [[5, 6, 3, 2, 9], [0, 7, 4, 0, 0]]
+    assert rollout.attention_mask.tolist() == [[1, 1, 1, 1, 0], [0, 1, 1, 0, 0]]
+    assert rollout.response_mask.tolist() == [[1, 1, 0], [1, 0, 0]]  # up to EOS; a cut response: its tokens
+    assert rollout.sampler_logprobs is not None
+    assert rollout.sampler_logprobs.tolist() == [[-0.5, -0.25, 0.0], [-2.0, 0.0, 0.0]]
+
+
+def test_a_rollout_from_tokens_never_counts_padding_as_eos_when_pad_is_eos() -> None:
+    rollout = rollout_from_tokens([[5], [6]], [[3], [4, 2]], pad_id=2, eos_id=2, device=torch.device("cpu"))
+    assert rollout.response_mask.tolist() == [[1, 0], [1, 1]]
+    assert rollout.sampler_logprobs is None
