@@ -20,7 +20,7 @@ from worker.engine import trainer as trainer_module
 from worker.engine.config import RunConfig
 from worker.engine.distributed import STOP
 from worker.engine.fixtures import Fixture
-from worker.engine.rollout import Rollout, left_pad
+from worker.engine.rollout import Rollout, rollout_from_tokens
 from worker.engine.trainer import run_training
 
 from .conftest import final_weights, tiny_config
@@ -34,24 +34,12 @@ STEPS = 3
 
 def canned_generate(policy: Any, prompts: list[list[int]], *, pad_id: int, eos_id: int, **_: Any) -> Rollout:
     """A response of 3-9 digit-ish tokens and EOS per prompt, a function of that prompt's tokens only."""
-    device = next(policy.parameters()).device
     responses = []
     for prompt in prompts:
         seed = sum(t * (i + 1) for i, t in enumerate(prompt))
         responses.append([prompt[(seed * (k + 3)) % len(prompt)] for k in range(3 + seed % 7)] + [eos_id])
-    input_ids, attention_mask = left_pad(prompts, pad_id, device)
-    width = max(len(r) for r in responses)
-    response_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)  # (B, R)
-    response_mask = torch.zeros((len(prompts), width), device=device)  # (B, R)
-    for i, response in enumerate(responses):
-        response_ids[i, : len(response)] = torch.tensor(response)
-        response_mask[i, : len(response)] = 1
-    return Rollout(
-        torch.cat([input_ids, response_ids], dim=1),
-        torch.cat([attention_mask, response_mask.long()], dim=1),
-        response_mask,
-        input_ids.shape[1],
-    )
+    device = next(policy.parameters()).device
+    return rollout_from_tokens(prompts, responses, pad_id=pad_id, eos_id=eos_id, device=device)
 
 
 def _rank(rank: int, world_size: int, port: int, config: dict[str, Any]) -> None:
