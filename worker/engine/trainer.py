@@ -283,6 +283,7 @@ class Trainer:
         metrics.update(critic_metrics)
         if self.vllm is not None:
             self.vllm.sync(self.policy)
+        if rollout.sampler_logprobs is not None:
             metrics["rollout/sampler_logprob_gap"] = sampler_gap(rollout)
         train_s = time.perf_counter() - train_started
         self.step += 1

@@ -3,16 +3,19 @@ extra, a CUDA GPU, a LoRA policy, one device per job.
 
 HF `generate` re-runs the whole batch at every token over a padded KV cache; vLLM's paged cache and
 continuous batching sample many times faster on real models, and rollouts are most of an RL step. The
-engine runs in the training process on the training GPU (`rollout_gpu_memory_utilization` of its memory
-for the frozen base weights and the KV cache). After every update the trainer saves the policy's adapter
-and the engine hot-swaps it (a new LoRARequest id; vLLM loads it at the next request and evicts the old
-one), so every step samples from the current policy.
+engine is created by the trainer on the training GPU (vLLM runs its engine core in a process of its own)
+and takes `rollout_gpu_memory_utilization` of the GPU's memory for the frozen base and the KV cache.
+After every update the trainer saves the policy's adapter and the engine hot-swaps it (a new LoRARequest
+id; vLLM loads it at the next request and evicts the old one), so every step samples from the current
+policy.
 
-What keeps the samples on-policy for PPO's ratio:
-- the engine runs in the policy's dtype (float32 as the engine loads models), so it samples the training
-  forward's distribution up to kernel differences; `rollout/sampler_logprob_gap`, the mean absolute gap
-  between vLLM's log-prob of each sampled token (after temperature) and the training forward's, is
-  logged every step to show how large those are;
+What keeps the samples close to on-policy for PPO's ratio:
+- the engine runs the policy's weights in bfloat16 (vLLM's LoRA kernels take fp16/bf16 only; the trainer
+  keeps float32), so it samples the training forward's distribution up to bf16 rounding;
+  `rollout/sampler_logprob_gap`, the mean absolute gap between vLLM's log-prob of each sampled token
+  (after temperature, vLLM >= 0.11's processed log-probs) and the training forward's, is logged every
+  step to show how large that is (with top_p 1 only: below 1 vLLM renormalises over the nucleus, which
+  the training forward does not);
 - explicit SamplingParams: no repetition penalty or other default from the model's generation_config;
 - old log-probs are still the training forward's (update.py), never vLLM's.
 Each row gets its own sampling seed drawn from the trainer's torch RNG, which the checkpoint holds, so a
@@ -60,7 +63,7 @@ class VllmRollout:
             raise ConfigError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}", "lora_rank")
         self.llm = LLM(
             model=config.model,
-            dtype=str(next(policy.parameters()).dtype).removeprefix("torch."),
+            dtype="bfloat16",
             enable_lora=True,
             max_lora_rank=rank,
             max_loras=1,
@@ -80,7 +83,8 @@ class VllmRollout:
         self.version += 1
         path = self.adapters / f"v{self.version}"
         policy.save_pretrained(str(path), selected_adapters=[POLICY_ADAPTER])
-        self.lora = LoRARequest(f"policy-v{self.version}", self.version, str(path))
+        # absolute: vLLM looks a path that does not exist locally up on the Hugging Face Hub
+        self.lora = LoRARequest(f"policy-v{self.version}", self.version, str(path.resolve()))
         for old in self.adapters.glob("v*"):  # earlier versions were loaded by earlier requests
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
@@ -91,6 +95,7 @@ class VllmRollout:
         from vllm.inputs import TokensPrompt
 
         first_seed = int(torch.randint(SEED_SPACE, (1,)).item())
+        gap_measurable = self.config.top_p == 1.0
         params = [
             SamplingParams(
                 n=1,
@@ -98,7 +103,7 @@ class VllmRollout:
                 top_p=self.config.top_p,
                 max_tokens=self.config.max_response_tokens,
                 stop_token_ids=[eos_id],
-                logprobs=0,  # the sampled token's own log-prob
+                logprobs=0 if gap_measurable else None,  # the sampled token's own log-prob
                 detokenize=False,
                 seed=(first_seed + row) % SEED_SPACE,
             )
@@ -108,14 +113,15 @@ class VllmRollout:
             [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts], params, lora_request=self.lora,
             use_tqdm=False,
         )  # fmt: skip
-        responses, logprobs = [], []
-        for output in outputs:
-            completion = output.outputs[0]
-            tokens = list(completion.token_ids)
-            responses.append(tokens)
-            logprobs.append(
-                [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
-            )
+        responses = [list(output.outputs[0].token_ids) for output in outputs]
+        logprobs = (
+            [
+                [step[token].logprob for step, token in zip(output.outputs[0].logprobs, tokens, strict=True)]
+                for output, tokens in zip(outputs, responses, strict=True)
+            ]
+            if gap_measurable
+            else None
+        )
         return rollout_from_tokens(prompts, responses, pad_id=pad_id, eos_id=eos_id, device=device,
                                    logprobs=logprobs)  # fmt: skip
 

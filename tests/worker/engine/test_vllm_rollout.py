@@ -20,9 +20,12 @@ HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm_gpu = pytest.mark.skipif(
     not (HAVE_VLLM and torch.cuda.is_available()), reason="needs the vllm extra and a CUDA GPU"
 )
-# the largest |vLLM's log-prob − the training forward's| of a sampled token, both in float32: kernels
-# (attention, matmul order, LoRA applied as a separate product) differ, the distribution must not
-LOGPROB_TOLERANCE = 2e-3
+# |vLLM's log-prob − the training forward's| of a sampled token: vLLM runs bf16 (its LoRA kernels take
+# nothing wider), the trainer float32. bf16 keeps 8 mantissa bits: logits of magnitude ~10 move by up to
+# ~0.04, so a token's log-prob by up to ~0.1 and on average by far less; a wrong temperature, adapter or
+# sampling distribution moves them by whole nats
+LOGPROB_TOLERANCE = 0.1
+MEAN_TOLERANCE = 0.02
 
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed here")
@@ -60,8 +63,10 @@ def test_vllm_samples_the_training_forwards_distribution_and_follows_the_adapter
                     policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_length, 1.0
                 )
             assert rollout.sampler_logprobs is not None
-            gap = ((logprobs - rollout.sampler_logprobs).abs() * rollout.response_mask).max().item()
-            assert gap < LOGPROB_TOLERANCE, f"seed {seed}: vLLM and the training forward differ by {gap}"
+            gaps = (logprobs - rollout.sampler_logprobs).abs() * rollout.response_mask
+            assert gaps.max().item() < LOGPROB_TOLERANCE, f"seed {seed}: largest gap {gaps.max().item()}"
+            mean = gaps.sum().item() / rollout.response_mask.sum().item()
+            assert mean < MEAN_TOLERANCE, f"seed {seed}: mean gap {mean}"
         torch.manual_seed(2)
         again = engine.sample(prompts, **options)
         assert again.input_ids.equal(rollout.input_ids)  # per-row seeds from torch's RNG: reproducible
@@ -75,4 +80,4 @@ def test_a_run_with_vllm_rollouts_trains_and_logs_the_sampler_gap(tiny: Fixture,
         tiny_config(tiny, tmp_path / "run", rollout_backend="vllm", max_steps=3, device="cuda", top_p=1.0)
     )
     assert result.status == "completed"
-    assert result.metrics["rollout/sampler_logprob_gap"] < LOGPROB_TOLERANCE
+    assert result.metrics["rollout/sampler_logprob_gap"] < MEAN_TOLERANCE
