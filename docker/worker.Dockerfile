@@ -11,7 +11,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
-# Optional extras, comma-separated: `--build-arg EXTRAS=s3` for an S3 artifact store.
+# Optional extras, comma-separated: `--build-arg EXTRAS=s3` for an S3 artifact store, `vllm` for vLLM rollouts
+# (SPPO_ROLLOUT_BACKEND=vllm) and serving.
 ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
