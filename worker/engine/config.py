@@ -182,6 +182,8 @@ class RunConfig:
         _check(
             0 < self.rollout_gpu_memory_utilization < 1, "must be in (0, 1)", "rollout_gpu_memory_utilization"
         )
+        # the reference of the KL penalty is the frozen base, i.e. the policy with its adapter switched off
+        _check(self.kl_coef == 0 or self.use_lora, "a KL penalty needs use_lora: true", "kl_coef")
         if self.rollout_backend == "vllm":  # the engine takes the policy as a LoRA adapter, on one device
             _check(self.use_lora, "the vllm rollout backend needs use_lora: true", "rollout_backend")
             _check(self.n_devices == 1, "the vllm rollout backend runs on one device", "rollout_backend")

@@ -50,6 +50,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ({"critic_layers": 0}, "critic_layers"),
         ({"algorithm": "grpo", "group_size": 1}, "group_size"),
         ({"learnin_rate": 1.0}, "learnin_rate"),
+        ({"kl_coef": 0.05, "use_lora": False}, "kl_coef"),
         ({"rollout_backend": "sglang"}, "rollout_backend"),
         ({"rollout_backend": "vllm", "use_lora": False}, "rollout_backend"),
         ({"rollout_backend": "vllm", "n_devices": 2}, "rollout_backend"),
