@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from worker.engine.callbacks import TrainerCallbacks, TrainingResult
+from worker.engine.checkpoint import crash_point
 from worker.engine.config import RunConfig
 from worker.engine.distributed import EVALUATE, GATHER, STEP, STOP
 from worker.engine.errors import ConfigError, DistributedError, EngineError
@@ -74,7 +75,12 @@ def launch(config: RunConfig, callbacks: TrainerCallbacks) -> TrainingResult:
         raise relay.callback_error
     if relay.error is not None:
         raise relay.error
-    if code == 0 and relay.result is not None:
+    if relay.result is not None:  # rank 0 finished (files written, followers released) before any failure
+        if code != 0:
+            logger.warning(
+                "the run %s at step %d, then a training process exited with code %d while shutting down; "
+                "its output is in %s", relay.result.status, relay.result.final_step, code, RANKS_LOG,
+            )  # fmt: skip
         return relay.result
     raise DistributedError(
         f"One of the run's {config.n_devices} training processes stopped unexpectedly (torchrun exit code "
@@ -134,10 +140,13 @@ def main(config_path: str) -> None:
         trainer = Trainer(config, relay or TrainerCallbacks())
         if relay is None:
             follow(trainer)
+            crash_point("follower.stopped", trainer.step)
             return
         result = trainer.run()
-        trainer.dist.command(STOP)
+        # reported before the followers are released: one that dies on its way out (seen once, a SIGABRT
+        # in rank 1's teardown after a sharded run) can no longer turn a finished run into a failed one
         relay.report_result(result)
+        trainer.dist.command(STOP)
     except EngineError as exc:
         if relay is not None:
             relay.report_error(exc)

@@ -40,7 +40,7 @@ from worker.engine.critic import Critic, build_critic
 from worker.engine.data import PromptSampler, encode_prompts, load_items
 from worker.engine.distributed import EVALUATE, GATHER, STEP, in_launched_rank
 from worker.engine.distributed import setup as setup_distributed
-from worker.engine.evaluate import completions, evaluate_policy
+from worker.engine.evaluate import EvalResult, completions, evaluate_policy
 from worker.engine.graders import build_grader
 from worker.engine.health import HealthMonitor, fingerprint
 from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
@@ -325,12 +325,15 @@ class Trainer:
         full = self.step > 0 and (
             self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
         )
-        if self.sharded and self.dist.is_main:  # every rank generates with its shard of the policy
-            self.dist.command(EVALUATE)
+        items, counted = self.val_items, len(self.val_items)
+        if self.sharded:  # every rank generates with its shard of the policy, for its share of the items
+            if self.dist.is_main:
+                self.dist.command(EVALUATE)
+            items, counted = self._validation_share()
         result = evaluate_policy(
             self.policy,
             self.tokenizer,
-            self.val_items,
+            items,
             self.grader,
             samples=self.config.eval_samples if full else 0,
             temperature=self.config.temperature,
@@ -340,6 +343,8 @@ class Trainer:
             # the ranks of a sharded policy generate in lockstep: control is polled before the evaluation
             control=None if self.sharded else self.callbacks.control,
         )
+        if self.sharded:
+            result = self._summed_over_ranks(result, counted)
         scores = result.scores()
         health, warnings = self.health.after_eval(result.pass_at_1)
         for message, data in warnings:
@@ -347,6 +352,26 @@ class Trainer:
         if self.best is None or result.pass_at_1 > self.best[1]:
             self.best = (self.step, result.pass_at_1)
         return {**scores, **health}
+
+    def _validation_share(self) -> tuple[list[dict[str, Any]], int]:
+        """This rank's contiguous share of the validation items and how many of them count: the ranks
+        generate in lockstep, so every share is as long, the last one filled up with uncounted copies of
+        the last item."""
+        per_rank = -(-len(self.val_items) // self.dist.world_size)
+        mine = self.val_items[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+        return mine + [self.val_items[-1]] * (per_rank - len(mine)), len(mine)
+
+    def _summed_over_ranks(self, result: EvalResult, counted: int) -> EvalResult:
+        """pass@1 and avg@k over every rank's counted items (per-item results stay with their rank)."""
+        mine = result.items[:counted]
+        totals = self.dist.sum_scalars(
+            {
+                "pass": float(sum(item["reward"] for item in mine)),
+                "avg": sum(sum(item["sample_rewards"]) / result.k for item in mine) if result.k else 0.0,
+            }
+        )
+        n = len(self.val_items)
+        return EvalResult(pass_at_1=totals["pass"] / n, avg_at_k=totals["avg"] / n, k=result.k)
 
     # ---- loop ------------------------------------------------------------------------------------
     def run(self) -> TrainingResult:

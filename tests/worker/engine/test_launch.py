@@ -15,15 +15,18 @@ import torch
 
 from worker.engine import launch
 from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
+from worker.engine.checkpoint import CRASH_AT_ENV
 from worker.engine.errors import ConfigError, DistributedError
+from worker.engine.evaluate import evaluate
 from worker.engine.fixtures import Fixture
 from worker.engine.launch import ORPHAN_EXIT_CODE, WATCH_INTERVAL_S
 from worker.engine.trainer import run_training
 
 from .conftest import final_weights, tiny_config
 
+# 5 validation items: a sharded evaluation gives each of 2 ranks 3, the last rank one uncounted copy
 OPTIONS: dict[str, Any] = {
-    "n_devices": 2, "max_steps": 4, "checkpoint_interval": 2, "eval_interval": 2, "eval_max_items": 4,
+    "n_devices": 2, "max_steps": 4, "checkpoint_interval": 2, "eval_interval": 2, "eval_max_items": 5,
 }  # fmt: skip
 KILL_DEADLINE_S = 60  # torchrun's monitor notices within 1 s; the rest is the other rank's teardown
 
@@ -59,8 +62,13 @@ def test_two_ranks_resume_exactly_after_a_pause_and_on_one_process(
     tiny: Fixture, tmp_path: Path, mode: dict[str, Any]
 ) -> None:
     options = {**OPTIONS, **mode}
-    straight = run_training(tiny_config(tiny, tmp_path / "straight", **options), Watch())
+    config = tiny_config(tiny, tmp_path / "straight", **options)
+    straight = run_training(config, Watch())
     assert straight.status == "completed" and straight.final_step == 4
+    # the base model's score at step 0 is what one process gives (0.6 here: a copy counted would be 0.8)
+    base = evaluate(tiny.model_dir, None, tiny.validation_file, config.grader, samples=0, temperature=1.0,
+                    max_response_tokens=config.max_response_tokens, max_items=5, device="cpu")  # fmt: skip
+    assert _lines(tmp_path / "straight")[0]["eval/pass@1"] == base.pass_at_1
 
     paused = run_training(tiny_config(tiny, tmp_path / "resumed", **options), Watch(pause_after=2))
     assert paused.status == "paused" and paused.final_step == 2
@@ -106,6 +114,18 @@ class KillRankOne(TrainerCallbacks):
             rank_one = next(pid for pid, rank in _processes(self.config_path).items() if rank == 1)
             os.kill(rank_one, signal.SIGKILL)
             self.killed_at = time.monotonic()
+
+
+def test_a_follower_dying_after_the_run_finished_does_not_fail_it(
+    tiny: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(CRASH_AT_ENV, "follower.stopped")  # rank 1 dies right after rank 0's STOP
+    config = tiny_config(tiny, tmp_path / "run", n_devices=2, max_steps=1, validation_file=None)
+    result = run_training(config)
+    assert result.status == "completed" and result.final_step == 1
+    assert result.final_adapter_dir is not None
+    assert (result.final_adapter_dir / "adapter_config.json").exists()
+    assert "exited with code" in caplog.text and "while shutting down" in caplog.text
 
 
 def test_a_killed_rank_fails_the_run_and_leaves_no_process(tiny: Fixture, tmp_path: Path) -> None:
