@@ -79,8 +79,10 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
         "algorithm": reinforcement.get("algorithm", "sppo"),
         "seed": job.seed,
         "device": settings.device or "auto",
-        # the worker's choice; vLLM rollouts serve one-device jobs, so a multi-device one samples with hf
-        "rollout_backend": settings.rollout_backend if int(hyper.get("n_devices") or 1) == 1 else "hf",
+        # the worker's choice where vLLM can serve the job (a LoRA policy on one device), else hf
+        "rollout_backend": settings.rollout_backend
+        if int(hyper.get("n_devices") or 1) == 1 and defaults["use_lora"]
+        else "hf",
         "rollout_gpu_memory_utilization": settings.rollout_gpu_memory_utilization,
         "metrics": {"job_id": job.id},
     }  # fmt: skip

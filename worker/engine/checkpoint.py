@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
 
 from worker.engine.errors import CheckpointError
 from worker.engine.policy import POLICY_ADAPTER
-from worker.engine.sharding import is_sharded, load_weights
+from worker.engine.sharding import is_sharded, load_weights, tied_names
 
 logger = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")  # a complete checkpoint (staging folders start with .tmp-)
@@ -77,7 +78,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_policy(policy: nn.Module, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
     """The policy in a format `from_pretrained` reads: a peft adapter, or the full model. A sharded
-    policy passes its gathered `weights` (sharding.gather_state): its parameters are only shards."""
+    policy passes its gathered `weights` (sharding.gather_weights): its parameters are only shards."""
     if isinstance(policy, PeftModel):
         policy.save_pretrained(str(directory / "adapter"), selected_adapters=[POLICY_ADAPTER])
         return directory / "adapter"
@@ -131,17 +132,42 @@ def load_checkpoint(path: Path, policy: nn.Module) -> tuple[dict[str, Any] | Non
         if isinstance(policy, PeftModel):
             weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
             set_peft_model_state_dict(policy, weights, adapter_name=POLICY_ADAPTER)
-        elif is_sharded(policy):  # every rank reads the full weights and keeps its shard
-            load_weights(policy, load_file(str(path / "model" / "model.safetensors")))
+        elif is_sharded(policy):  # rank 0 reads the weights, every rank keeps its shard
+            main = dist.get_rank() == 0
+            keys = load_weights(policy, model_weights(path / "model") if main else {})
+            if main:
+                _check_keys(keys, policy, path)
         else:
-            policy.load_state_dict(load_file(str(path / "model" / "model.safetensors")), strict=False)
-        critic_state = torch.load(path / "critic.pt", weights_only=True)
-        state = torch.load(path / "state.pt", weights_only=True)
+            _check_keys(policy.load_state_dict(model_weights(path / "model"), strict=False), policy, path)
+        # on the CPU and memory-mapped: the ranks of a run share one copy in the page cache, and a GPU
+        # checkpoint resumes on another device layout
+        critic_state = torch.load(path / "critic.pt", weights_only=True, map_location="cpu", mmap=True)
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu", mmap=True)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: never run a checkpoint's code
         raise CheckpointError(f"cannot resume from {path}: it holds objects other than tensors") from exc
     except (OSError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot resume from {path}: {exc}") from exc
     return critic_state, state
+
+
+def model_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """A save_pretrained folder's weights: model.safetensors, or every shard its index names."""
+    index = directory / "model.safetensors.index.json"
+    if not index.exists():
+        return load_file(str(directory / "model.safetensors"))
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return {name: tensor for file in files for name, tensor in load_file(str(directory / file)).items()}
+
+
+def _check_keys(keys: Any, policy: nn.Module, path: Path) -> None:
+    """Loading weights must set every parameter (a tied head comes with its embeddings) and nothing else:
+    a checkpoint of another model would otherwise resume from the base weights without a word."""
+    missing = set(keys.missing_keys) - tied_names(policy)
+    if missing or keys.unexpected_keys:
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit the model (missing "
+            f"{sorted(missing)[:3]}, unexpected {sorted(keys.unexpected_keys)[:3]})"
+        )
 
 
 def step_metrics(output_dir: Path, upto: int) -> dict[int, dict[str, float]]:

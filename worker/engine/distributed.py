@@ -18,7 +18,8 @@ adapter's few megabytes of gradients. A sharded policy's gradients are reduce-sc
 
 Rank 0 drives the run (callbacks, evaluation, checkpoints, metrics.jsonl); the other ranks ("followers")
 only train: before each step rank 0 broadcasts a command, STEP or STOP. Evaluating and checkpointing a
-sharded policy are collectives, so rank 0 then also sends EVALUATE and GATHER. Followers re-seed their
+sharded policy are collectives, so rank 0 then also sends EVALUATE and GATHER (GATHER_WEIGHTS for the
+final model). Followers re-seed their
 sampling RNG from (seed, step, rank) at every step, so a run resumed on the same number of ranks
 continues exactly without saving their RNG; rank 0's RNG is in the checkpoint as in a single-process run.
 """
@@ -34,8 +35,9 @@ from torch import nn
 # Followers wait in a collective while rank 0 evaluates and checkpoints alone, so the timeout must cover
 # that. A rank that dies is noticed sooner: torchrun's agent sees its exit and stops the other ranks.
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
-STOP, STEP, EVALUATE, GATHER = 0, 1, 2, 3
+STOP, STEP, EVALUATE, GATHER, GATHER_WEIGHTS = 0, 1, 2, 3, 4
 FOLLOWER_SEED_STRIDE = 1_000_003  # a prime: (seed, step, rank) map to distinct seeds for any sane run
+EVAL_STREAM = 1
 CPU = torch.device("cpu")
 
 
@@ -61,18 +63,20 @@ class DistContext:
         return items[self.rank * size : (self.rank + 1) * size]
 
     def command(self, command: int) -> int:
-        """Rank 0's `command` (STOP, STEP, EVALUATE, GATHER), as every rank receives it; the followers'
-        argument is unused."""
+        """Rank 0's `command` (STOP, STEP, EVALUATE, GATHER, GATHER_WEIGHTS), as every rank receives it;
+        the followers' argument is unused."""
         if not self.active:
             return command
         value = torch.tensor([command], device=self.device)
         dist.broadcast(value, src=0)
         return int(value.item())
 
-    def reseed(self, seed: int, step: int) -> None:
-        """Followers sample from a stream fixed by (seed, step, rank), so a resume needs no saved state."""
+    def reseed(self, seed: int, step: int, stream: int = 0) -> None:
+        """Followers sample from a stream fixed by (seed, step, rank, stream), so a resume needs no saved
+        state; stream 0 is a step's rollouts, EVAL_STREAM the evaluation after it (a sharded policy)."""
         if self.active and not self.is_main:
-            torch.manual_seed((seed * FOLLOWER_SEED_STRIDE + step) * self.world_size + self.rank)
+            position = (seed * FOLLOWER_SEED_STRIDE + step) * self.world_size + self.rank
+            torch.manual_seed(position + stream * FOLLOWER_SEED_STRIDE**2)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """Σ over ranks of a tensor (a copy; the input is left as it is)."""

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from worker.engine.callbacks import TrainerCallbacks, TrainingResult
 from worker.engine.checkpoint import crash_point
 from worker.engine.config import RunConfig
-from worker.engine.distributed import EVALUATE, GATHER, STEP, STOP
+from worker.engine.distributed import EVALUATE, GATHER, GATHER_WEIGHTS, STEP, STOP
 from worker.engine.errors import ConfigError, DistributedError, EngineError
 from worker.engine.policy import resolve_device
 from worker.engine.relay import ADDRESS_ENV, TOKEN_ENV, RelayCallbacks, RelayServer
@@ -122,7 +122,12 @@ def follow(trainer: Trainer) -> None:
     """A follower rank: resume like rank 0, then do what rank 0 announces until it says STOP: train a
     step, or (a sharded policy) take part in an evaluation or in gathering the state to save."""
     trainer.resume()
-    actions = {STEP: trainer.train_step, EVALUATE: trainer.evaluate, GATHER: trainer.full_state}
+    actions = {
+        STEP: trainer.train_step,
+        EVALUATE: trainer.evaluate,
+        GATHER: trainer.full_state,
+        GATHER_WEIGHTS: trainer.policy_weights,
+    }
     while (command := trainer.dist.command(STOP)) != STOP:
         actions[command]()
 

@@ -41,8 +41,10 @@ from torch.distributed.tensor import DTensor
 
 # gathered to rank 0 only, on the CPU: the full state never has to fit on one device twice
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# every rank reads the checkpoint files itself (the run directory is shared) and keeps its shard
+# optimizer state: every rank passes the full state (memory-mapped from the checkpoint) and keeps its shard
 FROM_FULL = StateDictOptions(full_state_dict=True, strict=False)
+# weights: rank 0 alone reads them and broadcasts, one host copy instead of one per rank
+FROM_RANK0 = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=True)
 
 
 def shard_model(model: nn.Module) -> None:
@@ -99,35 +101,44 @@ def sum_over_shards(rows: torch.Tensor, parameters: list[nn.Parameter]) -> torch
     return rows
 
 
-def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Collective (every rank calls it): rank 0 gets the full weights and the optimizer state in
-    `optimizer.state_dict()`'s layout, on the CPU; the other ranks get empty dicts."""
+def gather_weights(model: nn.Module) -> dict[str, Any]:
+    """Collective (every rank calls it): the full weights on rank 0's CPU, an empty dict elsewhere."""
     weights = get_model_state_dict(model, options=GATHER_TO_RANK0)
-    by_name = get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK0)
-    if not weights:
-        return {}, {}
     # a tied weight (the head sharing the embeddings) is saved once, under its first name, as
     # save_pretrained does for an unsharded model: the gathered copies no longer share storage
+    tied = tied_names(model)
+    return {name: tensor for name, tensor in weights.items() if name not in tied}
+
+
+def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Collective: the full optimizer state in `optimizer.state_dict()`'s layout on rank 0's CPU, an empty
+    dict elsewhere."""
+    by_name = get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK0)
+    return _by_index(by_name, _parameter_names(model, optimizer)) if by_name else {}
+
+
+def tied_names(model: nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (a head tied to the embeddings)."""
     once = dict(model.named_parameters()).keys()
-    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - once
-    untied = {name: tensor for name, tensor in weights.items() if name not in tied}
-    return untied, _by_index(by_name, _parameter_names(model))
+    return {name for name, _ in model.named_parameters(remove_duplicate=False)} - once
 
 
-def load_weights(model: nn.Module, weights: dict[str, Any]) -> None:
-    """Collective: each rank passes the full weights and keeps its shard of them."""
-    set_model_state_dict(model, weights, options=FROM_FULL)
+def load_weights(model: nn.Module, weights: dict[str, Any]) -> Any:
+    """Collective: rank 0 passes the full weights (the others an empty dict), every rank keeps its shard.
+    Returns the missing and unexpected keys."""
+    return set_model_state_dict(model, weights, options=FROM_RANK0)
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Collective: each rank passes the full state in `optimizer.state_dict()`'s layout, keeps its shard."""
-    by_name = _by_name(state, _parameter_names(model))
+    by_name = _by_name(state, _parameter_names(model, optimizer))
     set_optimizer_state_dict(model, optimizer, by_name, options=FROM_FULL)
 
 
-def _parameter_names(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters in the optimizer's order (trainable_parameters, tied ones once)."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
+def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters by name, in its order (what Optimizer.state_dict() numbers them by)."""
+    name_of = {parameter: name for name, parameter in model.named_parameters()}
+    return [name_of[parameter] for group in optimizer.param_groups for parameter in group["params"]]
 
 
 def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:

@@ -38,14 +38,14 @@ from worker.engine.checkpoint import (
 from worker.engine.config import RunConfig
 from worker.engine.critic import Critic, build_critic
 from worker.engine.data import PromptSampler, encode_prompts, load_items
-from worker.engine.distributed import EVALUATE, GATHER, STEP, in_launched_rank
+from worker.engine.distributed import EVAL_STREAM, EVALUATE, GATHER, GATHER_WEIGHTS, STEP, in_launched_rank
 from worker.engine.distributed import setup as setup_distributed
 from worker.engine.evaluate import EvalResult, completions, evaluate_policy
 from worker.engine.graders import build_grader
 from worker.engine.health import HealthMonitor, fingerprint
 from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
 from worker.engine.rollout import GenerationInterrupted, Rollout, generate
-from worker.engine.sharding import gather_state, load_optimizer_state, shard_model
+from worker.engine.sharding import gather_optimizer_state, gather_weights, load_optimizer_state, shard_model
 from worker.engine.update import Optimizers, PPOUpdate, StepBatch
 from worker.engine.vllm_rollout import VllmRollout
 
@@ -188,21 +188,22 @@ class Trainer:
             lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in lines))
 
-    def full_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-        """(weights, actor optimizer state) to save. A sharded policy's are gathered from every rank (a
-        collective: rank 0 sends GATHER first) and are empty on the followers; otherwise the weights are
-        None (the policy saves its own) and the optimizer state is this rank's."""
-        if not self.sharded:
-            return None, self.opt.actor.state_dict()
-        return gather_state(self.policy, self.opt.actor)
+    def policy_weights(self) -> dict[str, torch.Tensor] | None:
+        """A sharded policy's full weights, gathered from every rank (a collective: rank 0 announces it
+        with GATHER or GATHER_WEIGHTS; empty on the followers); None otherwise: the policy saves itself."""
+        return gather_weights(self.policy) if self.sharded else None
 
-    def _gathered_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-        if self.sharded:
-            self.dist.command(GATHER)
-        return self.full_state()
+    def full_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+        """(weights, actor optimizer state) for a checkpoint; gathered when sharded (GATHER)."""
+        weights = self.policy_weights()
+        if not self.sharded:
+            return weights, self.opt.actor.state_dict()
+        return weights, gather_optimizer_state(self.policy, self.opt.actor)
 
     def checkpoint(self, metrics: dict[str, float]) -> Path:
-        weights, actor_optimizer = self._gathered_state()
+        if self.sharded:
+            self.dist.command(GATHER)
+        weights, actor_optimizer = self.full_state()
         critic_state = self.critic.state() if self.critic is not None else None
         state = self.trainer_state(actor_optimizer)
         path = save_checkpoint(self.output_dir, self.step, self.policy, critic_state, state, metrics, weights)
@@ -329,6 +330,8 @@ class Trainer:
         if self.sharded:  # every rank generates with its shard of the policy, for its share of the items
             if self.dist.is_main:
                 self.dist.command(EVALUATE)
+            # followers' avg@k samples from a stream of their own, the same after a resume
+            self.dist.reseed(self.config.seed, self.step, EVAL_STREAM)
             items, counted = self._validation_share()
         result = evaluate_policy(
             self.policy,
@@ -413,8 +416,9 @@ class Trainer:
                 self.pending_eval = metrics
             else:
                 self.record(metrics)
-        weights, _ = self._gathered_state()
-        final_dir = save_policy(self.policy, self.output_dir / "final", weights)
+        if self.sharded:
+            self.dist.command(GATHER_WEIGHTS)
+        final_dir = save_policy(self.policy, self.output_dir / "final", self.policy_weights())
         return self.result("completed", metrics, final_dir)
 
     def record(self, metrics: dict[str, float], checkpoint: bool = True) -> None:

@@ -5,12 +5,13 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from worker.engine import checkpoint
 from worker.engine.callbacks import Control, TrainerCallbacks
 from worker.engine.errors import CheckpointError
 from worker.engine.fixtures import Fixture
+from worker.engine.policy import load_base_model
 from worker.engine.trainer import run_training
 
 from .conftest import tiny_config
@@ -166,3 +167,25 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tiny: Fixture, tmp_pat
     torch.save({**state, "sampler": Payload()}, path / "state.pt")
     with pytest.raises(CheckpointError, match="objects other than tensors"):
         run_training(tiny_config(tiny, tmp_path, max_steps=2, checkpoint_interval=1))
+
+
+def test_weights_of_another_model_are_refused_not_silently_skipped(tiny: Fixture, tmp_path: Path) -> None:
+    full = {"use_lora": False, "learning_rate": 3e-5, "checkpoint_interval": 1, "validation_file": None}
+    run_training(tiny_config(tiny, tmp_path, max_steps=1, **full))
+    [(_, path)] = checkpoint.list_checkpoints(tmp_path)
+    weights = load_file(str(path / "model" / "model.safetensors"))
+    weights["model.norm.scale"] = weights.pop("model.norm.weight")  # another architecture's name
+    save_file(weights, str(path / "model" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        run_training(tiny_config(tiny, tmp_path, max_steps=2, **full))
+
+
+def test_model_weights_reads_a_save_pretrained_folder_split_in_shards(tiny: Fixture, tmp_path: Path) -> None:
+    model = load_base_model(tiny.model_dir, torch.device("cpu"))
+    model.save_pretrained(tmp_path / "model", max_shard_size="1MB")  # the 3 MB fixture in several files
+    assert (tmp_path / "model" / "model.safetensors.index.json").exists()
+    loaded = checkpoint.model_weights(tmp_path / "model")
+    expected = model.state_dict()
+    assert set(loaded) == set(expected) - checkpoint.tied_names(model)
+    for name, tensor in loaded.items():
+        assert tensor.equal(expected[name]), name

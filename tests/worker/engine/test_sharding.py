@@ -14,7 +14,7 @@ from worker.engine.data import encode_prompts, load_items
 from worker.engine.fixtures import Fixture
 from worker.engine.policy import load_base_model, load_tokenizer
 from worker.engine.rollout import generate
-from worker.engine.sharding import _by_index, _by_name, shard_model
+from worker.engine.sharding import _by_index, _by_name, _parameter_names, shard_model
 
 # 48 tokens per generate call: 2 rows of 10 + 12 tokens, 1 row of 13 + 12
 GREEDY = {"pad_id": 0, "eos_id": 2, "max_new_tokens": 12, "greedy": True, "token_budget": 48}
@@ -73,3 +73,10 @@ def test_a_sharded_model_generates_what_the_whole_model_does(tiny: Fixture, tmp_
     for rank, mine in ((0, prompts[:2]), (1, prompts[2:])):
         expected = generate(whole, mine, **GREEDY)
         assert torch.load(tmp_path / f"rank{rank}.pt").equal(expected.input_ids), f"rank {rank}"
+
+
+def test_optimizer_state_is_numbered_in_the_optimizers_order_across_groups() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 1, bias=False))
+    first, second = model[0].weight, model[1].weight
+    optimizer = torch.optim.AdamW([{"params": [second]}, {"params": [first], "weight_decay": 0.0}], lr=1e-3)
+    assert _parameter_names(model, optimizer) == ["1.weight", "0.weight"]
