@@ -59,10 +59,13 @@ def worker(
             "refuses such jobs, so its queue stays empty",
             settings.worker_devices, settings.training_device_counts,
         )  # fmt: skip
-    if settings.rollout_backend == "vllm" and (problem := vllm_rollout_problem(chosen)):
+    if settings.rollout_backend == "vllm":
+        from worker.engine.vllm_rollout import unavailable_reason
+
         # refused here, not job by job: every job this worker took would fail on it
-        log.error("SPPO_ROLLOUT_BACKEND=vllm: %s", problem)
-        raise typer.Exit(2)
+        if (problem := unavailable_reason(chosen)) is not None:
+            log.error("SPPO_ROLLOUT_BACKEND=vllm: %s", problem)
+            raise typer.Exit(2)
     log.info(
         "sppo worker: queues %s, device %s, broker %s", queues, chosen, _redacted(str(settings.redis_url))
     )
@@ -95,17 +98,6 @@ def default_queues(devices: int) -> str:
     from app.queues import EVALUATION_QUEUE, training_queue
 
     return f"{training_queue(devices)},{EVALUATION_QUEUE}"
-
-
-def vllm_rollout_problem(device: str) -> str | None:
-    """Why this worker cannot sample rollouts with vLLM, or None when it can."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed: pip install 'sppo-service[vllm]' (CUDA GPUs), or set it to hf"
-    if not device.startswith("cuda"):
-        return f"vLLM samples on a CUDA GPU and this worker's device is {device}"
-    return None
 
 
 def _auto_device() -> str:

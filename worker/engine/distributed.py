@@ -6,8 +6,8 @@ A step's prompts are split into contiguous, equal shards, one per rank (whole pr
 of N samples never spans two ranks); each rank samples and grades its shard. Everything an advantage
 estimator reads (rewards, response masks, group indices, critic values) is all-gathered first, so SPPO,
 GRPO, PPO-GAE and REINFORCE compute on the global batch exactly as one process would, and each rank
-keeps its own rows. In the update, each rank runs its share
-of every minibatch and the gradients are summed across ranks before clipping:
+keeps its own rows. In the update, each rank runs its share of every minibatch and the gradients are
+summed across ranks before clipping:
 
     grad = Σ_ranks Σ_local tokens ∇ℓ_t / N_tokens(global minibatch)
 
@@ -19,9 +19,9 @@ adapter's few megabytes of gradients. A sharded policy's gradients are reduce-sc
 Rank 0 drives the run (callbacks, evaluation, checkpoints, metrics.jsonl); the other ranks ("followers")
 only train: before each step rank 0 broadcasts a command, STEP or STOP. Evaluating and checkpointing a
 sharded policy are collectives, so rank 0 then also sends EVALUATE and GATHER (GATHER_WEIGHTS for the
-final model). Followers re-seed their
-sampling RNG from (seed, step, rank) at every step, so a run resumed on the same number of ranks
-continues exactly without saving their RNG; rank 0's RNG is in the checkpoint as in a single-process run.
+final model). Followers re-seed their sampling RNG from (seed, step, rank) at every step, so a run
+resumed on the same number of ranks continues exactly without saving their RNG; rank 0's RNG is in the
+checkpoint as in a single-process run.
 """
 
 import os

@@ -12,8 +12,8 @@ Every forward and backward of a sharded model is a collective, which the rest of
 - all ranks run the same number of forwards and backwards in the same order: rollout chunks and update
   micro-batches are cut by the widest rank's row width, `generate` runs with `synced_gpus` (a rank whose
   rows are done keeps stepping until every rank's are) and with the weights kept gathered (`gathered`),
-  evaluation runs on every rank (rank 0 sends EVALUATE), and a checkpoint gathers the full state on every
-  rank (GATHER);
+  the ranks share an evaluation's items (rank 0 sends EVALUATE), and a checkpoint gathers the full state
+  to rank 0 (GATHER; GATHER_WEIGHTS for the final model);
 - FSDP averages gradients over ranks while the engine's loss weights already make their *sum* the global
   minibatch's token-mean, so the policy loss is scaled by the world size (`set_gradient_divide_factor(1)`
   would say it directly, but needs the PREMUL_SUM reduction, which gloo lacks);
@@ -65,7 +65,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
     """A sharded model keeps each block's full weights from its first forward to the end of the block
     (generation): one all-gather per block instead of one per block per generated token, for the
     memory of one full copy of the weights while it lasts. Other models are left as they are."""
-    if not isinstance(model, FSDPModule):
+    if not isinstance(model, FSDPModule):  # is_sharded, in the form that narrows the type
         yield
         return
     model.set_reshard_after_forward(False)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.engine.algorithms import AdvantageInputs, get_algorithm
+from worker.engine.algorithms import AdvantageInputs, get_algorithm, masked_mean
 from worker.engine.callbacks import StartInfo, TrainerCallbacks, TrainingResult
 from worker.engine.checkpoint import (
     list_checkpoints,
@@ -86,18 +86,17 @@ class Trainer:
             int(config.eval_interval) if config.eval_interval != "auto" else max(1, self.total_steps // 5)
         )
         self.policy = load_policy(config, self.device)
+        actor_params = trainable_parameters(self.policy)
         self.critic: Critic | None = None
         if self.algorithm.critic is not None:
-            self.critic = build_critic(
-                config, self.algorithm.critic, self.policy, trainable_parameters(self.policy), self.device
-            )
+            self.critic = build_critic(config, self.algorithm.critic, self.policy, actor_params, self.device)
         critic_params = self.critic.trainable_parameters() if self.critic is not None else []
-        self.dist.broadcast_parameters(trainable_parameters(self.policy) + critic_params)
+        self.dist.broadcast_parameters(actor_params + critic_params)
         # a fully fine-tuned policy on several ranks is sharded (FSDP2), a LoRA one replicated
         self.sharded = self.dist.active and not config.use_lora
         if self.sharded:
             shard_model(self.policy)
-        actor_params = trainable_parameters(self.policy)
+            actor_params = trainable_parameters(self.policy)  # fully_shard replaced them with DTensors
         self.vllm = (
             VllmRollout(config, self.policy, self.device) if config.rollout_backend == "vllm" else None
         )
@@ -453,8 +452,7 @@ class Trainer:
 def sampler_gap(rollout: Rollout) -> float:
     """Mean |log-prob the serving engine sampled with − the training forward's| over response tokens."""
     assert rollout.sampler_logprobs is not None and rollout.old_logprobs is not None
-    gap = (rollout.sampler_logprobs - rollout.old_logprobs).abs() * rollout.response_mask
-    return gap.sum().item() / max(1.0, rollout.response_mask.sum().item())
+    return masked_mean((rollout.sampler_logprobs - rollout.old_logprobs).abs(), rollout.response_mask).item()
 
 
 def peak_memory_mb(device: torch.device) -> float:

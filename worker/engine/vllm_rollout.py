@@ -22,6 +22,7 @@ Each row gets its own sampling seed drawn from the trainer's torch RNG, which th
 resumed run samples what an uninterrupted one would (on the same vLLM version and GPU).
 """
 
+import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,23 @@ ADAPTERS_DIR = "rollout-adapters"  # under the run's output directory: the adapt
 SEED_SPACE = 2**31
 
 
+def unavailable_reason(device: str) -> str | None:
+    """Why rollouts cannot be sampled with vLLM on `device` here, or None when they can."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed: pip install 'sppo-service[vllm]' (CUDA GPUs), or use the hf backend"
+    if not device.startswith("cuda"):
+        return f"vLLM samples on a CUDA GPU and this run's device is {device}"
+    return None
+
+
 class VllmRollout:
     """A vLLM engine over the policy's base model that samples with the policy's current adapter."""
 
     def __init__(self, config: RunConfig, policy: nn.Module, device: torch.device) -> None:
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise ConfigError(
-                "rollout_backend vllm needs vLLM on the worker: pip install 'sppo-service[vllm]' (CUDA GPUs)",
-                "rollout_backend",
-            ) from None
-        if device.type != "cuda":
-            raise ConfigError(f"rollout_backend vllm samples on a CUDA GPU, and this run is on {device}",
-                              "rollout_backend")  # fmt: skip
+        if (reason := unavailable_reason(str(device))) is not None:
+            raise ConfigError(f"rollout_backend vllm: {reason}", "rollout_backend")
+        from vllm import LLM
+
         self.config = config
         self.adapters = Path(config.output_dir) / ADAPTERS_DIR
         self.version = 0
