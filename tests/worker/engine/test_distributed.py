@@ -44,7 +44,7 @@ def canned_generate(policy: Any, prompts: list[list[int]], *, pad_id: int, eos_i
 
 def _rank(rank: int, world_size: int, port: int, config: dict[str, Any]) -> None:
     """One spawned rank: the launcher's `main` without torchrun and without a relay."""
-    from worker.engine.launch import follow
+    from worker.engine.launch import exit_rank, follow
     from worker.engine.trainer import Trainer
 
     os.environ.update(
@@ -60,6 +60,7 @@ def _rank(rank: int, world_size: int, port: int, config: dict[str, Any]) -> None
     else:
         follow(trainer)
     torch.distributed.destroy_process_group()
+    exit_rank()
 
 
 def _steps(output_dir: Path) -> list[dict[str, float]]:

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from tests.conftest import free_port
 from worker.engine.data import encode_prompts, load_items
 from worker.engine.fixtures import Fixture
+from worker.engine.launch import exit_rank
 from worker.engine.policy import load_base_model, load_tokenizer
 from worker.engine.rollout import generate
 from worker.engine.sharding import _by_index, _by_name, _parameter_names, shard_model
@@ -58,6 +59,7 @@ def _generate_on_rank(rank: int, port: int, model_dir: str, prompts: list[list[i
     rollout = generate(model, mine, **GREEDY)
     torch.save(rollout.input_ids, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+    exit_rank()
 
 
 def test_a_sharded_model_generates_what_the_whole_model_does(tiny: Fixture, tmp_path: Path) -> None:
