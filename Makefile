@@ -51,6 +51,7 @@ TRL_VENV ?= .venv-trl
 bench: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python benchmarks/algorithms.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/python_graders.py
 	$(BIN)/python benchmarks/multi_device.py $(MULTI_DEVICE_ARGS)
 	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)

@@ -1,5 +1,6 @@
-"""The model server's HTTP app: `POST /internal/generate` (the API's proxy target), base-model archives,
-`GET /health`. Bind it to loopback: it trusts the API's model resolution and carries no keys.
+"""The model server's HTTP app: `POST /internal/generate` (the API's proxy target),
+`POST /internal/embeddings` (the graders' cosine similarity), base-model archives, `GET /health`. Bind it to
+loopback: it trusts the API's model resolution and carries no keys.
 """
 
 import asyncio
@@ -15,8 +16,9 @@ from starlette.background import BackgroundTask
 
 from app.settings import Settings
 from inference.archive import base_model_archive
-from inference.backend import Backend, make_backend
+from inference.backend import Backend, TransformersBackend, make_backend
 from inference.batcher import Busy, Delta, Done, Event, Failed, Finished
+from inference.embeddings import Embedder, EmbeddingsRequest
 from inference.formats import ChunkWriter, completion
 from inference.prepare import GenerateRequest, RequestError
 from worker.engine.errors import ModelNotFoundError
@@ -92,6 +94,7 @@ async def _stream(
 
 def create_app(settings: Settings) -> FastAPI:
     backend = make_backend(settings)
+    embedder = Embedder(backend.cache) if isinstance(backend, TransformersBackend) else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -130,6 +133,13 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse(await _collect(request, prompt_tokens, queue))
         finally:
             cancel()
+
+    @app.post("/internal/embeddings")
+    async def embeddings(request: EmbeddingsRequest) -> dict[str, Any]:
+        if embedder is None:
+            raise RequestError(501, "Embeddings are served by the transformers backend only.",
+                               code="unsupported_backend")  # fmt: skip
+        return await embedder.answer(request)
 
     @app.get("/internal/models/{name:path}/files", response_class=FileResponse)
     async def model_files(name: str) -> FileResponse:

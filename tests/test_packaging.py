@@ -19,7 +19,17 @@ import pytest
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["app", "worker", "cli", "inference", "migrations", "pyproject.toml", "README.md"]
+SOURCES = [
+    "app",
+    "worker",
+    "cli",
+    "inference",
+    "jobspec",
+    "grading",
+    "migrations",
+    "pyproject.toml",
+    "README.md",
+]
 
 pytestmark = pytest.mark.timeout(300)
 

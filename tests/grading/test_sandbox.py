@@ -1,0 +1,172 @@
+"""PythonGraderPool's normal behaviour: rewards, order under concurrency, threads, recovery of a sandbox
+whose zygote died or stopped answering, and the same zygote without bubblewrap (`unsandboxed=True`)."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grading import sandbox
+from grading.sandbox import PythonGraderPool, SandboxLimits, SandboxUnavailable, sandbox_unavailable_reason
+from grading.sandbox_seccomp import seccomp_program
+
+if shutil.which("bwrap") is None and not os.environ.get("CI"):
+    pytest.skip("bubblewrap (bwrap) is not installed: apt-get install bubblewrap", allow_module_level=True)
+
+SOURCE = """
+import time
+
+def grade(sample, item):
+    time.sleep(item.get("delay", 0))
+    if "answer" in item:
+        return 1.0 if sample["output_text"] == item["answer"] else 0.0
+    return item["value"]
+"""
+LIMITS = SandboxLimits(cpu_s=1, wall_s=1)
+
+
+def call(**item: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"output_text": item.pop("text", ""), "output_json": None}, item
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[PythonGraderPool]:
+    with PythonGraderPool(SOURCE, size=2, limits=LIMITS) as graders:
+        yield graders
+
+
+def zygote_pid(pool: PythonGraderPool, member: int = 0) -> int:
+    """The zygote: bwrap's child (pid 1 of the sandbox's pid namespace)."""
+    proc = pool._members[member].proc
+    assert proc is not None
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:
+                return int(entry.name)
+    raise AssertionError("no zygote under the sandbox's bwrap")
+
+
+def test_the_sandbox_works_here() -> None:
+    assert sandbox_unavailable_reason() is None
+
+
+def test_without_bubblewrap_the_reason_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    assert sandbox._probe.__wrapped__() == "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+    monkeypatch.setattr(sandbox, "sandbox_unavailable_reason", lambda: "no sandbox here")
+    with pytest.raises(SandboxUnavailable, match="no sandbox here"):
+        PythonGraderPool(SOURCE)
+
+
+def test_the_seccomp_filter_exists_for_both_architectures() -> None:
+    for machine in ("x86_64", "aarch64"):
+        filter_ = seccomp_program(machine)
+        assert len(bytes.fromhex(filter_["program"])) % 8 == 0 and len(filter_["pid_slots"]) == 3
+    with pytest.raises(ValueError, match="no seccomp filter for riscv64"):
+        seccomp_program("riscv64")
+
+
+def test_partial_credit_and_clipping(pool: PythonGraderPool) -> None:
+    values = [0.25, 0.5, 0, 1, 1.5, -2.0, 7]
+    results = pool.run([call(value=v) for v in values])
+    assert [r.reward for r in results] == [0.25, 0.5, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert [r.scores["python"] for r in results] == values
+    assert all(r.ok and 0 < r.execution_time < LIMITS.wall_s for r in results)
+
+
+def test_exact_match_grader_sees_sample_and_item(pool: PythonGraderPool) -> None:
+    results = pool.run([call(text="42", answer="42"), call(text="41", answer="42")])
+    assert [r.reward for r in results] == [1.0, 0.0]
+
+
+def test_results_keep_their_order_under_concurrency(pool: PythonGraderPool) -> None:
+    """Early calls take longest, so the two sandboxes finish them out of order."""
+    calls = [call(value=i / 64, delay=(63 - i) / 6400) for i in range(64)]
+    assert [r.reward for r in pool.run(calls)] == [i / 64 for i in range(64)]
+
+
+def test_concurrent_runs_from_several_threads(pool: PythonGraderPool) -> None:
+    results: dict[int, list[float]] = {}
+
+    def batch(offset: int) -> None:
+        results[offset] = [r.reward for r in pool.run([call(value=(offset + i) / 100) for i in range(20)])]
+
+    threads = [threading.Thread(target=batch, args=(offset,)) for offset in (0, 30, 60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {offset: [(offset + i) / 100 for i in range(20)] for offset in (0, 30, 60)}
+
+
+def test_the_cpu_limit_counts_cpu_time() -> None:
+    """A busy loop ends at cpu_s of CPU time (not at the generous wall limit), however loaded the machine."""
+    with PythonGraderPool(
+        "def grade(s, i):\n    while True:\n        pass\n", size=1, limits=SandboxLimits(cpu_s=1, wall_s=30)
+    ) as pool:
+        [looping] = pool.run([call()])
+    assert looping.errors["unresponsive_reward_error"] == "grade used more than 1 s of CPU time"
+    assert 1 <= looping.execution_time < 30
+
+
+def test_grader_errors_in_the_source() -> None:
+    with PythonGraderPool("def grade(sample, item):\n    return (\n", size=1) as broken:
+        [result] = broken.run([call(value=1)])
+    assert result.errors["python_grader_runtime_error"].startswith("SyntaxError: ")
+    with PythonGraderPool("def score(sample, item):\n    return 1\n", size=1) as unnamed:
+        [result] = unnamed.run([call(value=1)])
+    assert "defines no function grade" in result.errors["python_grader_runtime_error"]
+
+
+def test_recovers_after_its_zygote_is_killed() -> None:
+    with PythonGraderPool(SOURCE, size=1, limits=LIMITS) as pool:
+        proc = pool._members[0].proc
+        assert proc is not None
+        os.kill(zygote_pid(pool), signal.SIGKILL)
+        proc.wait(timeout=10)  # the sandbox is gone (bwrap exits with its zygote)
+        assert [r.reward for r in pool.run([call(value=0.5)] * 3)] == [0.5] * 3  # restarted first
+
+
+def test_a_zygote_dying_mid_call_is_a_server_error_then_the_pool_recovers() -> None:
+    with PythonGraderPool(SOURCE, size=1, limits=LIMITS) as pool:
+        os.kill(zygote_pid(pool), signal.SIGKILL)  # maybe before, maybe during the next call's exchange
+        first = pool.run([call(value=0.5)])[0]
+        assert first.reward == 0.5 or "python_grader_server_error" in first.errors, first
+        assert [r.reward for r in pool.run([call(value=0.5)] * 3)] == [0.5] * 3
+
+
+def test_a_zygote_that_stops_answering_is_killed_and_replaced() -> None:
+    with PythonGraderPool(SOURCE, size=1, limits=LIMITS) as pool:
+        os.kill(zygote_pid(pool), signal.SIGSTOP)
+        started = time.monotonic()
+        [stuck] = pool.run([call(value=0.5)])
+        assert time.monotonic() - started < LIMITS.wall_s + 5
+        assert "stopped answering" in stuck.errors["python_grader_server_error"], stuck
+        assert [r.reward for r in pool.run([call(value=0.5)] * 2)] == [0.5] * 2
+
+
+def test_unsandboxed_runs_the_same_zygote_and_limits() -> None:
+    with PythonGraderPool(SOURCE, size=1, limits=LIMITS, unsandboxed=True) as pool:
+        assert [r.reward for r in pool.run([call(value=0.75)])] == [0.75]
+        [slow] = pool.run([call(value=0.5, delay=30)])
+        assert "wall clock" in slow.errors["unresponsive_reward_error"]
+    with PythonGraderPool("import os\ndef grade(s, i):\n    os.fork()\n", size=1, unsandboxed=True) as pool:
+        [forked] = pool.run([call()])
+    assert forked.errors["python_grader_runtime_error"].startswith("PermissionError")
+
+
+def test_a_closed_pool_refuses_work() -> None:
+    pool = PythonGraderPool(SOURCE, size=1, limits=LIMITS)
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.run([call(value=1)])
