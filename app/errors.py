@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobspec.graders import is_type_tag
+
 log = logging.getLogger(__name__)
 
 
@@ -80,10 +82,6 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-# Labels pydantic adds to an error location for union members and tagged unions; not part of the param.
-_GRADER_TAGS = {"string_check", "math", "regex"}
-
-
 def loc_to_param(loc: Sequence[int | str]) -> str | None:
     """A pydantic error location as a dotted param: ("body", "method", "type") → "method.type"."""
     parts: list[str] = []
@@ -93,7 +91,7 @@ def loc_to_param(loc: Sequence[int | str]) -> str | None:
             continue
         if "[" in text or text in {"int", "float", "str", "bool", "constrained-int", "constrained-float"}:
             break  # a union member's label: the param is the field before it
-        if parts and parts[-1] == "grader" and text in _GRADER_TAGS:
+        if is_type_tag(parts, text):
             continue
         parts.append(text if isinstance(item, str) else f"[{item}]")
     return ".".join(parts).replace(".[", "[") or None

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from app.schemas.method import Grader
 from app.settings import Settings
+from jobspec.graders import Grader
 
 log = logging.getLogger(__name__)
 

@@ -128,6 +128,44 @@ class Settings(BaseSettings):
         default=8, ge=1, description="LoRA adapters kept loaded per base model (least recently used leave)."
     )
     inference_max_base_models: int = Field(default=2, ge=1, description="Base models kept loaded.")
+    # Graders (docs/graders.md): the Python sandbox, model judges and embeddings.
+    python_grader_sandbox: Literal["bwrap", "none"] = Field(
+        default="bwrap",
+        description="How Python graders are contained: bwrap (bubblewrap: no network, a read-only minimal "
+        "filesystem, CPU/memory/process/output limits) or none — the same limits without the sandbox, ONLY "
+        "for a trusted single-tenant install. Without bubblewrap, jobs with Python graders are refused.",
+    )
+    python_grader_pool_size: int = Field(
+        default=2, ge=1, le=64, description="Warm sandboxes that grade one job's samples in parallel."
+    )
+    python_grader_cpu_s: float = Field(default=2.0, gt=0, le=60, description="CPU seconds per grader call.")
+    python_grader_wall_s: float = Field(
+        default=5.0, gt=0, le=120, description="Wall seconds per grader call."
+    )
+    python_grader_memory_mb: int = Field(default=512, ge=64, le=16384, description="Memory per grader call.")
+    judge_base_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible endpoint (e.g. https://api.openai.com/v1) for score_model and "
+        "label_model judges that are not models of this service; unset: only this service's models judge.",
+    )
+    judge_api_key: SecretStr | None = Field(default=None, description="Bearer key for judge_base_url.")
+    judge_timeout_s: float = Field(default=60.0, gt=0, le=600, description="Timeout of one judge call.")
+    judge_concurrency: int = Field(default=8, ge=1, le=256, description="Judge calls in flight per grader.")
+    grader_embeddings_model: str | None = Field(
+        default=None,
+        description="The embeddings model of text_similarity `cosine`: a registry model served by the model "
+        "server (mean-pooled hidden states), or, with grader_embeddings_url, a model of that endpoint.",
+    )
+    grader_embeddings_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible endpoint for grader_embeddings_model (key: judge_api_key); unset: "
+        "this service's model server.",
+    )
+    rate_limit_grader_runs_per_minute: int = Field(
+        default=120,
+        ge=0,
+        description="POST /v1/fine_tuning/alpha/graders/run calls one key may make a minute.",
+    )
     inference_max_n: int = Field(default=16, ge=1, description="Largest `n` (choices per request).")
     inference_max_request_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest chat/completions request body."

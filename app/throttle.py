@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _STREAM = re.compile(r"^(/v1/fine_tuning/jobs/[^/]+/metrics/stream|/ui/jobs/[^/]+/stream)$")
 _UPLOADS = {"/v1/files", "/jobs/new"}
 _EVALUATIONS = {"/v1/evaluations"}
+_GRADER_RUNS = {"/v1/fine_tuning/alpha/graders/run", "/ui/graders/run"}
 _UNCOUNTED = {"/health", "/ready", "/metrics"}
 _READS = {"GET", "HEAD", "OPTIONS"}
 # Stopping work costs no disk or compute and needs no broker: let it through while Redis is down.
@@ -67,6 +68,8 @@ def windows_for(settings: Settings, method: str, path: str) -> list[Window]:
         windows.append(Window("uploads", settings.rate_limit_uploads_per_hour, 3600))
     if method == "POST" and path in _EVALUATIONS:
         windows.append(Window("evaluations", settings.rate_limit_evaluations_per_hour, 3600))
+    if method == "POST" and path in _GRADER_RUNS:
+        windows.append(Window("grader_runs", settings.rate_limit_grader_runs_per_minute, 60))
     return windows
 
 

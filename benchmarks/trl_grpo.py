@@ -119,7 +119,8 @@ def trl(steps: int, minibatch_size: int, gradient_checkpointing: bool) -> dict[s
         grader = build_grader(config.grader)
 
         def reward(completions: list[list[dict[str, str]]], answer: list[str], **_: Any) -> list[float]:
-            return [grader({"answer": a}, c[0]["content"]) for c, a in zip(completions, answer, strict=True)]
+            calls = [({"answer": a}, c[0]["content"]) for c, a in zip(completions, answer, strict=True)]
+            return [result.reward for result in grader.grade(calls)]
 
         items = load_items(config.train_file)
         dataset = Dataset.from_list(

@@ -17,6 +17,7 @@ Level = Literal["warn", "error"]
 LENGTH_LIMIT_SHARE = 0.95  # a mean response length this close to the limit means most responses are cut off
 BASELINE_MARGIN = 0.02  # validation pass@1 this far below the baseline is a regression, not noise
 KL_LIMIT = 1.0  # approx_kl per step; PPO's clipping keeps a healthy run two orders of magnitude below
+GRADER_ERROR_RATE = 0.5  # failed gradings per step that, held for a whole window, raise an alarm
 ENTROPY_GROWTH = 3.0  # token entropy this many times its first-step value: the policy is turning to noise
 _NUMBER = re.compile(r"-?\d+(\.\d+)?%?")
 
@@ -30,6 +31,7 @@ class AlarmBook:
     max_response_tokens: int | None = None
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     rewards: deque[float] = field(default_factory=deque)
+    grader_errors: deque[float] = field(default_factory=deque)
     baseline: float | None = None
     first_entropy: float | None = None
     warnings: dict[str, str] = field(default_factory=dict)
@@ -75,22 +77,46 @@ class AlarmBook:
     def _reward(self, metrics: dict[str, float]) -> dict[str, tuple[Level, str]]:
         if "rollout/reward_mean" not in metrics:
             return {}
-        self.rewards.append(metrics["rollout/reward_mean"])
+        mean = metrics["rollout/reward_mean"]
+        # a step's rewards are all equal when their spread is 0 (older records: a mean of exactly 0 or 1)
+        spread = metrics.get("rollout/reward_std", 0.0 if mean in (0, 1) else None)
+        self.rewards.append(mean if spread == 0 else float("nan"))
+        self.grader_errors.append(metrics.get("grader/error_rate", 0.0))
         while len(self.rewards) > self.window:
             self.rewards.popleft()
-        if len(self.rewards) < self.window or len(set(self.rewards)) != 1 or self.rewards[0] not in (0, 1):
-            return {}
-        if self.rewards[0] == 0:
+            self.grader_errors.popleft()
+        found: dict[str, tuple[Level, str]] = {}
+        if len(self.grader_errors) == self.window and min(self.grader_errors) >= GRADER_ERROR_RATE:
+            found["grader_errors"] = (
+                "error",
+                f"{self.grader} failed on at least {min(self.grader_errors):.0%} of the samples in each of "
+                f"the last {self.window} steps (reward 0 each time): check its error flags with "
+                "POST /v1/fine_tuning/alpha/graders/run on a few completions",
+            )
+        if (
+            len(self.rewards) < self.window
+            or len(set(self.rewards)) != 1
+            or self.rewards[0] != self.rewards[0]
+        ):
+            return found
+        reward = self.rewards[0]
+        if reward == 0:
             message = (
                 f"every sample got reward 0 for the last {self.window} steps: {self.grader} never rewards "
                 "this model's answers, so nothing is learned; check the grader against a few completions"
             )
-            return {"constant_reward": ("error", message)}
-        message = (
-            f"every sample got reward 1 for the last {self.window} steps: the task is solved and nothing "
-            f"is left to learn, or {self.grader} accepts any answer"
-        )
-        return {"constant_reward": ("error", message)}
+        elif reward == 1:
+            message = (
+                f"every sample got reward 1 for the last {self.window} steps: the task is solved and nothing "
+                f"is left to learn, or {self.grader} accepts any answer"
+            )
+        else:
+            message = (
+                f"every sample got reward {reward:g} for the last {self.window} steps: {self.grader} gives "
+                "the same partial credit whatever the answer, so nothing is learned"
+            )
+        found["constant_reward"] = ("error", message)
+        return found
 
     def _length(self, metrics: dict[str, float]) -> dict[str, tuple[Level, str]]:
         length = metrics.get("rollout/response_length_mean")

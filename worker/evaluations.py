@@ -29,7 +29,7 @@ from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
 from worker.engine.graders import render_reference
 from worker.jobs import worker_identity
-from worker.runconfig import base_model_dir
+from worker.runconfig import base_model_dir, worker_grading
 from worker.training import INTERNAL_ERROR
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,9 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
     try:
         if file is None:
             raise EngineError("invalid_file", f"File '{evaluation.file_id}' no longer exists.", "file")
+        with get_sessionmaker(settings.db_url)() as session:
+            grading = worker_grading(session, settings=settings, tenant_id=evaluation.tenant_id,
+                                     grader=evaluation.grader, param="grader")  # fmt: skip
         adapter = params.get("adapter_uri")
         data_file = store.fetch(file.storage_uri)
         model_dir = base_model_dir(settings, params["base_model"])
@@ -163,6 +166,7 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
             top_p=sampling["top_p"],
             max_response_tokens=sampling["max_response_tokens"],
             device=settings.device or "auto",
+            grading=grading,
         )
     except Exception as exc:
         code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else INTERNAL_ERROR

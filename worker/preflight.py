@@ -1,7 +1,8 @@
 """The preflight of a new job: score the base model on a sample of its training data with the job's grader.
 
 A grader that gives every completion the same reward (all 0: it cannot read the model's answers; all 1:
-it accepts anything) makes reinforcement learning learn nothing, yet the run would end a green
+it accepts anything; any other constant: partial credit that ignores the answer) makes reinforcement
+learning learn nothing, yet the run would end a green
 `succeeded`. Caught here, before any training step, the job fails with an error that names the grader;
 the hyperparameter extension `allow_constant_reward: true` turns the failure into a warning.
 """
@@ -20,6 +21,7 @@ from worker.engine.graders import build_grader
 from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
 
 CODE = "grader_constant_reward"
+GRADER_FAILED = "grader_error"
 OVERRIDE = "allow_constant_reward"
 
 
@@ -30,11 +32,17 @@ class PreflightResult:
     reward_mean: float
     example: str
     """One completion of the base model, to show the user what the grader was given."""
+    reward_spread: float = 0.0
+    """Largest minus smallest reward: 0 means the grader gave every completion the same reward."""
+    error_rate: float = 0.0
+    """Share of completions whose grading failed (reward 0): a grader that raises or times out."""
+    error: str = ""
+    """The first grading failure, flag and details."""
 
     @property
     def constant(self) -> float | None:
-        """The one reward every completion got (0 or 1), or None when the rewards vary."""
-        return self.reward_mean if self.reward_mean in (0.0, 1.0) else None
+        """The one reward every completion got (zero variance), or None when the rewards vary."""
+        return self.reward_mean if self.reward_spread == 0 else None
 
 
 def grader_label(spec: dict[str, Any]) -> str:
@@ -67,31 +75,41 @@ def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
     tokenizer = load_tokenizer(config.model)
     model = load_base_model(config.model, resolve_device(config.device))
     torch.manual_seed(config.seed)
-    result = evaluate_policy(
-        model,
-        tokenizer,
-        sample,
-        build_grader(config.grader),
-        samples=samples_per_item(len(sample)),
-        temperature=config.temperature,
-        max_response_tokens=config.max_response_tokens,
-        top_p=config.top_p,
-        token_budget=config.micro_batch_tokens,
-    )
+    grader = build_grader(config.grader, config.grading)
+    try:
+        result = evaluate_policy(
+            model,
+            tokenizer,
+            sample,
+            grader,
+            samples=samples_per_item(len(sample)),
+            temperature=config.temperature,
+            max_response_tokens=config.max_response_tokens,
+            top_p=config.top_p,
+            token_budget=config.micro_batch_tokens,
+        )
+    finally:
+        grader.close()
     rewards = [r["reward"] for r in result.items] + [s for r in result.items for s in r["sample_rewards"]]
     return PreflightResult(
         items=len(sample),
         completions=len(rewards),
         reward_mean=sum(rewards) / len(rewards),
+        reward_spread=max(rewards) - min(rewards),
+        error_rate=result.grader_errors / len(rewards),
+        error=result.grader_error,
         example=str(result.items[0]["completion"]) if result.items else "",
     )
 
 
 def constant_reward_message(result: PreflightResult, spec: dict[str, Any], *, override: bool) -> str:
     reward = result.constant
-    what = (
-        "never matches the base model's answers" if reward == 0 else "accepts every answer of the base model"
-    )
+    what = {
+        0.0: "never matches the base model's answers",
+        1.0: "accepts every answer of the base model",
+    }.get(reward or 0.0, "gives the same partial credit whatever the answer")
+    if result.error_rate > 0:
+        what += f" (grading failed on {result.error_rate:.0%} of them: see the grader's error flags)"
     message = (
         f"Preflight: the {grader_label(spec)} gave reward {reward:g} to all {result.completions} "
         f"completions of the base model on {result.items} training items: it {what}, so training "
@@ -106,7 +124,18 @@ def constant_reward_message(result: PreflightResult, spec: dict[str, Any], *, ov
 
 
 def check(result: PreflightResult, spec: dict[str, Any], *, override: bool) -> str | None:
-    """None when the rewards vary; the warning to record when overridden; else raises the job's error."""
+    """None when the rewards vary; the warning to record when overridden; else raises the job's error.
+
+    A grader that failed on every completion fails the job whatever the override: it would train on
+    nothing but its own errors."""
+    if result.error_rate == 1.0:
+        raise EngineError(
+            GRADER_FAILED,
+            f"Preflight: the {grader_label(spec)} failed on all {result.completions} completions of the base "
+            f"model on {result.items} training items ({result.error}). Try it on a completion with "
+            "POST /v1/fine_tuning/alpha/graders/run (sppo graders run).",
+            "grader",
+        )
     if result.constant is None:
         return None
     message = constant_reward_message(result, spec, override=override)

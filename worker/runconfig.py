@@ -6,6 +6,7 @@ the engine's reference default. The learning rates are the model's default × th
 and shown by `GET /v1/fine_tuning/jobs/{id}`.
 """
 
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -13,20 +14,23 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.grading_context import API_KEY_ENV, GradingSetupError, grading_context
 from app.models import File, Job
 from app.registry import find_base_model
 from app.settings import Settings
 from app.storage import artifact_store
+from grading.build import GraderConfigError, parse_grader
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
 HYPERPARAMETERS = "method.reinforcement.hyperparameters"
+GRADER = "method.reinforcement.grader"
 # API hyperparameters that are RunConfig fields of the same name and meaning.
 SAME_NAME = (
     "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
     "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
-    "critic_layers",
+    "critic_layers", "pass_threshold",
 )  # fmt: skip
 REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
 
@@ -59,6 +63,22 @@ def job_output_dir(settings: Settings, job_id: str) -> Path:
     return settings.jobs_dir / job_id / "run"
 
 
+def worker_grading(session: Session, *, settings: Settings, tenant_id: str, grader: dict[str, Any],
+                   param: str) -> dict[str, Any]:  # fmt: skip
+    """The run config's `grading` section: this worker's sandbox settings and the tenant's judges resolved
+    now (a judge model deleted since the job was created fails the job here, naming the field)."""
+    try:
+        spec = parse_grader(grader)
+        context = grading_context(session, settings=settings, tenant_id=tenant_id, grader=spec, param=param)
+    except (GradingSetupError, GraderConfigError) as exc:
+        raise EngineError("invalid_grader", str(exc), exc.param) from None
+    if settings.judge_api_key is not None:
+        # the engine reads the key by name (it is never written into the run's config file); a key set
+        # in .env is not in the environment unless put there
+        os.environ.setdefault(API_KEY_ENV, settings.judge_api_key.get_secret_value())
+    return context
+
+
 def _given(hyper: dict[str, Any], name: str) -> Any:
     value = hyper.get(name)
     return None if value == "auto" else value
@@ -85,6 +105,8 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
         else "hf",
         "rollout_gpu_memory_utilization": settings.rollout_gpu_memory_utilization,
         "metrics": {"job_id": job.id},
+        "grading": worker_grading(session, settings=settings, tenant_id=job.tenant_id,
+                                  grader=reinforcement["grader"], param=GRADER),
     }  # fmt: skip
     if job.validation_file is not None:
         values["validation_file"] = str(
@@ -95,6 +117,8 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
     for name in SAME_NAME:
         if _given(hyper, name) is not None:
             values[name] = _given(hyper, name)
+    if "pass_threshold" not in values and reinforcement["grader"].get("pass_threshold") is not None:
+        values["pass_threshold"] = reinforcement["grader"]["pass_threshold"]
     if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
         values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
     lr_multiplier = float(_given(hyper, "learning_rate_multiplier") or 1.0)

@@ -4,31 +4,9 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jobspec.text import check_texts
+
 T = TypeVar("T")
-
-
-def check_text(value: str) -> str:
-    """A string the DB, the tokenizer and the filesystem all accept: no NUL, no lone surrogate."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (it contains a lone surrogate)") from None
-    return value
-
-
-def _check_texts(value: Any) -> Any:
-    if isinstance(value, str):
-        return check_text(value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_texts(key)
-            _check_texts(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_texts(item)
-    return value
 
 
 # OpenAI's metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.
@@ -50,7 +28,7 @@ class StrictModel(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _clean_text(cls, value: Any) -> Any:
-        return _check_texts(value)
+        return check_texts(value)
 
 
 class ListPublic(BaseModel, Generic[T]):

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 from app.models import Evaluation
 from app.schemas.common import Metadata, StrictModel
 from app.schemas.jobs import JobError
-from app.schemas.method import Grader
+from jobspec.graders import Grader
 
 
 class EvaluationCreate(StrictModel):

@@ -3,76 +3,15 @@
 Every field is checked at create time, so a job that reaches the worker has a valid configuration.
 """
 
-import re
 from typing import Annotated, Literal
 
-import regex
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import Field
 
 from app.schemas.common import StrictModel
+from jobspec.algorithms import AlgorithmName, CriticKind
+from jobspec.graders import Grader
 
 Auto = Literal["auto"]
-_PLACEHOLDER = re.compile(r"\{\{\s*(item\.[A-Za-z_][A-Za-z0-9_]*|sample\.output_text)\s*\}\}")
-ITEM_FIELD = re.compile(r"\{\{\s*item\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-
-
-def _check_template(template: str) -> str:
-    # Plain substitution only: whatever is left between braces after removing the placeholders is an error,
-    # and so is a Jinja tag or comment, which would otherwise be sent to the grader as literal text.
-    rest = _PLACEHOLDER.sub("", template)
-    if any(mark in rest for mark in ("{{", "}}", "{%", "%}", "{#", "#}")):
-        raise ValueError(
-            "templates may only use {{item.<field>}} and {{sample.output_text}} (no {% %} or {# #} tags)"
-        )
-    return template
-
-
-Template = Annotated[str, Field(max_length=4096), AfterValidator(_check_template)]
-Name = Annotated[str, Field(min_length=1, max_length=128)]
-
-
-def template_fields(template: str) -> set[str]:
-    """The item fields a template references (`{{item.answer}}` → {"answer"})."""
-    return set(ITEM_FIELD.findall(template))
-
-
-class StringCheckGrader(StrictModel):
-    type: Literal["string_check"]
-    name: Name
-    input: Template
-    reference: Template
-    operation: Literal["eq", "ne", "like", "ilike"]
-
-
-class MathGrader(StrictModel):
-    type: Literal["math"]
-    name: Name
-    input: Template
-    reference: Template
-
-
-class RegexGrader(StrictModel):
-    type: Literal["regex"]
-    name: Name
-    input: Template
-    pattern: str = Field(min_length=1, max_length=1024)
-    reference: Template
-    operation: Literal["eq", "ne"] = "eq"
-
-    @field_validator("pattern")
-    @classmethod
-    def _one_group(cls, pattern: str) -> str:
-        # Checked with the engine the grader runs it with (`regex`: \p{L} is valid, some `re` syntax differs).
-        try:
-            compiled = regex.compile(pattern)
-        except regex.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        if compiled.groups != 1:
-            raise ValueError("the pattern must have exactly one capturing group")
-        return pattern
-
-
-Grader = Annotated[StringCheckGrader | MathGrader | RegexGrader, Field(discriminator="type")]
 
 
 class ReinforcementHyperparameters(StrictModel):
@@ -88,7 +27,7 @@ class ReinforcementHyperparameters(StrictModel):
     # Below 0.01 the sampling distribution underflows (5e-324 failed the job at its first step).
     temperature: float | None = Field(default=None, ge=0.01, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    critic: Literal["separate", "shared_lora"] | None = None
+    critic: CriticKind | None = None
     # a separate critic built from the first N decoder layers of the base model (a smaller critic)
     critic_layers: int | None = Field(default=None, ge=1, le=1024)
     group_size: int | None = Field(default=None, ge=1, le=64)  # samples per prompt (grpo default 8)
@@ -105,12 +44,14 @@ class ReinforcementHyperparameters(StrictModel):
     checkpoint_interval: int | None = Field(default=None, ge=1, le=1_000_000)
     # devices of one worker host that train the job together; checked against SPPO_TRAINING_DEVICE_COUNTS
     n_devices: int | None = Field(default=None, ge=1, le=64)
+    # A completion passes (pass@1, avg@k, accuracy) when its reward is at least this (partial-credit graders).
+    pass_threshold: float | None = Field(default=None, gt=0, le=1)
     # Train even when the preflight finds the grader gives the base model a constant reward (warns instead).
     allow_constant_reward: bool | None = None
 
 
 class ReinforcementMethod(StrictModel):
-    algorithm: Literal["sppo", "grpo", "ppo"] = "sppo"
+    algorithm: AlgorithmName = "sppo"
     grader: Grader
     hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
 
@@ -118,11 +59,3 @@ class ReinforcementMethod(StrictModel):
 class Method(StrictModel):
     type: Literal["reinforcement"]
     reinforcement: ReinforcementMethod
-
-    def grader_fields(self) -> dict[str, set[str]]:
-        """Item fields each grader template references, keyed by its param name."""
-        grader = self.reinforcement.grader
-        return {
-            f"method.reinforcement.grader.{attr}": template_fields(getattr(grader, attr))
-            for attr in ("input", "reference")
-        }

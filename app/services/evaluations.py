@@ -9,11 +9,12 @@ from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.errors import InvalidRequest, NotFound, ServiceUnavailable
-from app.models import Checkpoint, Evaluation, FineTunedModel, Job, JobStatus, Tenant, now
+from app.model_targets import find_model_target
+from app.models import Evaluation, JobStatus, Tenant, now
 from app.registry import find_base_model
 from app.schemas.evaluations import EvaluationCreate
-from app.schemas.method import template_fields
 from app.services.files import get_file
+from app.services.grading import check_grader
 from app.services.jobs import check_context
 from app.services.pagination import page
 from app.settings import Settings
@@ -24,26 +25,15 @@ def resolve_model(
     session: Session, *, settings: Settings, tenant: Tenant, name: str
 ) -> tuple[str, str | None]:
     """(base model name, adapter uri or None) for a base model, fine-tuned model or checkpoint name."""
-    if find_base_model(settings, name) is not None:
-        return name, None
-    fine_tuned = session.scalar(
-        select(FineTunedModel).where(FineTunedModel.id == name, FineTunedModel.tenant_id == tenant.id)
-    )
-    if fine_tuned is not None:
-        return fine_tuned.base_model, fine_tuned.adapter_uri
-    found = session.execute(
-        select(Job.model, Checkpoint.uri)
-        .join(Job, Job.id == Checkpoint.job_id)
-        .where(Checkpoint.fine_tuned_model_checkpoint == name, Job.tenant_id == tenant.id)
-    ).first()
-    if found is not None:
-        return found[0], found[1]
-    raise InvalidRequest(
-        f"Model '{name}' is not a base model, fine-tuned model or checkpoint you can use; "
-        "see GET /v1/models.",
-        param="model",
-        code="model_not_found",
-    )
+    target = find_model_target(session, settings=settings, tenant_id=tenant.id, model=name)
+    if target is None:
+        raise InvalidRequest(
+            f"Model '{name}' is not a base model, fine-tuned model or checkpoint you can use; "
+            "see GET /v1/models.",
+            param="model",
+            code="model_not_found",
+        )
+    return target.base_model, target.adapter_uri
 
 
 def create_evaluation(
@@ -57,14 +47,9 @@ def create_evaluation(
     entry = find_base_model(settings, base_model)
     if entry is not None:
         check_context(entry, file, param="file")
-    for attr in ("input", "reference"):
-        missing = sorted(template_fields(getattr(request.grader, attr)) - set(file.item_fields))
-        if missing:
-            raise InvalidRequest(
-                f"Grader template references item field(s) {missing} that not every line of file "
-                f"'{file.id}' has (fields on every line: {list(file.item_fields)}).",
-                param=f"grader.{attr}",
-            )
+    check_grader(
+        session, settings=settings, tenant=tenant, grader=request.grader, files=[file], param="grader"
+    )
     if adapter_uri is not None and not _stored(settings, adapter_uri):
         raise InvalidRequest(f"The adapter of '{request.model}' is no longer stored.", param="model")
     evaluation = Evaluation(

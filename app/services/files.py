@@ -2,6 +2,7 @@
 published to the artifact store (app/storage.py) under a key made of the file's id."""
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -15,14 +16,16 @@ from app.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
 from app.services.pagination import page
 from app.settings import Settings
 from app.storage import artifact_store
+from jobspec.templates import ItemPath, present_paths
 
 PURPOSES = ("fine-tune",)
+MAX_LISTED_PATHS = 500
 _CHUNK = 1024 * 1024
 
 
 def inspect_jsonl(path: Path) -> tuple[int, list[str], int]:
-    """Check every line is a training item; return (item count, fields present on every item, characters
-    of the longest prompt).
+    """Check every line is a training item; return (item count, the field paths present on every item —
+    nested ones dotted, "meta.gold" — and the characters of the longest prompt).
 
     Raises InvalidRequest naming the first bad line (1-based) and what is wrong with it.
     """
@@ -35,11 +38,23 @@ def inspect_jsonl(path: Path) -> tuple[int, list[str], int]:
                 continue  # blank lines (e.g. a trailing newline) carry no item
             item = _parse_item(raw, number)
             count += 1
-            common = set(item) if common is None else common & set(item)
+            paths = present_paths(item)
+            common = paths if common is None else common & paths
             longest = max(longest, sum(len(message["content"]) for message in item["messages"]))
     if count == 0:
         raise InvalidRequest("The file contains no training items.", param="file", code="invalid_file")
-    return count, sorted(common or ()), longest
+    return count, sorted(common or ())[:MAX_LISTED_PATHS], longest
+
+
+def missing_item_paths(file: File, paths: set[ItemPath]) -> list[str]:
+    """The template paths (dotted) that not every item of the file has; a list index ends the check."""
+    present = set(file.item_fields)
+    missing = set()
+    for path in paths:
+        prefix = list(itertools.takewhile(lambda key: not key.isdigit(), path))
+        if prefix and ".".join(prefix) not in present:
+            missing.add(".".join(path))
+    return sorted(missing)
 
 
 def _parse_item(raw: bytes, number: int) -> dict[str, Any]:

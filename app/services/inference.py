@@ -7,29 +7,20 @@ A model server that is down, busy or slow answers 503/429 with Retry-After, in b
 """
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
-from app.models import Checkpoint, FineTunedModel, Job, Tenant
-from app.registry import find_base_model
+from app.model_targets import ModelTarget, find_model_target
+from app.models import Tenant
 from app.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 5
-
-
-@dataclass(frozen=True)
-class ModelTarget:
-    model: str  # the public id, echoed in responses
-    base_model: str
-    adapter_uri: str | None
 
 
 def model_not_found(model: str) -> NotFound:
@@ -40,24 +31,11 @@ def model_not_found(model: str) -> NotFound:
 
 
 def resolve_model(session: Session, *, settings: Settings, tenant: Tenant, model: str) -> ModelTarget:
-    """A base model, the tenant's `ft:` model, or a checkpoint of the tenant's job (`ftckpt-...`)."""
-    if find_base_model(settings, model) is not None:
-        return ModelTarget(model, model, None)
-    if model.startswith("ft:"):
-        row = session.scalar(
-            select(FineTunedModel).where(FineTunedModel.id == model, FineTunedModel.tenant_id == tenant.id)
-        )
-        if row is not None:
-            return ModelTarget(model, row.base_model, row.adapter_uri)
-    elif model.startswith("ftckpt-"):
-        found = session.execute(
-            select(Checkpoint.uri, Job.model)
-            .join(Job, Job.id == Checkpoint.job_id)
-            .where(Checkpoint.id == model, Job.tenant_id == tenant.id)
-        ).one_or_none()
-        if found is not None:
-            return ModelTarget(model, found.model, found.uri)
-    raise model_not_found(model)
+    """A base model, the tenant's `ft:` model, or a checkpoint of the tenant's job (app.model_targets)."""
+    target = find_model_target(session, settings=settings, tenant_id=tenant.id, model=model)
+    if target is None:
+        raise model_not_found(model)
+    return target
 
 
 async def _send(

@@ -21,6 +21,7 @@ from app.lifecycle import add_event, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
 from app.registry import BaseModelEntry, fewest_tokens, find_base_model
 from app.schemas.jobs import MAX_SEED, JobCreate
+from app.services.grading import check_grader
 from app.services.pagination import page
 from app.settings import Settings
 
@@ -128,15 +129,8 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         )
     for file, param in zip(files, ("training_file", "validation_file"), strict=False):
         check_context(entry, file, param=param)
-    for param, fields in request.method.grader_fields().items():
-        for file in files:
-            missing = sorted(fields - set(file.item_fields))
-            if missing:
-                raise InvalidRequest(
-                    f"Grader template references item field(s) {missing} that not every line of "
-                    f"file '{file.id}' has (fields on every line: {list(file.item_fields)}).",
-                    param=param,
-                )
+    check_grader(session, settings=settings, tenant=tenant, grader=request.method.reinforcement.grader,
+                 files=files, param="method.reinforcement.grader")  # fmt: skip
     warnings = _check_against_model(entry, request, files[0])
     _check_devices(settings, request)
     _check_quota(session, settings=settings, tenant=tenant)

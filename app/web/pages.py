@@ -30,7 +30,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 PAGE_SIZE = 20
 STATUSES = [s.value for s in JobStatus]
-BOUNDED_METRICS = ("rollout/reward_mean", "rollout/accuracy", "eval/pass@1")  # scores in [0, 1]
+# scores in [0, 1]
+BOUNDED_METRICS = ("rollout/reward_mean", "rollout/accuracy", "eval/pass@1", "eval/pass@1,eval/reward_mean")
 CRITIC_ALGORITHMS = ("sppo", "ppo")
 CRITIC_HYPERPARAMETERS = ("critic", "critic_learning_rate", "critic_learning_rate_multiplier", "gae_gamma",
                           "gae_lambda")  # fmt: skip
@@ -112,13 +113,18 @@ def _job_context(session: SessionDep, tenant: WebTenant, job_id: str) -> dict[st
     hyperparameters = public.method.get("reinforcement", {}).get("hyperparameters") or {}
     if algorithm not in CRITIC_ALGORITHMS:  # GRPO has no critic: its settings would only mislead
         hyperparameters = {k: v for k, v in hyperparameters.items() if k not in CRITIC_HYPERPARAMETERS}
+    grader = public.method.get("reinforcement", {}).get("grader") or {}
+    # a multi grader's sub-rewards are series of their own (reward/<name>)
+    names = list(grader.get("graders") or {}) if grader.get("type") == "multi" else []
     return {
         "job": public,
+        "sub_reward_metrics": ",".join(f"reward/{name}" for name in names),
+        "sub_reward_labels": ",".join(names),
         "algorithm": algorithm,
         "has_critic": algorithm in CRITIC_ALGORITHMS,
         "active_alarms": [alarm for alarm in public.alarms if alarm.active],
         "hyperparameters": hyperparameters,
-        "grader": public.method.get("reinforcement", {}).get("grader") or {},
+        "grader": grader,
         "events": events,
         "checkpoints": checkpoints,
         "actions": dashboard.allowed_actions(job),

@@ -112,14 +112,64 @@ def test_create_validation_names_the_param(
 
 def _with_grader(**grader: Any) -> dict[str, Any]:
     body = method()
-    body["reinforcement"]["grader"] = {**GRADER, **grader}
+    body["reinforcement"]["grader"] = {k: v for k, v in {**GRADER, **grader}.items() if v is not None}
     return body
 
 
 @pytest.mark.parametrize(
     ("grader_method", "param"),
     [
-        (_with_grader(type="python"), "method.reinforcement.grader.type"),
+        (_with_grader(type="pythonic"), "method.reinforcement.grader.type"),
+        (_with_grader(reference="{{item.meta.gold}}"), "method.reinforcement.grader.reference"),
+        (
+            {
+                **method(),
+                "reinforcement": {
+                    **method()["reinforcement"],
+                    "grader": {
+                        "type": "multi",
+                        "name": "m",
+                        "calculate_output": "a + b",
+                        "graders": {"a": {**GRADER, "reference": "{{item.nope}}"}},
+                    },
+                },
+            },
+            "method.reinforcement.grader.calculate_output",
+        ),
+        (
+            {
+                **method(),
+                "reinforcement": {
+                    **method()["reinforcement"],
+                    "grader": {
+                        "type": "multi",
+                        "name": "m",
+                        "calculate_output": "a",
+                        "graders": {"a": {**GRADER, "reference": "{{item.nope}}"}},
+                    },
+                },
+            },
+            "method.reinforcement.grader.graders.a.reference",
+        ),
+        (
+            {
+                **method(),
+                "reinforcement": {
+                    **method()["reinforcement"],
+                    "grader": {
+                        "type": "score_model",
+                        "name": "judge",
+                        "model": "no-such-model",
+                        "input": [{"role": "user", "content": "Rate {{sample.output_text}}"}],
+                    },
+                },
+            },
+            "method.reinforcement.grader.model",
+        ),
+        (
+            _with_grader(type="python", source="def grade(:", input=None, reference=None, operation=None),
+            "method.reinforcement.grader.source",
+        ),
         (_with_grader(operation="startswith"), "method.reinforcement.grader.operation"),
         (_with_grader(extra=1), "method.reinforcement.grader.extra"),
         (_with_grader(reference="{{item.answer.__class__}}"), "method.reinforcement.grader.reference"),
@@ -140,16 +190,23 @@ def test_grader_validation(
     assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, param)
 
 
-def test_every_grader_type_and_algorithm_is_accepted(create: Callable[..., dict[str, Any]]) -> None:
+def test_every_grader_type_and_algorithm_is_accepted(
+    api: httpx.Client, create: Callable[..., dict[str, Any]]
+) -> None:
     regex = {**GRADER, "type": "regex", "pattern": r"answer:\s*(\d+)"}
     math = {k: v for k, v in GRADER.items() if k != "operation"} | {"type": "math"}
-    for algorithm, grader in (("grpo", regex), ("ppo", math)):
+    python = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 0.5\n"}
+    similarity = {**math, "type": "text_similarity", "evaluation_metric": "rouge_l"}
+    graders = {"p": python, "s": similarity}
+    multi = {"type": "multi", "name": "m", "graders": graders, "calculate_output": "p*s"}
+    for algorithm, grader in (("grpo", regex), ("ppo", math), ("reinforce", multi), ("sppo", python)):
         body = method(n_epochs="auto", group_size=4, gae_lambda=0.9, reasoning_effort="low")
         body["reinforcement"] |= {"algorithm": algorithm, "grader": grader}
         job = create(method=body)
         assert job["method"]["reinforcement"]["algorithm"] == algorithm
         assert job["method"]["reinforcement"]["hyperparameters"]["n_epochs"] == "auto"
         assert job["status"] == "queued"
+        api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")  # within the tenant's concurrent-jobs quota
 
 
 def test_list_pagination_and_metadata_filter(

@@ -113,3 +113,25 @@ def test_constant_reward_under_sppo_is_one_collapsed_alarm_on_the_job(reporter: 
         ("constant_reward", 10, 3, 12, True)
     ]
     assert sum(m.startswith("Alarm: every sample got reward 0") for m in messages) == 1
+
+
+def test_a_constant_partial_credit_is_a_constant_reward_but_a_varying_one_is_not() -> None:
+    book = AlarmBook(window=2, grader="grader 'close' (python)")
+    # the same mean twice, but rewards that vary within each step: something to learn from
+    assert _steps(book, [0.5, 0.5], **{"rollout/reward_std": 0.2}) == [[], []]
+    assert _steps(book, [0.5, 0.5], **{"rollout/reward_std": 0.0}) == [[], ["constant_reward"]]
+    (alarm,) = book.public()
+    assert "reward 0.5" in alarm["message"] and "same partial credit" in alarm["message"]
+
+
+def test_a_grader_failing_on_half_the_samples_for_a_window_raises_grader_errors() -> None:
+    book = AlarmBook(window=3, grader="grader 'code' (python)")
+    rates = [0.6, 0.5, 0.1, 0.7, 0.8, 0.9]
+    raised = [
+        [a["code"] for a in book.observe_step(i + 1, {"rollout/reward_mean": 0.3, "rollout/reward_std": 0.1,
+                                                      "grader/error_rate": rate})]
+        for i, rate in enumerate(rates)
+    ]  # fmt: skip
+    assert raised == [[], [], [], [], [], ["grader_errors"]]
+    (alarm,) = book.public()
+    assert alarm["level"] == "error" and "failed on at least 70%" in alarm["message"]

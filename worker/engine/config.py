@@ -13,10 +13,9 @@ from typing import Any
 
 import yaml
 
+from jobspec.algorithms import ALGORITHM_NAMES, CRITIC_KINDS
 from worker.engine.errors import ConfigError
 
-ALGORITHM_NAMES = ("sppo", "grpo", "ppo", "reinforce")
-CRITIC_KINDS = ("separate", "shared_lora")
 ROLLOUT_BACKENDS = ("hf", "vllm")
 DEFAULTS_FILE = "sppo_defaults.json"
 
@@ -30,7 +29,7 @@ class RunConfig:
     train_file: str
     """Training JSONL: {"messages": [{"role": "user", "content": ...}], "answer": ...} per line."""
     grader: dict[str, Any]
-    """Grader spec, as taken by graders.build_grader (string_check, math or regex)."""
+    """Grader spec (jobspec.graders: OpenAI's grader types plus regex and math); rewards in [0, 1]."""
     output_dir: str
     """Checkpoints, metrics.jsonl and the final adapter go here; a run resumes from it."""
     validation_file: str | None = None
@@ -105,6 +104,9 @@ class RunConfig:
     """k of avg@k."""
     eval_max_items: int | None = None
     """Score only the first N validation items (None: all)."""
+    pass_threshold: float = 1.0
+    """A completion passes (pass@1, avg@k, rollout/accuracy) when its reward is at least this; the mean
+    reward is reported beside them (eval/reward_mean, rollout/reward_mean)."""
     checkpoint_interval: int = 10
     """Write a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 3
@@ -126,6 +128,9 @@ class RunConfig:
     the rest is the trainer's."""
     health_entropy_floor: float = 0.01
     """Warn when the mean token entropy falls below this (entropy collapse)."""
+    grading: dict[str, Any] = field(default_factory=dict)
+    """Where judge models and embeddings are reached and how Python graders are sandboxed
+    (grading.build.GradingContext.from_dict; the worker fills it from the service's settings)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Free-form labels copied into metrics.jsonl's header (job id, tags)."""
 
@@ -162,6 +167,7 @@ class RunConfig:
         for name in ("gae_gamma", "gae_lambda"):
             _check(0 <= getattr(self, name) <= 1, "must be in [0, 1]", name)
         _check(0 < self.top_p <= 1, "must be in (0, 1]", "top_p")
+        _check(0 < self.pass_threshold <= 1, "must be in (0, 1]", "pass_threshold")
         for name in (
             "n_epochs", "batch_size", "ppo_epochs", "minibatch_size", "micro_batch_tokens",
             "max_response_tokens", "eval_samples", "checkpoint_interval",

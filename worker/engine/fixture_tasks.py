@@ -22,6 +22,21 @@ FIXTURE_GRADER: dict[str, str] = {
     "reference": "{{item.answer}}",
 }
 
+# Partial credit for the same tasks, as a Python grader: 1 for the right total, less the further the final
+# number is from it, 0 from 20 off; a near miss earns something (a dense reward next to the regex's 0/1).
+CLOSENESS_GRADER: dict[str, str] = {
+    "type": "python",
+    "name": "closeness",
+    "source": (
+        "import re\n\n\n"
+        "def grade(sample, item):\n"
+        '    found = re.findall(r"####\\s*(-?\\d+)", sample["output_text"])\n'
+        "    if not found:\n"
+        "        return 0.0\n"
+        '    return max(0.0, 1.0 - abs(int(found[-1]) - int(item["answer"])) / 20)\n'
+    ),
+}
+
 
 def running_sum_problem(rng: random.Random, terms: int) -> Problem:
     """`t1+t2+...=` with two-digit terms, solved one addition at a time."""

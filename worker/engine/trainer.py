@@ -69,7 +69,8 @@ class Trainer:
         seed_everything(config.seed)
         self.dist, self.device = setup_distributed(resolve_device(config.device))
         self.algorithm = get_algorithm(config.algorithm)
-        self.grader = build_grader(config.grader)
+        self.grader = build_grader(config.grader, config.grading)
+        self.grading_metrics: dict[str, float] = {}
         self.tokenizer = load_tokenizer(config.model)
         self.items = load_items(config.train_file)
         self.prompts = encode_prompts(self.tokenizer, self.items)
@@ -235,11 +236,32 @@ class Trainer:
                 control=None if self.dist.active else self.callbacks.control,
             )
         texts = completions(self.tokenizer, rollout)
-        rewards = torch.tensor(
-            [self.grader(self.items[i], text) for i, text in zip(rows, texts, strict=True)]
-        )
+        rewards = self.grade([self.items[i] for i in rows], texts)
         group_index = torch.arange(len(item_indices), device=self.device).repeat_interleave(group)  # (B,)
         return rollout, rewards.to(self.device), rows, group_index
+
+    def grade(self, items: list[dict[str, Any]], texts: list[str]) -> torch.Tensor:
+        """The rows' rewards (B,); grading metrics of the global batch go to `grading_metrics`."""
+        started = time.perf_counter()
+        grades = self.grader.grade(list(zip(items, texts, strict=True)))
+        names = sorted(grades[0].sub_rewards) if grades else []
+        # one sum over the ranks: failed gradings, judge tokens, then each sub-grader's reward total
+        totals = self.dist.sum(
+            torch.tensor(
+                [float(sum(not g.ok for g in grades)), float(sum(g.token_usage for g in grades))]
+                + [sum(g.sub_rewards[n] for g in grades) for n in names],
+                dtype=torch.float64,
+                device=self.device,
+            )
+        )
+        samples = len(grades) * self.dist.world_size
+        self.grading_metrics = {
+            "grader/error_rate": totals[0].item() / samples,
+            "grader/judge_tokens": totals[1].item(),
+            "perf/grading_s": time.perf_counter() - started,
+            **{f"reward/{name}": totals[2 + i].item() / samples for i, name in enumerate(names)},
+        }
+        return torch.tensor([g.reward for g in grades], dtype=torch.float32)
 
     def train_step(self) -> dict[str, float]:
         self.dist.reseed(self.config.seed, self.step)
@@ -281,6 +303,7 @@ class Trainer:
         )
         metrics = self.update.run(batch, self.config.ppo_epochs, self.local_minibatch_size)
         metrics.update(critic_metrics)
+        metrics.update(self.grading_metrics)
         if self.vllm is not None:
             self.vllm.sync(self.policy)
         if rollout.sampler_logprobs is not None:
@@ -293,7 +316,8 @@ class Trainer:
         metrics.update(
             {
                 "rollout/reward_mean": all_rewards.mean().item(),
-                "rollout/accuracy": (all_rewards >= 1.0).float().mean().item(),
+                "rollout/reward_std": all_rewards.std(unbiased=False).item(),
+                "rollout/accuracy": (all_rewards >= self.config.pass_threshold).float().mean().item(),
                 "rollout/response_length_mean": mask.sum(-1).mean().item(),
                 "train/advantage_abs_mean": (advantages.abs() * mask).sum().item()
                 / max(1.0, mask.sum().item()),
@@ -344,6 +368,7 @@ class Trainer:
             token_budget=self.update.micro_batch_tokens,
             # the ranks of a sharded policy generate in lockstep: control is polled before the evaluation
             control=None if self.sharded else self.callbacks.control,
+            pass_threshold=self.config.pass_threshold,
         )
         if self.sharded:
             result = self._summed_over_ranks(result, counted)
@@ -366,14 +391,23 @@ class Trainer:
     def _summed_over_ranks(self, result: EvalResult, counted: int) -> EvalResult:
         """pass@1 and avg@k over every rank's counted items (per-item results stay with their rank)."""
         mine = result.items[:counted]
+        threshold = self.config.pass_threshold
         totals = self.dist.sum_scalars(
             {
-                "pass": float(sum(item["reward"] for item in mine)),
-                "avg": sum(sum(item["sample_rewards"]) / result.k for item in mine) if result.k else 0.0,
+                "pass": float(sum(item["passed"] for item in mine)),
+                "reward": float(sum(item["reward"] for item in mine)),
+                "avg": sum(sum(s >= threshold for s in item["sample_rewards"]) / result.k for item in mine)
+                if result.k
+                else 0.0,
             }
         )
         n = len(self.val_items)
-        return EvalResult(pass_at_1=totals["pass"] / n, avg_at_k=totals["avg"] / n, k=result.k)
+        return EvalResult(
+            pass_at_1=totals["pass"] / n,
+            avg_at_k=totals["avg"] / n,
+            k=result.k,
+            reward_mean=totals["reward"] / n,
+        )
 
     # ---- loop ------------------------------------------------------------------------------------
     def run(self) -> TrainingResult:
@@ -491,5 +525,6 @@ def run_training(config: RunConfig, callbacks: TrainerCallbacks | None = None) -
     try:
         return trainer.run()
     finally:
+        trainer.grader.close()
         if trainer.vllm is not None:
             trainer.vllm.close()

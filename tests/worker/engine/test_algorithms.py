@@ -191,6 +191,18 @@ def test_critic_bce_loss() -> None:
     close(metrics["value_mean"], 0.625)  # (0.5 + 0.75) / 2
 
 
+def test_critic_bce_loss_takes_soft_targets_and_settles_on_them() -> None:
+    # partial-credit rewards: targets 0.25 and 0.75 at σ(v) = 0.5 and 0.75
+    logits = torch.tensor([0.0, math.log(3)], requires_grad=True)
+    loss, _ = critic_bce_loss(logits, torch.tensor([0.25, 0.75]))
+    # row 0: −(0.25 ln 0.5 + 0.75 ln 0.5) = ln 2 = 0.693147; row 1: −(0.75 ln 0.75 + 0.25 ln 0.25) = 0.562335
+    close(loss, (0.693147 + 0.562335) / 2)
+    loss.backward()
+    # d/dv = (σ(v) − R) / B: a critic already predicting its soft target gets no gradient
+    assert logits.grad is not None
+    close(logits.grad, [(0.5 - 0.25) / 2, 0.0])
+
+
 def test_clipped_value_loss() -> None:
     values = torch.tensor([[0.5, 1.0, NAN]])
     old_values = torch.tensor([[0.2, 0.9, 0.0]])

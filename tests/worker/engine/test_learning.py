@@ -9,20 +9,14 @@ items by step 20 and +0.25 by step 40. The run is seeded and single-threaded, an
 with the code, so every machine trains the same model.
 """
 
-import json
 import logging
 import math
-import random
-import time
 from pathlib import Path
 
 import pytest
 
-from worker.engine.config import RunConfig
-from worker.engine.fixture_build import write_jsonl
-from worker.engine.fixture_tasks import short_problem
+from tests.worker.engine.conftest import held_out_run
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
-from worker.engine.trainer import run_training
 
 logger = logging.getLogger(__name__)
 STEPS = 40
@@ -31,29 +25,8 @@ HELD_OUT = 2000
 
 @pytest.mark.timeout(1200)  # ~1.5 minutes on an idle core; a shared, loaded machine is several times slower
 def test_sppo_raises_validation_accuracy(tiny: Fixture, tmp_path: Path) -> None:
-    rng = random.Random(12345)
-    held_out = tmp_path / "held_out.jsonl"
-    write_jsonl(held_out, [short_problem(rng) for _ in range(HELD_OUT)])
-    config = RunConfig.from_dict(
-        {
-            "model": str(tiny.model_dir),
-            "train_file": str(tiny.train_file),
-            "validation_file": str(held_out),
-            "grader": FIXTURE_GRADER,
-            "output_dir": str(tmp_path / "run"),
-            "max_steps": STEPS,
-            "eval_interval": STEPS,
-            "eval_samples": 1,
-            "checkpoint_interval": STEPS,
-            "seed": 0,
-        }
-    )
-    started = time.perf_counter()
-    result = run_training(config)
-    seconds = time.perf_counter() - started
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    before = next(line["eval/pass@1"] for line in lines if line.get("step") == 0 and "eval/pass@1" in line)
-    after = result.eval["eval/pass@1"]
+    run = held_out_run(tiny, tmp_path, grader=FIXTURE_GRADER, steps=STEPS, items=HELD_OUT, seed=12345)
+    before, after, seconds = run.before["eval/pass@1"], run.after["eval/pass@1"], run.seconds
     standard_error = math.sqrt(before * (1 - before) / HELD_OUT + after * (1 - after) / HELD_OUT)
     logger.warning(
         "learning test: pass@1 %.4f -> %.4f on %d items (gain %.4f, 4 SE = %.4f), %d steps in %.0f s",

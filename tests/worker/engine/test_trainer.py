@@ -122,7 +122,8 @@ def test_cancel_stops_before_the_next_step(tiny: Fixture, tmp_path: Path) -> Non
 
 def test_nan_loss_stops_with_a_clear_error(tiny: Fixture, tmp_path: Path) -> None:
     trainer = Trainer(tiny_config(tiny, tmp_path), TrainerCallbacks())
-    trainer.grader = lambda item, completion: float("nan")  # a broken reward makes every advantage NaN
+    # graders never give NaN (a grader's NaN is a flagged 0); NaN rewards stand for any broken arithmetic
+    trainer.grade = lambda items, texts: torch.full((len(items),), float("nan"))  # type: ignore[method-assign]
     with pytest.raises(TrainingDivergedError) as info:
         trainer.train_step()
     assert info.value.code == "training_diverged"
@@ -147,7 +148,7 @@ def test_base_score_at_step_0_and_about_five_evaluations_by_default(tiny: Fixtur
     assert [step for step, _ in evaluations] == [0, 1, 2, 3]  # auto: max(1, 3 // 5) = 1
     # greedy pass@1 at every evaluation; avg@k (k+1 times the cost) at checkpoints and the end only
     names = [sorted(name for name in scores if name.startswith("eval/")) for _, scores in evaluations]
-    assert names[:2] == [["eval/pass@1"], ["eval/pass@1"]]
+    assert names[:2] == [["eval/pass@1", "eval/reward_mean"]] * 2
     assert {"eval/pass@1", "eval/avg@1"} <= set(evaluations[2][1]) and "eval/avg@1" in evaluations[3][1]
 
 
