@@ -178,8 +178,10 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
         for worker in workers:  # SIGTERM to all first: their warm shutdowns overlap
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
+        # one deadline for all: a worker stuck in its warm shutdown must not add its wait to the next one's
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
         for worker in workers:
-            wait_or_kill(worker, WORKER_STOP_TIMEOUT_S)
+            wait_or_kill(worker, max(0.0, deadline - time.monotonic()))
         if started is not None:
             say("Stopping redis-server ...")
             stop(started, REDIS_START_TIMEOUT_S)
