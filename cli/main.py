@@ -2,7 +2,7 @@
 
 import typer
 
-from cli import admin, engine, evals, files, jobs, models, worker
+from cli import admin, engine, evals, files, graders, jobs, models, worker
 
 app = typer.Typer(help="SPPO Service: managed reinforcement fine-tuning.", no_args_is_help=True)
 app.add_typer(admin.app)
@@ -11,6 +11,7 @@ app.add_typer(models.app)
 app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(evals.app, name="evals")
+app.add_typer(graders.app, name="graders")
 
 
 @app.command()

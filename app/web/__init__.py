@@ -3,11 +3,12 @@
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.web import actions, forms, pages, tryit
+from app.web import actions, forms, graders, pages, tryit
 from app.web.render import STATIC_DIR
 
 
 def install_dashboard(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (forms, pages, actions, tryit):  # forms first: /jobs/new must win over /jobs/{job_id}
+    # forms first: /jobs/new must win over /jobs/{job_id}
+    for module in (forms, pages, actions, tryit, graders):
         app.include_router(module.router)

@@ -1,9 +1,10 @@
 """The new-job form: uploads go through the files service, the job through `JobCreate` and the jobs
-service, so the form shows exactly the API's validation messages (no second copy of the rules)."""
+service, so the form shows exactly the API's validation messages (no second copy of the rules). Its
+grader fields and "Test the grader" panel are in `app.web.graders`."""
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
@@ -15,8 +16,10 @@ from app.schemas.models import ModelObject
 from app.services import files, jobs
 from app.services.models import list_models
 from app.settings import Settings
+from app.web.graders import grader_field, grader_spec, grader_values
 from app.web.render import PageRoute, redirect, render
-from app.web.session import CSRF_FIELD, CsrfChecked, WebTenant
+from app.web.session import CSRF_FIELD, CsrfChecked, PostedForm, WebTenant
+from jobspec.graders import SIMILARITY_METRICS
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -30,11 +33,8 @@ HYPERPARAMETERS = (
     ("eval_interval", "Eval interval (steps)", "auto"),
     ("eval_samples", "Eval samples (k)", "auto"),
 )
-GRADER_FIELDS = {
-    "string_check": ("input", "reference", "operation"),
-    "math": ("input", "reference"),
-    "regex": ("input", "pattern", "reference", "operation"),
-}
+# cosine needs an embeddings model the operator configures (SPPO_GRADER_EMBEDDINGS_MODEL)
+SIMILARITY_CHOICES = [(m, "cosine (embeddings)" if m == "cosine" else m) for m in SIMILARITY_METRICS]
 DEFAULTS = {
     "model": "sppo-tiny",
     "algorithm": "sppo",
@@ -43,14 +43,16 @@ DEFAULTS = {
     "grader_reference": "{{item.answer}}",
     "grader_operation": "eq",
     "grader_pattern": "",
+    "grader_evaluation_metric": "fuzzy_match",
+    "grader_json": "",
+    "test_item": "{}",
     "critic": "",
 }
 
 
 def _recommended_grader(models: list[ModelObject], model: str) -> dict[str, str]:
     """Form values of the grader `model` declares (GET /v1/models `recommended_grader`), if it does."""
-    grader = next((m.recommended_grader for m in models if m.id == model), None) or {}
-    return {f"grader_{name}": str(value) for name, value in grader.items() if name != "name"}
+    return grader_values(next((m.recommended_grader for m in models if m.id == model), None))
 
 
 def _number(text: str) -> Any:
@@ -70,10 +72,7 @@ def _text(form: FormData, name: str) -> str:
 
 def job_request(form: FormData, training_file: str, validation_file: str | None) -> dict[str, Any]:
     """The JSON body `POST /v1/fine_tuning/jobs` would get for this form (empty fields left out)."""
-    grader_type = _text(form, "grader_type")
-    grader: dict[str, Any] = {"type": grader_type, "name": grader_type}
-    for field in GRADER_FIELDS.get(grader_type, ()):
-        grader[field] = _text(form, f"grader_{field}")
+    grader = grader_spec(form)
     hyper = {name: _number(_text(form, name)) for name, _, _ in HYPERPARAMETERS if _text(form, name)}
     if _text(form, "critic"):
         hyper["critic"] = _text(form, "critic")
@@ -136,6 +135,7 @@ def _form_page(
         "models": [m.id for m in base_models],
         "files": recent,
         "hyperparameters": HYPERPARAMETERS,
+        "metrics": SIMILARITY_CHOICES,
         "values": {**DEFAULTS, **_recommended_grader(base_models, DEFAULTS["model"]), **values},
         "error": None,
         "error_field": None,
@@ -149,17 +149,13 @@ def new_job_page(request: Request, session: SessionDep, settings: SettingsDep, t
     return _form_page(request, session, settings, tenant, {})
 
 
-async def form_data(request: Request) -> FormData:
-    return await request.form()  # Starlette caches it: the CSRF check and the route read the same parse
-
-
 @router.post("/jobs/new", dependencies=[CsrfChecked])
 def create_job(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     tenant: WebTenant,
-    form: Annotated[FormData, Depends(form_data)],
+    form: PostedForm,
 ) -> Response:
     values = {k: v for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
     try:
@@ -176,16 +172,14 @@ def create_job(
         job = jobs.create_job(session, settings=settings, tenant=tenant, request=job_create)
     except APIError as error:
         return _form_page(
-            request, session, settings, tenant, values, error=error.message, error_field=_field(error.param)
-        )
+            request, session, settings, tenant, values, error=error.message,
+            error_field=_field(error.param, _text(form, "grader_type")),
+        )  # fmt: skip
     return redirect(request, f"/jobs/{job.id}")
 
 
-def _field(param: str | None) -> str | None:
+def _field(param: str | None, grader_type: str) -> str | None:
     """The form field to highlight for an API param (`method.reinforcement.hyperparameters.batch_size`)."""
     if param is None:
         return None
-    last = param.rsplit(".", 1)[-1]
-    if ".grader." in f".{param}.":
-        return "grader_type" if last == "type" else f"grader_{last}"
-    return last
+    return grader_field(param, grader_type) or param.rsplit(".", 1)[-1]

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import FormData
 
 from app.api.deps import SessionDep, SettingsDep
 from app.logs import bind_log_ids
@@ -145,3 +146,10 @@ async def check_csrf(request: Request, web: WebSessionDep) -> None:
 
 
 CsrfChecked = Depends(check_csrf)
+
+
+async def form_data(request: Request) -> FormData:
+    return await request.form()  # Starlette caches it: the CSRF check and the route read the same parse
+
+
+PostedForm = Annotated[FormData, Depends(form_data)]
