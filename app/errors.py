@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobspec.graders import is_type_tag
+from jobspec.walk import is_type_tag
 
 log = logging.getLogger(__name__)
 

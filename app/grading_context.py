@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from app.model_targets import find_model_target
 from app.registry import find_base_model
 from app.settings import Settings
-from jobspec.graders import MultiGrader, TextSimilarityGrader, judge_models
+from jobspec.graders import LabelModelGrader, ScoreModelGrader
+from jobspec.walk import leaf_graders
 
 
 class GradingSetupError(ValueError):
@@ -21,13 +22,8 @@ class GradingSetupError(ValueError):
 
 
 API_KEY_ENV = "SPPO_JUDGE_API_KEY"
+OWN_MODEL_PREFIXES = ("ft:", "ftckpt-")
 MIN_INSTRUCTED_CONTEXT = 512  # positions a judge model needs before the reply-format instruction is added
-
-
-def _has_cosine(grader: Any) -> bool:
-    if isinstance(grader, MultiGrader):
-        return any(_has_cosine(sub) for sub in grader.graders.values())
-    return isinstance(grader, TextSimilarityGrader) and grader.evaluation_metric == "cosine"
 
 
 def _judge_target(
@@ -35,6 +31,20 @@ def _judge_target(
 ) -> dict[str, Any]:
     target = find_model_target(session, settings=settings, tenant_id=tenant_id, model=model)
     if target is None:
+        if model.startswith(OWN_MODEL_PREFIXES):
+            # a name of this service's own kind that this tenant does not have: never sent elsewhere
+            raise GradingSetupError(
+                f"Judge model '{model}' does not exist or you do not have access to it.",
+                param,
+                "model_not_found",
+            )
+        allowed = settings.judge_allowed_models
+        if allowed and model not in allowed:
+            raise GradingSetupError(
+                f"Judge model '{model}' is not one the operator allows for external judges: {allowed}.",
+                param,
+                "model_not_found",
+            )
         if settings.judge_base_url is None:
             raise GradingSetupError(
                 f"Judge model '{model}' is not a model of yours or a base model (GET /v1/models), and no "
@@ -62,20 +72,23 @@ def grading_context(
     """The `grading` section of a run config for this tenant's grader (a `jobspec` model): its judge
     models resolved to this service's model server (the tenant's models only) or the external endpoint.
     GradingSetupError naming the param when a judge model or the cosine embeddings model is not available."""
+    leaves = leaf_graders(grader, param)
     judges = {
-        model: _judge_target(
-            session, settings=settings, tenant_id=tenant_id, model=model, param=f"{param}.model"
+        sub.model: _judge_target(
+            session, settings=settings, tenant_id=tenant_id, model=sub.model, param=f"{sub_param}.model"
         )
-        for model in judge_models(grader)
+        for sub_param, sub in leaves.items()
+        if isinstance(sub, ScoreModelGrader | LabelModelGrader)
     }
     embeddings: dict[str, Any] | None = None
-    if _has_cosine(grader):
+    cosine = [p for p, sub in leaves.items() if getattr(sub, "evaluation_metric", None) == "cosine"]
+    if cosine:
         name = settings.grader_embeddings_model
         if name is None:
             raise GradingSetupError(
                 "text_similarity 'cosine' needs an embeddings model, and none is configured "
                 "(SPPO_GRADER_EMBEDDINGS_MODEL); use another evaluation_metric.",
-                f"{param}.evaluation_metric",
+                f"{cosine[0]}.evaluation_metric",
             )
         if settings.grader_embeddings_url is not None:
             embeddings = {"url": settings.grader_embeddings_url.rstrip("/") + "/embeddings", "model": name}

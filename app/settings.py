@@ -133,7 +133,8 @@ class Settings(BaseSettings):
         default="bwrap",
         description="How Python graders are contained: bwrap (bubblewrap: no network, a read-only minimal "
         "filesystem, CPU/memory/process/output limits) or none — the same limits without the sandbox, ONLY "
-        "for a trusted single-tenant install. Without bubblewrap, jobs with Python graders are refused.",
+        "for a trusted single-tenant install. Without bubblewrap, jobs with Python graders fail before "
+        "their first step (python_grader_unavailable).",
     )
     python_grader_pool_size: int = Field(
         default=2, ge=1, le=64, description="Warm sandboxes that grade one job's samples in parallel."
@@ -149,6 +150,11 @@ class Settings(BaseSettings):
         "label_model judges that are not models of this service; unset: only this service's models judge.",
     )
     judge_api_key: SecretStr | None = Field(default=None, description="Bearer key for judge_base_url.")
+    judge_allowed_models: list[str] = Field(
+        default=[],
+        description='The models of judge_base_url tenants may name (JSON list, e.g. ["gpt-4.1-mini"]); '
+        "empty: any. Every call is paid with the operator's key.",
+    )
     judge_timeout_s: float = Field(default=60.0, gt=0, le=600, description="Timeout of one judge call.")
     judge_concurrency: int = Field(default=8, ge=1, le=256, description="Judge calls in flight per grader.")
     grader_embeddings_model: str | None = Field(
@@ -160,6 +166,14 @@ class Settings(BaseSettings):
         default=None,
         description="An OpenAI-compatible endpoint for grader_embeddings_model (key: judge_api_key); unset: "
         "this service's model server.",
+    )
+    grader_runs_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Grader runs (POST /v1/fine_tuning/alpha/graders/run, the dashboard's test) one API "
+        "process grades at once; more are answered 429 with Retry-After, so slow graders never hold every "
+        "thread.",
     )
     rate_limit_grader_runs_per_minute: int = Field(
         default=120,

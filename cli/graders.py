@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from cli.client import ApiError, ApiKeyOpt, BaseUrlOpt, Client, connect
 from cli.output import JsonOpt, console, fmt_number, key_values, print_json
+from grading.result import flags_set
 
 app = typer.Typer(help="Check graders and try them on a sample.", no_args_is_help=True)
 
@@ -72,17 +73,7 @@ def validate(
 
 def _flags(errors: dict[str, Any]) -> list[str]:
     """The error flags that are set, each with its details when the API gives them."""
-    details = {
-        "python_grader_runtime_error": errors.get("python_grader_runtime_error_details"),
-        "python_grader_server_error": errors.get("python_grader_server_error_type"),
-        "model_grader_server_error": errors.get("model_grader_server_error_details"),
-    }
-    flags = []
-    for flag, value in errors.items():
-        if value is True:
-            detail = details.get(flag)
-            flags.append(f"{flag}: {detail}" if detail else flag)
-    return flags
+    return [f"{flag}: {detail}" if detail else flag for flag, detail in flags_set(errors).items()]
 
 
 def _show_run(result: dict[str, Any]) -> None:

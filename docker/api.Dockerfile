@@ -17,13 +17,19 @@ RUN python docker/api_requirements.py pyproject.toml ${EXTRAS} > /tmp/requiremen
 COPY app app
 COPY worker worker
 COPY cli cli
+COPY jobspec jobspec
+COPY grading grading
 COPY migrations migrations
 RUN /opt/sppo/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/sppo/bin:$PATH PYTHONUNBUFFERED=1 \
     SPPO_DATA_DIR=/data SPPO_HOST=0.0.0.0 SPPO_PORT=8000 SPPO_LOG_FORMAT=json
-RUN useradd --create-home --uid 10001 sppo && install -d -o sppo -g sppo /data
+# bubblewrap: the graders API runs Python graders in the same sandbox as training (docs/graders.md)
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 sppo && install -d -o sppo -g sppo /data
 COPY --from=build /opt/sppo /opt/sppo
 USER 10001
 WORKDIR /home/sppo

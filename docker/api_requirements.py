@@ -9,7 +9,9 @@ import re
 import sys
 import tomllib
 
-ENGINE_ONLY = {"torch", "transformers", "peft", "safetensors", "math-verify", "numpy"}
+# math-verify and numpy stay: the graders API grades `math` in the API process, and numpy is one of the
+# packages a Python grader may import in the sandbox
+ENGINE_ONLY = {"torch", "transformers", "peft", "safetensors"}
 
 with open(sys.argv[1], "rb") as handle:
     project = tomllib.load(handle)["project"]

@@ -26,13 +26,16 @@ COPY pyproject.toml README.md ./
 COPY app app
 COPY worker worker
 COPY cli cli
+COPY jobspec jobspec
+COPY grading grading
 COPY migrations migrations
 RUN /opt/sppo/bin/pip install ".${EXTRAS:+[${EXTRAS}]}"
 
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# bubblewrap: the sandbox of Python graders (docs/graders.md)
 # hadolint ignore=DL3008
-RUN apt-get update && apt-get install -y --no-install-recommends python3 \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 sppo && install -d -o sppo -g sppo /data
 ENV PATH=/opt/sppo/bin:$PATH PYTHONUNBUFFERED=1 SPPO_DATA_DIR=/data SPPO_LOG_FORMAT=json HF_HUB_OFFLINE=1

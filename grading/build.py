@@ -1,24 +1,27 @@
 """A grader spec → a batch grader: `grade([(item, completion), ...]) -> [GradeResult, ...]`.
 
 One batch is graded concurrently where it pays: Python graders across the sandbox pool, judge calls and
-embeddings over HTTP with a bound, the sub-graders of a multi grader side by side. Rule and similarity
-graders are microseconds per sample and run in the calling thread.
+embeddings over HTTP with a bound, the sub-graders of a multi grader that wait on those side by side. Rule
+and similarity graders run in the calling thread (math-verify's timeout works only on the main thread).
+Whatever goes wrong inside a grader, `grade` returns a result for every call: a failure is reward 0 with
+an error flag, never an exception that would fail a training step.
 """
 
-import os
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from grading.context import GradingContext
 from grading.embeddings import EmbeddingsError, EmbeddingsTarget, cosine_similarities
-from grading.judges import JudgeLimits, JudgeTarget, ModelJudge
+from grading.judges import JudgeTarget, ModelJudge
 from grading.result import GradeResult, clip_reward
 from grading.rules import RuleFunction, math_check, regex_check, string_check
-from grading.sandbox import PythonGraderPool, SandboxLimits
+from grading.sandbox import PythonGraderPool
 from jobspec.graders import (
     Grader,
     LabelModelGrader,
@@ -29,12 +32,16 @@ from jobspec.graders import (
     ScoreModelGrader,
     StringCheckGrader,
     TextSimilarityGrader,
-    is_type_tag,
 )
 from jobspec.templates import Sample, TemplateValueError, render
+from jobspec.walk import is_type_tag
 
+log = logging.getLogger(__name__)
 Call = tuple[Mapping[str, Any], str]  # (item, completion text)
 GRADER_ADAPTER: TypeAdapter[Any] = TypeAdapter(Grader)
+# similarity metrics compare at most this much of each text: ROUGE-L's LCS table grows with the product of
+# both lengths, and a 1 MB sample would hold a step (or an API thread) for minutes
+MAX_SIMILARITY_CHARS = 5000
 
 
 class GraderConfigError(ValueError):
@@ -45,54 +52,42 @@ class GraderConfigError(ValueError):
         self.param = param
 
 
-@dataclass(frozen=True)
-class GradingContext:
-    """What building graders needs beyond the spec: sandbox limits and where judges and embeddings live.
-
-    `judges` maps each judge model name a spec may use to where it is reached (the service resolves the
-    tenant's models into this map); an external endpoint's key is read from the environment variable named
-    by `api_key_env`, so it is never written into a run's config file.
-    """
-
-    python_pool_size: int = 2
-    sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
-    python_unsandboxed: bool = False
-    judges: Mapping[str, JudgeTarget] = field(default_factory=dict)
-    judge_limits: JudgeLimits = field(default_factory=JudgeLimits)
-    embeddings: EmbeddingsTarget | None = None
-    api_key_env: str | None = None
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], api_key: str | None = None) -> "GradingContext":
-        """The context a run config carries (plain JSON/YAML values); the external endpoints' key is
-        `api_key`, else the environment variable named by `api_key_env`."""
-        if api_key is None and values.get("api_key_env"):
-            api_key = os.environ.get(values["api_key_env"])
-        key = api_key
-        judges = {
-            name: JudgeTarget(**target) if target.get("internal") else JudgeTarget(**target, api_key=key)
-            for name, target in (values.get("judges") or {}).items()
-        }
-        embeddings = values.get("embeddings")
-        if embeddings is not None:
-            embeddings = EmbeddingsTarget(**embeddings, api_key=None if embeddings.get("internal") else key)
-        return cls(
-            python_pool_size=int(values.get("python_pool_size", 2)),
-            sandbox_limits=SandboxLimits(**(values.get("sandbox_limits") or {})),
-            python_unsandboxed=bool(values.get("python_unsandboxed", False)),
-            judges=judges,
-            judge_limits=JudgeLimits(**(values.get("judge_limits") or {})),
-            embeddings=embeddings,
-            api_key_env=values.get("api_key_env"),
-        )
-
-
 class BatchGrader(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def waits(self) -> bool:
+        """Whether it waits on other processes or the network (worth a thread inside a multi grader)."""
 
     def grade(self, calls: Sequence[Call]) -> list[GradeResult]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class _Guarded:
+    """A grader whose unexpected exceptions become `other_error` results for its batch."""
+
+    grader: BatchGrader
+
+    @property
+    def name(self) -> str:
+        return self.grader.name
+
+    @property
+    def waits(self) -> bool:
+        return self.grader.waits
+
+    def grade(self, calls: Sequence[Call]) -> list[GradeResult]:
+        try:
+            return self.grader.grade(calls)
+        except Exception as exc:
+            log.exception("grader %r failed on a batch of %d", self.grader.name, len(calls))
+            return [GradeResult.failed("other_error", f"{type(exc).__name__}: {exc}"[:500]) for _ in calls]
+
+    def close(self) -> None:
+        self.grader.close()
 
 
 def _render_pair(input: str, reference: str, call: Call) -> tuple[str, str] | GradeResult:
@@ -114,6 +109,7 @@ class _TextGrader:
     reference: str
     function: RuleFunction
     metric: str
+    waits = False
 
     def grade(self, calls: Sequence[Call]) -> list[GradeResult]:
         results = []
@@ -141,6 +137,7 @@ class _CosineGrader:
     reference: str
     target: EmbeddingsTarget
     timeout_s: float
+    waits = True
 
     def grade(self, calls: Sequence[Call]) -> list[GradeResult]:
         started = time.perf_counter()
@@ -173,6 +170,7 @@ class _CosineGrader:
 class _PythonGrader:
     name: str
     pool: PythonGraderPool
+    waits = True
 
     def grade(self, calls: Sequence[Call]) -> list[GradeResult]:
         return self.pool.run([(Sample(completion).as_dict(), item) for item, completion in calls])
@@ -185,6 +183,7 @@ class _PythonGrader:
 class _JudgeGrader:
     name: str
     judge: ModelJudge
+    waits = True
 
     def grade(self, calls: Sequence[Call]) -> list[GradeResult]:
         return self.judge.grade([(item, Sample(completion)) for item, completion in calls])
@@ -195,31 +194,41 @@ class _JudgeGrader:
 
 @dataclass
 class _MultiGrader:
-    """Sub-graders side by side; a failed sub-grader counts 0 in the formula and its flags are kept."""
+    """Sub-graders side by side. A failed sub-grader counts 0 in the formula, its flags kept in its scores
+    (`scores[name]["errors"]`); the combined result fails (reward 0, the flags) only when all of them did."""
 
     name: str
     spec: MultiGrader
     graders: dict[str, BatchGrader]
+    waits = True
 
     def grade(self, calls: Sequence[Call]) -> list[GradeResult]:
-        with ThreadPoolExecutor(max_workers=len(self.graders)) as pool:
-            futures = {name: pool.submit(grader.grade, calls) for name, grader in self.graders.items()}
-            by_name = {name: future.result() for name, future in futures.items()}
-        formula, results = self.spec.formula, []
-        for index in range(len(calls)):
-            subs = {name: by_name[name][index] for name in self.graders}
-            sub_rewards = {name: result.reward for name, result in subs.items()}
-            combined = GradeResult(
-                clip_reward(formula.evaluate(sub_rewards)) or 0.0,
-                sub_rewards=sub_rewards,
-                scores={name: result.scores for name, result in subs.items()},
-                token_usage=sum(result.token_usage for result in subs.values()),
-                execution_time=max(result.execution_time for result in subs.values()),
-            )
+        waiting = {name: grader for name, grader in self.graders.items() if grader.waits}
+        with ThreadPoolExecutor(max_workers=max(1, len(waiting))) as pool:
+            futures = {name: pool.submit(grader.grade, calls) for name, grader in waiting.items()}
+            by_name = {name: g.grade(calls) for name, g in self.graders.items() if name not in waiting}
+            by_name |= {name: future.result() for name, future in futures.items()}
+        return [
+            self._combine({name: by_name[name][index] for name in self.graders})
+            for index in range(len(calls))
+        ]
+
+    def _combine(self, subs: dict[str, GradeResult]) -> GradeResult:
+        sub_rewards = {name: result.reward for name, result in subs.items()}
+        combined = GradeResult(
+            clip_reward(self.spec.formula.evaluate(sub_rewards)) or 0.0,
+            sub_rewards=sub_rewards,
+            scores={
+                name: {**r.scores, "errors": r.errors} if r.errors else r.scores for name, r in subs.items()
+            },
+            token_usage=sum(result.token_usage for result in subs.values()),
+            execution_time=max(result.execution_time for result in subs.values()),
+        )
+        if all(not result.ok for result in subs.values()):
+            combined.reward = 0.0
             for result in subs.values():
                 combined.errors.update(result.errors)
-            results.append(combined)
-        return results
+        return combined
 
     def close(self) -> None:
         for grader in self.graders.values():
@@ -228,8 +237,10 @@ class _MultiGrader:
 
 def parse_grader(spec: Mapping[str, Any] | Any) -> Any:
     """The validated spec model; GraderConfigError naming the first invalid field."""
-    if not isinstance(spec, Mapping):
+    if isinstance(spec, BaseModel):
         return spec
+    if not isinstance(spec, Mapping):
+        raise GraderConfigError("the grader must be a JSON object")
     try:
         return GRADER_ADAPTER.validate_python(dict(spec))
     except ValidationError as exc:
@@ -251,10 +262,11 @@ def _judge_target(context: GradingContext, model: str, param: str) -> JudgeTarge
     return target
 
 
-Builder = Callable[[Any, GradingContext, str], BatchGrader]
-
-
 def _build(spec: Any, context: GradingContext, param: str) -> BatchGrader:
+    return _Guarded(_build_unguarded(spec, context, param))
+
+
+def _build_unguarded(spec: Any, context: GradingContext, param: str) -> BatchGrader:
     if isinstance(spec, StringCheckGrader):
         return _TextGrader(spec.name, spec.input, spec.reference, string_check(spec), spec.type)
     if isinstance(spec, RegexGrader):
@@ -295,7 +307,8 @@ def _metric(metric: str) -> RuleFunction:
     # the metric libraries (nltk, sacrebleu, rouge-score: ~0.3 s) load with the first similarity grader
     from grading.similarity import similarity
 
-    return lambda text, reference: similarity(metric, text, reference)
+    limit = MAX_SIMILARITY_CHARS
+    return lambda text, reference: similarity(metric, text[:limit], reference[:limit])
 
 
 def build_grader(spec: Mapping[str, Any] | Any, context: GradingContext | None = None) -> BatchGrader:

@@ -2,21 +2,23 @@
 
 The endpoint is OpenAI-compatible (`<base>/embeddings`) or our model server's
 `<inference_url>/internal/embeddings` (`EmbeddingsTarget.internal` holds its extra payload fields). Each
-distinct text is embedded once; a pair of identical texts scores exactly 1.0 without being sent.
+distinct text is embedded once; a pair of identical texts scores exactly 1.0 without being sent. A text is
+cut to its first MAX_TEXT_CHARS characters before it is sent: our model server refuses longer ones (and
+reads only a context window's tokens of any text anyway), and one refused text would fail the whole batch.
 """
 
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from grading.http import UNREACHABLE, auth_headers, error_detail, json_body, retry_wait, unreachable_detail
+
 MAX_BATCH = 256  # texts per request: our model server's limit (OpenAI's is 2048)
-RETRY_STATUSES = (429, 503)
-MAX_RETRY_WAIT_S = 2.0
-DETAIL_CHARS = 500
+MAX_TEXT_CHARS = 65536  # characters sent per text: our model server's limit (inference.embeddings.MAX_CHARS)
 
 
 class EmbeddingsError(RuntimeError):
@@ -28,62 +30,57 @@ class EmbeddingsTarget:
     # OpenAI-compatible `<base>/embeddings`, or our model server's `<inference_url>/internal/embeddings`
     url: str
     model: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a log line or an error
     internal: Mapping[str, Any] | None = None  # our model server's extra fields: {"base_model": ...}
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity clipped to [0, 1] (opposite directions, and a zero vector, give 0)."""
-    norms = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
-    if norms == 0.0:
+    """Cosine similarity clipped to [0, 1] (opposite directions, and a zero vector, give 0). The vectors are
+    scaled to unit length first, so no product overflows."""
+    norm_a, norm_b = math.hypot(*a), math.hypot(*b)
+    if norm_a == 0.0 or norm_b == 0.0:
         return 0.0
-    return min(1.0, max(0.0, math.fsum(x * y for x, y in zip(a, b, strict=True)) / norms))
+    return min(1.0, max(0.0, math.fsum((x / norm_a) * (y / norm_b) for x, y in zip(a, b, strict=True))))
 
 
 def _post(client: httpx.Client, target: EmbeddingsTarget, body: dict[str, Any]) -> httpx.Response:
     for attempt in range(2):
         try:
             response = client.post(target.url, json=body)
-        except httpx.HTTPError as exc:
-            raise EmbeddingsError(f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]) from None
-        if response.status_code in RETRY_STATUSES and attempt == 0:
-            try:
-                wait = float(response.headers.get("retry-after", "1"))
-            except ValueError:
-                wait = 1.0
-            time.sleep(min(max(wait, 0.0), MAX_RETRY_WAIT_S))
+        except UNREACHABLE as exc:
+            raise EmbeddingsError(unreachable_detail(exc)) from None
+        if (wait := retry_wait(response, attempt)) is not None:
+            time.sleep(wait)
             continue
         if response.status_code != 200:
-            try:
-                message = str(response.json()["error"]["message"])
-            except (ValueError, KeyError, TypeError):
-                message = response.text
-            raise EmbeddingsError(f"HTTP {response.status_code}: {message}"[:DETAIL_CHARS])
+            raise EmbeddingsError(error_detail(response, endpoint="embeddings", api_key=target.api_key))
         return response
     raise AssertionError("unreachable")
 
 
 def _vectors(response: httpx.Response, count: int) -> list[list[float]]:
-    """The answer's embeddings in input order; EmbeddingsError unless there is one numeric vector per text
-    and all have the same length."""
+    """The answer's embeddings in input order; EmbeddingsError unless there is one vector of finite numbers
+    per text and all have the same length."""
     try:
-        data = response.json()["data"]
+        data = json_body(response)["data"]
         by_index = {int(entry["index"]): [float(x) for x in entry["embedding"]] for entry in data}
         vectors = [by_index[i] for i in range(count)]
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError):
         raise EmbeddingsError("the endpoint's answer holds no embedding for every input") from None
     if len({len(vector) for vector in vectors}) > 1:
         raise EmbeddingsError("the endpoint's embeddings differ in length")
+    if not all(math.isfinite(x) for vector in vectors for x in vector):
+        raise EmbeddingsError("the endpoint's embeddings hold a number that is not finite")
     return vectors
 
 
 def embed(target: EmbeddingsTarget, texts: Sequence[str], *, timeout_s: float = 60.0) -> list[list[float]]:
-    """One embedding per text, in order (requests of at most MAX_BATCH texts)."""
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else None
+    """One embedding per text (of its first MAX_TEXT_CHARS characters), in order (requests of at most
+    MAX_BATCH texts)."""
     vectors: list[list[float]] = []
-    with httpx.Client(timeout=timeout_s, headers=headers) as client:
+    with httpx.Client(timeout=timeout_s, headers=auth_headers(target.api_key)) as client:
         for start in range(0, len(texts), MAX_BATCH):
-            batch = list(texts[start : start + MAX_BATCH])
+            batch = [text[:MAX_TEXT_CHARS] for text in texts[start : start + MAX_BATCH]]
             body = {"model": target.model, "input": batch, **(target.internal or {})}
             vectors.extend(_vectors(_post(client, target, body), len(batch)))
     return vectors

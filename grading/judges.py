@@ -7,7 +7,10 @@ calls of one `grade` run concurrently (at most `JudgeLimits.concurrency` at a ti
 The judge is told the reply format by a sentence appended to the LAST user message (a new user message at
 the end when there is none): JSON `{"result": <number>}` in the range, or `{"label": "<label>"}` naming one
 of the labels. A target whose model cannot read it (a tiny context window) sets `format_instruction=False`;
-its prompt then asks for the format itself. Replies are parsed leniently (`parse_score`, `parse_label`).
+its prompt then asks for the format itself. Replies are parsed leniently (`parse_score`, `parse_label`);
+one that gives no answer is a refusal when the endpoint says so (OpenAI's `message.refusal`) or the reply
+opens like one ("I'm sorry", "I cannot", ...), else a parse error. No reply or HTTP outcome escapes `grade`:
+each call's failure is that call's result.
 """
 
 import asyncio
@@ -17,23 +20,31 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from grading.http import (
+    DETAIL_CHARS,
+    UNREACHABLE,
+    auth_headers,
+    error_detail,
+    json_body,
+    retry_wait,
+    unreachable_detail,
+)
 from grading.result import GradeResult
 from jobspec.graders import LabelModelGrader, SamplingParams, ScoreModelGrader
 from jobspec.templates import Sample, TemplateValueError, render
 
 REPLY_CHARS = 500  # how much of a reply a result keeps
-DETAIL_CHARS = 500
-RETRY_STATUSES = (429, 503)
-MAX_RETRY_WAIT_S = 2.0
 _NUMBER = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
 # a number not glued to a word or another number; "7/10" counts as its numerator
 _SCORE = re.compile(rf"(?<![\w.])({_NUMBER})(?:\s*/\s*{_NUMBER})?(?!\w|\.\d)")
 _EDGES = " \t\r\n\"'`*_.,;:!?()[]{}<>“”‘’«»"  # stripped from a label reply's ends
+# how a refusal opens; only a reply that gives no answer is read for it ("I cannot fault it: 10" is a score)
+_REFUSAL = re.compile(r"\s*(?:I['’]m sorry|I am sorry|I cannot|I can['’]t|I['’]m unable|I am unable)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class JudgeTarget:
 
     url: str  # `<base>/chat/completions`, or our model server's `<inference_url>/internal/generate`
     model: str  # the model name sent
-    api_key: str | None = None  # Bearer key for an external endpoint
+    api_key: str | None = field(default=None, repr=False)  # Bearer key for an external endpoint; never shown
     # for our model server: extra payload fields {"kind": "chat", "base_model": ..., "adapter_uri": ...}
     internal: Mapping[str, Any] | None = None
     format_instruction: bool = True  # append the reply-format sentence to the prompt
@@ -55,8 +66,9 @@ class JudgeLimits:
     max_tokens: int = 512  # default when sampling_params has no max_completions_tokens
 
 
-def _json_objects(reply: str) -> list[dict[str, Any]]:
-    """Every JSON object in the reply (a bare one, or one inside prose or a code fence), in order."""
+def _json_objects(reply: str) -> list[dict[str, Any]] | None:
+    """Every JSON object in the reply (a bare one, or one inside prose or a code fence), in order; None when
+    the reply nests JSON too deeply to read (such a reply is no answer, not even its last number)."""
     decoder = json.JSONDecoder()
     found: list[dict[str, Any]] = []
     position = reply.find("{")
@@ -66,6 +78,8 @@ def _json_objects(reply: str) -> list[dict[str, Any]]:
         except ValueError:
             position = reply.find("{", position + 1)
             continue
+        except RecursionError:
+            return None
         if isinstance(value, dict):
             found.append(value)
         position = reply.find("{", end)
@@ -78,14 +92,19 @@ def _number(value: Any) -> float | None:
     numeric = isinstance(value, int | float)
     if not numeric and not (isinstance(value, str) and re.fullmatch(rf"\s*\+?{_NUMBER}\s*", value)):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past a float's range
+        return None
     return number if math.isfinite(number) else None
 
 
 def parse_score(reply: str) -> float | None:
     """The judge's score: `result` (or `score`) of the last JSON object that has a numeric one, else the last
     number in the reply ("7/10" reads as 7); None when there is neither."""
-    for obj in reversed(_json_objects(reply)):
+    if (objects := _json_objects(reply)) is None:
+        return None
+    for obj in reversed(objects):
         for key in ("result", "score"):
             if (number := _number(obj.get(key))) is not None:
                 return number
@@ -108,7 +127,9 @@ def _match_label(text: str, labels: Sequence[str]) -> str | None:
 def parse_label(reply: str, labels: Sequence[str]) -> str | None:
     """The judge's label: `label` (or `result`) of the last JSON object that has a string one, when it names a
     label; else the whole reply, or its last non-empty line, when that is exactly one label."""
-    for obj in reversed(_json_objects(reply)):
+    if (objects := _json_objects(reply)) is None:
+        return None
+    for obj in reversed(objects):
         for key in ("label", "result"):
             if isinstance(obj.get(key), str):
                 return _match_label(obj[key], labels)
@@ -117,22 +138,6 @@ def parse_label(reply: str, labels: Sequence[str]) -> str | None:
         if (label := _match_label(candidate, labels)) is not None:
             return label
     return None
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        wait = float(response.headers.get("retry-after", "1"))
-    except ValueError:
-        wait = 1.0
-    return min(max(wait, 0.0), MAX_RETRY_WAIT_S)
-
-
-def _error_detail(response: httpx.Response) -> str:
-    try:
-        message = str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        message = response.text
-    return f"HTTP {response.status_code}: {message}"[:DETAIL_CHARS]
 
 
 class _ServerError(Exception):
@@ -162,7 +167,7 @@ class ModelJudge:
 
     async def _grade_all(self, calls: Sequence[tuple[Mapping[str, Any], Sample]]) -> list[GradeResult]:
         semaphore = asyncio.Semaphore(self.limits.concurrency)
-        headers = {"Authorization": f"Bearer {self.target.api_key}"} if self.target.api_key else None
+        headers = auth_headers(self.target.api_key)
         pool = httpx.Limits(max_connections=self.limits.concurrency)
         async with httpx.AsyncClient(timeout=self.limits.timeout_s, limits=pool, headers=headers) as client:
             return list(await asyncio.gather(*(self._grade_one(client, semaphore, *call) for call in calls)))
@@ -213,24 +218,27 @@ class ModelJudge:
     async def _grade_one(
         self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, item: Mapping[str, Any], sample: Sample
     ) -> GradeResult:
+        """One call's result; no exception leaves it, whatever the reply or the HTTP outcome."""
         try:
-            messages = self.messages(item, sample)
+            body = self.payload(self.messages(item, sample))
         except TemplateValueError as exc:
             return GradeResult.failed(exc.flag, str(exc))
+        except Exception as exc:  # a bug of ours, as one call's failure
+            return _other_error(exc)
         async with semaphore:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self.limits.timeout_s):
-                    answer = await self._post(client, self.payload(messages))
+                    answer = await self._post(client, body)
+                result = self._judge(answer)
             except TimeoutError:
                 detail = f"the judge did not answer within {self.limits.timeout_s:g} s"
-                return GradeResult.failed("model_grader_server_error", detail,
-                                          execution_time=time.monotonic() - started)  # fmt: skip
+                result = GradeResult.failed("model_grader_server_error", detail)
             except _ServerError as exc:
-                return GradeResult.failed("model_grader_server_error", str(exc),
-                                          execution_time=time.monotonic() - started)  # fmt: skip
-        result = self._judge(answer)
-        result.execution_time = time.monotonic() - started
+                result = GradeResult.failed("model_grader_server_error", str(exc))
+            except Exception as exc:
+                result = _other_error(exc)
+            result.execution_time = time.monotonic() - started
         return result
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -240,15 +248,15 @@ class ModelJudge:
                 response = await client.post(self.target.url, json=body)
             except httpx.TimeoutException:
                 raise TimeoutError from None
-            except httpx.HTTPError as exc:
-                raise _ServerError(f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS]) from None
-            if response.status_code in RETRY_STATUSES and attempt == 0:
-                await asyncio.sleep(_retry_after(response))
+            except UNREACHABLE as exc:
+                raise _ServerError(unreachable_detail(exc)) from None
+            if (wait := retry_wait(response, attempt)) is not None:
+                await asyncio.sleep(wait)
                 continue
             if response.status_code != 200:
-                raise _ServerError(_error_detail(response))
+                raise _ServerError(error_detail(response, endpoint="judge", api_key=self.target.api_key))
             try:
-                answer = response.json()
+                answer = json_body(response)
                 answer["choices"][0]["message"]
             except (ValueError, KeyError, IndexError, TypeError):
                 raise _ServerError(
@@ -267,26 +275,41 @@ class ModelJudge:
         reply = content if isinstance(content, str) else ""
         usage = answer.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        tokens = sum(
-            usage[k] for k in ("prompt_tokens", "completion_tokens") if isinstance(usage.get(k), int)
-        )
+        counts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+        tokens = sum(n for n in counts if type(n) is int and 0 <= n < 2**31)  # no bool, nothing absurd
         extra: dict[str, Any] = {"token_usage": tokens, "scores": {"reply": reply[:REPLY_CHARS]}}
         if message.get("refusal"):
-            return _parse_error(f"the judge refused: {message['refusal']}", extra)
+            return _refusal(str(message["refusal"]), extra)
         if isinstance(self.spec, LabelModelGrader):
             label = parse_label(reply, self.spec.labels)
             if label is None:
-                return _parse_error(f"the reply names none of the labels {self.spec.labels}", extra)
+                return _unread(reply, f"the reply names none of the labels {self.spec.labels}", extra)
             reward = 1.0 if label in self.spec.passing_labels else 0.0
             return GradeResult(reward, scores={"label": label}, token_usage=tokens)
         low, high = self.spec.bounds
         score = parse_score(reply)
-        if score is None or not low <= score <= high:
-            found = "no score" if score is None else f"the score {score:g}"
-            return _parse_error(f"{found} in the reply; expected a number from {low:g} to {high:g}", extra)
+        if score is None:
+            return _unread(reply, f"no score in the reply; expected a number from {low:g} to {high:g}", extra)
+        if not low <= score <= high:
+            detail = f"the score {score:g} in the reply; expected a number from {low:g} to {high:g}"
+            return _parse_error(detail, extra)
         reward = min(1.0, max(0.0, (score - low) / (high - low)))
         return GradeResult(reward, scores={"score": score, "reply": reply[:REPLY_CHARS]}, token_usage=tokens)
 
 
 def _parse_error(detail: str, extra: dict[str, Any]) -> GradeResult:
     return GradeResult.failed("model_grader_parse_error", detail[:DETAIL_CHARS], **extra)
+
+
+def _refusal(text: str, extra: dict[str, Any]) -> GradeResult:
+    detail = f"the judge refused: {text}"[:DETAIL_CHARS]
+    return GradeResult.failed("model_grader_refusal_error", detail, **extra)
+
+
+def _unread(reply: str, detail: str, extra: dict[str, Any]) -> GradeResult:
+    """A reply that gives no answer: a refusal when it opens like one, else a parse error."""
+    return _refusal(reply, extra) if _REFUSAL.match(reply) else _parse_error(detail, extra)
+
+
+def _other_error(exc: Exception) -> GradeResult:
+    return GradeResult.failed("other_error", f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS])

@@ -1,6 +1,7 @@
 """What grading one sample gives: a reward in [0, 1] plus OpenAI's run metadata."""
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,28 @@ ERROR_FLAGS = (
     "truncated_observation_error",
     "unresponsive_reward_error",
 )
-# the detail strings that go with some flags
-ERROR_DETAILS = (
-    "model_grader_server_error_details",
-    "python_grader_runtime_error_details",
-    "python_grader_server_error_type",
-)
+# the field of OpenAI's `metadata.errors` that carries a flag's details, for the flags that have one
+DETAIL_FIELDS = {
+    "model_grader_server_error": "model_grader_server_error_details",
+    "python_grader_runtime_error": "python_grader_runtime_error_details",
+    "python_grader_server_error": "python_grader_server_error_type",
+}
+
+
+def openai_errors(errors: Mapping[str, str]) -> dict[str, bool | str | None]:
+    """A result's flags (flag → details) as OpenAI's `metadata.errors`: every flag, then the details."""
+    shape: dict[str, bool | str | None] = {flag: flag in errors for flag in ERROR_FLAGS}
+    shape |= {field: errors.get(flag) for flag, field in DETAIL_FIELDS.items()}
+    return shape
+
+
+def flags_set(shape: Mapping[str, Any]) -> dict[str, str | None]:
+    """OpenAI's `metadata.errors` read back: the flags that are set, each with its details (or None)."""
+    return {
+        flag: shape.get(DETAIL_FIELDS.get(flag, "")) or None
+        for flag in ERROR_FLAGS
+        if shape.get(flag) is True
+    }
 
 
 @dataclass

@@ -3,22 +3,20 @@
 Each pool member is one bubblewrap sandbox: new user, pid, network (loopback only), ipc, uts and cgroup
 namespaces, no environment of the service, a read-only view of the base Python installation, a few
 allowed packages and the shared libraries, a small tmpfs /tmp as the only writable place (see
-sandbox_launch). Run as root, each sandbox runs as an unused uid of its own (SANDBOX_UID_BASE + n), with
-no root identity or capability at all. Inside, `sandbox_child.py` (stdlib only) forks one process per
-call with CPU, memory, file, process and output limits plus a seccomp filter (no fork/exec/socket/ptrace,
-signals only to itself). The zygote kills a call at its wall limit; this side kills and restarts a sandbox
-that stops answering, so a grader can never hang the pool.
+sandbox_launch). Run as root, each sandbox runs as a uid no other live sandbox of the pid namespace has
+(sandbox_launch.claim_uid), with no root identity or capability at all. Inside, `sandbox_child.py` (stdlib
+only) forks one process per call with CPU, memory, file, task and output limits plus a seccomp filter (no
+fork/exec/socket/ptrace; threads allowed; signals and prlimit only for itself). The zygote kills a call at
+its wall limit; this side kills and restarts a sandbox that stops answering, and no exception of a call
+leaves `PythonGraderPool.run`: a grader can never hang nor break the pool.
 """
 
 import contextlib
-import functools
-import itertools
 import json
 import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,10 +32,11 @@ from grading.sandbox_child import encode_message
 from grading.sandbox_launch import (
     ALLOWED_PACKAGES,
     SANDBOX_ENV,
-    SANDBOX_UID_BASE,
     bwrap_command,
-    descendants,
+    claim_uid,
     read_exact,
+    release_uid,
+    terminate,
     unsandboxed_command,
     write_all,
 )
@@ -53,8 +52,8 @@ __all__ = [
 _HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # what bwrap itself gets: none of our secrets
 _STARTUP_S = 60.0  # start + preloads (sympy ~1 s) on a loaded machine
 _MARGIN_S = 3.0  # past the wall limit, a zygote that has not answered is considered stuck
-_uids = itertools.count()
-_uid_lock = threading.Lock()
+_TASKS = 16  # RLIMIT_NPROC of a sandboxed call: the zygote, the call and its threads
+_DETAIL_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class SandboxLimits:
     memory_mb: int = 512  # address space per call (RLIMIT_AS), the interpreter's ~40 MB and preloaded
     # packages included (numpy + sympy + rapidfuzz: ~150 MB)
     output_bytes: int = 65536  # largest result kept; stdout/stderr go to /dev/null
-    # no new processes may be started by the grader (fork/clone/exec refused)
+    # no new processes may be started by the grader (fork/clone/exec refused); threads may
 
 
 class SandboxUnavailable(RuntimeError):
@@ -86,9 +85,13 @@ class _Sandbox:
             "limits": asdict(limits),
             "preload": names,
             "seccomp": seccomp_program(),
+            # its own user namespace counts a sandbox's tasks apart (and run as root, its uid is its own);
+            # without one they would be counted with every thread of the service's user
+            "tasks": None if unsandboxed else _TASKS,
         }
         self.unsandboxed = unsandboxed
         self.proc: subprocess.Popen[bytes] | None = None
+        self.uid: int | None = None  # the uid claimed for the running sandbox (run as root)
         self.depth = 0  # the zygote is the launched process (0), or bwrap's child (1)
         self.dirs: list[str] = []
 
@@ -97,8 +100,8 @@ class _Sandbox:
             self.depth = 1
             if os.geteuid() != 0:
                 return bwrap_command(None)
-            with _uid_lock:
-                return bwrap_command(SANDBOX_UID_BASE + next(_uids) % 65536)
+            self.uid = claim_uid()
+            return bwrap_command(self.uid)
         # trusted operator opt-in: the same zygote and limits, without namespaces or a private filesystem
         self.dirs = [tempfile.mkdtemp(prefix="grader-"), tempfile.mkdtemp(prefix="grader-packages-")]
         return unsandboxed_command(*self.dirs)
@@ -140,18 +143,21 @@ class _Sandbox:
         return reply
 
     def grade(self, sample: Mapping[str, Any], item: Mapping[str, Any]) -> GradeResult:
+        """The call's result; never an exception: whatever fails here ends the sandbox (restarted by the next
+        call) and is this call's python_grader_server_error."""
         started = time.monotonic()
         try:
             if not self.alive:
                 self.kill()
                 self.start()
-            reply = self._exchange({"sample": sample, "item": item}, started + self.limits.wall_s + _MARGIN_S)
-        except (_SandboxFailure, OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
-            details = f"{exc}{self.kill()}"
-            return GradeResult.failed(
-                "python_grader_server_error", details, execution_time=time.monotonic() - started
-            )
-        return _to_result(reply, time.monotonic() - started)
+            deadline = time.monotonic() + self.limits.wall_s + _MARGIN_S  # after a restart: the call's own
+            reply = self._exchange({"sample": sample, "item": item}, deadline)
+            return _to_result(reply, time.monotonic() - started)
+        except Exception as exc:
+            known = isinstance(exc, _SandboxFailure | OSError | EOFError)  # TimeoutError is an OSError
+            details = (str(exc) if known else f"{type(exc).__name__}: {exc}")[:_DETAIL_CHARS] + self.kill()
+            took = time.monotonic() - started
+            return GradeResult.failed("python_grader_server_error", details, execution_time=took)
 
     def kill(self, *, graceful: bool = False) -> str:
         """Ends the whole sandbox; returns the tail of what it wrote on stderr (bwrap's errors)."""
@@ -165,32 +171,18 @@ class _Sandbox:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)
             if proc.poll() is None:
-                self._terminate(proc)
+                terminate(proc, self.depth)
             with contextlib.suppress(OSError):
                 tail = os.read(proc.stderr.fileno(), 4096).decode(errors="replace").strip()
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 with contextlib.suppress(OSError):
                     pipe.close()  # type: ignore[union-attr]
+        if self.uid is not None:  # every process of the sandbox has ended
+            release_uid(self.uid)
+            self.uid = None
         for path in self.dirs:
             shutil.rmtree(path, ignore_errors=True)
         return f": {tail}" if tail else ""
-
-    def _terminate(self, proc: "subprocess.Popen[bytes]") -> None:
-        # the zygote (the pid namespace's init) only: bwrap then exits and is reaped here; killing bwrap
-        # too would leave the zygote an orphan for an init that may never reap it
-        zygotes = descendants(proc.pid)[self.depth] if self.depth else []
-        for pid in zygotes:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        if not zygotes:  # unsandboxed: the zygote and its call share the launched process's group
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _to_result(reply: dict[str, Any], elapsed: float) -> GradeResult:
@@ -239,11 +231,13 @@ class PythonGraderPool:
         try:
             for future in [self._executor.submit(member.start) for member in self._members]:
                 future.result()
-        except (_SandboxFailure, OSError, ValueError) as exc:
+        except Exception as exc:
             self.close()
             raise SandboxUnavailable(f"the Python grader sandbox did not start: {exc}") from exc
 
     def run(self, calls: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[GradeResult]:
+        """One result per call, in order: a call's failure is that call's result, never an exception
+        (RuntimeError only for a closed pool)."""
         if self._closed:
             raise RuntimeError("the grader pool is closed")
         futures = [self._executor.submit(self._grade, sample, item) for sample, item in calls]
@@ -282,9 +276,10 @@ class PythonGraderPool:
 
 
 _reason_lock = threading.Lock()
+_FAILURE_KEPT_S = 60.0  # a failed probe (a start that timed out on a loaded machine, say) is retried after
+_probed: tuple[float, str | None] | None = None  # the last probe: when, and its answer
 
 
-@functools.cache
 def _probe() -> str | None:
     if not sys.platform.startswith("linux"):
         return f"Python graders need Linux (bubblewrap, seccomp); this is {sys.platform}"
@@ -296,7 +291,7 @@ def _probe() -> str | None:
     try:
         probe.start()
         result = probe.grade({"output_text": ""}, {})
-    except (_SandboxFailure, OSError, ValueError) as exc:
+    except Exception as exc:
         hint = " (unprivileged user namespaces disabled? see the sysctls kernel.unprivileged_userns_clone"
         hint += " and kernel.apparmor_restrict_unprivileged_userns)"
         return f"bubblewrap cannot start a sandbox here{hint}: {exc}{probe.kill()}"
@@ -308,6 +303,10 @@ def _probe() -> str | None:
 
 
 def sandbox_unavailable_reason() -> str | None:
-    """None when the sandbox works here (checked once by grading a probe in it), else why not."""
+    """None when the sandbox works here (a probe grades in it; a success is kept for good), else why not (kept
+    for _FAILURE_KEPT_S, then probed again)."""
+    global _probed
     with _reason_lock:
-        return _probe()
+        if _probed is None or (_probed[1] is not None and time.monotonic() - _probed[0] >= _FAILURE_KEPT_S):
+            _probed = (time.monotonic(), _probe())
+        return _probed[1]

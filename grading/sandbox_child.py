@@ -3,7 +3,8 @@
 It reads length-prefixed JSON requests on stdin and answers on stdout, but never runs user code itself:
 each call is a fresh fork that sets its limits and a seccomp filter, then compiles the user's source,
 calls `grade(sample, item)` and writes one small JSON result on a pipe of its own. The zygote kills it at
-the wall limit, keeps at most `output_bytes` of its result, reaps it and wipes the scratch directory.
+the wall limit, keeps at most `output_bytes` of its result, reaps it and wipes the scratch directory. User
+code holds that pipe too: only a result a call can give (a number, a short text) ever goes to the host.
 
     python -I -S sandbox_child.py SCRATCH_DIR [PACKAGES_DIR]
 """
@@ -28,8 +29,9 @@ MAX_REQUEST_BYTES = 256 * 1024 * 1024  # the host is trusted; this only stops a 
 FILE_BYTES = 1024 * 1024  # RLIMIT_FSIZE: the largest file a grader may write in its scratch directory
 OPEN_FILES = 64
 TEXT_CHARS = 300  # how much of a repr or an exception message is kept
+ERROR_CHARS = 1000  # the longest text a result holds (an error's type and function names are the user's too)
 STDLIB_PRELOAD = ("math", "re", "string", "statistics", "collections", "itertools", "functools", "difflib")
-RESULT_KEYS = ("value", "bad", "error")  # what a call may answer; anything else is a forgery
+UNREADABLE = {"error": "grade returned an unreadable result"}  # what a forged or broken result gives
 
 SET_UP, SETUP_FAILED = b"\x01", b"\x00"  # the first byte a call writes on its result pipe
 
@@ -106,7 +108,8 @@ def error_text(exc: BaseException) -> str:
     elif frames:
         where = f" (line {frames[-1].lineno}, in {frames[-1].name})"
     message = _text(exc, str)
-    return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
+    text = f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
 
 
 def grade_reply(source: str, sample: Any, item: Any) -> dict[str, Any]:
@@ -142,10 +145,11 @@ def _limit_self(state: dict[str, Any], result_fd: int) -> None:
         (resource.RLIMIT_AS, (memory, memory)),  # an allocation past it raises MemoryError
         (resource.RLIMIT_FSIZE, (FILE_BYTES, FILE_BYTES)),
         (resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES)),
-        (resource.RLIMIT_NPROC, (0, 0)),  # honoured only for a non-root uid; seccomp is the real barrier
         (resource.RLIMIT_CORE, (0, 0)),
     ):
         resource.setrlimit(which, value)
+    if state["tasks"] is not None:  # the zygote, this call and its threads (seccomp refuses new processes)
+        resource.setrlimit(resource.RLIMIT_NPROC, (state["tasks"], state["tasks"]))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead
     install_seccomp(*state["seccomp"])
 
@@ -195,7 +199,6 @@ def _verdict(
     data: bytes, timed_out: bool, status: int, cpu_s: float, limits: dict[str, Any]
 ) -> dict[str, Any]:
     """The reply for one call: its own result when it wrote one, else why it has none."""
-    reply: Any
     if timed_out:
         return {"timeout": f"grade did not return within {limits['wall_s']:g} s (wall clock)"}
     if not data.startswith(SET_UP):
@@ -203,14 +206,11 @@ def _verdict(
         return {"server_error": why}
     if len(data) - 1 > limits["output_bytes"]:
         return {"error": f"grade's result is larger than {limits['output_bytes']} bytes"}
-    try:
-        reply = json.loads(data[1:]) if len(data) > 1 else None
-    except ValueError:
-        reply = {"error": "grade's result was not readable"}
-    if isinstance(reply, dict) and len(reply) == 1 and next(iter(reply)) in RESULT_KEYS:
-        return reply
-    if reply is not None:
-        return {"error": "grade's result was not readable"}
+    if len(data) > 1:
+        try:
+            return _checked(json.loads(data[1:]))
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than anyone parses
+            return dict(UNREADABLE)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
     if killed and cpu_s >= max(1, math.ceil(limits["cpu_s"])) - 0.05:
         return {"timeout": f"grade used more than {limits['cpu_s']:g} s of CPU time"}
@@ -218,6 +218,18 @@ def _verdict(
         return {"error": f"the grader process died: killed by {signal.Signals(os.WTERMSIG(status)).name}"}
     code = os.waitstatus_to_exitcode(status)
     return {"error": f"the grader process exited with status {code} and no result"}
+
+
+def _checked(result: Any) -> dict[str, Any]:
+    """A call's result when it is one grade_reply gives: {"value": a float} (NaN and infinities too; JSON's
+    types are exact, a bool is no float) or {"bad"|"error": a text of at most ERROR_CHARS}. Anything else
+    was forged on the pipe by the grader."""
+    key, value = next(iter(result.items())) if isinstance(result, dict) and len(result) == 1 else ("", None)
+    if key == "value" and (type(value) is float or (type(value) is int and abs(value) <= sys.float_info.max)):
+        return {"value": float(value)}
+    if key in ("bad", "error") and isinstance(value, str) and len(value) <= ERROR_CHARS:
+        return {key: value}
+    return dict(UNREADABLE)
 
 
 def handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +309,7 @@ def _start(argv: list[str]) -> tuple[int, int, dict[str, Any]]:
     _prctl(4, 0)  # PR_SET_DUMPABLE 0: no call can open this process's memory through /proc
     gc.freeze()  # the preloaded objects are never scanned again, so forked calls share their pages
     state = {"source": init["source"], "limits": init["limits"], "devnull": devnull, "scratch": scratch}
+    state["tasks"] = init.get("tasks")  # RLIMIT_NPROC of a call, or None to keep the inherited one
     state["seccomp"] = (bytes.fromhex(init["seccomp"]["program"]), init["seccomp"]["pid_slots"])
     _write_all(out_fd, encode_message({"ready": True, "preloaded": preloaded}))
     return in_fd, out_fd, state

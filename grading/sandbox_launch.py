@@ -10,9 +10,10 @@ tmpfs /tmp, the only writable place (the root bwrap builds is remounted read-onl
 Run as root, the sandbox must not be root: this file, run as a script by the bare interpreter, stages
 every source (opened while still root, since the interpreter may live under a 0700 home such as pyenv's
 /root) as /tmp/0, /tmp/1, ... on a fresh 0755 tmpfs in a private mount namespace, drops to an unused uid
-and gid with no groups (so no capabilities at all) and execs bwrap. It execs rather than forks: the
-service's child is bwrap itself, which reaps the sandbox, so no orphan is left to an init that may never
-reap it (the service's own process, in a container).
+and gid with no groups (so no capabilities at all) and execs bwrap. That uid is the sandbox's alone
+(`claim_uid`): no other sandbox of this or another service process in the pid namespace runs as it
+meanwhile. It execs rather than forks: the service's child is bwrap itself, which reaps the sandbox, so no
+orphan is left to an init that may never reap it (the service's own process, in a container).
 
     python -I -S sandbox_launch.py UID SOURCE... -- /usr/bin/bwrap ARGS...
 """
@@ -23,23 +24,29 @@ import functools
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from importlib.util import find_spec
 from pathlib import Path
 
 # the third-party packages a grader may import (read-only, whichever are installed in our environment)
 ALLOWED_PACKAGES = ("numpy", "sympy", "mpmath", "rapidfuzz")
-SANDBOX_UID_BASE = 1_900_000_000  # run as root, sandboxes take uids from here on (65536 of them)
+# run as root, sandboxes take uids from here on (far above people's, system's and subordinate ranges): each
+# process a block of UIDS_PER_PROCESS by its pid, the last block (pid 2**22 - 1) ending below 2**32 - 1
+SANDBOX_UID_BASE = 1_900_000_000
+UIDS_PER_PROCESS = 512  # sandboxes one process may run at once
+_PIDS = 1 << 22  # Linux's largest pid_max
 SANDBOX_ENV = {  # all a sandboxed process sees of an environment
     "PATH": "/opt/python/bin",
     "LANG": "C.UTF-8",
     "HOME": "/tmp",
     "PYTHONDONTWRITEBYTECODE": "1",
     "LD_LIBRARY_PATH": "/opt/python/lib",  # the interpreter's RUNPATH names a host path
-    "OPENBLAS_NUM_THREADS": "1",  # numpy starts no threads: the zygote forks, and a call may not clone
+    "OPENBLAS_NUM_THREADS": "1",  # numpy starts no threads: a thread in the zygote would not survive its fork
     "OMP_NUM_THREADS": "1",
 }
 TMP_BYTES = 32 * 1024 * 1024  # the sandbox's /tmp (RAM-backed); the zygote wipes it after every call
@@ -47,6 +54,31 @@ CHILD = Path(__file__).with_name("sandbox_child.py")
 _PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
 _STAGE = "/tmp"
 _CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20000, 2, 4, 4096, 16384, 1 << 18
+_uids_held: set[int] = set()  # this process's sandboxes' uids
+_uid_lock = threading.Lock()
+
+
+def uid_block(pid: int) -> range:
+    """The sandbox uids of the process `pid`: no other process's (two live processes never share a pid)."""
+    start = SANDBOX_UID_BASE + pid % _PIDS * UIDS_PER_PROCESS
+    return range(start, start + UIDS_PER_PROCESS)
+
+
+def claim_uid() -> int:
+    """A uid for a new sandbox that no other live sandbox of the pid namespace has: a free one of this
+    process's block. release_uid gives it back."""
+    with _uid_lock:
+        uid = next((uid for uid in uid_block(os.getpid()) if uid not in _uids_held), None)
+        if uid is None:
+            raise RuntimeError(f"this process already runs {UIDS_PER_PROCESS} sandboxes")
+        _uids_held.add(uid)
+        return uid
+
+
+def release_uid(uid: int) -> None:
+    """After the sandbox that ran as `uid` has ended, every process of it."""
+    with _uid_lock:
+        _uids_held.discard(uid)
 
 
 def base_python() -> str:
@@ -181,6 +213,25 @@ def descendants(root: int) -> list[list[int]]:
     while next_level := [child for pid in levels[-1] for child in children.get(pid, [])]:
         levels.append(next_level)
     return levels + [[]] * 3
+
+
+def terminate(proc: "subprocess.Popen[bytes]", depth: int) -> None:
+    """Kills a launched sandbox: its zygote (the pid namespace's init), `depth` levels below `proc`, only;
+    bwrap then exits and is reaped here. Killing bwrap too would leave the zygote an orphan for an init that
+    may never reap it. At depth 0 (unsandboxed) the zygote and its call share the launched process's group."""
+    zygotes = descendants(proc.pid)[depth] if depth else []
+    for pid in zygotes:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if not zygotes:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 # ---- the root launcher (run as a script)

@@ -12,10 +12,11 @@ import regex
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from jobspec.formula import Formula, parse_formula
-from jobspec.templates import ItemPath, check_template, item_paths
+from jobspec.templates import check_template
 from jobspec.text import check_texts
 
 MAX_PYTHON_SOURCE = 256 * 1024
+MAX_PYTHON_SUBGRADERS = 4
 SIMILARITY_METRICS = (
     "cosine",
     "fuzzy_match",
@@ -260,6 +261,15 @@ class MultiGrader(_Spec):
             return {graders.get("name", "grader"): graders}
         return graders
 
+    @field_validator("graders")
+    @classmethod
+    def _few_sandboxes(cls, graders: dict[str, Any]) -> dict[str, Any]:
+        # each Python sub-grader holds a pool of warm sandboxes (~50-150 MB each) for a whole job
+        python = sum(isinstance(sub, PythonGrader) for sub in graders.values())
+        if python > MAX_PYTHON_SUBGRADERS:
+            raise ValueError(f"at most {MAX_PYTHON_SUBGRADERS} python sub-graders (combine their checks)")
+        return graders
+
     @field_validator("calculate_output")
     @classmethod
     def _formula_names(cls, text: str, info: ValidationInfo) -> str:
@@ -284,41 +294,3 @@ GRADER_TYPES = (
     "regex",
     "math",
 )
-
-
-def is_type_tag(parts: list[str], text: str) -> bool:
-    """Whether `text`, next in a validation error's location after `parts`, is the label pydantic adds for
-    the grader type a tagged union chose (not part of the field's path): after `grader` or a sub-grader."""
-    after_grader = bool(parts) and (parts[-1] == "grader" or (len(parts) >= 2 and parts[-2] == "graders"))
-    return after_grader and text in GRADER_TYPES
-
-
-def template_params(grader: Any, prefix: str) -> dict[str, str]:
-    """Every template of a grader keyed by its param name (`grader.input`, `grader.graders.x.input[0]...`)."""
-    found: dict[str, str] = {}
-    if isinstance(grader, MultiGrader):
-        for name, sub in grader.graders.items():
-            found.update(template_params(sub, f"{prefix}.graders.{name}"))
-    elif isinstance(grader, ScoreModelGrader | LabelModelGrader):
-        for index, message in enumerate(grader.input):
-            for part, text in enumerate(message.templates()):
-                found[f"{prefix}.input[{index}].content[{part}]"] = text
-    else:
-        for attr in ("input", "reference"):
-            if isinstance(getattr(grader, attr, None), str):
-                found[f"{prefix}.{attr}"] = getattr(grader, attr)
-    return found
-
-
-def grader_item_paths(grader: Any, prefix: str) -> dict[str, set[ItemPath]]:
-    """The item paths each template of a grader reads, keyed by param (Python graders: none known)."""
-    return {param: item_paths(text) for param, text in template_params(grader, prefix).items()}
-
-
-def judge_models(grader: Any) -> list[str]:
-    """The models a grader's judges call (none for rule, similarity and Python graders)."""
-    if isinstance(grader, MultiGrader):
-        return [model for sub in grader.graders.values() for model in judge_models(sub)]
-    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
-        return [grader.model]
-    return []

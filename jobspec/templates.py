@@ -40,20 +40,28 @@ class Sample:
     @property
     def output_json(self) -> Any:
         """The parsed completion; TemplateValueError (sample_parse_error) when it is not JSON."""
-        try:
-            return json.loads(self.output_text)
-        except ValueError:
+        parsed = _parse_json(self.output_text)
+        if parsed is _NOT_JSON:
             raise TemplateValueError(
                 "the sample is not valid JSON, so {{sample.output_json}} has no value", "sample_parse_error"
-            ) from None
+            )
+        return parsed
 
     def as_dict(self) -> dict[str, Any]:
         """The `sample` argument a Python grader receives (`output_json` None when the text is not JSON)."""
-        try:
-            parsed = json.loads(self.output_text)
-        except ValueError:
-            parsed = None
-        return {"output_text": self.output_text, "output_json": parsed}
+        parsed = _parse_json(self.output_text)
+        return {"output_text": self.output_text, "output_json": None if parsed is _NOT_JSON else parsed}
+
+
+_NOT_JSON = object()
+
+
+def _parse_json(text: str) -> Any:
+    # a model's output is untrusted: "[" * 5000 parses into RecursionError, not ValueError
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 def check_template(template: str) -> str:
@@ -113,7 +121,11 @@ def render(template: str, item: Mapping[str, Any], sample: Sample) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
-def present_paths(item: Mapping[str, Any], *, max_depth: int = 4) -> set[str]:
+MAX_PATH_DEPTH = 6
+"""How deep a file's field paths are recorded; a template path is checked against the file up to this."""
+
+
+def present_paths(item: Mapping[str, Any], *, max_depth: int = MAX_PATH_DEPTH) -> set[str]:
     """Every dotted path into an item's objects, e.g. {"answer", "meta", "meta.gold"} (for file checks)."""
     found: set[str] = set()
 

@@ -27,9 +27,9 @@ from worker.engine.config import RunConfig, model_defaults
 from worker.engine.data import load_items
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
-from worker.engine.graders import render_reference
+from worker.engine.graders import reference_template, render_reference
 from worker.jobs import worker_identity
-from worker.runconfig import base_model_dir, worker_grading
+from worker.runconfig import base_model_dir, grader_pass_threshold, worker_grading
 from worker.training import INTERNAL_ERROR
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,13 @@ def result_lines(
     items: list[dict[str, Any]], results: list[dict[str, Any]], grader: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
     """The engine's per-item results with what a reader needs beside them: the prompt and the reference."""
+    template = reference_template(grader)
     for result in results:
         item = items[result["index"]]
         yield {
             "index": result["index"],
             "prompt": item.get("messages"),
-            "reference": render_reference(grader, item),
+            "reference": render_reference(template, item),
             **{k: v for k, v in result.items() if k != "index"},
         }
 
@@ -167,6 +168,7 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
             max_response_tokens=sampling["max_response_tokens"],
             device=settings.device or "auto",
             grading=grading,
+            pass_threshold=grader_pass_threshold(evaluation.grader),
         )
     except Exception as exc:
         code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else INTERNAL_ERROR

@@ -75,8 +75,13 @@ def worker_grading(session: Session, *, settings: Settings, tenant_id: str, grad
     if settings.judge_api_key is not None:
         # the engine reads the key by name (it is never written into the run's config file); a key set
         # in .env is not in the environment unless put there
-        os.environ.setdefault(API_KEY_ENV, settings.judge_api_key.get_secret_value())
+        os.environ[API_KEY_ENV] = settings.judge_api_key.get_secret_value()  # the current key, if rotated
     return context
+
+
+def grader_pass_threshold(grader: dict[str, Any]) -> float:
+    """The pass threshold a grader names itself (OpenAI's `pass_threshold`), else 1.0: full credit."""
+    return float(grader.get("pass_threshold") or 1.0)
 
 
 def _given(hyper: dict[str, Any], name: str) -> Any:
@@ -117,8 +122,8 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
     for name in SAME_NAME:
         if _given(hyper, name) is not None:
             values[name] = _given(hyper, name)
-    if "pass_threshold" not in values and reinforcement["grader"].get("pass_threshold") is not None:
-        values["pass_threshold"] = reinforcement["grader"]["pass_threshold"]
+    if "pass_threshold" not in values:
+        values["pass_threshold"] = grader_pass_threshold(reinforcement["grader"])
     if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
         values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
     lr_multiplier = float(_given(hyper, "learning_rate_multiplier") or 1.0)

@@ -16,10 +16,10 @@ from app.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
 from app.services.pagination import page
 from app.settings import Settings
 from app.storage import artifact_store
-from jobspec.templates import ItemPath, present_paths
+from jobspec.templates import MAX_PATH_DEPTH, ItemPath, present_paths
 
 PURPOSES = ("fine-tune",)
-MAX_LISTED_PATHS = 500
+MAX_LISTED_PATHS = 2000
 _CHUNK = 1024 * 1024
 
 
@@ -47,11 +47,12 @@ def inspect_jsonl(path: Path) -> tuple[int, list[str], int]:
 
 
 def missing_item_paths(file: File, paths: set[ItemPath]) -> list[str]:
-    """The template paths (dotted) that not every item of the file has; a list index ends the check."""
+    """The template paths (dotted) that not every item of the file has; a list index or the recorded depth
+    ends the check (deeper parts are checked when the grader renders: a missing value is a flagged 0)."""
     present = set(file.item_fields)
     missing = set()
     for path in paths:
-        prefix = list(itertools.takewhile(lambda key: not key.isdigit(), path))
+        prefix = list(itertools.takewhile(lambda key: not key.isdigit(), path))[:MAX_PATH_DEPTH]
         if prefix and ".".join(prefix) not in present:
             missing.add(".".join(path))
     return sorted(missing)

@@ -5,18 +5,20 @@ API process itself: rule and similarity graders in process, Python graders in th
 training job uses (a separate process), judges and embeddings over HTTP.
 """
 
+import threading
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, QuotaExceeded
 from app.grading_context import GradingSetupError, grading_context
 from app.models import File, Tenant
 from app.services.files import missing_item_paths
 from app.settings import Settings
-from grading.build import GraderConfigError, GradingContext, build_grader, parse_grader
-from grading.result import ERROR_DETAILS, ERROR_FLAGS, GradeResult
-from jobspec.graders import grader_item_paths, judge_models
+from grading.build import GraderConfigError, build_grader, parse_grader
+from grading.context import GradingContext
+from grading.result import GradeResult, openai_errors
+from jobspec.walk import grader_item_paths, judge_models
 
 
 def check_grader(
@@ -53,6 +55,19 @@ def validate_grader(spec: Any) -> Any:
         raise InvalidRequest(f"Invalid grader: {exc}", param=exc.param) from None
 
 
+_running: dict[int, threading.BoundedSemaphore] = {}
+_running_lock = threading.Lock()
+
+
+def _run_slot(settings: Settings) -> threading.BoundedSemaphore:
+    """The process's grader-run slots: a run holds an API thread for as long as its sandbox or judge takes,
+    so they are bounded apart from the thread pool every other request needs."""
+    with _running_lock:
+        return _running.setdefault(
+            settings.grader_runs_concurrency, threading.BoundedSemaphore(settings.grader_runs_concurrency)
+        )
+
+
 def run_grader(
     session: Session,
     *,
@@ -75,24 +90,26 @@ def run_grader(
     except RuntimeError as exc:  # the sandbox cannot start on this host
         raise InvalidRequest(f"Python graders cannot run here: {exc}", param="grader",
                              code="python_grader_unavailable") from None  # fmt: skip
+    slot = _run_slot(settings)
+    if not slot.acquire(blocking=False):
+        grader.close()
+        busy = QuotaExceeded(
+            f"{settings.grader_runs_concurrency} grader runs are in progress on this server; retry shortly.",
+            code="grader_runs_busy",
+        )
+        busy.retry_after = 1
+        raise busy
     try:
         result = grader.grade([(item, model_sample)])[0]
     finally:
+        slot.release()
         grader.close()
     return run_response(grader_model, result)
 
 
 def run_response(grader: Any, result: GradeResult) -> dict[str, Any]:
     """A GradeResult in OpenAI's GraderRunResponse shape."""
-    errors: dict[str, Any] = {flag: flag in result.errors for flag in ERROR_FLAGS}
-    errors.update(dict.fromkeys(ERROR_DETAILS))
-    for flag, details in result.errors.items():
-        if flag == "python_grader_runtime_error":
-            errors["python_grader_runtime_error_details"] = details
-        elif flag == "python_grader_server_error":
-            errors["python_grader_server_error_type"] = details
-        elif flag == "model_grader_server_error":
-            errors["model_grader_server_error_details"] = details
+    errors = openai_errors(result.errors)
     models = judge_models(grader)
     return {
         "reward": result.reward,

@@ -18,7 +18,7 @@ from app.services.models import list_models
 from app.settings import Settings
 from app.web.graders import grader_field, grader_spec, grader_values
 from app.web.render import PageRoute, redirect, render
-from app.web.session import CSRF_FIELD, CsrfChecked, PostedForm, WebTenant
+from app.web.session import CSRF_FIELD, CsrfChecked, PostedForm, WebTenant, form_text
 from jobspec.graders import SIMILARITY_METRICS
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -65,24 +65,19 @@ def _number(text: str) -> Any:
     return text
 
 
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
-
-
 def job_request(form: FormData, training_file: str, validation_file: str | None) -> dict[str, Any]:
     """The JSON body `POST /v1/fine_tuning/jobs` would get for this form (empty fields left out)."""
     grader = grader_spec(form)
-    hyper = {name: _number(_text(form, name)) for name, _, _ in HYPERPARAMETERS if _text(form, name)}
-    if _text(form, "critic"):
-        hyper["critic"] = _text(form, "critic")
+    hyper = {name: _number(form_text(form, name)) for name, _, _ in HYPERPARAMETERS if form_text(form, name)}
+    if form_text(form, "critic"):
+        hyper["critic"] = form_text(form, "critic")
     body: dict[str, Any] = {
-        "model": _text(form, "model"),
+        "model": form_text(form, "model"),
         "training_file": training_file,
         "method": {
             "type": "reinforcement",
             "reinforcement": {
-                "algorithm": _text(form, "algorithm"),
+                "algorithm": form_text(form, "algorithm"),
                 "grader": grader,
                 "hyperparameters": hyper,
             },
@@ -90,10 +85,10 @@ def job_request(form: FormData, training_file: str, validation_file: str | None)
     }
     if validation_file:
         body["validation_file"] = validation_file
-    if _text(form, "seed"):
-        body["seed"] = _number(_text(form, "seed"))
-    if _text(form, "suffix"):
-        body["suffix"] = _text(form, "suffix")
+    if form_text(form, "seed"):
+        body["seed"] = _number(form_text(form, "seed"))
+    if form_text(form, "suffix"):
+        body["suffix"] = form_text(form, "suffix")
     return body
 
 
@@ -116,7 +111,7 @@ def _file_id(
             error.message, error.param = f"{label}: {error.message}", name
             raise
         return created.id
-    return _text(form, name) or None
+    return form_text(form, name) or None
 
 
 def _form_page(
@@ -173,7 +168,7 @@ def create_job(
     except APIError as error:
         return _form_page(
             request, session, settings, tenant, values, error=error.message,
-            error_field=_field(error.param, _text(form, "grader_type")),
+            error_field=_field(error.param, form_text(form, "grader_type")),
         )  # fmt: skip
     return redirect(request, f"/jobs/{job.id}")
 

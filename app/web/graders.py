@@ -16,7 +16,8 @@ from app.api.deps import SessionDep, SettingsDep
 from app.errors import APIError, InvalidRequest
 from app.services import grading
 from app.web.render import PageRoute, render
-from app.web.session import CsrfChecked, PostedForm, WebTenant
+from app.web.session import CsrfChecked, PostedForm, WebTenant, form_text
+from grading.result import flags_set
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -29,25 +30,18 @@ GRADER_FIELDS = {
 }
 # what each of OpenAI's error flags means, for flags the API gives no details of
 FLAG_HINTS = {
-    "formula_parse_error": "calculate_output could not be evaluated",
     "invalid_variable_error": "a template reads a value this item (or sample) does not have",
     "model_grader_parse_error": "the judge's reply held no score in the range, or named no label",
     "model_grader_refusal_error": "the judge refused to grade",
     "model_grader_server_error": "the judge or embeddings model could not be reached, or answered an error",
-    "other_error": "the grader failed",
+    "other_error": "the grader failed unexpectedly (see the service's log)",
     "python_grader_runtime_error": "grade() raised, or returned no finite number",
     "python_grader_server_error": "the sandbox failed (not the grader's code)",
     "sample_parse_error": "the sample is not JSON, so {{sample.output_json...}} has no value",
-    "truncated_observation_error": "the sample was truncated",
     "unresponsive_reward_error": "grade() ran past its time limit",
 }
 MAX_SAMPLE_CHARS = 100_000
 MAX_ITEM_CHARS = 100_000
-
-
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
 
 
 def _json(text: str, what: str, param: str) -> Any:
@@ -59,12 +53,12 @@ def _json(text: str, what: str, param: str) -> Any:
 
 def grader_spec(form: FormData) -> Any:
     """The grader the form describes, as the JSON a client would send (the API validates it)."""
-    grader_type = _text(form, "grader_type")
+    grader_type = form_text(form, "grader_type")
     if grader_type == JSON_TYPE:
-        return _json(_text(form, "grader_json"), "The grader", "grader_json")
+        return _json(form_text(form, "grader_json"), "The grader", "grader_json")
     grader: dict[str, Any] = {"type": grader_type, "name": grader_type}
     for field in GRADER_FIELDS.get(grader_type, ()):
-        grader[field] = _text(form, f"grader_{field}")
+        grader[field] = form_text(form, f"grader_{field}")
     return grader
 
 
@@ -89,7 +83,7 @@ def grader_field(param: str | None, grader_type: str) -> str | None:
 
 
 def _test_item(form: FormData) -> dict[str, Any]:
-    text = _text(form, "test_item") or "{}"
+    text = form_text(form, "test_item") or "{}"
     if len(text) > MAX_ITEM_CHARS:
         raise InvalidRequest(f"The item is longer than {MAX_ITEM_CHARS} characters.", param="test_item")
     item = _json(text, "The item", "test_item")
@@ -121,10 +115,9 @@ def run_grader(
             model_sample=_test_sample(form), item=_test_item(form),
         )  # fmt: skip
     except APIError as error:
-        field = grader_field(error.param, _text(form, "grader_type")) or error.param
+        field = grader_field(error.param, form_text(form, "grader_type")) or error.param
         context = {"error": error, "field": field}
         return render(request, "_grader_result.html", context, status_code=error.status_code)
     errors = result["metadata"]["errors"]
-    flags = {flag: errors.get(f"{flag}_details") or errors.get(f"{flag}_type")
-             for flag, on in errors.items() if on is True}  # fmt: skip
+    flags = flags_set(errors)
     return render(request, "_grader_result.html", {"result": result, "flags": flags, "hints": FLAG_HINTS})

@@ -153,3 +153,9 @@ async def form_data(request: Request) -> FormData:
 
 
 PostedForm = Annotated[FormData, Depends(form_data)]
+
+
+def form_text(form: FormData, name: str) -> str:
+    """A text field of a posted form, stripped ("" when absent or a file)."""
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""

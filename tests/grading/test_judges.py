@@ -1,24 +1,26 @@
 """Model judges and cosine similarity against our real model server (uvicorn on a free port, serving the
-shipped `sppo-tiny`), plus the reply parsers on their own.
+shipped `sppo-tiny`) and against canned answers (a hostile or broken endpoint), plus the reply parsers.
 
 sppo-tiny answers an arithmetic prompt "a+b+c=" with "a+b=s;s+c=t#### t": a score judge in [0, 100] reads
 the last number, t. Its 64-token window has no room for the reply-format sentence, so these targets set
 `format_instruction=False`.
 """
 
+import json
 import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import uvicorn
 
 from app.settings import Settings
-from grading.embeddings import EmbeddingsError, EmbeddingsTarget, cosine_similarities
+from grading.embeddings import MAX_TEXT_CHARS, EmbeddingsError, EmbeddingsTarget, cosine_similarities
 from grading.judges import JudgeLimits, JudgeTarget, ModelJudge, parse_label, parse_score
 from inference.server import create_app
 from jobspec.graders import LabelModelGrader, ScoreModelGrader
@@ -270,7 +272,7 @@ def test_parse_label_with_labels_that_differ_in_case() -> None:
     assert parse_label("pass.", ["pass", "fail"]) == "pass"
 
 
-def test_score_range_and_refusals(server: str) -> None:
+def test_score_range(server: str) -> None:
     # 20+30+40 = 110 is past the range [0, 100]: a parse error, not a clipped reward
     [out_of_range] = ModelJudge(_score_grader(), _target(server)).grade(_calls(["20+30+40="]))
     assert out_of_range.reward == 0.0 and list(out_of_range.errors) == ["model_grader_parse_error"]
@@ -278,9 +280,143 @@ def test_score_range_and_refusals(server: str) -> None:
     wide = _score_grader(range=[50, 150])
     [scaled] = ModelJudge(wide, _target(server)).grade(_calls(["20+30+40="]))
     assert scaled.scores["score"] == 110 and scaled.reward == pytest.approx(0.6)
-    judge = ModelJudge(_score_grader(), JudgeTarget("u", "m"))
-    refused = judge._judge({"choices": [{"message": {"content": None, "refusal": "No."}}]})
-    assert (
-        list(refused.errors) == ["model_grader_parse_error"]
-        and "refused" in refused.errors["model_grader_parse_error"]
+
+
+def _answer(content: str | None, **message: Any) -> dict[str, Any]:
+    return {"choices": [{"message": {"content": content, **message}}]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "flag", "details"),
+    [
+        (_answer(None, refusal="No."), "model_grader_refusal_error", "the judge refused: No."),
+        (
+            _answer("I'm sorry, but I can't grade this."),
+            "model_grader_refusal_error",
+            "the judge refused: I'm",
+        ),
+        (_answer("  I cannot assess medical advice."), "model_grader_refusal_error", "the judge refused:"),
+        (_answer("I cannot fault it. Score: 70"), None, ""),  # an answer, however it opens
+        (_answer("The answer is sorry."), "model_grader_parse_error", "no score in the reply"),
+        (_answer('{"result": ' + "[" * 100_000), "model_grader_parse_error", "no score"),  # nests too deep
+        (_answer('{"result": 1' + "0" * 400 + "}"), "model_grader_parse_error", "the score inf"),
+    ],
+)
+def test_refusals_and_unreadable_replies(answer: dict[str, Any], flag: str | None, details: str) -> None:
+    result = ModelJudge(_score_grader(), JudgeTarget("u", "m"))._judge(answer)
+    if flag is None:
+        assert result.ok and result.scores["score"] == 70, result
+    else:
+        assert result.reward == 0.0 and list(result.errors) == [flag], result
+        assert result.errors[flag].startswith(details), result.errors
+
+
+def test_a_label_judge_that_refuses() -> None:
+    grader = LabelModelGrader.model_validate(
+        {"type": "label_model", "name": "l", "model": "m", "labels": ["yes", "no"], "passing_labels": ["yes"],
+         "input": [{"role": "user", "content": "?"}]}
+    )  # fmt: skip
+    result = ModelJudge(grader, JudgeTarget("u", "m"))._judge(_answer("I can’t help with that."))
+    assert list(result.errors) == ["model_grader_refusal_error"]
+
+
+# ---- a judge or embeddings endpoint that answers whatever a test puts in ANSWERS (status, headers, body)
+
+ANSWERS: list[tuple[int, dict[str, str], bytes]] = []
+SECRET_KEY = "sk-proj-secret-0123456789"
+
+
+class _Canned(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        status, headers, body = ANSWERS.pop(0) if len(ANSWERS) > 1 else ANSWERS[0]
+        self.send_response(status)
+        for name, value in {"content-type": "application/json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def canned() -> Iterator[str]:
+    with ThreadingHTTPServer(("127.0.0.1", 0), _Canned) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        httpd.shutdown()
+
+
+DEEP = b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+OK = json.dumps(_answer('{"result": 50}')).encode()
+KEY_REFUSED = json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET_KEY[:8]}****6789."}})
+
+
+@pytest.mark.parametrize(
+    ("answers", "flag", "details"),
+    [
+        ([(200, {}, DEEP)], "model_grader_server_error", "HTTP 200 without a chat completion"),
+        ([(500, {}, DEEP)], "model_grader_server_error", "HTTP 500: {"),
+        ([(200, {}, json.dumps(_answer("[" * 100_000)).encode())], "model_grader_parse_error", "no score"),
+        (
+            [(401, {}, KEY_REFUSED.encode())],
+            "model_grader_server_error",
+            "the judge endpoint refused the service's credentials (HTTP 401)",
+        ),
+        (
+            [(400, {}, json.dumps({"error": {"message": f"{SECRET_KEY} " + "x" * 900}}).encode())],
+            "model_grader_server_error",
+            "HTTP 400: *** xxx",
+        ),
+        ([(429, {"retry-after": "nan"}, b"{}"), (200, {}, OK)], None, ""),
+        ([(503, {"retry-after": "-5"}, b"{}"), (200, {}, OK)], None, ""),
+    ],
+)
+def test_no_answer_escapes_the_judge(
+    canned: str, answers: list[tuple[int, dict[str, str], bytes]], flag: str | None, details: str
+) -> None:
+    ANSWERS[:] = answers
+    target = JudgeTarget(f"{canned}/v1/chat/completions", "gpt-x", api_key=SECRET_KEY)
+    [result] = ModelJudge(_score_grader(), target, JudgeLimits(timeout_s=10)).grade(_calls(["1+1"]))
+    if flag is None:
+        assert result.ok and result.scores["score"] == 50, result
+        return
+    assert result.reward == 0.0 and list(result.errors) == [flag], result
+    assert result.errors[flag].startswith(details) and len(result.errors[flag]) <= 500, result.errors
+    assert SECRET_KEY[:8] not in result.errors[flag] and SECRET_KEY not in repr(target)
+
+
+def test_a_url_that_is_no_url_is_a_server_error() -> None:
+    [result] = ModelJudge(_score_grader(), JudgeTarget("http://[::1", "m")).grade(_calls(["1+1"]))
+    assert list(result.errors) == ["model_grader_server_error"], result
+
+
+def test_embeddings_from_a_broken_or_refusing_endpoint(canned: str) -> None:
+    target = EmbeddingsTarget(f"{canned}/v1/embeddings", "e", api_key=SECRET_KEY)
+    assert SECRET_KEY not in repr(target)
+    for answers, message in [
+        ([(401, {}, KEY_REFUSED.encode())], r"^the embeddings endpoint refused the service's credentials"),
+        ([(200, {}, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")], "no embedding for every input"),
+        (
+            [(200, {}, b'{"data": [{"index": 0, "embedding": [1e999]}, {"index": 1, "embedding": [1]}]}')],
+            "not finite",
+        ),
+    ]:
+        ANSWERS[:] = answers
+        with pytest.raises(EmbeddingsError, match=message):
+            cosine_similarities(target, [("a", "b")], timeout_s=10)
+    vectors = {"data": [{"index": 0, "embedding": [1e200, 0]}, {"index": 1, "embedding": [1e200, 1e200]}]}
+    ANSWERS[:] = [(429, {"retry-after": "nan"}, b"{}"), (200, {}, json.dumps(vectors).encode())]
+    assert cosine_similarities(target, [("a", "b")], timeout_s=10) == [pytest.approx(0.5**0.5)]
+
+
+def test_a_text_past_the_model_servers_limit_is_cut_not_refused(server: str) -> None:
+    target = EmbeddingsTarget(
+        f"{server}/internal/embeddings", "sppo-tiny", internal={"base_model": "sppo-tiny"}
     )
+    long, longer = "1+2=3;" * (MAX_TEXT_CHARS // 6 + 1), "1+2=3;" * (MAX_TEXT_CHARS // 3)
+    [same_start, different] = cosine_similarities(target, [(long, longer), (long, "9")])
+    assert same_start == pytest.approx(1.0) and 0.0 <= different < 1.0  # the first 65536 characters agree

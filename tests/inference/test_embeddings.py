@@ -14,7 +14,8 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from app.settings import Settings
-from inference.embeddings import plain_view
+from grading.embeddings import MAX_TEXT_CHARS
+from inference.embeddings import MAX_CHARS, plain_view
 from inference.server import create_app
 from worker.engine.policy import load_base_model, load_tokenizer
 
@@ -107,3 +108,11 @@ def test_refusals(client: TestClient, change: dict[str, Any], status: int, param
     response = client.post("/internal/embeddings", json={**BODY, "input": ["1+1="], **change})
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_the_grading_client_cuts_texts_where_this_server_refuses_them(client: TestClient) -> None:
+    """grading.embeddings sends at most MAX_TEXT_CHARS of a text: exactly what this server still takes."""
+    assert MAX_TEXT_CHARS == MAX_CHARS
+    assert client.post("/internal/embeddings", json={**BODY, "input": ["1" * MAX_CHARS]}).status_code == 200
+    refused = client.post("/internal/embeddings", json={**BODY, "input": ["1" * (MAX_CHARS + 1)]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "input.0"

@@ -16,10 +16,8 @@ from jobspec.graders import (
     ScoreModelGrader,
     StringCheckGrader,
     TextSimilarityGrader,
-    grader_item_paths,
-    judge_models,
-    template_params,
 )
+from jobspec.walk import grader_item_paths, judge_models, template_params
 
 GRADER: TypeAdapter[Any] = TypeAdapter(Grader)
 

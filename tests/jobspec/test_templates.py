@@ -167,14 +167,17 @@ def test_item_paths() -> None:
 
 
 def test_present_paths() -> None:
-    item = {"answer": 1, "meta": {"gold": "x", "deep": {"a": {"b": {"c": 1}}}}, "list": [{"in_list": 1}]}
+    deep = {"a": {"b": {"c": {"d": {"e": 1}}}}}
+    item = {"answer": 1, "meta": {"gold": "x", "deep": deep}, "list": [{"in_list": 1}]}
     assert present_paths(item) == {
         "answer",
         "meta",
         "meta.gold",
         "meta.deep",
         "meta.deep.a",
-        "meta.deep.a.b",  # depth 4: not walked further
+        "meta.deep.a.b",
+        "meta.deep.a.b.c",
+        "meta.deep.a.b.c.d",  # depth 6 (MAX_PATH_DEPTH): not walked further
         "list",  # lists are not walked into
     }
     assert present_paths(item, max_depth=1) == {"answer", "meta", "list"}

@@ -25,7 +25,7 @@ LIMITS = SandboxLimits(cpu_s=1, wall_s=2, memory_mb=256)
 BOUND_S = LIMITS.wall_s + 3  # every call, hostile or not, is answered within this
 SECRET = "correct-horse-battery-staple"
 SOURCE = """
-import ctypes, os, signal, subprocess, sys, time
+import ctypes, os, resource, signal, stat, struct, subprocess, sys, time
 
 def grade(sample, item):
     return globals()["case_" + item["case"]](item)
@@ -105,6 +105,45 @@ def case_print(item):
 
 def case_kill_zygote(item):
     os.kill(os.getppid(), signal.SIGKILL)
+    return 1.0
+
+def case_interrupt_init(item):
+    os.kill(1, signal.SIGINT)  # the zygote is the pid namespace's init: SIGINT would be its KeyboardInterrupt
+    return 1.0
+
+SYSCALLS = {"x86_64": {"rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297},
+            "aarch64": {"rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240}}
+
+def queue_signal(name, *targets):
+    libc = ctypes.CDLL(None, use_errno=True)
+    info = ctypes.create_string_buffer(128)  # siginfo_t: si_signo, si_errno, si_code SI_QUEUE (-1)
+    struct.pack_into("iii", info, 0, signal.SIGINT, 0, -1)
+    number = SYSCALLS[os.uname().machine][name]
+    args = [ctypes.c_long(target) for target in targets]
+    if libc.syscall(ctypes.c_long(number), *args, ctypes.c_long(signal.SIGINT), info) != 0:
+        raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
+    return 1.0
+
+def case_sigqueue_zygote(item):
+    return queue_signal("rt_sigqueueinfo", os.getppid())
+
+def case_tgsigqueue_zygote(item):
+    return queue_signal("rt_tgsigqueueinfo", os.getppid(), os.getppid())
+
+def case_prlimit_zygote(item):
+    resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (3, 3))  # no pipe for its next call
+    return 1.0
+
+def case_forge(item):
+    # the result pipe is the one pipe a call holds: write a result grade_reply never gives, then leave
+    for fd in range(3, 64):
+        try:
+            is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except OSError:
+            continue
+        if is_pipe:
+            os.write(fd, item["result"].encode())
+            os._exit(0)
     return 1.0
 
 def case_segfault(item):
@@ -241,8 +280,34 @@ def test_a_hundred_megabytes_of_output_costs_nothing(pool: PythonGraderPool) -> 
     assert result.reward == 1.0 and result.ok
 
 
-def test_the_zygote_cannot_be_signalled(pool: PythonGraderPool) -> None:
-    assert failed(hostile(pool, "kill_zygote"), "python_grader_runtime_error").startswith("PermissionError")
+@pytest.mark.parametrize(
+    "case", ["kill_zygote", "interrupt_init", "sigqueue_zygote", "tgsigqueue_zygote", "prlimit_zygote"]
+)
+def test_the_zygote_cannot_be_signalled_or_limited(pool: PythonGraderPool, case: str) -> None:
+    assert failed(hostile(pool, case), "python_grader_runtime_error").startswith("PermissionError")
+
+
+# around Python's recursion limit: the zygote could read some of these, this side (frames deeper) not all
+DEPTHS = [*range(980, 1000), 5000]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        *('{"error": ' + "[" * depth + "]" * depth + "}" for depth in DEPTHS),
+        '{"error": {' + ", ".join(f'"k{i}": {i}' for i in range(4000)) + "}}",  # ~50 kB of object
+        '{"error": "' + "x" * 60_000 + '"}',
+        '{"value": "1.0"}',
+        '{"value": true}',
+        '{"value": 1' + "0" * 4000 + "}",
+        '{"timeout": "forged"}',
+        '{"value": 1.0, "error": "both"}',
+    ],
+)
+def test_a_forged_result_is_a_runtime_error(pool: PythonGraderPool, result: str) -> None:
+    """A grader holds its result pipe: whatever it writes there, the call is an error, never the host's."""
+    details = failed(hostile(pool, "forge", result=result), "python_grader_runtime_error")
+    assert details == "grade returned an unreadable result"
 
 
 def test_a_crashing_grader_is_a_runtime_error(pool: PythonGraderPool) -> None:

@@ -2,21 +2,20 @@
 
 Specs are `jobspec` models (OpenAI's grader shapes plus `regex` and `math`); every reward is a float in
 [0, 1]. The run config's `grading` section says where judges and embeddings are reached and how Python
-graders are sandboxed (grading.build.GradingContext).
+graders are sandboxed (grading.context.GradingContext).
 """
 
 from collections.abc import Mapping
 from typing import Any
 
-from grading.sandbox import SandboxUnavailable
-
-from grading.build import BatchGrader, GraderConfigError, GradingContext, parse_grader
+from grading.build import BatchGrader, GraderConfigError, parse_grader
 from grading.build import build_grader as _build_grader
-from jobspec.graders import MultiGrader, PythonGrader
+from grading.context import GradingContext
+from grading.sandbox import SandboxUnavailable
 from jobspec.templates import Sample, TemplateValueError, render
 from worker.engine.errors import EngineError
 
-__all__ = ["BatchGrader", "GraderSpecError", "build_grader", "render_reference"]
+__all__ = ["BatchGrader", "GraderSpecError", "build_grader", "reference_template", "render_reference"]
 
 
 class GraderSpecError(EngineError):
@@ -38,14 +37,18 @@ def build_grader(spec: Mapping[str, Any], grading: Mapping[str, Any] | None = No
         ) from None
 
 
-def render_reference(spec: Mapping[str, Any], item: Mapping[str, Any]) -> str:
+def reference_template(spec: Mapping[str, Any]) -> str | None:
+    """The reference template of a grader that has one (rule and similarity graders), else None."""
+    reference = getattr(parse_grader(spec), "reference", None)
+    return reference if isinstance(reference, str) else None
+
+
+def render_reference(template: str | None, item: Mapping[str, Any]) -> str:
     """The reference a grader compares against for `item` (shown next to evaluation results); "" for
-    graders without one (Python, judges, multi)."""
-    model = parse_grader(spec)
-    reference = getattr(model, "reference", None)
-    if not isinstance(reference, str) or isinstance(model, MultiGrader | PythonGrader):
+    graders without one (Python, judges, multi) or when the item lacks a value."""
+    if template is None:
         return ""
     try:
-        return render(reference, item, Sample(""))
+        return render(template, item, Sample(""))
     except TemplateValueError:
         return ""

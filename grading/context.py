@@ -1,0 +1,50 @@
+"""What building graders needs beyond a spec: sandbox limits, and where judges and embeddings are reached."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from grading.embeddings import EmbeddingsTarget
+from grading.judges import JudgeLimits, JudgeTarget
+from grading.sandbox import SandboxLimits
+
+
+@dataclass(frozen=True)
+class GradingContext:
+    """What building graders needs beyond the spec: sandbox limits and where judges and embeddings live.
+
+    `judges` maps each judge model name a spec may use to where it is reached (the service resolves the
+    tenant's models into this map); an external endpoint's key is given to `from_dict` or read from the
+    environment variable the values name (`api_key_env`), so it is never written into a run's config file.
+    """
+
+    python_pool_size: int = 2
+    sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
+    python_unsandboxed: bool = False
+    judges: Mapping[str, JudgeTarget] = field(default_factory=dict)
+    judge_limits: JudgeLimits = field(default_factory=JudgeLimits)
+    embeddings: EmbeddingsTarget | None = None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], api_key: str | None = None) -> "GradingContext":
+        """The context a run config carries (plain JSON/YAML values); the external endpoints' key is
+        `api_key`, else the environment variable named by `api_key_env`."""
+        key = api_key
+        if key is None and values.get("api_key_env"):
+            key = os.environ.get(values["api_key_env"])
+        judges = {
+            name: JudgeTarget(**target) if target.get("internal") else JudgeTarget(**target, api_key=key)
+            for name, target in (values.get("judges") or {}).items()
+        }
+        embeddings = values.get("embeddings")
+        if embeddings is not None:
+            embeddings = EmbeddingsTarget(**embeddings, api_key=None if embeddings.get("internal") else key)
+        return cls(
+            python_pool_size=int(values.get("python_pool_size", 2)),
+            sandbox_limits=SandboxLimits(**(values.get("sandbox_limits") or {})),
+            python_unsandboxed=bool(values.get("python_unsandboxed", False)),
+            judges=judges,
+            judge_limits=JudgeLimits(**(values.get("judge_limits") or {})),
+            embeddings=embeddings,
+        )
