@@ -36,7 +36,7 @@ def run(n_devices: int, mode: str, *, steps: int, samples: int, device: str, see
     """One run of `steps` steps; per-step timings and rewards from rank 0's metrics."""
     from worker.engine.config import RunConfig
     from worker.engine.fixtures import FIXTURE_GRADER, ensure_fixture
-    from worker.engine.trainer import run_training
+    from worker.engine.run import run_training
 
     fixture = ensure_fixture()
     with tempfile.TemporaryDirectory() as output_dir:

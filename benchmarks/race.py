@@ -18,7 +18,7 @@ from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
 from worker.engine.config import RunConfig
 from worker.engine.evaluate import evaluate
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture, ensure_fixture
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 
 SAMPLES_PER_STEP = 64  # the same for every variant: prompts per step = 64 / samples per prompt
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}

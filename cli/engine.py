@@ -87,7 +87,7 @@ def train(
     """Run (or resume) a training job locally; writes checkpoints and metrics.jsonl to output_dir."""
     from worker.engine.config import RunConfig
     from worker.engine.errors import EngineError
-    from worker.engine.trainer import run_training
+    from worker.engine.run import run_training
 
     _quiet_transformers()
     try:

@@ -29,7 +29,7 @@ from worker.artifacts import fetch_inputs, restore_run
 from worker.dbretry import is_connection_error, retrying
 from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 from worker.inputs import check_prompts
 from worker.jobs import (
     claim_job,

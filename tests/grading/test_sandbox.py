@@ -119,7 +119,9 @@ def test_the_cpu_limit_counts_cpu_time() -> None:
     ) as pool:
         [looping] = pool.run([call()])
     assert looping.errors["unresponsive_reward_error"] == "grade used more than 1 s of CPU time"
-    assert 1 <= looping.execution_time < 30
+    # RLIMIT_CPU counts user and system time of every thread of the call, which can run a few ms ahead of the
+    # host's wall clock for the call (0.998 s was seen)
+    assert 0.9 <= looping.execution_time < 30
 
 
 def test_grader_errors_in_the_source() -> None:

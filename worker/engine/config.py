@@ -158,6 +158,10 @@ class RunConfig:
             "only a separate critic can have fewer layers (a shared_lora critic is the policy's base)",
             "critic_layers",
         )
+        self._validate_ranges()
+        self._validate_rollout_and_devices()
+
+    def _validate_ranges(self) -> None:
         for name in ("learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm"):
             _check(getattr(self, name) > 0, "must be > 0", name)
         for name in ("weight_decay", "kl_coef", "entropy_coef", "lora_dropout"):
@@ -183,6 +187,8 @@ class RunConfig:
         for name in ("max_steps", "group_size", "eval_max_items", "critic_layers"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
+
+    def _validate_rollout_and_devices(self) -> None:
         backends = ", ".join(ROLLOUT_BACKENDS)
         _check(self.rollout_backend in ROLLOUT_BACKENDS, f"must be one of {backends}", "rollout_backend")
         _check(

@@ -5,9 +5,16 @@ token, so the critic never reads the response. `token` level (PPO-GAE): one valu
   policy) plus a linear head, all trained.
 - SharedLoraCritic: the policy's frozen base through its own LoRA adapter "critic" plus a head; no second
   copy of the base weights.
+
+SPPO's sequence critic reads the prompt alone, so `SequenceCriticFit` fits it in one pass per step (one
+optimizer step per minibatch, in row order) instead of once per PPO epoch, and that pass's forwards also
+give the advantages' baselines: each sample's value is read before the critic has trained on that sample
+(a baseline that had seen the sample's own reward would bias the advantage).
 """
 
 import math
+from collections import defaultdict
+from functools import partial
 from typing import Any, Literal, cast
 
 import torch
@@ -15,9 +22,14 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from worker.engine.algorithms import critic_bce_loss
+from worker.engine.batching import TokenBudget
 from worker.engine.config import RunConfig
+from worker.engine.distributed import DistContext
 from worker.engine.errors import ConfigError
+from worker.engine.optim import check_finite, replicated_step
 from worker.engine.policy import active_adapter, lora_config, trainable_parameters
+from worker.engine.rollout import Rollout
 
 Level = Literal["sequence", "token"]
 CRITIC_ADAPTER = "critic"
@@ -162,3 +174,66 @@ def build_critic(
         assert isinstance(policy, PeftModel), "config validation guarantees a LoRA policy"
         return SharedLoraCritic(policy, config, level, policy_params)
     return SeparateCritic(config.critic_model or config.model, level, device, config.critic_layers)
+
+
+class SequenceCriticFit:
+    """One BCE pass of the prompt-only critic over a step's rows, one optimizer step per minibatch of rows
+    in order. The loss is a sample-mean over the global minibatch, however it is cut into micro-batches."""
+
+    def __init__(
+        self,
+        critic: Critic,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        *,
+        budget: TokenBudget,
+        dist: DistContext,
+        max_grad_norm: float,
+    ) -> None:
+        assert critic.level == "sequence"
+        self.critic, self.optimizer, self.params = critic, optimizer, params
+        self.budget, self.dist, self.max_grad_norm = budget, dist, max_grad_norm
+
+    def __call__(
+        self, rollout: Rollout, returns: torch.Tensor, minibatch_size: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The value logits (B,) each minibatch's forward saw before its own step (the baselines of the
+        advantages) and the pass's mean critic metrics."""
+        num_rows, row_tokens = rollout.input_ids.shape
+        chunks: list[torch.Tensor] = []
+        totals: dict[str, list[float]] = defaultdict(list)
+        for start in range(0, num_rows, minibatch_size):
+            mb_inds = torch.arange(start, min(start + minibatch_size, num_rows))
+            values, metrics = self.budget.retry(
+                partial(self._minibatch, rollout, returns, mb_inds), row_tokens
+            )
+            chunks.append(values)
+            for name, value in metrics.items():
+                totals[name].append(value)
+        return torch.cat(chunks), {name: sum(v) / len(v) for name, v in totals.items()}
+
+    def _minibatch(
+        self, rollout: Rollout, returns: torch.Tensor, mb_inds: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self.optimizer.zero_grad(set_to_none=True)
+        chunks: list[torch.Tensor] = []
+        loss_total = 0.0
+        rows_here = torch.tensor(float(len(mb_inds)), device=rollout.input_ids.device)  # nccl: on the GPU
+        mb_size = float(self.dist.sum(rows_here))  # the global minibatch's rows
+        for rows in self.budget.slices(len(mb_inds), rollout.input_ids.shape[1]):
+            inds = mb_inds[rows]
+            values = self.critic(rollout.input_ids[inds], rollout.attention_mask[inds], rollout.prompt_length)
+            critic_loss, _ = critic_bce_loss(values, returns[inds])
+            check_finite(critic_loss, "critic")
+            weight = len(inds) / mb_size  # sample-mean over the minibatch, however it is cut
+            (critic_loss * weight).backward()  # type: ignore[no-untyped-call]
+            loss_total += critic_loss.item() * weight
+            chunks.append(values.detach())
+        replicated_step(self.optimizer, self.params, max_grad_norm=self.max_grad_norm, dist=self.dist)
+        values = torch.cat(chunks)  # (b,) logits of the critic before this minibatch's step
+        share = len(mb_inds) / mb_size  # of the global minibatch: the ranks' means add up to its mean
+        metrics = {
+            "train/critic_loss": loss_total,
+            "train/value_mean": torch.sigmoid(values).mean().item() * share,
+        }
+        return values, self.dist.sum_scalars(metrics)

@@ -3,6 +3,9 @@
 A completion passes when its reward reaches `pass_threshold` (1.0 by default: full credit), so pass@1 and
 avg@k keep their meaning under partial-credit graders; eval/reward_mean is the greedy completions' mean
 reward. k = 0 scores the greedy completions alone (the trainer's cheap intermediate evaluations).
+
+A sharded policy is evaluated by every rank at once, each for its share of the items (`validation_share`),
+and the scores are summed over the ranks (`summed_over_ranks`).
 """
 
 from dataclasses import dataclass, field
@@ -14,7 +17,9 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from grading.result import GradeResult
 from worker.engine.data import encode_prompts, load_items
+from worker.engine.distributed import DistContext
 from worker.engine.graders import BatchGrader, build_grader
 from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
 from worker.engine.rollout import ControlFn, Rollout, generate
@@ -65,6 +70,53 @@ def evaluate_policy(
     pass_threshold: float = 1.0,
 ) -> EvalResult:
     """Score `items`: one greedy completion each, plus `samples` (may be 0) sampled ones for avg@k."""
+    greedy_texts, sampled_texts = _complete(
+        model,
+        tokenizer,
+        items,
+        samples,
+        temperature=temperature,
+        max_response_tokens=max_response_tokens,
+        top_p=top_p,
+        token_budget=token_budget,
+        control=control,
+    )
+    greedy = grader.grade(list(zip(items, greedy_texts, strict=True)))
+    sampled = grader.grade([(items[i // samples], text) for i, text in enumerate(sampled_texts)])
+    results = [
+        _item_result(i, greedy_texts[i], greedy[i], sampled_texts[i * samples : (i + 1) * samples],
+                     sampled[i * samples : (i + 1) * samples], pass_threshold)
+        for i in range(len(items))
+    ]  # fmt: skip
+    count = len(results)
+    passed = [float(r["passed"]) for r in results]
+    sample_passes = (
+        [sum(s >= pass_threshold for s in r["sample_rewards"]) / samples for r in results] if samples else []
+    )
+    return EvalResult(
+        pass_at_1=sum(passed) / count,
+        avg_at_k=sum(sample_passes) / count if samples else 0.0,
+        k=samples,
+        items=results,
+        reward_mean=sum(r["reward"] for r in results) / count,
+        grader_errors=sum(not grade.ok for grade in greedy + sampled),
+        grader_error=_first_error([g.errors for g in greedy + sampled]),
+    )
+
+
+def _complete(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[dict[str, Any]],
+    samples: int,
+    *,
+    temperature: float,
+    max_response_tokens: int,
+    top_p: float,
+    token_budget: int,
+    control: ControlFn | None,
+) -> tuple[list[str], list[str]]:
+    """(the greedy completion of each item, `samples` sampled completions of each item, item by item)."""
     prompts = encode_prompts(tokenizer, items)
     options: dict[str, Any] = {
         "pad_id": tokenizer.pad_token_id,
@@ -80,44 +132,67 @@ def evaluate_policy(
         if repeated
         else []
     )
-    greedy = grader.grade(list(zip(items, greedy_texts, strict=True)))
-    sampled = grader.grade([(items[i // samples], text) for i, text in enumerate(sampled_texts)])
-    results: list[dict[str, Any]] = []
-    for i in range(len(items)):
-        sample_rewards = [grade.reward for grade in sampled[i * samples : (i + 1) * samples]]
-        result: dict[str, Any] = {
-            "index": i,
-            "completion": greedy_texts[i],
-            "reward": greedy[i].reward,
-            "passed": greedy[i].reward >= pass_threshold,
-            "sample_rewards": sample_rewards,
-            "samples": sampled_texts[i * samples : (i + 1) * samples],
+    return greedy_texts, sampled_texts
+
+
+def _item_result(
+    index: int,
+    completion: str,
+    grade: GradeResult,
+    samples: list[str],
+    sample_grades: list[GradeResult],
+    pass_threshold: float,
+) -> dict[str, Any]:
+    """One item's entry of EvalResult.items."""
+    result: dict[str, Any] = {
+        "index": index,
+        "completion": completion,
+        "reward": grade.reward,
+        "passed": grade.reward >= pass_threshold,
+        "sample_rewards": [g.reward for g in sample_grades],
+        "samples": samples,
+    }
+    if grade.sub_rewards:
+        result["sub_rewards"] = grade.sub_rewards
+    if grade.errors:
+        result["grader_errors"] = grade.errors
+    return result
+
+
+def _first_error(errors: list[dict[str, str]]) -> str:
+    """The first flagged grading's flag and details ("invalid_variable_error: ..."), "" when none is."""
+    return next((f"{flag}: {details}".rstrip(": ") for e in errors for flag, details in e.items()), "")
+
+
+def validation_share(items: list[dict[str, Any]], dist: DistContext) -> tuple[list[dict[str, Any]], int]:
+    """This rank's contiguous share of the validation items and how many of them count: the ranks
+    generate in lockstep, so every share is as long, the last one filled up with uncounted copies of
+    the last item."""
+    per_rank = -(-len(items) // dist.world_size)
+    mine = items[dist.rank * per_rank : (dist.rank + 1) * per_rank]
+    return mine + [items[-1]] * (per_rank - len(mine)), len(mine)
+
+
+def summed_over_ranks(
+    result: EvalResult, counted: int, total: int, dist: DistContext, pass_threshold: float
+) -> EvalResult:
+    """pass@1, avg@k and the mean reward over every rank's `counted` items, `total` of them in all
+    (per-item results stay with their rank)."""
+    mine = result.items[:counted]
+    totals = dist.sum_scalars(
+        {
+            "pass": float(sum(item["passed"] for item in mine)),
+            "reward": float(sum(item["reward"] for item in mine)),
+            "avg": sum(sum(s >= pass_threshold for s in item["sample_rewards"]) / result.k for item in mine)
+            if result.k
+            else 0.0,
         }
-        if greedy[i].sub_rewards:
-            result["sub_rewards"] = greedy[i].sub_rewards
-        if greedy[i].errors:
-            result["grader_errors"] = greedy[i].errors
-        results.append(result)
-    count = len(results)
-    passed = [float(r["passed"]) for r in results]
-    sample_passes = (
-        [sum(s >= pass_threshold for s in r["sample_rewards"]) / samples for r in results] if samples else []
     )
     return EvalResult(
-        pass_at_1=sum(passed) / count,
-        avg_at_k=sum(sample_passes) / count if samples else 0.0,
-        k=samples,
-        items=results,
-        reward_mean=sum(r["reward"] for r in results) / count,
-        grader_errors=sum(not grade.ok for grade in greedy + sampled),
-        grader_error=next(
-            (
-                f"{flag}: {details}".rstrip(": ")
-                for g in greedy + sampled
-                for flag, details in g.errors.items()
-            ),
-            "",
-        ),
+        pass_at_1=totals["pass"] / total,
+        avg_at_k=totals["avg"] / total,
+        k=result.k,
+        reward_mean=totals["reward"] / total,
     )
 
 

@@ -29,9 +29,10 @@ from worker.engine.checkpoint import crash_point
 from worker.engine.config import RunConfig
 from worker.engine.distributed import EVALUATE, GATHER, GATHER_WEIGHTS, STEP, STOP
 from worker.engine.errors import ConfigError, DistributedError, EngineError
+from worker.engine.memory import reset_peak_memory
 from worker.engine.policy import resolve_device
 from worker.engine.relay import ADDRESS_ENV, TOKEN_ENV, RelayCallbacks, RelayServer
-from worker.engine.trainer import Trainer, reset_peak_memory
+from worker.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 RANKS_LOG = "ranks.log"

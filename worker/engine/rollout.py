@@ -231,15 +231,7 @@ def generate(
     model.eval()
     input_ids, attention_mask = left_pad(prompts, pad_id, device)
     prompt_length = input_ids.shape[1]
-    config = GenerationConfig(  # type: ignore[no-untyped-call]
-        do_sample=not greedy,
-        temperature=temperature if not greedy else None,
-        top_p=top_p if not greedy else None,
-        top_k=0 if not greedy else None,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-    )
+    config = _generation_config(greedy, temperature, top_p, max_new_tokens, eos_id=eos_id, pad_id=pad_id)
     stopping = StoppingCriteriaList([_PollControl(control)] if control is not None else [])
     row_tokens = prompt_length + max_new_tokens
     if sharded:
@@ -262,6 +254,21 @@ def generate(
     full_mask = torch.cat([attention_mask, response_mask.long()], dim=1)  # (B, P + R)
     model.train(was_training)
     return Rollout(full_ids, full_mask, response_mask, prompt_length)
+
+
+def _generation_config(
+    greedy: bool, temperature: float, top_p: float, max_new_tokens: int, *, eos_id: int, pad_id: int
+) -> GenerationConfig:
+    """Greedy decoding, or sampling at `temperature` with nucleus `top_p` and nothing else (no top-k)."""
+    return GenerationConfig(  # type: ignore[no-untyped-call]
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None,
+        top_k=0 if not greedy else None,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from worker.engine.config import RunConfig
 from worker.engine.fixture_build import write_jsonl
 from worker.engine.fixture_tasks import short_problem
 from worker.engine.fixtures import Fixture
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 
 # Rewards that are mixed on almost every step (a "7" somewhere in the answer): tests that need every
 # parameter to receive a gradient cannot rely on the task's low initial success rate.

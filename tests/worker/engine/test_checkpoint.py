@@ -12,7 +12,7 @@ from worker.engine.callbacks import Control, TrainerCallbacks
 from worker.engine.errors import CheckpointError
 from worker.engine.fixtures import Fixture
 from worker.engine.policy import load_base_model
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 
 from .conftest import tiny_config
 

@@ -16,12 +16,13 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.conftest import free_port
-from worker.engine import trainer as trainer_module
+from worker.engine import step as step_module
+from worker.engine.callbacks import TrainerCallbacks
 from worker.engine.config import RunConfig
 from worker.engine.distributed import STOP
 from worker.engine.fixtures import Fixture
 from worker.engine.rollout import Rollout, rollout_from_tokens
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 
 from .conftest import final_weights, tiny_config
 
@@ -52,8 +53,8 @@ def _rank(rank: int, world_size: int, port: int, config: dict[str, Any]) -> None
         LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
-    trainer_module.generate = canned_generate  # type: ignore[assignment]
-    trainer = Trainer(RunConfig.from_dict(config), trainer_module.TrainerCallbacks())
+    step_module.generate = canned_generate  # type: ignore[assignment]
+    trainer = Trainer(RunConfig.from_dict(config), TrainerCallbacks())
     if rank == 0:
         trainer.run()
         trainer.dist.command(STOP)
@@ -89,7 +90,7 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(
     # one minibatch per epoch: 1 and 2 processes then update on the same samples in every optimizer step
     options: dict[str, Any] = {"max_steps": STEPS, "ppo_epochs": 2, "minibatch_size": 16, "batch_size": 16}
     options.update(overrides)
-    monkeypatch.setattr(trainer_module, "generate", canned_generate)
+    monkeypatch.setattr(step_module, "generate", canned_generate)
     single = run_training(tiny_config(tiny, tmp_path / "one", validation_file=None, **options))
     config = tiny_config(tiny, tmp_path / "two", validation_file=None, n_devices=2, **options).to_dict()
     Path(config["output_dir"]).mkdir()

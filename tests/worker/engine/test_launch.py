@@ -20,7 +20,7 @@ from worker.engine.errors import ConfigError, DistributedError
 from worker.engine.evaluate import evaluate
 from worker.engine.fixtures import Fixture
 from worker.engine.launch import ORPHAN_EXIT_CODE, WATCH_INTERVAL_S
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 
 from .conftest import final_weights, tiny_config
 

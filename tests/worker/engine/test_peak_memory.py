@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from worker.engine.trainer import peak_memory_mb, reset_peak_memory
+from worker.engine.memory import peak_memory_mb, reset_peak_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
+from worker.engine import rollout as rollout_module
 from worker.engine.data import encode_prompts, load_items
 from worker.engine.fixtures import Fixture
 from worker.engine.policy import load_base_model, load_policy, load_tokenizer
@@ -14,8 +15,15 @@ from worker.engine.rollout import GenerationInterrupted, generate, response_logp
 from .conftest import tiny_config
 
 
-def test_response_logprobs_and_their_gradient_equal_log_softmax() -> None:
-    """The chunked gather − logsumexp path gives log_softmax's values and gradients, entropy included."""
+@pytest.mark.parametrize("chunk_rows", [None, 2], ids=["one-chunk", "chunks-of-2-rows"])
+def test_response_logprobs_and_their_gradient_equal_log_softmax(
+    chunk_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunked gather − logsumexp path gives log_softmax's values and gradients, entropy included;
+    in chunks of 2 of the 15 (row, position) pairs, 8 chunks whose boundaries cut through rows."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(rollout_module, "LOGPROB_CHUNK_ELEMENTS", chunk_rows * 5)  # V = 5
+        assert len(rollout_module._chunks(torch.empty(15, 5))) == 8
 
     class Logits(torch.nn.Module):
         def __init__(self, logits: torch.Tensor) -> None:

@@ -11,7 +11,8 @@ from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 from worker.engine.critic import SeparateCritic
 from worker.engine.errors import ConfigError, TrainingDivergedError
 from worker.engine.fixtures import Fixture
-from worker.engine.trainer import Trainer, run_training
+from worker.engine.run import run_training
+from worker.engine.trainer import Trainer
 
 from .conftest import tiny_config
 

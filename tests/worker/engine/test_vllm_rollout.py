@@ -12,7 +12,7 @@ from worker.engine.errors import ConfigError
 from worker.engine.fixtures import Fixture
 from worker.engine.policy import load_policy, load_tokenizer
 from worker.engine.rollout import response_logprobs
-from worker.engine.trainer import run_training
+from worker.engine.run import run_training
 
 from .conftest import tiny_config
 
