@@ -2,9 +2,9 @@
 
 A grader that gives every completion the same reward (all 0: it cannot read the model's answers; all 1:
 it accepts anything; any other constant: partial credit that ignores the answer) makes reinforcement
-learning learn nothing, yet the run would end a green
-`succeeded`. Caught here, before any training step, the job fails with an error that names the grader;
-the hyperparameter extension `allow_constant_reward: true` turns the failure into a warning.
+learning learn nothing, yet the run would end a green `succeeded`. Caught here, before any training step,
+the job fails with an error that names the grader; the hyperparameter extension `allow_constant_reward:
+true` turns the failure into a warning.
 """
 
 import random

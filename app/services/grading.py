@@ -18,6 +18,7 @@ from app.settings import Settings
 from grading.build import GraderConfigError, build_grader, parse_grader
 from grading.context import GradingContext
 from grading.result import GradeResult, openai_errors
+from grading.sandbox import SandboxUnavailable
 from jobspec.walk import grader_item_paths, judge_models
 
 
@@ -83,16 +84,8 @@ def run_grader(
     context["python_pool_size"] = 1
     session.close()  # grading waits on sandboxes and judges: hold no DB connection meanwhile
     key = settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
-    try:
-        grader = build_grader(grader_model, GradingContext.from_dict(context, api_key=key))
-    except GraderConfigError as exc:
-        raise InvalidRequest(f"Invalid grader: {exc}", param=exc.param) from None
-    except RuntimeError as exc:  # the sandbox cannot start on this host
-        raise InvalidRequest(f"Python graders cannot run here: {exc}", param="grader",
-                             code="python_grader_unavailable") from None  # fmt: skip
     slot = _run_slot(settings)
-    if not slot.acquire(blocking=False):
-        grader.close()
+    if not slot.acquire(blocking=False):  # before building: a busy server starts no sandbox
         busy = QuotaExceeded(
             f"{settings.grader_runs_concurrency} grader runs are in progress on this server; retry shortly.",
             code="grader_runs_busy",
@@ -100,10 +93,19 @@ def run_grader(
         busy.retry_after = 1
         raise busy
     try:
-        result = grader.grade([(item, model_sample)])[0]
+        try:
+            grader = build_grader(grader_model, GradingContext.from_dict(context, api_key=key))
+        except GraderConfigError as exc:
+            raise InvalidRequest(f"Invalid grader: {exc}", param=exc.param) from None
+        except SandboxUnavailable as exc:
+            raise InvalidRequest(f"Python graders cannot run here: {exc}", param="grader",
+                                 code="python_grader_unavailable") from None  # fmt: skip
+        try:
+            result = grader.grade([(item, model_sample)])[0]
+        finally:
+            grader.close()
     finally:
         slot.release()
-        grader.close()
     return run_response(grader_model, result)
 
 

@@ -81,8 +81,10 @@ def evaluate_policy(
         token_budget=token_budget,
         control=control,
     )
-    greedy = grader.grade(list(zip(items, greedy_texts, strict=True)))
-    sampled = grader.grade([(items[i // samples], text) for i, text in enumerate(sampled_texts)])
+    # one batch: a Python grader's pool and a judge's concurrent calls take greedy and sampled together
+    sampled_calls = [(items[i // samples], text) for i, text in enumerate(sampled_texts)]
+    grades = grader.grade([*zip(items, greedy_texts, strict=True), *sampled_calls])
+    greedy, sampled = grades[: len(items)], grades[len(items) :]
     results = [
         _item_result(i, greedy_texts[i], greedy[i], sampled_texts[i * samples : (i + 1) * samples],
                      sampled[i * samples : (i + 1) * samples], pass_threshold)
