@@ -21,6 +21,7 @@ from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
 from app.storage import artifact_store
+from jobspec.hyperparameters import grader_pass_threshold
 from worker.dbretry import retrying
 from worker.engine.checkpoint import crash_point
 from worker.engine.config import RunConfig, model_defaults
@@ -29,7 +30,7 @@ from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
 from worker.engine.graders import reference_template, render_reference
 from worker.jobs import worker_identity
-from worker.runconfig import base_model_dir, grader_pass_threshold, worker_grading
+from worker.runconfig import base_model_dir, worker_grading
 from worker.training import INTERNAL_ERROR
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,11 @@
 """A job row → the engine's RunConfig: files and model resolved to paths, "auto" resolved to numbers.
 
-Resolution order for every hyperparameter: the job's value, else the model's `sppo_defaults.json`, else
-the engine's reference default. The learning rates are the model's default × the job's multipliers
-(OpenAI's `learning_rate_multiplier`). What was resolved is written back to `jobs.resolved_hyperparameters`
-and shown by `GET /v1/fine_tuning/jobs/{id}`.
+The hyperparameters resolve by jobspec.hyperparameters, the rule the API also applies when it creates the
+job: the job's value, else the model's `sppo_defaults.json` for the algorithm, else the reference default.
+What was resolved is written back to `jobs.resolved_hyperparameters` and shown by the job's API object.
 """
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,12 @@ from app.registry import find_base_model
 from app.settings import Settings
 from app.storage import artifact_store
 from grading.build import GraderConfigError, parse_grader
+from jobspec.hyperparameters import JOB_FIELDS, job_values, resolve_defaults, resolved_hyperparameters
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
 HYPERPARAMETERS = "method.reinforcement.hyperparameters"
 GRADER = "method.reinforcement.grader"
-# API hyperparameters that are RunConfig fields of the same name and meaning.
-SAME_NAME = (
-    "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
-    "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
-    "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
-    "critic_layers", "pass_threshold",
-)  # fmt: skip
-REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
 
 
 def base_model_dir(settings: Settings, name: str) -> Path:
@@ -79,22 +70,12 @@ def worker_grading(session: Session, *, settings: Settings, tenant_id: str, grad
     return context
 
 
-def grader_pass_threshold(grader: dict[str, Any]) -> float:
-    """The pass threshold a grader names itself (OpenAI's `pass_threshold`), else 1.0: full credit."""
-    return float(grader.get("pass_threshold") or 1.0)
-
-
-def _given(hyper: dict[str, Any], name: str) -> Any:
-    value = hyper.get(name)
-    return None if value == "auto" else value
-
-
 def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple[RunConfig, dict[str, Any]]:
     """(RunConfig, resolved hyperparameters) for a job; EngineError when it cannot run as specified."""
     reinforcement = job.method["reinforcement"]
     hyper = dict(job.hyperparameters)
     model_dir = base_model_dir(settings, job.model)
-    defaults: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
+    defaults = model_defaults(model_dir)
     values: dict[str, Any] = {
         "model": str(model_dir),
         "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,
@@ -106,7 +87,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
         "device": settings.device or "auto",
         # the worker's choice where vLLM can serve the job (a LoRA policy on one device), else hf
         "rollout_backend": settings.rollout_backend
-        if int(hyper.get("n_devices") or 1) == 1 and defaults["use_lora"]
+        if int(hyper.get("n_devices") or 1) == 1 and resolve_defaults(defaults, {})["use_lora"]
         else "hf",
         "rollout_gpu_memory_utilization": settings.rollout_gpu_memory_utilization,
         "metrics": {"job_id": job.id},
@@ -119,31 +100,14 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
                 session, settings=settings, job=job, file_id=job.validation_file, param="validation_file"
             )
         )
-    for name in SAME_NAME:
-        if _given(hyper, name) is not None:
-            values[name] = _given(hyper, name)
-    if "pass_threshold" not in values:
-        values["pass_threshold"] = grader_pass_threshold(reinforcement["grader"])
-    if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
-        values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
-    lr_multiplier = float(_given(hyper, "learning_rate_multiplier") or 1.0)
-    critic_multiplier = float(_given(hyper, "critic_learning_rate_multiplier") or 1.0)
-    values["learning_rate"] = float(defaults["learning_rate"]) * lr_multiplier
-    values["critic_learning_rate"] = float(defaults["critic_learning_rate"]) * critic_multiplier
+    values.update(job_values(hyper, algorithm=values["algorithm"], grader=reinforcement["grader"],
+                             model_defaults=defaults))  # fmt: skip
     try:
         config = RunConfig.from_dict(values)
     except EngineError as exc:
-        if exc.param in SAME_NAME:
+        if exc.param in JOB_FIELDS:
             exc.param = f"{HYPERPARAMETERS}.{exc.param}"
         raise
-    resolved: dict[str, Any] = {name: getattr(config, name) for name in SAME_NAME}
-    resolved.update(
-        group_size=config.samples_per_prompt,
-        learning_rate_multiplier=lr_multiplier,
-        critic_learning_rate_multiplier=critic_multiplier,
-        learning_rate=config.learning_rate,
-        critic_learning_rate=config.critic_learning_rate,
-    )
-    if hyper.get("reasoning_effort") is not None:
-        resolved["reasoning_effort"] = hyper["reasoning_effort"]
+    resolved = resolved_hyperparameters(hyper, algorithm=config.algorithm, grader=reinforcement["grader"],
+                                        model_defaults=defaults)  # fmt: skip
     return config, resolved

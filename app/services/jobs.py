@@ -24,6 +24,7 @@ from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.grading import check_grader
 from app.services.pagination import page
 from app.settings import Settings
+from jobspec.hyperparameters import resolved_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,13 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         status=S.queued,
         method=method,
         hyperparameters=method["reinforcement"]["hyperparameters"],
+        # what the worker will resolve, shown from the start (the worker writes the same values again)
+        resolved_hyperparameters=resolved_hyperparameters(
+            method["reinforcement"]["hyperparameters"],
+            algorithm=method["reinforcement"]["algorithm"],
+            grader=method["reinforcement"]["grader"],
+            model_defaults=entry.defaults or {},
+        ),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         suffix=request.suffix,
         metadata_=request.metadata,

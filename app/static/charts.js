@@ -40,7 +40,9 @@
   }
 
   // colors: an index per series (the compare view's follow the job); default: the series' position.
-  function makePlot(el, labels, data, xLabel, timeX, bounded, colors) {
+  // xKind: "step" (integer ticks), "time" (seconds) or "samples".
+  function makePlot(el, labels, data, xLabel, xKind, bounded, colors) {
+    var timeX = xKind === "time";
     el.innerHTML = "";
     var series = [{ label: xLabel, value: function (u, v) { return v == null ? "—" : timeX ? fmt(v) + " s" : v; } }];
     labels.forEach(function (label, i) {
@@ -49,7 +51,7 @@
                     value: function (u, v) { return fmt(v); }, points: { size: 4 } });
     });
     var plot = new uPlot({
-      width: width(el), height: 200, series: series, axes: axes(xLabel, !timeX),
+      width: width(el), height: 200, series: series, axes: axes(xLabel, xKind === "step"),
       scales: { x: { time: false }, y: { range: yRange(bounded) } }, cursor: { drag: { x: true, y: false } },
       legend: { live: true },
     }, data, el);
@@ -85,7 +87,7 @@
         if (!has) return;
         var data = [steps.slice()].concat(c.metrics.map(function (m) { return values[m].slice(); }));
         if (c.plot) c.plot.setData(data);
-        else c.plot = makePlot(c.el, c.labels, data, "step", false, c.el.dataset.bounded === "true");
+        else c.plot = makePlot(c.el, c.labels, data, "step", "step", c.el.dataset.bounded === "true");
       });
     }
 
@@ -113,21 +115,23 @@
     source.addEventListener("end", function () { source.close(); root.dataset.finished = "true"; });
   }
 
-  /* Compare view: several jobs' curves of one metric on one chart, by step or by wall-clock seconds. */
+  /* Compare view: several jobs' curves of one metric on one chart, by step, by samples drawn (algorithms
+     that draw more samples per step are compared at equal cost) or by wall-clock seconds. */
+  var COMPARE_AXES = { step: [0, "step"], time: [1, "seconds since start"], samples: [3, "samples drawn"] };
   function comparePage(el, series) {
     if (!series.length) return;
     var plot = null;
     function draw(mode) {
-      var col = mode === "time" ? 1 : 0;
+      var col = COMPARE_AXES[mode][0];
       var tables = series.map(function (s) {
         var xs = [], ys = [];
-        s.points.forEach(function (p) { if (p[2] != null) { xs.push(p[col]); ys.push(p[2]); } });
+        s.points.forEach(function (p) { if (p[2] != null && p[col] != null) { xs.push(p[col]); ys.push(p[2]); } });
         return [xs, ys];
       });
       var data = uPlot.join(tables);
       if (plot) plot.destroy();
       plot = makePlot(el, series.map(function (s) { return s.label; }), data,
-                      mode === "time" ? "seconds since start" : "step", mode === "time", el.dataset.bounded === "true",
+                      COMPARE_AXES[mode][1], mode, el.dataset.bounded === "true",
                       series.map(function (s) { return s.color; }));
       el.dataset.mode = mode;
     }

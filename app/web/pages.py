@@ -36,6 +36,7 @@ CRITIC_ALGORITHMS = ("sppo", "ppo")
 CRITIC_HYPERPARAMETERS = ("critic", "critic_learning_rate", "critic_learning_rate_multiplier", "gae_gamma",
                           "gae_lambda")  # fmt: skip
 COMPARE_COLORS = 6  # --c1 .. --c6 in app.css
+COMPARE_METRIC = "eval/pass@1"  # what a comparison is usually for: the held-out score
 
 
 def _local_path(url: str | None) -> str:
@@ -147,15 +148,20 @@ def job_panel(request: Request, session: SessionDep, tenant: WebTenant, job_id: 
     return render(request, "_job_panel.html", _job_context(session, tenant, job_id))
 
 
+def _samples(point: dashboard.Point) -> float | None:
+    """Samples drawn up to this step (`perf/samples` is a running total; none before the first step)."""
+    return 0.0 if point.step == 0 else point.metrics.get("perf/samples")
+
+
 @router.get("/compare")
 def compare_page(
     request: Request,
     session: SessionDep,
     tenant: WebTenant,
     job: Annotated[list[str] | None, Query(max_length=64)] = None,
-    metric: Annotated[str, Query(max_length=64)] = "rollout/reward_mean",
+    metric: Annotated[str, Query(max_length=64)] = COMPARE_METRIC,
 ) -> Response:
-    metric = metric if metric in HEADLINE_METRICS else "rollout/reward_mean"
+    metric = metric if metric in HEADLINE_METRICS else COMPARE_METRIC
     recent, _ = jobs.list_jobs(session, tenant=tenant, after=None, limit=50, metadata={})
     chosen = list(dict.fromkeys(job or []))[:8]
     series = []
@@ -171,7 +177,8 @@ def compare_page(
                 if picked.suffix
                 else f"{algorithm} · {job_id[-8:]}",
                 "color": int(hashlib.sha256(job_id.encode()).hexdigest(), 16) % COMPARE_COLORS,
-                "points": [[p.step, p.elapsed_s, p.metrics.get(metric)] for p in points],
+                # [step, seconds, value, samples so far]: samples make algorithms of unequal steps comparable
+                "points": [[p.step, p.elapsed_s, p.metrics.get(metric), _samples(p)] for p in points],
             }
         )
     context = {

@@ -204,7 +204,10 @@ def test_every_grader_type_and_algorithm_is_accepted(
         body["reinforcement"] |= {"algorithm": algorithm, "grader": grader}
         job = create(method=body)
         assert job["method"]["reinforcement"]["algorithm"] == algorithm
-        assert job["method"]["reinforcement"]["hyperparameters"]["n_epochs"] == "auto"
+        hyper = job["method"]["reinforcement"]["hyperparameters"]  # resolved as soon as the job exists
+        assert (hyper["n_epochs"], hyper["group_size"], hyper["gae_lambda"]) == (1, 4, 0.9)
+        assert hyper["max_response_tokens"] == 1024 and hyper["reasoning_effort"] == "low"
+        assert hyper["samples_per_step"] == hyper["batch_size"] * 4
         assert job["status"] == "queued"
         api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")  # within the tenant's concurrent-jobs quota
 

@@ -32,7 +32,8 @@ def test_upload_create_list_get_and_control(sppo: Sppo, train_file: Path) -> Non
     assert job["method"]["reinforcement"]["grader"] == REGISTRY_GRADER
     assert job["status"] == "queued" and job["seed"] == 3 and job["metadata"] == {"team": "nlp"}
     assert job["method"]["reinforcement"]["algorithm"] == "grpo"
-    assert job["method"]["reinforcement"]["hyperparameters"] == {"batch_size": 4, "n_epochs": "auto"}
+    hyper = job["method"]["reinforcement"]["hyperparameters"]
+    assert (hyper["batch_size"], hyper["n_epochs"], hyper["group_size"], hyper["samples_per_step"]) == (4, 1, 8, 32)
 
     table = sppo("jobs", "list")
     assert job["id"] in table.stdout and "queued" in table.stdout and "grpo" in table.stdout

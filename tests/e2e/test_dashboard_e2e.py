@@ -92,6 +92,8 @@ def test_dashboard_follows_a_real_run(
     page.goto(f"/compare?job={sppo['id']}&job={grpo['id']}")
     page.wait_for_selector("#compare-chart canvas")
     shot(page, "compare.png")
+    page.click("button[data-x='samples']")
+    page.wait_for_selector("#compare-chart[data-mode='samples'] canvas")
     page.click("button[data-x='time']")
     page.wait_for_selector("#compare-chart[data-mode='time'] canvas")
     page.context.close()

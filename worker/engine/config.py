@@ -1,9 +1,10 @@
 """One typed configuration for a training run, loadable from YAML and validated with clear messages.
 
-Defaults are the reference values for real (1.5B-7B) models from ALGORITHMS.md, with the actor learning
-rate raised 10x for LoRA (the default mode; docs/engine.md gives the sources). A model directory may
-carry `sppo_defaults.json` (the fixture does: tiny CPU models need far larger learning rates); those
-values override the reference defaults, and the job's own values override both.
+Defaults are jobspec.hyperparameters.REFERENCE_DEFAULTS: the reference values for real (1.5B-7B) models
+from ALGORITHMS.md, with the actor learning rate raised 10x for LoRA (docs/engine.md gives the sources). A
+model directory may carry `sppo_defaults.json` (the fixtures do: tiny CPU models need far larger learning
+rates), with per-algorithm values under `algorithms`; those override the reference defaults, and the run's
+own values override both (jobspec.hyperparameters.resolve_defaults, the rule the API shows jobs with).
 """
 
 import json
@@ -14,10 +15,10 @@ from typing import Any
 import yaml
 
 from jobspec.algorithms import ALGORITHM_NAMES, CRITIC_KINDS
+from jobspec.hyperparameters import DEFAULTS_FILE, REFERENCE_DEFAULTS, resolve_defaults, samples_per_prompt
 from worker.engine.errors import ConfigError
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
-DEFAULTS_FILE = "sppo_defaults.json"
 
 
 @dataclass
@@ -37,79 +38,80 @@ class RunConfig:
     algorithm: str = "sppo"
     """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE),
     reinforce (batch-mean baseline, no critic)."""
-    critic: str = "separate"
+    critic: str = REFERENCE_DEFAULTS["critic"]
     """sppo/ppo critic: `separate` (own model + head) or `shared_lora` (policy base + own LoRA + head)."""
     critic_model: str | None = None
     """Model directory of a `separate` critic (may be smaller than the policy); default: the policy model."""
-    critic_layers: int | None = None
+    critic_layers: int | None = REFERENCE_DEFAULTS["critic_layers"]
     """A `separate` critic built from only the first N decoder layers of its model (a smaller critic from
     the same checkpoint, as the paper pairs a 7B policy with a 1.5B critic); None: all layers."""
-    use_lora: bool = True
+    use_lora: bool = REFERENCE_DEFAULTS["use_lora"]
     """Train the policy as a LoRA adapter (peft); False trains all policy weights."""
-    lora_rank: int = 16
+    lora_rank: int = REFERENCE_DEFAULTS["lora_rank"]
     """LoRA rank r of the policy (and of a shared_lora critic)."""
-    lora_alpha: int = 32
+    lora_alpha: int = REFERENCE_DEFAULTS["lora_alpha"]
     """LoRA scaling numerator (scale = alpha / r)."""
-    lora_dropout: float = 0.0
+    lora_dropout: float = REFERENCE_DEFAULTS["lora_dropout"]
     """Dropout on the LoRA input; 0 keeps old log-probs equal to the training forward's."""
-    lora_target_modules: list[str] | str = "all-linear"
+    lora_target_modules: list[str] | str = REFERENCE_DEFAULTS["lora_target_modules"]
     """Modules that get LoRA adapters: a list of names or peft's "all-linear"."""
-    learning_rate: float = 1e-5
+    learning_rate: float = REFERENCE_DEFAULTS["learning_rate"]
     """Actor learning rate (constant schedule): 10x the authors' full-parameter 1e-6, for a LoRA adapter;
     set 1e-6 with use_lora false."""
-    critic_learning_rate: float = 5e-6
+    critic_learning_rate: float = REFERENCE_DEFAULTS["critic_learning_rate"]
     """Critic learning rate (constant schedule): the authors' value for a full-parameter (`separate`)
     critic; a `shared_lora` critic trains a LoRA adapter and wants ~10x (5e-5)."""
-    weight_decay: float = 0.01
+    weight_decay: float = REFERENCE_DEFAULTS["weight_decay"]
     """AdamW weight decay for actor and critic."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = REFERENCE_DEFAULTS["max_grad_norm"]
     """Gradient clipping of actor and critic, each on its own."""
-    n_epochs: int = 1
+    n_epochs: int = REFERENCE_DEFAULTS["n_epochs"]
     """Passes over the training file; total steps = n_epochs * ceil(items / batch_size) unless max_steps."""
-    max_steps: int | None = None
+    max_steps: int | None = REFERENCE_DEFAULTS["max_steps"]
     """Stop after this many steps (overrides n_epochs)."""
-    batch_size: int = 256
-    """Prompts per step."""
-    group_size: int | None = None
+    batch_size: int = REFERENCE_DEFAULTS["batch_size"]
+    """Prompts per step. from_dict's default (the model's or the reference) is samples per step, divided by
+    the samples per prompt: every algorithm's default run draws the same number of samples per step."""
+    group_size: int | None = REFERENCE_DEFAULTS["group_size"]
     """Samples per prompt; default from the algorithm (1 for sppo/ppo, 8 for grpo)."""
-    ppo_epochs: int = 1
+    ppo_epochs: int = REFERENCE_DEFAULTS["ppo_epochs"]
     """Passes over each step's samples."""
-    minibatch_size: int = 128
+    minibatch_size: int = REFERENCE_DEFAULTS["minibatch_size"]
     """Samples per optimizer update inside a PPO epoch."""
-    micro_batch_tokens: int = 65536
+    micro_batch_tokens: int = REFERENCE_DEFAULTS["micro_batch_tokens"]
     """Token budget of one forward/backward (gradient accumulation up to a minibatch); halved on OOM."""
-    clip_epsilon: float = 0.2
+    clip_epsilon: float = REFERENCE_DEFAULTS["clip_epsilon"]
     """PPO ratio clip range eps."""
-    kl_coef: float = 0.0
+    kl_coef: float = REFERENCE_DEFAULTS["kl_coef"]
     """Coefficient of a KL penalty to the base policy (off by default)."""
-    entropy_coef: float = 0.0
+    entropy_coef: float = REFERENCE_DEFAULTS["entropy_coef"]
     """Entropy bonus (0 as in the paper)."""
-    value_clip: float = 0.2
+    value_clip: float = REFERENCE_DEFAULTS["value_clip"]
     """Clip range of the token-level PPO value loss."""
-    gae_gamma: float = 1.0
+    gae_gamma: float = REFERENCE_DEFAULTS["gae_gamma"]
     """PPO-GAE discount."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = REFERENCE_DEFAULTS["gae_lambda"]
     """PPO-GAE lambda."""
-    grpo_scale_by_std: bool = True
+    grpo_scale_by_std: bool = REFERENCE_DEFAULTS["grpo_scale_by_std"]
     """GRPO divides by the group's reward std; False is Dr. GRPO."""
-    temperature: float = 0.6
+    temperature: float = REFERENCE_DEFAULTS["temperature"]
     """Sampling temperature of rollouts (and of avg@k evaluation)."""
-    top_p: float = 1.0
+    top_p: float = REFERENCE_DEFAULTS["top_p"]
     """Nucleus sampling threshold."""
-    max_response_tokens: int = 8192
+    max_response_tokens: int = REFERENCE_DEFAULTS["max_response_tokens"]
     """Most new tokens per response."""
-    eval_interval: int | str = "auto"
+    eval_interval: int | str = REFERENCE_DEFAULTS["eval_interval"]
     """Evaluate every this many steps, after a step-0 baseline and at the end; "auto": total_steps // 5."""
-    eval_samples: int = 4
+    eval_samples: int = REFERENCE_DEFAULTS["eval_samples"]
     """k of avg@k."""
-    eval_max_items: int | None = None
+    eval_max_items: int | None = REFERENCE_DEFAULTS["eval_max_items"]
     """Score only the first N validation items (None: all)."""
-    pass_threshold: float = 1.0
+    pass_threshold: float = REFERENCE_DEFAULTS["pass_threshold"]
     """A completion passes (pass@1, avg@k, rollout/accuracy) when its reward is at least this; the mean
     reward is reported beside them (eval/reward_mean, rollout/reward_mean)."""
-    checkpoint_interval: int = 10
+    checkpoint_interval: int = REFERENCE_DEFAULTS["checkpoint_interval"]
     """Write a checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = REFERENCE_DEFAULTS["keep_checkpoints"]
     """Keep the last K checkpoints, plus the best one by validation score."""
     seed: int = 0
     """Seeds data order, sampling and initialisation; CPU runs are reproducible."""
@@ -139,9 +141,7 @@ class RunConfig:
 
     @property
     def samples_per_prompt(self) -> int:
-        if self.group_size is not None:
-            return self.group_size
-        return 8 if self.algorithm == "grpo" else 1
+        return samples_per_prompt(self.algorithm, self.group_size)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that is out of range."""
@@ -219,8 +219,9 @@ class RunConfig:
         for required in ("model", "train_file", "grader", "output_dir"):
             if required not in values:
                 raise ConfigError("is required", required)
-        merged = {k: v for k, v in model_defaults(values["model"]).items() if k in known}
-        merged.update(values)
+        merged = {
+            k: v for k, v in resolve_defaults(model_defaults(values["model"]), values).items() if k in known
+        }
         if merged.get("critic") == "shared_lora" and "critic_layers" not in values:
             merged.pop("critic_layers", None)  # a model's smaller-critic default is for a separate critic
         try:

@@ -184,14 +184,24 @@ def test_new_job_form_shows_the_api_messages(browser: Browser, api: httpx.Client
     assert created.status_code == 303
     job = api.get(f"/v1/fine_tuning/jobs/{created.headers['location'].rsplit('/', 1)[-1]}").json()
     assert job["seed"] == 5 and job["method"]["reinforcement"]["algorithm"] == "grpo"
-    assert job["method"]["reinforcement"]["hyperparameters"] == {"batch_size": 2, "n_epochs": "auto"}
+    hyper = job["method"]["reinforcement"]["hyperparameters"]
+    assert (hyper["batch_size"], hyper["n_epochs"], hyper["group_size"], hyper["samples_per_step"]) == (
+        2,
+        1,
+        8,
+        16,
+    )
 
 
 def add_points(server: Server, job_id: str, steps: range) -> None:
     """Step metrics as the worker persists them."""
     with session_scope(server.db_url) as session:
         for step in steps:
-            metrics = {"rollout/reward_mean": step / 10, "perf/elapsed_s": 2.0 * step}
+            metrics = {
+                "rollout/reward_mean": step / 10,
+                "perf/elapsed_s": 2.0 * step,
+                "perf/samples": 64.0 * step,
+            }
             session.add(MetricPoint(job_id=job_id, step=step, metrics=metrics))
 
 
@@ -230,16 +240,21 @@ def test_compare_puts_jobs_on_one_chart(server: Server, browser: Browser, new_jo
     sppo, grpo = new_job("sppo"), new_job("grpo")
     add_points(server, sppo["id"], range(1, 3))
     add_points(server, grpo["id"], range(1, 4))
-    page = browser.get("/compare", params={"job": [sppo["id"], grpo["id"]]}).text
+    page = browser.get(
+        "/compare", params={"job": [sppo["id"], grpo["id"]], "metric": "rollout/reward_mean"}
+    ).text
     data = json.loads(
         page.split('<script id="compare-data" type="application/json">')[1].split("</script>")[0]
     )
     assert [s["id"] for s in data] == [sppo["id"], grpo["id"]]
     assert data[1]["label"].startswith("grpo") and data[1]["points"] == [
-        [1, 2.0, 0.1],
-        [2, 4.0, 0.2],
-        [3, 6.0, 0.3],
+        [1, 2.0, 0.1, 64.0],
+        [2, 4.0, 0.2, 128.0],
+        [3, 6.0, 0.3, 192.0],
     ]
+    assert 'data-x="samples"' in page and 'data-metric="rollout/reward_mean"' in page
+    default = browser.get("/compare", params={"job": [sppo["id"]]}).text
+    assert 'data-metric="eval/pass@1"' in default  # the held-out score unless another metric is picked
 
 
 def test_sign_out_clears_the_session(browser: Browser) -> None:

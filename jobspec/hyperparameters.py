@@ -1,0 +1,152 @@
+"""Hyperparameter defaults and how a run's values are resolved: written once for the API and the engine.
+
+A value comes from the job, else from the model's `sppo_defaults.json` (its `algorithms.<name>` section over
+its top level), else from REFERENCE_DEFAULTS. One rule keeps the algorithms comparable: a default
+`batch_size` (from the model or the reference) is the samples per step, so an algorithm that draws N samples
+per prompt (GRPO: 8) takes batch_size / N prompts per step unless the job sets `batch_size` itself; every
+algorithm's default job then costs the same number of samples per step.
+"""
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+DEFAULTS_FILE: Final = "sppo_defaults.json"
+ALGORITHMS_KEY: Final = "algorithms"
+"""The key of a model's per-algorithm defaults: {"algorithms": {"grpo": {"learning_rate": 1e-4}}}."""
+
+DEFAULT_SAMPLES_PER_PROMPT: Final[Mapping[str, int]] = {"sppo": 1, "grpo": 8, "ppo": 1, "reinforce": 1}
+
+REFERENCE_DEFAULTS: Final[Mapping[str, Any]] = {
+    # the reference values for real (1.5B-7B) models from ALGORITHMS.md, the actor learning rate raised 10x
+    # for LoRA (docs/engine.md gives the sources)
+    "critic": "separate",
+    "critic_layers": None,
+    "use_lora": True,
+    "lora_rank": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "lora_target_modules": "all-linear",
+    "learning_rate": 1e-5,
+    "critic_learning_rate": 5e-6,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "n_epochs": 1,
+    "max_steps": None,
+    "batch_size": 256,
+    "group_size": None,
+    "ppo_epochs": 1,
+    "minibatch_size": 128,
+    "micro_batch_tokens": 65536,
+    "clip_epsilon": 0.2,
+    "kl_coef": 0.0,
+    "entropy_coef": 0.0,
+    "value_clip": 0.2,
+    "gae_gamma": 1.0,
+    "gae_lambda": 0.95,
+    "grpo_scale_by_std": True,
+    "temperature": 0.6,
+    "top_p": 1.0,
+    "max_response_tokens": 8192,
+    "eval_interval": "auto",
+    "eval_samples": 4,
+    "eval_max_items": None,
+    "pass_threshold": 1.0,
+    "checkpoint_interval": 10,
+    "keep_checkpoints": 3,
+    "n_devices": 1,
+}
+
+JOB_FIELDS: Final = (
+    "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
+    "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
+    "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
+    "critic_layers", "pass_threshold",
+)  # fmt: skip
+"""API hyperparameters that are engine fields of the same name and meaning."""
+REASONING_EFFORT_TOKENS: Final[Mapping[str, int]] = {"low": 1024, "medium": 4096, "high": 16384}
+"""max_response_tokens for OpenAI's `reasoning_effort` when the job does not set max_response_tokens."""
+
+
+def samples_per_prompt(algorithm: str, group_size: int | None) -> int:
+    """The job's group_size, else the algorithm's default (8 for grpo, 1 for the others)."""
+    return group_size if group_size is not None else DEFAULT_SAMPLES_PER_PROMPT.get(algorithm, 1)
+
+
+def model_defaults_for(model_defaults: Mapping[str, Any], algorithm: str) -> dict[str, Any]:
+    """A model's defaults for one algorithm: its top-level values with `algorithms.<algorithm>` on top."""
+    merged = {k: v for k, v in model_defaults.items() if k != ALGORITHMS_KEY}
+    sections = model_defaults.get(ALGORITHMS_KEY)
+    if isinstance(sections, Mapping) and isinstance(sections.get(algorithm), Mapping):
+        merged.update(sections[algorithm])
+    return merged
+
+
+def resolve_defaults(model_defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """REFERENCE_DEFAULTS <- the model's defaults for `values["algorithm"]` <- `values`.
+
+    Without a `batch_size` in `values`, the default batch (samples per step) is divided by the samples per
+    prompt, rounded down to a multiple of `n_devices` (at least one prompt per device).
+    """
+    algorithm = str(values.get("algorithm", "sppo"))
+    merged = {**REFERENCE_DEFAULTS, **model_defaults_for(model_defaults, algorithm), **values}
+    if values.get("batch_size") is None:
+        per_prompt = samples_per_prompt(algorithm, merged.get("group_size"))
+        devices = merged.get("n_devices") or 1
+        merged["batch_size"] = max(devices, int(merged["batch_size"]) // per_prompt // devices * devices)
+    return merged
+
+
+def grader_pass_threshold(grader: Mapping[str, Any]) -> float:
+    """The pass threshold a grader names itself (OpenAI's `pass_threshold`), else 1.0: full credit."""
+    return float(grader.get("pass_threshold") or 1.0)
+
+
+def _given(hyper: Mapping[str, Any], name: str) -> Any:
+    value = hyper.get(name)
+    return None if value == "auto" else value
+
+
+def _multiplier(hyper: Mapping[str, Any], rate: str) -> float:
+    return float(_given(hyper, f"{rate}_multiplier") or 1)
+
+
+def job_values(
+    hyper: Mapping[str, Any], *, algorithm: str, grader: Mapping[str, Any], model_defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The engine fields a job's hyperparameters set ("auto" and absent values left to the defaults); the
+    learning rates are the model's defaults for the algorithm times the job's multipliers (OpenAI's
+    `learning_rate_multiplier`)."""
+    values = {name: _given(hyper, name) for name in JOB_FIELDS if _given(hyper, name) is not None}
+    values.setdefault("pass_threshold", grader_pass_threshold(grader))
+    if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
+        values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
+    defaults = resolve_defaults(model_defaults, {"algorithm": algorithm})
+    values["learning_rate"] = float(defaults["learning_rate"]) * float(
+        _given(hyper, "learning_rate_multiplier") or 1
+    )
+    values["critic_learning_rate"] = float(defaults["critic_learning_rate"]) * float(
+        _given(hyper, "critic_learning_rate_multiplier") or 1
+    )
+    return values
+
+
+def resolved_hyperparameters(
+    hyper: Mapping[str, Any], *, algorithm: str, grader: Mapping[str, Any], model_defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a job shows as its hyperparameters from the moment it is created: every API hyperparameter as
+    the run will use it, the samples per step, and the learning rates with their multipliers."""
+    values = job_values(hyper, algorithm=algorithm, grader=grader, model_defaults=model_defaults)
+    merged = resolve_defaults(model_defaults, {"algorithm": algorithm, **values})
+    per_prompt = samples_per_prompt(algorithm, merged["group_size"])
+    resolved = {name: merged[name] for name in JOB_FIELDS}
+    resolved.update(
+        group_size=per_prompt,
+        samples_per_step=int(merged["batch_size"]) * per_prompt,
+        learning_rate_multiplier=_multiplier(hyper, "learning_rate"),
+        critic_learning_rate_multiplier=_multiplier(hyper, "critic_learning_rate"),
+        learning_rate=merged["learning_rate"],
+        critic_learning_rate=merged["critic_learning_rate"],
+    )
+    if hyper.get("reasoning_effort") is not None:
+        resolved["reasoning_effort"] = hyper["reasoning_effort"]
+    return resolved
