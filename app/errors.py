@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobspec.hyperparameters import HINTS, HYPERPARAMETERS
 from jobspec.walk import is_type_tag
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def validation_error(errors: Sequence[Any]) -> APIError:
         param = f"{param}.type"  # the grader's `type` chose no known grader
     message = "; ".join(dict.fromkeys(messages))
     if first.get("type") == "extra_forbidden":
-        message = f"Unknown parameter: '{param}'."
+        hint = HINTS.get(param.rsplit(".", 1)[-1]) if param.startswith(HYPERPARAMETERS) else None
+        message = f"Unknown parameter: '{param}'." + (f" {hint}" if hint else "")
     elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
     else:

@@ -44,6 +44,9 @@ def _pairs(items: list[str], option: str, parse: bool) -> dict[str, Any]:
     return found
 
 
+MODELS_LISTED = 20  # an error lists this many model names; GET /v1/models has them all
+
+
 def model_grader(client: Client, model: str, grader: str | None) -> Any:
     """The `--grader` given, else the grader the model declares (GET /v1/models `recommended_grader`)."""
     if grader is not None:
@@ -57,7 +60,10 @@ def model_grader(client: Client, model: str, grader: str | None) -> Any:
     if base is not None and base.get("recommended_grader"):
         return base["recommended_grader"]
     if found is None and base is None:
-        raise ApiError(f"Model '{model}' is not in GET /v1/models; choose a listed model or pass --grader.")
+        names = ", ".join(m["id"] for m in listing["data"][:MODELS_LISTED])
+        raise ApiError(
+            f"Model '{model}' is not available; choose one of: {names} (GET /v1/models lists all)."
+        )
     raise ApiError(f"Model '{model}' declares no recommended grader; pass one with --grader.")
 
 

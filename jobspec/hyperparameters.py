@@ -10,6 +10,8 @@ algorithm's default job then costs the same number of samples per step.
 from collections.abc import Mapping
 from typing import Any, Final
 
+HYPERPARAMETERS: Final = "method.reinforcement.hyperparameters"
+"""Where a job's hyperparameters are in its request: the prefix of every error's `param` about one."""
 DEFAULTS_FILE: Final = "sppo_defaults.json"
 ALGORITHMS_KEY: Final = "algorithms"
 """The key of a model's per-algorithm defaults: {"algorithms": {"grpo": {"learning_rate": 1e-4}}}."""
@@ -63,6 +65,17 @@ JOB_FIELDS: Final = (
     "critic_layers", "pass_threshold",
 )  # fmt: skip
 """API hyperparameters that are engine fields of the same name and meaning."""
+HINTS: Final[Mapping[str, str]] = {
+    "learning_rate": "Use 'learning_rate_multiplier': a factor on the model's default learning rate"
+    " (GET /v1/models lists the defaults).",
+    "critic_learning_rate": "Use 'critic_learning_rate_multiplier': a factor on the model's default critic"
+    " learning rate.",
+    "epochs": "Use 'n_epochs'.",
+    "num_epochs": "Use 'n_epochs'.",
+    "max_tokens": "Use 'max_response_tokens'.",
+    "num_generations": "Use 'group_size' (samples per prompt).",
+}
+"""What a user who names a hyperparameter as other trainers do is told to use instead."""
 REASONING_EFFORT_TOKENS: Final[Mapping[str, int]] = {"low": 1024, "medium": 4096, "high": 16384}
 """max_response_tokens for OpenAI's `reasoning_effort` when the job does not set max_response_tokens."""
 

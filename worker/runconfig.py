@@ -18,11 +18,16 @@ from app.registry import find_base_model
 from app.settings import Settings
 from app.storage import artifact_store
 from grading.build import GraderConfigError, parse_grader
-from jobspec.hyperparameters import JOB_FIELDS, job_values, resolve_defaults, resolved_hyperparameters
+from jobspec.hyperparameters import (
+    HYPERPARAMETERS,
+    JOB_FIELDS,
+    job_values,
+    resolve_defaults,
+    resolved_hyperparameters,
+)
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
-HYPERPARAMETERS = "method.reinforcement.hyperparameters"
 GRADER = "method.reinforcement.grader"
 
 

@@ -19,17 +19,17 @@ from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from app.lifecycle import add_event, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
-from app.registry import BaseModelEntry, fewest_tokens, find_base_model
+from app.registry import BaseModelEntry, fewest_tokens, find_base_model, list_base_models
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.grading import check_grader
 from app.services.pagination import page
 from app.settings import Settings
-from jobspec.hyperparameters import resolved_hyperparameters
+from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
 
 log = logging.getLogger(__name__)
 
 S = JobStatus
-HYPERPARAMETERS = "method.reinforcement.hyperparameters"
+MODELS_LISTED = 20  # an unknown model's error lists this many names; GET /v1/models has them all
 
 
 def _training_file(session: Session, *, tenant: Tenant, file_id: str, param: str) -> File:
@@ -119,7 +119,8 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
     entry = find_base_model(settings, request.model)
     if entry is None:
         raise InvalidRequest(
-            f"Model '{request.model}' is not available for fine-tuning; see GET /v1/models.",
+            f"Model '{request.model}' is not available for fine-tuning; the models are: "
+            f"{', '.join(e.name for e in list_base_models(settings)[:MODELS_LISTED])} (GET /v1/models).",
             param="model",
             code="model_not_found",
         )

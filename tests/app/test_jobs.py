@@ -365,3 +365,14 @@ def test_settings_that_cannot_work_with_the_model_or_file_are_400s(
     events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
     assert any(e["level"] == "warn" and "below the 32 that model" in e["message"] for e in events)
     assert job["alarms"] == [] and job["status_detail"] is None
+
+
+def test_a_hyperparameter_named_as_elsewhere_points_at_ours(api: httpx.Client, training_file: str) -> None:
+    body = {"model": "sppo-tiny", "training_file": training_file, "method": method(learning_rate=1e-4)}
+    error = assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400,
+                         "method.reinforcement.hyperparameters.learning_rate")  # fmt: skip
+    assert (
+        error["message"].startswith("Unknown parameter") and "'learning_rate_multiplier'" in error["message"]
+    )
+    body["method"] = method(warmup=3)  # no hint for a name nobody uses elsewhere
+    assert assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400)["message"].endswith("warmup'.")

@@ -33,7 +33,12 @@ def test_upload_create_list_get_and_control(sppo: Sppo, train_file: Path) -> Non
     assert job["status"] == "queued" and job["seed"] == 3 and job["metadata"] == {"team": "nlp"}
     assert job["method"]["reinforcement"]["algorithm"] == "grpo"
     hyper = job["method"]["reinforcement"]["hyperparameters"]
-    assert (hyper["batch_size"], hyper["n_epochs"], hyper["group_size"], hyper["samples_per_step"]) == (4, 1, 8, 32)
+    assert (hyper["batch_size"], hyper["n_epochs"], hyper["group_size"], hyper["samples_per_step"]) == (
+        4,
+        1,
+        8,
+        32,
+    )
 
     table = sppo("jobs", "list")
     assert job["id"] in table.stdout and "queued" in table.stdout and "grpo" in table.stdout
@@ -56,7 +61,10 @@ def test_errors_print_the_api_message_not_a_traceback(server: Server, sppo: Sppo
         "jobs", "create", "--model", "nope", "--training-file", str(train_file), "--grader", grader
     )
     assert bad_model.returncode == 1
-    assert "Model 'nope' is not available for fine-tuning" in bad_model.stderr
+    assert (
+        "Model 'nope' is not available for fine-tuning; the models are: sppo-tiny, sppo-tiny-long"
+        in bad_model.stderr
+    )
     assert "Traceback" not in bad_model.stderr + bad_model.stdout
 
     bad_value = sppo(
@@ -130,7 +138,10 @@ def test_evals_create_list_get(sppo: Sppo, train_file: Path) -> None:
 
 def test_without_grader_an_unknown_model_is_named(sppo: Sppo, train_file: Path) -> None:
     result = sppo("jobs", "create", "--model", "nope", "--training-file", str(train_file))
-    assert result.returncode == 1 and "Model 'nope' is not in GET /v1/models" in result.stderr
+    assert (
+        result.returncode == 1 and "Model 'nope' is not available; choose one of: sppo-tiny," in result.stderr
+    )
+    assert "--grader" not in result.stderr  # the model is what is wrong
 
 
 def test_tar_members_outside_the_target_are_refused(tmp_path: Path) -> None:
