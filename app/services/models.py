@@ -4,7 +4,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import PermissionDenied
-from app.models import FineTunedModel, Tenant
+from app.models import Checkpoint, FineTunedModel, Tenant
 from app.registry import find_base_model, list_base_models
 from app.schemas.models import ModelObject
 from app.services.inference import model_not_found
@@ -42,17 +42,27 @@ def get_model(session: Session, *, settings: Settings, tenant: Tenant, model_id:
 
 
 def delete_model(session: Session, *, settings: Settings, tenant: Tenant, model_id: str) -> None:
-    """Unregister a fine-tuned model and remove its adapter files; base models cannot be deleted (403)."""
+    """Unregister a fine-tuned model and remove its adapter files; base models cannot be deleted (403).
+
+    The job's checkpoints go with it (rows and files): they are the same model at earlier steps, so a deleted
+    model answers to none of its names (`ft:...`, `ftckpt-...`, `...:ckpt-step-N`) in chat, evaluations,
+    judges or downloads.
+    """
     if find_base_model(settings, model_id) is not None:
         raise PermissionDenied(
             f"The model '{model_id}' is a base model of the service and cannot be deleted.", param="model"
         )
     row = _own_fine_tuned(session, tenant=tenant, model_id=model_id)
-    adapter = row.adapter_uri
+    checkpoints = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == row.job_id)))
+    artifacts = [row.adapter_uri, *(checkpoint.uri for checkpoint in checkpoints)]
+    for checkpoint in checkpoints:
+        session.delete(checkpoint)
     session.delete(row)
     session.commit()
-    if adapter.startswith("jobs/"):  # never an artifact outside the jobs' own
-        artifact_store(settings).delete(adapter)
+    store = artifact_store(settings)
+    for uri in artifacts:
+        if uri.startswith("jobs/"):  # never an artifact outside the jobs' own
+            store.delete(uri)
 
 
 def _own_fine_tuned(session: Session, *, tenant: Tenant, model_id: str) -> FineTunedModel:

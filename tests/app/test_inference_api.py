@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.db import session_scope
-from app.models import FineTunedModel, Job
+from app.models import Checkpoint, FineTunedModel, Job
 from app.services.keys import authenticate
 
 from .conftest import REGISTRY_MODEL, Server, assert_error
@@ -33,6 +33,20 @@ def _fine_tuned(server: Server, key: str) -> tuple[str, Path]:
                                    adapter_uri=str(adapter.relative_to(server.data_dir))))  # fmt: skip
         session.commit()
     return model_id, adapter
+
+
+def _checkpoint(server: Server, model_id: str) -> tuple[str, Path]:
+    """A step-10 checkpoint of the fine-tuned model's job, with adapter files under the data directory."""
+    job_id = model_id.rsplit(":", 1)[-1]
+    adapter = server.data_dir / "jobs" / job_id / "run" / "checkpoints" / "step-000010" / "adapter"
+    adapter.mkdir(parents=True)
+    with session_scope(server.db_url) as session:
+        name = f"{model_id}:ckpt-step-10"
+        checkpoint = Checkpoint(job_id=job_id, step_number=10, fine_tuned_model_checkpoint=name,
+                                uri=str(adapter.relative_to(server.data_dir)))  # fmt: skip
+        session.add(checkpoint)
+        session.commit()
+        return checkpoint.id, adapter
 
 
 @pytest.mark.parametrize(
@@ -91,9 +105,16 @@ def test_models_retrieve_and_delete(server: Server, api: httpx.Client, key: str)
         assert_error(other.get(f"/v1/models/{model_id}"), 404, "model")
         assert_error(other.delete(f"/v1/models/{model_id}"), 404, "model")
         assert_error(other.post("/v1/chat/completions", json={**CHAT, "model": model_id}), 404, "model")
+    checkpoint_id, checkpoint_dir = _checkpoint(server, model_id)
+    for name in (checkpoint_id, f"{model_id}:ckpt-step-10"):  # resolved: only the model server is absent
+        assert_error(api.post("/v1/chat/completions", json={**CHAT, "model": name}), 503)
     assert adapter.is_dir()
     assert api.delete(f"/v1/models/{model_id}").json() == {"id": model_id, "object": "model", "deleted": True}
     assert not adapter.exists()
+    # its checkpoints were the same model at earlier steps: gone under every name, files and all
+    assert not checkpoint_dir.exists()
+    for name in (checkpoint_id, f"{model_id}:ckpt-step-10"):
+        assert_error(api.post("/v1/chat/completions", json={**CHAT, "model": name}), 404, "model")
     assert_error(api.get(f"/v1/models/{model_id}"), 404)
     assert model_id not in [m["id"] for m in api.get("/v1/models").json()["data"]]
     assert_error(api.get(f"/v1/models/{model_id}/files"), 404, "model")
