@@ -89,19 +89,62 @@ def _view(job: dict[str, Any], step: int, metrics: dict[str, Any], bar: Progress
     return Group(*lines, grid)
 
 
+class _Lines:
+    """Progress for a pipe or a log file: one line per new step or status, nothing redrawn."""
+
+    def __init__(self) -> None:
+        self.shown: tuple[int, str] | None = None
+
+    def __enter__(self) -> "_Lines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, job: dict[str, Any], step: int, metrics: dict[str, Any]) -> None:
+        if self.shown == (step, job["status"]):
+            return
+        self.shown = (step, job["status"])
+        total = job.get("total_steps")
+        values = "  ".join(
+            f"{name} {fmt_number(metrics[name])}" for name in HEADLINE_METRICS if name in metrics
+        )
+        print(f"{job['status']}  step {step}/{total or '?'}  {_timing(job)}  {values}".rstrip(), flush=True)
+
+
+class _Screen:
+    """Progress for a terminal: a bar, the timing, alarms and a metrics table, redrawn in place."""
+
+    def __init__(self, job_id: str) -> None:
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        self.task = self.bar.add_task(job_id, total=None)
+        self.live = Live(console=console, refresh_per_second=4)
+
+    def __enter__(self) -> "_Screen":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def update(self, job: dict[str, Any], step: int, metrics: dict[str, Any]) -> None:
+        self.live.update(_view(job, step, metrics, self.bar, self.task))
+
+
 def watch(
     job_id: str,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Follow a job live until it finishes; exit code 0 succeeded, 1 failed, 2 cancelled, 3 paused."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    task = bar.add_task(job_id, total=None)
+    """Follow a job live until it finishes; exit code 0 succeeded, 1 failed, 2 cancelled, 3 paused.
+
+    On a terminal the view is redrawn in place; piped or redirected, a line is printed per step."""
     with connect(base_url, api_key) as client:
         job = client.get(f"/fine_tuning/jobs/{job_id}")
         step, metrics = int(job["current_step"]), dict[str, Any]()
         last_poll = time.monotonic()
-        with Live(_view(job, step, metrics, bar, task), console=console, refresh_per_second=4) as live:
+        with _Screen(job_id) if console.is_terminal else _Lines() as view:
+            view.update(job, step, metrics)
             while job["status"] not in EXIT_CODES:
                 for payload in _updates(client, job_id):
                     metrics = {**metrics, **_metric_rows(payload)}
@@ -112,14 +155,12 @@ def watch(
                     if job["status"] in EXIT_CODES or time.monotonic() - last_poll >= POLL_S:
                         job, last_poll = client.get(f"/fine_tuning/jobs/{job_id}"), time.monotonic()
                         step = max(step, int(job["current_step"]))
-                    live.update(_view(job, step, metrics, bar, task))
+                    view.update(job, step, metrics)
                     if job["status"] in EXIT_CODES:
                         break
                 else:  # the stream ended: read the job's final state (or reconnect if it is still going)
                     job = client.get(f"/fine_tuning/jobs/{job_id}")
-                    live.update(_view(job, max(step, int(job["current_step"])), metrics, bar, task))
-    if not console.is_terminal:
-        console.line()  # a non-terminal Live leaves its last frame without a line end
+                    view.update(job, max(step, int(job["current_step"])), metrics)
     status = str(job["status"])
     if job.get("error"):
         console.print(f"[red]{job['error']['message']}[/]", highlight=False)

@@ -133,6 +133,9 @@ def test_cli_upload_create_watch_download(stack: Stack, key: str, tiny: Fixture,
     watched = sppo("jobs", "watch", job_id)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "succeeded" in watched.stdout and "rollout/reward_mean" in watched.stdout
+    # piped, it prints a line per step as the job goes (nothing redrawn, nothing held back to the end)
+    steps = [line for line in watched.stdout.splitlines() if line.startswith("running  step ")]
+    assert len(steps) >= 2 and "elapsed" in steps[-1] and "rollout/reward_mean" in steps[-1]
 
     downloaded = sppo("jobs", "download", job_id, "--output", "adapter")
     assert downloaded.returncode == 0, downloaded.stderr
