@@ -5,6 +5,7 @@ session's tenant, and renders a template; htmx requests get just the fragment th
 """
 
 import hashlib
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
@@ -130,6 +131,7 @@ def _job_context(session: SessionDep, tenant: WebTenant, job_id: str) -> dict[st
         "checkpoints": checkpoints,
         "actions": dashboard.allowed_actions(job),
         "finished": dashboard.is_finished(job),
+        "now": time.time(),  # elapsed and time left, refreshed with every poll of the panel
     }
 
 

@@ -34,10 +34,10 @@ def _fmt_num(value: Any) -> str:
     return str(value)
 
 
-def _fmt_duration(seconds: int | None) -> str:
+def _fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    minutes, secs = divmod(max(seconds, 0), 60)
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -261,3 +262,20 @@ def test_sign_out_clears_the_session(browser: Browser) -> None:
     response = browser.post("/logout")
     assert response.status_code == 303 and "sppo_session=" in response.headers["set-cookie"]
     assert browser.get("/").status_code == 303
+
+
+def test_running_job_shows_elapsed_time_left_and_no_validation_file(
+    server: Server, browser: Browser, new_job: NewJob
+) -> None:
+    job_id = new_job()["id"]
+    started = int(time.time()) - 125
+    with session_scope(server.db_url) as session:  # what the worker writes when it starts and estimates
+        finish = started + 125 + 610
+        assert transition(session, job_id=job_id, expected=(JobStatus.queued,), to=JobStatus.running,
+                          message="Started", started_at=started, estimated_finish=finish)  # fmt: skip
+    page = browser.get(f"/jobs/{job_id}").text
+    timing = re.sub(r"\s+", " ", page.split('id="job-timing">')[1].split("</span>")[0])
+    assert re.fullmatch(r" · running for 2m (0[5-9]|1\d)s · about 10m (0\d|10)s left", timing), timing
+    # without a validation file the validation chart says so instead of waiting for ever
+    assert "No validation file: this job is not scored on held-out items" in page
+    assert page.count("Waiting for the first step") == 5  # the other charts
