@@ -30,13 +30,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from race import CLOCKS, MODES, SAMPLES_PER_STEP, VARIANTS, Point, RunRecord, RunSpec, run_one, score
+from battery import BATTERY
+from race import (
+    CLOCKS,
+    MODES,
+    SAMPLES_PER_STEP,
+    VARIANTS,
+    Point,
+    RunRecord,
+    RunSpec,
+    race_fixture,
+    run_one,
+    score,
+)
 
 from worker.engine.config import model_defaults
 from worker.engine.fixtures import FIXTURE_NAMES, Fixture, ensure_fixture
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TARGETS = {"sppo-tiny": 0.52, "sppo-tiny-long": 0.50}  # base 0.318 / 0.3025, + 0.20
+TARGET_GAIN = 0.20
+TARGETS = {"sppo-tiny": 0.52, "sppo-tiny-long": 0.50}  # base 0.318 / 0.3025, + TARGET_GAIN
 # full-parameter training needs a ~10x smaller learning rate than LoRA (ALGORITHMS.md: 3e-5 learns)
 FULL_OVERRIDES: dict[str, Any] = {"learning_rate": 3e-5, "critic_learning_rate": 1e-4}
 HYPERPARAMETERS = (
@@ -58,6 +71,10 @@ def hyperparameters(task: str, mode: str, overrides: dict[str, Any]) -> dict[str
     defaults = model_defaults(ensure_fixture(task).model_dir)
     chosen = {k: v for k, v in defaults.items() if k in HYPERPARAMETERS}
     return {**chosen, **(FULL_OVERRIDES if mode == "full" else {}), **overrides}
+
+
+def _lr(learning_rates: dict[str, float], variant: str) -> dict[str, Any]:
+    return {"learning_rate": learning_rates[variant]} if variant in learning_rates else {}
 
 
 def parse_set(values: list[str]) -> dict[str, Any]:
@@ -88,22 +105,27 @@ def time_to_target(points: list[Point], target: float) -> float | None:
     return next((p.training_s for p in points if p.accuracy >= target), None)
 
 
+def samples_to_target(points: list[Point], target: float) -> float | None:
+    return next((p.samples for p in points if p.accuracy >= target), None)
+
+
 def spread(values: list[float]) -> dict[str, float]:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
 
 
-def summarize(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
+def summarize(records: list[RunRecord], targets: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Per `task/mode/variant`: accuracies, time-to-target, throughput, memory; per `task/mode`: ratios."""
     summary: dict[str, dict[str, Any]] = {}
     for key in sorted({(r.task, r.mode) for r in records}):
         task, mode = key
-        target = TARGETS[task]
+        target = targets[task]
         for name in VARIANTS:
             runs = [r for r in records if (r.task, r.mode, r.variant) == (task, mode, name)]
             if not runs:
                 continue
             reached = [t for r in runs if (t := time_to_target(r.points, target)) is not None]
+            by_samples = [t for r in runs if (t := samples_to_target(r.points, target)) is not None]
             summary[f"{task}/{mode}/{name}"] = {
                 "label": VARIANTS[name].label,
                 "seeds": len(runs),
@@ -112,6 +134,7 @@ def summarize(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
                 "final_sampled_accuracy": spread([r.points[-1].sampled_accuracy for r in runs]),
                 "best_accuracy": spread([max(p.accuracy for p in r.points) for r in runs]),
                 "time_to_target_s": spread(reached) if reached else None,
+                "samples_to_target": spread(by_samples) if by_samples else None,
                 "reached_target": f"{len(reached)}/{len(runs)}",
                 "samples_per_s": spread([r.samples_per_s for r in runs]),
                 "peak_memory_mb": spread([r.peak_memory_mb for r in runs]),
@@ -119,26 +142,36 @@ def summarize(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
                 "steps": spread([float(r.steps) for r in runs]),
                 "samples": spread([r.points[-1].samples for r in runs]),
             }
-        sppo, grpo = summary.get(f"{task}/{mode}/sppo"), summary.get(f"{task}/{mode}/grpo_n8")
-        if sppo and grpo:
-            ratio = None
-            if sppo["time_to_target_s"] and grpo["time_to_target_s"]:
-                ratio = grpo["time_to_target_s"]["mean"] / sppo["time_to_target_s"]["mean"]
-            every_seed = sppo["reached_target"].split("/")[0] == str(sppo["seeds"]) and grpo[
-                "reached_target"
-            ].split("/")[0] == str(grpo["seeds"])
-            summary[f"{task}/{mode}/ratio"] = {
-                "grpo_n8_over_sppo_time_to_target": ratio,
-                "reached_target": {"sppo": sppo["reached_target"], "grpo_n8": grpo["reached_target"]},
-                "note": "None: one of the two never reached the target within the budget"
-                if ratio is None
-                else "GRPO N=8 mean time-to-target / SPPO's over the seeds that reached it"
-                + ("" if every_seed else "; a lower bound: the other seeds never reached it in the budget"),
-            }
+        for grpo_name in ("grpo_n8", "grpo_n8_prompts"):
+            ratio = _ratio(summary.get(f"{task}/{mode}/sppo"), summary.get(f"{task}/{mode}/{grpo_name}"))
+            if ratio is not None:
+                summary[f"{task}/{mode}/ratio" + ("" if grpo_name == "grpo_n8" else "_prompts")] = ratio
     return summary
 
 
-def plot(records: list[RunRecord], budget_s: float, path: Path) -> None:
+def _ratio(sppo: dict[str, Any] | None, grpo: dict[str, Any] | None) -> dict[str, Any] | None:
+    """GRPO's mean time-to-target over SPPO's (CPU-seconds and samples), or None without both runs."""
+    if not sppo or not grpo:
+        return None
+    ratio = None
+    if sppo["time_to_target_s"] and grpo["time_to_target_s"]:
+        ratio = grpo["time_to_target_s"]["mean"] / sppo["time_to_target_s"]["mean"]
+    samples_ratio = None
+    if sppo.get("samples_to_target") and grpo.get("samples_to_target"):
+        samples_ratio = grpo["samples_to_target"]["mean"] / sppo["samples_to_target"]["mean"]
+    every_seed = all(s["reached_target"].split("/")[0] == str(s["seeds"]) for s in (sppo, grpo))
+    return {
+        "grpo_over_sppo_time_to_target": ratio,
+        "grpo_over_sppo_samples_to_target": samples_ratio,
+        "reached_target": {"sppo": sppo["reached_target"], "grpo": grpo["reached_target"]},
+        "note": "None: one of the two never reached the target within the budget"
+        if ratio is None
+        else "GRPO's mean time-to-target / SPPO's over the seeds that reached it"
+        + ("" if every_seed else "; a lower bound: the other seeds never reached it in the budget"),
+    }
+
+
+def plot(records: list[RunRecord], budget_s: float, path: Path, targets: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server
@@ -172,7 +205,7 @@ def plot(records: list[RunRecord], budget_s: float, path: Path) -> None:
                     color=line.get_color(),
                     alpha=0.12,
                 )
-            ax.axhline(TARGETS[task], color="grey", linestyle=":", linewidth=1, label="target")
+            ax.axhline(targets[task], color="grey", linestyle=":", linewidth=1, label="target")
             ax.set_xlabel(label)
             ax.set_ylabel("validation greedy pass@1")
             ax.set_title(f"{task}, {mode}: mean and min-max over seeds")
@@ -201,6 +234,12 @@ def parse_args() -> argparse.Namespace:
         "--set", action="append", default=[], metavar="KEY=JSON", help="override a hyperparameter (a sweep)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG")
+    parser.add_argument(
+        "--data", choices=sorted(BATTERY), help="train and score on this held-out task variant"
+    )
+    parser.add_argument(
+        "--lr", action="append", default=[], metavar="VARIANT=LR", help="a variant's own learning rate"
+    )
     parser.add_argument("--from-json", type=Path, help="redo summary and plot from an algorithms.json")
     args = parser.parse_args()
     unknown_keys = set(parse_set(args.set)) - set(HYPERPARAMETERS)
@@ -218,12 +257,12 @@ def write_results(out: Path, setup: dict[str, Any], records: list[RunRecord]) ->
     records = sorted(records, key=lambda r: (r.task, r.mode, list(VARIANTS).index(r.variant), r.seed))
     report = {
         "setup": {**setup, "runs_finished": len(records)},
-        "summary": summarize(records),
+        "summary": summarize(records, setup["targets"]),
         "runs": [asdict(r) for r in records],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "algorithms.json").write_text(json.dumps(report, indent=2))
-    plot(records, setup["budget_s"], out / "algorithms.png")
+    plot(records, setup["budget_s"], out / "algorithms.png", setup["targets"])
 
 
 def load_records(path: Path) -> tuple[dict[str, Any], list[RunRecord]]:
@@ -237,11 +276,12 @@ def main() -> None:
     if args.from_json is not None:
         recorded_setup, recorded = load_records(args.from_json)
         write_results(args.out, recorded_setup, recorded)
-        print(json.dumps(summarize(recorded), indent=2))
+        print(json.dumps(summarize(recorded, recorded_setup["targets"]), indent=2))
         return
     torch.set_num_threads(1)
     started = time.perf_counter()
     tasks, modes, overrides = args.tasks.split(","), args.modes.split(","), parse_set(args.set)
+    learning_rates = {k: float(v) for k, _, v in (item.partition("=") for item in args.lr)}
     setup: dict[str, Any] = {
         "budget_s": args.budget_s,
         "clock": args.clock,
@@ -249,7 +289,9 @@ def main() -> None:
         "tasks": tasks,
         "modes": modes,
         "variants": args.variants.split(","),
-        "targets": TARGETS,
+        "targets": dict(TARGETS),
+        "data": args.data,
+        "learning_rates": learning_rates,
         "samples_per_step": SAMPLES_PER_STEP,
         "checkpoint_interval": args.checkpoint_interval,
         "jobs": args.jobs,
@@ -258,9 +300,13 @@ def main() -> None:
         "torch": torch.__version__,
     }
     for task in tasks:
-        fixture = ensure_fixture(task)
+        fixture = race_fixture(task, args.data, Path(tempfile.mkdtemp(prefix="sppo-bench-data-")))
         temperature = float(hyperparameters(task, "lora", overrides)["temperature"])
-        greedy, sampled = base_scores(fixture, temperature, args.max_eval_items)
+        if args.data is None:
+            greedy, sampled = base_scores(fixture, temperature, args.max_eval_items)
+        else:  # a held-out task variant: its base score sets its target (+0.20), fixed before any run
+            greedy, sampled = score(fixture, None, temperature, False, args.max_eval_items)
+            setup["targets"][task] = round(greedy + TARGET_GAIN, 3)
         items = sum(1 for _ in fixture.validation_file.open())
         setup["base"][task] = {
             "accuracy": greedy,
@@ -279,8 +325,9 @@ def main() -> None:
                 args.budget_s,
                 args.clock,
                 args.checkpoint_interval,
-                hyperparameters(task, mode, overrides),
+                hyperparameters(task, mode, overrides | _lr(learning_rates, name)),
                 work_dir,
+                args.data,
             )
             for task in tasks
             for mode in modes
@@ -307,7 +354,7 @@ def main() -> None:
                     f" {record.samples_per_s:.1f} samples/s, peak {record.peak_memory_mb:.0f} MB",
                     flush=True,
                 )
-    print(json.dumps(summarize(records), indent=2))
+    print(json.dumps(summarize(records, setup["targets"]), indent=2))
 
 
 if __name__ == "__main__":

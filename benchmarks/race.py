@@ -8,11 +8,12 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from battery import BATTERY, data_files
 
 from worker.engine.callbacks import Control, StartInfo, TrainerCallbacks
 from worker.engine.config import RunConfig
@@ -23,6 +24,7 @@ from worker.engine.run import run_training
 SAMPLES_PER_STEP = 64  # the same for every variant: prompts per step = 64 / samples per prompt
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 SMALL_CRITIC_LAYERS = 2  # the "smaller separate critic": the policy's lower half (4 layers -> 2)
+DATA_STEPS = 100  # a task variant's training file: 100 x the model's batch_size items (runs cycle through it)
 MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json")  # what a checkpoint's model/ has
 
 
@@ -51,6 +53,12 @@ VARIANTS = {
         ),
         Variant("grpo_n4", "GRPO N=4", {"algorithm": "grpo", "group_size": 4}),
         Variant("grpo_n8", "GRPO N=8", {"algorithm": "grpo", "group_size": 8}),
+        # the paper's framing: equal prompts per step, so GRPO draws N times SPPO's samples per step
+        Variant(
+            "grpo_n8_prompts",
+            "GRPO N=8, 64 prompts/step (paper framing)",
+            {"algorithm": "grpo", "group_size": 8, "batch_size": SAMPLES_PER_STEP},
+        ),
         Variant(
             "ppo_gae",
             "PPO-GAE (token critic)",
@@ -74,6 +82,8 @@ class RunSpec:
     hyperparameters: dict[str, Any]
     """learning_rate, critic_learning_rate, temperature, lora_rank, lora_alpha, ... for this (task, mode)."""
     work_dir: str
+    data: str | None = None
+    """A task variant of benchmarks/battery.py to train and score on instead of the fixture's own data."""
 
 
 @dataclass
@@ -166,6 +176,20 @@ class BudgetCallbacks(TrainerCallbacks):
         return "pause" if self.training_s() >= self.budget_s else "continue"
 
 
+def race_fixture(task: str, data: str | None, work_dir: Path, seed: int = 0) -> Fixture:
+    """The fixture, or its model with the files of a battery task variant (the training file seeded by `seed`,
+    the validation file the same for every seed)."""
+    fixture = ensure_fixture(task)
+    if data is None:
+        return fixture
+    variant = BATTERY[data]
+    if variant.model != task:
+        raise ValueError(f"task variant {data} is for {variant.model}, not {task}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    train, validation = data_files(work_dir, variant, seed, steps=DATA_STEPS)
+    return replace(fixture, train_file=train, validation_file=validation)
+
+
 def run_config(fixture: Fixture, spec: RunSpec, output_dir: Path) -> RunConfig:
     variant = VARIANTS[spec.variant]
     group_size = int(variant.overrides.get("group_size", 1))
@@ -211,8 +235,8 @@ def score(
 def run_one(spec: RunSpec, max_items: int | None = None) -> RunRecord:
     """Train one spec to its budget, then score its checkpoints. Runs in a child process."""
     torch.set_num_threads(1)
-    fixture = ensure_fixture(spec.task)
     work_dir = Path(spec.work_dir) / f"{spec.task}-{spec.mode}-{spec.variant}-seed{spec.seed}"
+    fixture = race_fixture(spec.task, spec.data, work_dir / "data", spec.seed)
     callbacks = BudgetCallbacks(spec.budget_s, CLOCKS[spec.clock], work_dir / "policies", fixture.model_dir)
     result = run_training(run_config(fixture, spec, work_dir / "run"), callbacks)
     peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before scoring loads more
