@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 _STREAM = re.compile(r"^(/v1/fine_tuning/jobs/[^/]+/metrics/stream|/ui/jobs/[^/]+/stream)$")
 _UPLOADS = {"/v1/files", "/jobs/new"}
+# The new-job form stores its upload before it creates the job: a form refused for its job may still have
+# stored a file, so every submission counts (elsewhere only accepted work does).
+_UPLOADS_ALWAYS_COUNTED = {"/jobs/new"}
 _EVALUATIONS = {"/v1/evaluations"}
 _GRADER_RUNS = {"/v1/fine_tuning/alpha/graders/run", "/ui/graders/run"}
 _UNCOUNTED = {"/health", "/ready", "/metrics"}
@@ -65,7 +68,8 @@ def windows_for(settings: Settings, method: str, path: str) -> list[Window]:
         Window("requests", settings.rate_limit_requests_per_minute, 60),
     ]
     if method == "POST" and path in _UPLOADS:
-        windows.append(Window("uploads", settings.rate_limit_uploads_per_hour, 3600, accepted_only=True))
+        accepted_only = path not in _UPLOADS_ALWAYS_COUNTED
+        windows.append(Window("uploads", settings.rate_limit_uploads_per_hour, 3600, accepted_only))
     if method == "POST" and path in _EVALUATIONS:
         windows.append(
             Window("evaluations", settings.rate_limit_evaluations_per_hour, 3600, accepted_only=True)
