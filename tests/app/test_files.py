@@ -5,10 +5,13 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from app.services.files import inspect_jsonl
 
 from .conftest import ITEM, MAX_UPLOAD_BYTES, Server, assert_error
 
@@ -58,6 +61,29 @@ def test_list_pagination(api: httpx.Client, upload: Callable[..., dict[str, Any]
     assert_error(api.get("/v1/files", params={"limit": 0}), 400, "limit")
 
 
+SFT_LINE = '{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}\n'
+IMAGE_LINE = (
+    '{"messages": [{"role": "user", "content": [{"type": "text", "text": "Count them."}, '
+    '{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}], "answer": "3"}\n'
+)
+PARTS_LINE = (
+    '{"messages": [{"role": "user", "content": [{"type": "text", "text": "What is "}, '
+    '{"type": "text", "text": "2+3?"}]}], "answer": "5"}\n'
+)
+
+
+def test_content_part_arrays_are_accepted(api: httpx.Client, upload: Callable[..., dict[str, Any]]) -> None:
+    file = upload(PARTS_LINE + ITEM)
+    assert (file["line_count"], file["item_fields"]) == (2, ["answer", "messages"])
+    assert api.get(f"/v1/files/{file['id']}/content").content == (PARTS_LINE + ITEM).encode()  # kept as sent
+
+
+def test_the_longest_prompt_is_measured_on_the_joined_text(tmp_path: Path) -> None:
+    path = tmp_path / "parts.jsonl"
+    path.write_text(PARTS_LINE)
+    assert inspect_jsonl(path) == (1, ["answer", "messages"], len("What is 2+3?"))
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
@@ -68,6 +94,14 @@ def test_list_pagination(api: httpx.Client, upload: Callable[..., dict[str, Any]
         (ITEM + '{"messages": [{"role": "user"}]}\n', "line 2: messages[0].content must be a string"),
         ('{"messages": [{"content": "hi"}]}\n', "line 1: messages[0].role must be a non-empty string"),
         (ITEM + "\n" + '{"messages": ["hi"]}\n', "line 3: messages[0] must be an object"),
+        (ITEM + SFT_LINE, "line 2: the last message is the assistant's"),
+        (
+            ITEM + SFT_LINE,
+            "looks like supervised fine-tuning data: drop the last (assistant) message and add "
+            "the expected answer as a field, e.g. `answer`",
+        ),
+        (ITEM.replace("}\n", ', "tools": []}\n'), "line 1: 'tools' is not supported yet"),
+        (IMAGE_LINE, "line 1: messages[0].content[1] is a 'image_url' part; only text parts are supported"),
         ("\n\n", "no training items"),
     ],
 )
