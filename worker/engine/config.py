@@ -7,6 +7,7 @@ values override the reference defaults, and the job's own values override both.
 """
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ class RunConfig:
     """Prompts per step."""
     group_size: int | None = None
     """Samples per prompt; default from the algorithm (1 for sppo/ppo, 8 for grpo)."""
+    compute_multiplier: float = 1.0
+    """OpenAI's `compute_multiplier` (compute spent exploring): scales the samples per prompt, rounded to
+    the nearest whole number and at least 1; 2.0 samples twice as many completions of every prompt."""
     ppo_epochs: int = 1
     """Passes over each step's samples."""
     minibatch_size: int = 128
@@ -139,9 +143,8 @@ class RunConfig:
 
     @property
     def samples_per_prompt(self) -> int:
-        if self.group_size is not None:
-            return self.group_size
-        return 8 if self.algorithm == "grpo" else 1
+        group = self.group_size if self.group_size is not None else 8 if self.algorithm == "grpo" else 1
+        return max(1, math.floor(group * self.compute_multiplier + 0.5))  # half up: 1 x 2.5 is 3, not 2
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that is out of range."""
@@ -162,7 +165,10 @@ class RunConfig:
         self._validate_rollout_and_devices()
 
     def _validate_ranges(self) -> None:
-        for name in ("learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm"):
+        for name in (
+            "learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm",
+            "compute_multiplier",
+        ):  # fmt: skip
             _check(getattr(self, name) > 0, "must be > 0", name)
         for name in ("weight_decay", "kl_coef", "entropy_coef", "lora_dropout"):
             _check(getattr(self, name) >= 0, "must be >= 0", name)
@@ -206,7 +212,7 @@ class RunConfig:
         _check(
             self.algorithm != "grpo" or self.samples_per_prompt >= 2,
             "grpo needs at least 2 samples per prompt to form a group baseline",
-            "group_size",
+            "group_size" if self.compute_multiplier == 1 else "compute_multiplier",
         )
 
     @classmethod
