@@ -108,23 +108,33 @@ class BodyLimitMiddleware:
         started = time.monotonic()
         received = 0
         complete = False
+        cut_off = False
 
         async def limited_receive() -> Message:
-            nonlocal received, complete
+            nonlocal received, complete, cut_off
             if complete:  # after the body only a disconnect can come: no time limit on waiting for it
                 return await receive()
             allowed = self.timeout_s + received / self.min_rate - (time.monotonic() - started)
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(allowed, 0.001))
             except TimeoutError:
+                cut_off = True
                 raise HTTPException(408, "The request body was not received in time.") from None
             received += len(message.get("body", b""))
             complete = not message.get("more_body", False)
             if received > limit:
+                cut_off = True
                 raise HTTPException(413, "The request body is larger than the limit.")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            # The rest of a cut-off body is never read: without `Connection: close` the server would go on
+            # receiving (and discarding) it on the kept-alive connection, gigabytes of a chunked upload.
+            if cut_off and message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Connection"] = "close"
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
 
 def bad_target(scope: Scope) -> APIError | None:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_body
 from app.queues import redis_key
-from app.ratelimit import STREAM_REFRESH_S, Limiter, Window
+from app.ratelimit import STREAM_REFRESH_S, Hit, Limiter, Window
 from app.settings import Settings
 from app.web.session import COOKIE
 
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 _STREAM = re.compile(r"^(/v1/fine_tuning/jobs/[^/]+/metrics/stream|/ui/jobs/[^/]+/stream)$")
 _UPLOADS = {"/v1/files", "/jobs/new"}
+# The new-job form stores its upload before it creates the job: a form refused for its job may still have
+# stored a file, so every submission counts (elsewhere only accepted work does).
+_UPLOADS_ALWAYS_COUNTED = {"/jobs/new"}
 _EVALUATIONS = {"/v1/evaluations"}
 _GRADER_RUNS = {"/v1/fine_tuning/alpha/graders/run", "/ui/graders/run"}
 _UNCOUNTED = {"/health", "/ready", "/metrics"}
@@ -65,11 +68,16 @@ def windows_for(settings: Settings, method: str, path: str) -> list[Window]:
         Window("requests", settings.rate_limit_requests_per_minute, 60),
     ]
     if method == "POST" and path in _UPLOADS:
-        windows.append(Window("uploads", settings.rate_limit_uploads_per_hour, 3600))
+        accepted_only = path not in _UPLOADS_ALWAYS_COUNTED
+        windows.append(Window("uploads", settings.rate_limit_uploads_per_hour, 3600, accepted_only))
     if method == "POST" and path in _EVALUATIONS:
-        windows.append(Window("evaluations", settings.rate_limit_evaluations_per_hour, 3600))
+        windows.append(
+            Window("evaluations", settings.rate_limit_evaluations_per_hour, 3600, accepted_only=True)
+        )
     if method == "POST" and path in _GRADER_RUNS:
-        windows.append(Window("grader_runs", settings.rate_limit_grader_runs_per_minute, 60))
+        windows.append(
+            Window("grader_runs", settings.rate_limit_grader_runs_per_minute, 60, accepted_only=True)
+        )
     return windows
 
 
@@ -104,9 +112,9 @@ class RateLimitMiddleware:
         stream = method == "GET" and _STREAM.match(path) is not None
         slot = uuid.uuid4().hex
         try:
-            retry_after = await self.limiter().hit(subject, windows_for(self.settings, method, path))
-            if retry_after:
-                await _refuse(scope, send, "Rate limit reached for this API key.", retry_after)
+            hit = await self.limiter().hit(subject, windows_for(self.settings, method, path))
+            if hit.retry_after:
+                await _refuse(scope, send, "Rate limit reached for this API key.", hit.retry_after)
                 return
             if stream and not await self.limiter().acquire_stream(
                 subject, slot, self.settings.rate_limit_streams
@@ -123,8 +131,28 @@ class RateLimitMiddleware:
             return
         if stream:
             await self._stream(scope, receive, send, subject, slot)
+        elif hit.refundable:
+            await self._quota(scope, receive, send, hit)
         else:
             await self.app(scope, receive, send)
+
+    async def _quota(self, scope: Scope, receive: Receive, send: Send, hit: Hit) -> None:
+        """Runs a request counted against a quota on work, and gives the count back unless it was accepted
+        (a 400, 413 or 503 did no work: it must not use up the hour's uploads)."""
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if not 200 <= status < 400:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await self.limiter().give_back(hit)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send, subject: str, slot: str) -> None:
         """Holds the stream's slot while the response lasts, refreshing it so it does not lapse."""

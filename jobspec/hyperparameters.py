@@ -7,6 +7,7 @@ per prompt (GRPO: 8) takes batch_size / N prompts per step unless the job sets `
 algorithm's default job then costs the same number of samples per step.
 """
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ REFERENCE_DEFAULTS: Final[Mapping[str, Any]] = {
     "max_steps": None,
     "batch_size": 256,
     "group_size": None,
+    "compute_multiplier": 1.0,
     "ppo_epochs": 1,
     "minibatch_size": 128,
     "micro_batch_tokens": 65536,
@@ -62,7 +64,7 @@ JOB_FIELDS: Final = (
     "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
     "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
-    "critic_layers", "pass_threshold",
+    "critic_layers", "pass_threshold", "compute_multiplier",
 )  # fmt: skip
 """API hyperparameters that are engine fields of the same name and meaning."""
 HINTS: Final[Mapping[str, str]] = {
@@ -80,9 +82,11 @@ REASONING_EFFORT_TOKENS: Final[Mapping[str, int]] = {"low": 1024, "medium": 4096
 """max_response_tokens for OpenAI's `reasoning_effort` when the job does not set max_response_tokens."""
 
 
-def samples_per_prompt(algorithm: str, group_size: int | None) -> int:
-    """The job's group_size, else the algorithm's default (8 for grpo, 1 for the others)."""
-    return group_size if group_size is not None else DEFAULT_SAMPLES_PER_PROMPT.get(algorithm, 1)
+def samples_per_prompt(algorithm: str, group_size: int | None, compute_multiplier: float = 1.0) -> int:
+    """The job's group_size, else the algorithm's default (8 for grpo, 1 for the others), times OpenAI's
+    `compute_multiplier`, rounded half up (1 x 2.5 is 3, not 2) and at least 1."""
+    group = group_size if group_size is not None else DEFAULT_SAMPLES_PER_PROMPT.get(algorithm, 1)
+    return max(1, math.floor(group * compute_multiplier + 0.5))
 
 
 def model_defaults_for(model_defaults: Mapping[str, Any], algorithm: str) -> dict[str, Any]:
@@ -103,7 +107,7 @@ def resolve_defaults(model_defaults: Mapping[str, Any], values: Mapping[str, Any
     algorithm = str(values.get("algorithm", "sppo"))
     merged = {**REFERENCE_DEFAULTS, **model_defaults_for(model_defaults, algorithm), **values}
     if values.get("batch_size") is None:
-        per_prompt = samples_per_prompt(algorithm, merged.get("group_size"))
+        per_prompt = samples_per_prompt(algorithm, merged.get("group_size"), merged["compute_multiplier"])
         devices = merged.get("n_devices") or 1
         merged["batch_size"] = max(devices, int(merged["batch_size"]) // per_prompt // devices * devices)
     return merged
@@ -150,7 +154,7 @@ def resolved_hyperparameters(
     the run will use it, the samples per step, and the learning rates with their multipliers."""
     values = job_values(hyper, algorithm=algorithm, grader=grader, model_defaults=model_defaults)
     merged = resolve_defaults(model_defaults, {"algorithm": algorithm, **values})
-    per_prompt = samples_per_prompt(algorithm, merged["group_size"])
+    per_prompt = samples_per_prompt(algorithm, merged["group_size"], merged["compute_multiplier"])
     resolved = {name: merged[name] for name in JOB_FIELDS}
     resolved.update(
         group_size=per_prompt,

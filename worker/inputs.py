@@ -15,7 +15,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from worker.engine.config import RunConfig
-from worker.engine.data import encode_prompts
+from worker.engine.data import encode_prompts, read_items
 from worker.engine.errors import DataFileError
 from worker.engine.policy import load_tokenizer
 
@@ -45,13 +45,7 @@ def model_context(model_dir: str | Path) -> int | None:
 def check_file(path: str | Path, param: str, tokenizer: PreTrainedTokenizerBase, context: int | None) -> None:
     """DataFileError for the first line whose prompt cannot be encoded or does not fit the context."""
     name = param.replace("_", " ")
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        try:
-            item = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            continue  # the engine reports malformed lines with its own message
-        if not isinstance(item, dict) or not isinstance(item.get("messages"), list):
-            continue
+    for number, item in read_items(path, param):  # the messages as the engine templates them
         if any(_SURROGATE.search(text) for text in _strings(item)):
             raise DataFileError(
                 f"Line {number} of the {name} holds a lone UTF-16 surrogate (such as \\ud800), which is not "
@@ -60,10 +54,7 @@ def check_file(path: str | Path, param: str, tokenizer: PreTrainedTokenizerBase,
             )
         if context is None:
             continue
-        try:
-            [prompt] = encode_prompts(tokenizer, [item])
-        except (TypeError, ValueError, KeyError):
-            continue  # malformed messages: the engine's loader names the problem
+        [prompt] = encode_prompts(tokenizer, [item])
         if len(prompt) >= context:
             raise DataFileError(
                 f"The prompt on line {number} of the {name} is {len(prompt)} tokens long; the model's "

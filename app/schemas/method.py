@@ -22,8 +22,11 @@ class ReinforcementHyperparameters(StrictModel):
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto | None = None
     eval_interval: Annotated[int, Field(ge=1, le=1_000_000)] | Auto | None = None  # steps
     eval_samples: Annotated[int, Field(ge=1, le=64)] | Auto | None = None  # k of avg@k
+    # Scales the samples per prompt (RunConfig.compute_multiplier); "auto" is 1.
+    compute_multiplier: Annotated[float, Field(gt=0, le=8)] | Auto | None = None
     max_response_tokens: int | None = Field(default=None, ge=1, le=32768)
-    reasoning_effort: Literal["low", "medium", "high"] | None = None  # 1024/4096/16384 tokens if above unset
+    # 1024/4096/16384 tokens when max_response_tokens is unset; "default": the model's default budget
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None
     # Below 0.01 the sampling distribution underflows (5e-324 failed the job at its first step).
     temperature: float | None = Field(default=None, ge=0.01, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)

@@ -16,6 +16,7 @@ from app.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
 from app.services.pagination import page
 from app.settings import Settings
 from app.storage import artifact_store
+from jobspec.items import ItemError, normalise_item
 from jobspec.templates import MAX_PATH_DEPTH, ItemPath, present_paths
 
 PURPOSES = ("fine-tune",)
@@ -24,8 +25,8 @@ _CHUNK = 1024 * 1024
 
 
 def inspect_jsonl(path: Path) -> tuple[int, list[str], int]:
-    """Check every line is a training item; return (item count, the field paths present on every item —
-    nested ones dotted, "meta.gold" — and the characters of the longest prompt).
+    """Check every line is a training item (jobspec.items); return (item count, the field paths present on
+    every item — nested ones dotted, "meta.gold" — and the characters of the longest prompt).
 
     Raises InvalidRequest naming the first bad line (1-based) and what is wrong with it.
     """
@@ -74,19 +75,10 @@ def _parse_item(raw: bytes, number: int) -> dict[str, Any]:
         raise bad(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise bad("nested too deeply") from None
-    if not isinstance(item, dict):
-        raise bad(f"expected a JSON object, got {type(item).__name__}")
-    messages = item.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad("'messages' must be a non-empty list")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad(f"messages[{index}] must be an object with 'role' and 'content'")
-        if not isinstance(message.get("role"), str) or not message["role"]:
-            raise bad(f"messages[{index}].role must be a non-empty string")
-        if not isinstance(message.get("content"), str):
-            raise bad(f"messages[{index}].content must be a string")
-    return item
+    try:
+        return normalise_item(item)
+    except ItemError as exc:
+        raise bad(str(exc)) from None
 
 
 def create_file(

@@ -1,11 +1,17 @@
 """`/v1/files`: upload, validation with line numbers, size limit, list, retrieve, content, delete."""
 
 import hashlib
+import select
+import socket
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from app.services.files import inspect_jsonl
 
 from .conftest import ITEM, MAX_UPLOAD_BYTES, Server, assert_error
 
@@ -55,6 +61,29 @@ def test_list_pagination(api: httpx.Client, upload: Callable[..., dict[str, Any]
     assert_error(api.get("/v1/files", params={"limit": 0}), 400, "limit")
 
 
+SFT_LINE = '{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}\n'
+IMAGE_LINE = (
+    '{"messages": [{"role": "user", "content": [{"type": "text", "text": "Count them."}, '
+    '{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}], "answer": "3"}\n'
+)
+PARTS_LINE = (
+    '{"messages": [{"role": "user", "content": [{"type": "text", "text": "What is "}, '
+    '{"type": "text", "text": "2+3?"}]}], "answer": "5"}\n'
+)
+
+
+def test_content_part_arrays_are_accepted(api: httpx.Client, upload: Callable[..., dict[str, Any]]) -> None:
+    file = upload(PARTS_LINE + ITEM)
+    assert (file["line_count"], file["item_fields"]) == (2, ["answer", "messages"])
+    assert api.get(f"/v1/files/{file['id']}/content").content == (PARTS_LINE + ITEM).encode()  # kept as sent
+
+
+def test_the_longest_prompt_is_measured_on_the_joined_text(tmp_path: Path) -> None:
+    path = tmp_path / "parts.jsonl"
+    path.write_text(PARTS_LINE)
+    assert inspect_jsonl(path) == (1, ["answer", "messages"], len("What is 2+3?"))
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
@@ -65,6 +94,14 @@ def test_list_pagination(api: httpx.Client, upload: Callable[..., dict[str, Any]
         (ITEM + '{"messages": [{"role": "user"}]}\n', "line 2: messages[0].content must be a string"),
         ('{"messages": [{"content": "hi"}]}\n', "line 1: messages[0].role must be a non-empty string"),
         (ITEM + "\n" + '{"messages": ["hi"]}\n', "line 3: messages[0] must be an object"),
+        (ITEM + SFT_LINE, "line 2: the last message is the assistant's"),
+        (
+            ITEM + SFT_LINE,
+            "looks like supervised fine-tuning data: drop the last (assistant) message and add "
+            "the expected answer as a field, e.g. `answer`",
+        ),
+        (ITEM.replace("}\n", ', "tools": []}\n'), "line 1: 'tools' is not supported yet"),
+        (IMAGE_LINE, "line 1: messages[0].content[1] is a 'image_url' part; only text parts are supported"),
         ("\n\n", "no training items"),
     ],
 )
@@ -117,3 +154,59 @@ def test_size_limit_is_413(api: httpx.Client) -> None:
     )
     assert "content-length" not in response.request.headers
     assert_error(response, 413)
+
+
+def test_chunked_body_over_the_limit_is_refused_and_closed(
+    server: Server, api: httpx.Client, key: str
+) -> None:
+    """A chunked upload of 1 GiB gets its 413 and a closed connection within 1 s of passing the limit,
+    instead of the server reading (and discarding) the rest of it; nothing is stored."""
+    files_dir = server.data_dir / "files"
+    files_dir.mkdir(exist_ok=True)
+    before = set(files_dir.iterdir())
+    host, port = server.base_url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    part = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+    )
+    data = (ITEM.encode() * (1024 * 1024 // len(ITEM)))[: 1024 * 1024]
+    chunk = b"%x\r\n%s\r\n" % (len(data), data)
+    limit = MAX_UPLOAD_BYTES + 64 * 1024  # the file's limit plus the multipart slack
+    sent, over_at = 0, None
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+        while sent < 1024**3 and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break  # closed, or no longer read: _read_until_closed tells which
+            sent += len(data)
+            over_at = over_at or (time.monotonic() if sent > limit else None)
+        assert over_at is not None, "the server answered before the body passed the limit"
+        answer, closed = _read_until_closed(sock, deadline=over_at + 1)
+    assert closed, f"the connection was still open 1 s after the limit ({sent} bytes sent)"
+    assert sent < 64 * 1024 * 1024
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+    assert set(files_dir.iterdir()) == before
+    assert api.get("/v1/files").json()["data"] == []
+
+
+def _read_until_closed(sock: socket.socket, *, deadline: float) -> tuple[bytes, bool]:
+    """What the server sent, and whether it closed the connection (FIN or reset) before `deadline`."""
+    received = b""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return received, True
+        if not data:
+            return received, True
+        received += data
+    return received, False

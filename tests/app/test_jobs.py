@@ -99,6 +99,9 @@ def test_create_commits_queued_job_and_dispatches(
             "method.reinforcement.hyperparameters.grpo_scale_by_std",
         ),
         ({"method": method(warmup=3)}, "method.reinforcement.hyperparameters.warmup"),
+        ({"method": method(compute_multiplier=0)}, "method.reinforcement.hyperparameters.compute_multiplier"),
+        ({"method": method(compute_multiplier=9)}, "method.reinforcement.hyperparameters.compute_multiplier"),
+        ({"method": method(reasoning_effort="max")}, "method.reinforcement.hyperparameters.reasoning_effort"),
     ],
 )
 def test_create_validation_names_the_param(

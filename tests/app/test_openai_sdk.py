@@ -1,5 +1,6 @@
 """The official `openai` SDK drives files and fine-tuning jobs against the live server unchanged."""
 
+import json
 from pathlib import Path
 
 import openai
@@ -59,3 +60,23 @@ def test_sdk_files_and_jobs(server: Server, key: str, tmp_path: Path) -> None:
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-wrong", max_retries=0).models.list()
     assert "sppo-tiny" in [m.id for m in client.models.list()]
+
+
+def test_sdk_data_and_hyperparameter_shapes(server: Server, key: str, tmp_path: Path) -> None:
+    """OpenAI's content-part messages upload, and every value of the SDK's reinforcement hyperparameters
+    that was a 400 before (`compute_multiplier`, `reasoning_effort: "default"`) creates a job."""
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    path = tmp_path / "parts.jsonl"
+    parts = [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+3?"}]
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": parts}], "answer": "5"}) + "\n")
+    file = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    for compute_multiplier, reasoning_effort, resolved in ((2.0, "default", 2.0), ("auto", "high", 1.0)):
+        hyperparameters = {"compute_multiplier": compute_multiplier, "reasoning_effort": reasoning_effort}
+        job = client.fine_tuning.jobs.create(
+            model="sppo-tiny", training_file=file.id, method=method(batch_size=1, **hyperparameters)
+        )
+        assert job.method is not None and job.method.reinforcement is not None
+        given = job.method.reinforcement.hyperparameters
+        assert given is not None
+        assert (given.compute_multiplier, given.reasoning_effort) == (resolved, reasoning_effort)
+        client.fine_tuning.jobs.cancel(job.id)  # within the tenant's concurrent-jobs quota

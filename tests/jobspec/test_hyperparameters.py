@@ -45,10 +45,18 @@ def test_resolved_hyperparameters_show_what_the_run_uses() -> None:
     resolved = resolved_hyperparameters(hyper, algorithm="grpo", grader={**GRADER, "pass_threshold": 0.5},
                                         model_defaults=MODEL)  # fmt: skip
     assert set(JOB_FIELDS) <= set(resolved)
-    expected = {"batch_size": 16, "group_size": 4, "samples_per_step": 64, "n_epochs": 1, "learning_rate": 1e-4,
-                "learning_rate_multiplier": 1.0, "critic_learning_rate": 1e-5, "max_response_tokens": 1024,
-                "reasoning_effort": "low", "pass_threshold": 0.5, "eval_interval": "auto"}  # fmt: skip
+    expected = {"batch_size": 16, "group_size": 4, "samples_per_step": 64, "n_epochs": 1,
+                "learning_rate": 1e-4, "learning_rate_multiplier": 1.0, "critic_learning_rate": 1e-5,
+                "max_response_tokens": 1024, "reasoning_effort": "low", "pass_threshold": 0.5,
+                "eval_interval": "auto"}  # fmt: skip
     assert {k: resolved[k] for k in expected} == expected
+
+
+def test_compute_multiplier_scales_the_samples_per_prompt() -> None:
+    assert resolve_defaults(MODEL, {"algorithm": "sppo", "compute_multiplier": 2.5})["batch_size"] == 21
+    resolved = resolved_hyperparameters({"compute_multiplier": 1.5}, algorithm="grpo", grader=GRADER,
+                                        model_defaults=MODEL)  # fmt: skip
+    assert (resolved["group_size"], resolved["batch_size"], resolved["samples_per_step"]) == (12, 5, 60)
 
 
 def test_every_api_hyperparameter_is_resolved_or_named() -> None:

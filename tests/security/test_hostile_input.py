@@ -277,7 +277,8 @@ def test_other_tenants_ids_are_not_found(server: Server, api: httpx.Client, file
 
 
 def test_a_slow_body_is_cut_off(server: Server) -> None:
-    """Headers promise 1,000 bytes, 10 arrive: the server answers 408 after its body timeout (2 s here)."""
+    """Headers promise 1,000 bytes, 10 arrive: the server answers 408 after its body timeout (2 s here)
+    and closes the connection."""
     address = urlsplit(server.base_url)
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
         key = server.new_key()
@@ -289,6 +290,8 @@ def test_a_slow_body_is_cut_off(server: Server) -> None:
         sock.sendall(head.encode() + b'{"model": ')
         answer = sock.recv(4096).decode()
         assert answer.startswith("HTTP/1.1 408"), answer
+        assert "connection: close" in answer.lower()  # the rest of the body is never read: closed
+        assert sock.recv(4096) == b""
         assert time.monotonic() - started < 8
     assert httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200
 

@@ -19,7 +19,7 @@ from app.ratelimit import STREAM_SLOT_TTL_S, Limiter, Window
 from app.settings import Settings
 from app.throttle import subject_of, windows_for
 
-from ..app.conftest import ITEM, Server, assert_error, method, migrate, run_api_server
+from ..app.conftest import GRADER, ITEM, Server, assert_error, method, migrate, run_api_server
 from ..conftest import run_in_own_loop
 
 T = TypeVar("T")
@@ -29,6 +29,7 @@ LIMITS = {
     "SPPO_RATE_LIMIT_UPLOADS_PER_HOUR": "2",
     "SPPO_RATE_LIMIT_EVALUATIONS_PER_HOUR": "1",
     "SPPO_RATE_LIMIT_STREAMS": "2",
+    "SPPO_MAX_UPLOAD_BYTES": str(64 * 1024),
 }
 
 
@@ -97,17 +98,53 @@ def test_uploads_have_an_hourly_quota_refused_before_the_body_is_stored(pair: tu
         assert a.get("/v1/models").status_code == 200
 
 
-def test_evaluations_have_an_hourly_quota(pair: tuple[Server, Server]) -> None:
+def test_refused_uploads_do_not_use_up_the_quota(pair: tuple[Server, Server]) -> None:
+    """Uploads refused with 400 or 413 (by Content-Length or while a chunked body arrives) do no work: the
+    quota of 2 still admits two uploads after them, then refuses the third."""
     first, second = pair
-    key = first.new_key()
-    with first.client(key) as a, second.client(key) as b:
-        assert_error(a.post("/v1/evaluations", json={}), 400)  # counted even when invalid
-        refused = b.post("/v1/evaluations", json={})
-        assert assert_error(refused, 429)["type"] == "rate_limit_error"
+
+    def attempt() -> list[int]:
+        key = first.new_key()
+        with first.client(key) as a, second.client(key) as b:
+            codes = [_upload(a, b"not json\n").status_code, _upload(b, ITEM.encode() * 2000).status_code]
+            chunked = a.post(
+                "/v1/files",
+                content=(part for part in (MULTIPART_HEAD, ITEM.encode() * 2000, b"\r\n--b--\r\n")),
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+            )
+            return [*codes, chunked.status_code, *(_upload(c).status_code for c in (a, b, a))]
+
+    assert in_one_window(3600, attempt) == [400, 413, 413, 200, 200, 429]
 
 
-def _upload(client: httpx.Client) -> httpx.Response:
-    return client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", ITEM.encode())})
+def test_evaluations_quota_counts_created_evaluations_only(pair: tuple[Server, Server]) -> None:
+    first, second = pair
+
+    def attempt() -> list[int]:
+        key = first.new_key()
+        with first.client(key) as a, second.client(key) as b:
+            body = {"model": "sppo-tiny", "file": _upload(a).json()["id"], "grader": GRADER, "samples": 1}
+            invalid = [
+                a.post("/v1/evaluations", json={}),
+                b.post("/v1/evaluations", json=body | {"samples": 0}),
+            ]
+            created = b.post("/v1/evaluations", json=body)
+            assert created.status_code == 200, created.text
+            refused = a.post("/v1/evaluations", json=body)
+            assert assert_error(refused, 429)["type"] == "rate_limit_error"
+            return [r.status_code for r in (*invalid, created, refused)]
+
+    assert in_one_window(3600, attempt) == [400, 400, 200, 429]
+
+
+MULTIPART_HEAD = (
+    b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+    b'--b\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+)
+
+
+def _upload(client: httpx.Client, content: bytes = ITEM.encode()) -> httpx.Response:
+    return client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", content)})
 
 
 def _queued_job(client: httpx.Client) -> str:
@@ -176,9 +213,14 @@ def test_windows_for_each_kind_of_request() -> None:
     settings = Settings(rate_limit_requests_per_second=3, rate_limit_requests_per_minute=4)
     base = [Window("requests", 3, 1), Window("requests", 4, 60)]
     assert windows_for(settings, "GET", "/v1/files") == base
-    assert windows_for(settings, "POST", "/v1/files") == [*base, Window("uploads", 300, 3600)]
+    uploads = Window("uploads", 300, 3600, accepted_only=True)
+    assert windows_for(settings, "POST", "/v1/files") == [*base, uploads]
+    # the form stores its upload before it creates the job: a refused form may have stored a file
     assert windows_for(settings, "POST", "/jobs/new")[-1] == Window("uploads", 300, 3600)
-    assert windows_for(settings, "POST", "/v1/evaluations")[-1] == Window("evaluations", 300, 3600)
+    evaluations = Window("evaluations", 300, 3600, accepted_only=True)
+    assert windows_for(settings, "POST", "/v1/evaluations")[-1] == evaluations
+    grader_runs = Window("grader_runs", 120, 60, accepted_only=True)
+    assert windows_for(settings, "POST", "/v1/fine_tuning/alpha/graders/run")[-1] == grader_runs
     assert windows_for(settings, "GET", "/v1/evaluations") == base
 
 
@@ -190,11 +232,22 @@ def test_limiter_scripts_on_the_real_redis(redis_url: str) -> None:
         prefix = f"test-{uuid.uuid4().hex[:8]}:ratelimit"  # SPPO_REDIS_PREFIX's place in every key
         limiter = Limiter(client, prefix)
         subject = uuid.uuid4().hex
-        hourly = [Window("uploads", 2, 3600)]
-        assert [await limiter.hit(subject, hourly) for _ in range(4)][:2] == [0, 0]
-        keys = await client.keys(f"{prefix}:uploads:{subject}:3600:*")
-        assert len(keys) == 1 and int(await client.get(keys[0])) == 2  # the two refusals left no trace
-        assert 0 < await limiter.hit(subject, hourly) <= 3600
+        hourly = [Window("uploads", 2, 3600, accepted_only=True), Window("requests", 10, 60)]
+        hits = [await limiter.hit(subject, hourly) for _ in range(4)]
+        assert [hit.retry_after for hit in hits[:2]] == [0, 0] and 0 < hits[2].retry_after <= 3600
+        [uploads] = await client.keys(f"{prefix}:uploads:{subject}:3600:*")
+        [requests] = await client.keys(f"{prefix}:requests:{subject}:60:*")
+        assert int(await client.get(uploads)) == 2  # the two refusals left no trace
+        assert hits[0].refundable == (uploads.decode(),) and hits[2].refundable == ()
+
+        # the API refused the first request: its upload is given back, its request stays counted
+        await limiter.give_back(hits[0])
+        assert (int(await client.get(uploads)), int(await client.get(requests))) == (1, 2)
+        assert (await limiter.hit(subject, hourly)).retry_after == 0
+        # a counter whose window ended is gone: giving back does not bring it back below zero
+        await client.delete(uploads)
+        await limiter.give_back(hits[1])
+        assert await client.exists(uploads) == 0
 
         assert await limiter.acquire_stream(subject, "a", 1)
         assert not await limiter.acquire_stream(subject, "b", 1)

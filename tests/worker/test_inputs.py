@@ -41,3 +41,14 @@ def test_a_prompt_longer_than_the_context_is_refused_with_its_length(tiny: Fixtu
 def test_the_fixture_data_passes(tiny: Fixture) -> None:
     tokenizer = load_tokenizer(tiny.model_dir)
     check_file(tiny.train_file, "training_file", tokenizer, model_context(tiny.model_dir))
+
+
+def test_a_long_prompt_in_content_parts_is_measured_joined(tiny: Fixture, tmp_path: Path) -> None:
+    parts = [{"type": "text", "text": "9" * 50}, {"type": "text", "text": "9" * 50}]
+    path = tmp_path / "parts.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": parts}], "answer": "1"}) + "\n")
+    tokenizer = load_tokenizer(tiny.model_dir)
+    with pytest.raises(DataFileError) as caught:
+        check_file(path, "training_file", tokenizer, model_context(tiny.model_dir))
+    # BOS and one token per digit: the 100 digits joined (the part list's repr would be far longer)
+    assert "The prompt on line 1 of the training file is 101 tokens long" in caught.value.message

@@ -228,7 +228,6 @@ class Algorithm:
     name: str
     critic: CriticKind | None
     """"sequence": prompt-only value logit (B,); "token": value per response token (B, T); None: no critic."""
-    default_samples_per_prompt: int
     compute_advantages: Callable[[AdvantageInputs], tuple[Tensor, Tensor]]
     """AdvantageInputs → (advantages (B, T), returns: (B,) for sequence/no critic, (B, T) for token)."""
     critic_loss: Callable[..., tuple[Tensor, Metrics]] | None
@@ -270,10 +269,10 @@ def _ppo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "sppo": Algorithm("sppo", "sequence", 1, _sppo, critic_bce_loss),
-    "grpo": Algorithm("grpo", None, 8, _grpo, None),
-    "ppo": Algorithm("ppo", "token", 1, _ppo, clipped_value_loss),
-    "reinforce": Algorithm("reinforce", None, 1, _reinforce, None),
+    "sppo": Algorithm("sppo", "sequence", _sppo, critic_bce_loss),
+    "grpo": Algorithm("grpo", None, _grpo, None),
+    "ppo": Algorithm("ppo", "token", _ppo, clipped_value_loss),
+    "reinforce": Algorithm("reinforce", None, _reinforce, None),
 }
 
 

@@ -74,6 +74,9 @@ class RunConfig:
     the samples per prompt: every algorithm's default run draws the same number of samples per step."""
     group_size: int | None = REFERENCE_DEFAULTS["group_size"]
     """Samples per prompt; default from the algorithm (1 for sppo/ppo, 8 for grpo)."""
+    compute_multiplier: float = REFERENCE_DEFAULTS["compute_multiplier"]
+    """OpenAI's `compute_multiplier` (compute spent exploring): scales the samples per prompt, rounded to
+    the nearest whole number and at least 1; 2.0 samples twice as many completions of every prompt."""
     ppo_epochs: int = REFERENCE_DEFAULTS["ppo_epochs"]
     """Passes over each step's samples."""
     minibatch_size: int = REFERENCE_DEFAULTS["minibatch_size"]
@@ -141,7 +144,7 @@ class RunConfig:
 
     @property
     def samples_per_prompt(self) -> int:
-        return samples_per_prompt(self.algorithm, self.group_size)
+        return samples_per_prompt(self.algorithm, self.group_size, self.compute_multiplier)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field that is out of range."""
@@ -162,7 +165,10 @@ class RunConfig:
         self._validate_rollout_and_devices()
 
     def _validate_ranges(self) -> None:
-        for name in ("learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm"):
+        for name in (
+            "learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm",
+            "compute_multiplier",
+        ):  # fmt: skip
             _check(getattr(self, name) > 0, "must be > 0", name)
         for name in ("weight_decay", "kl_coef", "entropy_coef", "lora_dropout"):
             _check(getattr(self, name) >= 0, "must be >= 0", name)
@@ -206,7 +212,7 @@ class RunConfig:
         _check(
             self.algorithm != "grpo" or self.samples_per_prompt >= 2,
             "grpo needs at least 2 samples per prompt to form a group baseline",
-            "group_size",
+            "group_size" if self.compute_multiplier == 1 else "compute_multiplier",
         )
 
     @classmethod

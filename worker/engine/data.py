@@ -1,6 +1,7 @@
 """Training data: JSONL items -> chat-templated prompt ids, and a deterministic, resumable sampler."""
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -8,12 +9,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from jobspec.items import ItemError, normalise_item
 from worker.engine.errors import DataFileError
 
 
-def load_items(path: str | Path, param: str = "training_file") -> list[dict[str, Any]]:
-    """Read a JSONL file of {"messages": [...], ...} items; errors name the offending line."""
-    items: list[dict[str, Any]] = []
+def read_items(path: str | Path, param: str = "training_file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, item) for each item of a JSONL file, its messages normalised (jobspec.items: text
+    content parts joined); DataFileError naming the first bad line."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
@@ -22,24 +24,17 @@ def load_items(path: str | Path, param: str = "training_file") -> list[dict[str,
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = normalise_item(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataFileError(f"line {number} of {path} is not valid JSON: {exc.msg}", param) from exc
-        messages = item.get("messages") if isinstance(item, dict) else None
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            )
-        ):
-            raise DataFileError(
-                f'line {number} of {path} needs "messages": a non-empty list of '
-                '{"role": ..., "content": ...} objects',
-                param,
-            )
-        items.append(item)
+        except ItemError as exc:
+            raise DataFileError(f"line {number} of {path}: {exc}", param) from exc
+        yield number, item
+
+
+def load_items(path: str | Path, param: str = "training_file") -> list[dict[str, Any]]:
+    """Every item of a JSONL file (see read_items); DataFileError when there is none."""
+    items = [item for _, item in read_items(path, param)]
     if not items:
         raise DataFileError(f"{path} holds no items", param)
     return items

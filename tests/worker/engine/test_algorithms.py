@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from jobspec.hyperparameters import DEFAULT_SAMPLES_PER_PROMPT
 from worker.engine.algorithms import (
     ALGORITHMS,
     AdvantageInputs,
@@ -219,13 +220,17 @@ def test_clipped_value_loss() -> None:
 def test_registry() -> None:
     assert set(ALGORITHMS) == {"sppo", "grpo", "ppo", "reinforce"}
     sppo = get_algorithm("sppo")
-    assert (sppo.critic, sppo.default_samples_per_prompt) == ("sequence", 1)
+    assert (sppo.critic, DEFAULT_SAMPLES_PER_PROMPT["sppo"]) == ("sequence", 1)
     assert sppo.critic_loss is critic_bce_loss
     grpo = get_algorithm("grpo")
-    assert (grpo.critic, grpo.default_samples_per_prompt, grpo.critic_loss) == (None, 8, None)
+    assert (grpo.critic, DEFAULT_SAMPLES_PER_PROMPT["grpo"], grpo.critic_loss) == (None, 8, None)
     assert get_algorithm("ppo").critic == "token"
     reinforce = get_algorithm("reinforce")
-    assert (reinforce.critic, reinforce.default_samples_per_prompt, reinforce.critic_loss) == (None, 1, None)
+    assert (reinforce.critic, DEFAULT_SAMPLES_PER_PROMPT["reinforce"], reinforce.critic_loss) == (
+        None,
+        1,
+        None,
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         sppo.name = "x"  # type: ignore[misc]
     with pytest.raises(

@@ -40,6 +40,23 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("change", "samples"),
+    [
+        ({"compute_multiplier": 2.0}, 2),
+        ({"compute_multiplier": 2.5}, 3),  # half up
+        ({"compute_multiplier": 0.4}, 1),  # at least one
+        ({"algorithm": "grpo", "compute_multiplier": 1.5}, 12),
+        ({"algorithm": "grpo", "group_size": 3, "compute_multiplier": 0.5}, 2),
+        ({"algorithm": "grpo", "group_size": 3}, 3),
+    ],
+)
+def test_compute_multiplier_scales_the_samples_per_prompt(
+    tmp_path: Path, change: dict[str, object], samples: int
+) -> None:
+    assert RunConfig.from_dict({**base(tmp_path), **change}).samples_per_prompt == samples
+
+
+@pytest.mark.parametrize(
     ("change", "param"),
     [
         ({"algorithm": "dpo"}, "algorithm"),
@@ -49,6 +66,8 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ({"critic": "shared_lora", "critic_layers": 2}, "critic_layers"),
         ({"critic_layers": 0}, "critic_layers"),
         ({"algorithm": "grpo", "group_size": 1}, "group_size"),
+        ({"algorithm": "grpo", "compute_multiplier": 0.1}, "compute_multiplier"),  # 8 x 0.1: one sample
+        ({"compute_multiplier": 0}, "compute_multiplier"),
         ({"learnin_rate": 1.0}, "learnin_rate"),
         ({"kl_coef": 0.05, "use_lora": False}, "kl_coef"),
         ({"rollout_backend": "sglang"}, "rollout_backend"),

@@ -43,3 +43,44 @@ def test_prompts_use_the_chat_template(tiny: Fixture) -> None:
     prompts = encode_prompts(tokenizer, items)
     assert prompts[0][0] == tokenizer.bos_token_id
     assert tokenizer.decode(prompts[0][1:]) == items[0]["messages"][0]["content"]
+
+
+def _jsonl(path: Path, *items: object) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def test_content_parts_reach_the_template_as_one_string(tiny: Fixture, tmp_path: Path) -> None:
+    parts = [{"type": "text", "text": "12+"}, {"type": "text", "text": "7="}]
+    path = _jsonl(
+        tmp_path / "parts.jsonl", {"messages": [{"role": "user", "content": parts}], "answer": "19"}
+    )
+    items = load_items(path)
+    assert items == [{"messages": [{"role": "user", "content": "12+7="}], "answer": "19"}]
+    tokenizer = load_tokenizer(tiny.model_dir)
+    plain = {"messages": [{"role": "user", "content": "12+7="}]}
+    assert encode_prompts(tokenizer, items) == encode_prompts(tokenizer, [plain])
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]},
+            "the last message is the assistant's",
+        ),
+        ({"messages": [{"role": "user", "content": "1+1="}], "answer": "2", "tools": []}, "'tools' is not"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "messages[0].content[0] is a 'input_audio' part",
+        ),
+    ],
+)
+def test_items_the_format_refuses_are_named_by_line(tmp_path: Path, item: object, fragment: str) -> None:
+    good = {"messages": [{"role": "user", "content": "1+1="}], "answer": "2"}
+    path = _jsonl(tmp_path / "bad.jsonl", good, item)
+    with pytest.raises(DataFileError) as caught:
+        load_items(path, "validation_file")
+    assert caught.value.param == "validation_file"
+    assert caught.value.message.startswith(f"line 2 of {path}: ")
+    assert fragment in caught.value.message
