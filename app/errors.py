@@ -109,7 +109,7 @@ def validation_error(errors: Sequence[Any]) -> APIError:
         param = f"{param}.type"  # the grader's `type` chose no known grader
     message = "; ".join(dict.fromkeys(messages))
     if first.get("type") == "extra_forbidden":
-        hint = HINTS.get(param.rsplit(".", 1)[-1]) if param.startswith(HYPERPARAMETERS) else None
+        hint = HINTS.get(param.rsplit(".", 1)[-1]) if param and param.startswith(HYPERPARAMETERS) else None
         message = f"Unknown parameter: '{param}'." + (f" {hint}" if hint else "")
     elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
