@@ -111,7 +111,7 @@ def test_the_model_is_the_best_checkpoint_and_scores_its_evaluation(tiny: Fixtur
     assert _same(final, _adapter(checkpoint_path(tmp_path, 1) / "adapter"))
     assert not _same(final, _adapter(checkpoint_path(tmp_path, 3) / "adapter"))
     scored = evaluate(
-        config.model, result.final_adapter_dir, config.validation_file or "", FIXTURE_GRADER, samples=0,
+        config.model, result.final_adapter_dir, tiny.validation_file, FIXTURE_GRADER, samples=0,
         temperature=config.temperature, max_response_tokens=config.max_response_tokens, max_items=16,
         device="cpu", token_budget=config.micro_batch_tokens,
     )  # fmt: skip
