@@ -133,6 +133,8 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_param: Mapped[str | None] = mapped_column(String(256))
     fine_tuned_model: Mapped[str | None] = mapped_column(String(256))
+    # The step whose checkpoint is the fine-tuned model: the best by validation pass@1, or the last step.
+    fine_tuned_model_step: Mapped[int | None]
     result_files: Mapped[list[Any]] = mapped_column(default=list)
     # Request as given, plus what the worker resolved ("auto" and defaults filled in).
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)

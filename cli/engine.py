@@ -101,7 +101,8 @@ def train(
     console.print(_metrics_table("last step", [(result.final_step, result.metrics)]))
     console.print(f"{result.status} at step {result.final_step}/{result.total_steps}; eval: {result.eval}")
     if result.final_adapter_dir:
-        console.print(f"adapter: {result.final_adapter_dir}")
+        scores = f" (eval: {result.model_eval})" if result.model_eval else ""
+        console.print(f"model: step {result.model_step}{scores}, in {result.final_adapter_dir}")
 
 
 def _load_grader(value: str) -> dict[str, Any]:

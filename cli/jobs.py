@@ -180,6 +180,8 @@ def show_job(job: dict[str, Any]) -> None:
         "created": fmt_time(job["created_at"]),
         "finished": fmt_time(job["finished_at"]),
     }
+    if job.get("fine_tuned_model_step") is not None:
+        rows["fine_tuned_model"] += f" (the checkpoint at step {job['fine_tuned_model_step']})"
     if job.get("status_detail"):
         rows["detail"] = job["status_detail"]
     if job.get("error"):

@@ -166,15 +166,34 @@ def watch(
         console.print(f"[red]{job['error']['message']}[/]", highlight=False)
     console.print(f"Job {job_id} {fmt_status(status)} ({_timing(job)})", highlight=False)
     if job.get("fine_tuned_model"):
-        console.print(f"Fine-tuned model: [bold]{job['fine_tuned_model']}[/]", highlight=False)
+        step = job.get("fine_tuned_model_step")
+        at = f" (the checkpoint at step {step})" if step is not None else ""
+        console.print(f"Fine-tuned model: [bold]{job['fine_tuned_model']}[/]{at}", highlight=False)
     raise typer.Exit(EXIT_CODES[status])
 
 
-def _latest_checkpoint(client: Client, job_id: str) -> dict[str, Any]:
-    listing = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints", limit=100)
-    if not listing["data"]:
+def _chosen_checkpoint(client: Client, job_id: str, checkpoint_id: str | None) -> tuple[dict[str, Any], str]:
+    """(the checkpoint to download, what it is): `checkpoint_id`, else the job's fine-tuned model (the
+    checkpoint at its `fine_tuned_model_step`), else its latest checkpoint."""
+    job = client.get(f"/fine_tuning/jobs/{job_id}")
+    listing = client.get(f"/fine_tuning/jobs/{job_id}/checkpoints", limit=100)["data"]
+    model_step = job.get("fine_tuned_model_step")
+    if checkpoint_id is not None:
+        found = [c for c in listing if c["id"] == checkpoint_id]
+        if not found:
+            raise ApiError(f"Job {job_id} has no checkpoint {checkpoint_id}.")
+        chosen = found[0]
+    elif not listing:
         raise ApiError(f"Job {job_id} has no checkpoints yet.")
-    return dict(max(listing["data"], key=lambda c: c["step_number"]))
+    else:
+        model = [c for c in listing if c["step_number"] == model_step]
+        chosen = model[0] if model else max(listing, key=lambda c: c["step_number"])
+    step = chosen["step_number"]
+    if step == model_step:
+        return chosen, f"the fine-tuned model {job['fine_tuned_model']}"
+    if model_step is None:
+        return chosen, "the job has no fine-tuned model"
+    return chosen, f"not the fine-tuned model, which is the checkpoint at step {model_step}"
 
 
 def _unpack(archive: Path, target: Path) -> None:
@@ -197,7 +216,11 @@ def _unpack(archive: Path, target: Path) -> None:
 def download(
     job_id: str,
     checkpoint: Annotated[
-        str | None, typer.Option(help="Checkpoint id (ftckpt-...); default: the job's latest checkpoint.")
+        str | None,
+        typer.Option(
+            help="Checkpoint id (ftckpt-...); default: the fine-tuned model's checkpoint, or the latest "
+            "while the job has no model."
+        ),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory to unpack into.")] = None,
     base_url: BaseUrlOpt = None,
@@ -205,7 +228,8 @@ def download(
 ) -> None:
     """Download a checkpoint's LoRA adapter and unpack it (loadable with peft.PeftModel.from_pretrained)."""
     with connect(base_url, api_key) as client:
-        ckpt_id = checkpoint or str(_latest_checkpoint(client, job_id)["id"])
+        chosen, what = _chosen_checkpoint(client, job_id, checkpoint)
+        ckpt_id = str(chosen["id"])
         target = output or Path(f"{job_id}-{ckpt_id}")
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise ApiError(f"{target} exists and is not an empty folder; choose another --output.")
@@ -230,4 +254,6 @@ def download(
             if target.exists():
                 target.rmdir()
             shutil.move(source, target)
-    console.print(f"Adapter unpacked into [bold]{target}[/]", highlight=False)
+    step = chosen["step_number"]
+    console.print(f"Adapter of checkpoint {ckpt_id} (step {step}: {what}) unpacked into [bold]{target}[/]",
+                  highlight=False)  # fmt: skip

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+from jobspec.selection import model_selection
+
 HYPERPARAMETERS: Final = "method.reinforcement.hyperparameters"
 """Where a job's hyperparameters are in its request: the prefix of every error's `param` about one."""
 DEFAULTS_FILE: Final = "sppo_defaults.json"
@@ -57,6 +59,8 @@ REFERENCE_DEFAULTS: Final[Mapping[str, Any]] = {
     "pass_threshold": 1.0,
     "checkpoint_interval": 10,
     "keep_checkpoints": 3,
+    "model_selection": "best",
+    "early_stopping_patience": None,
     "n_devices": 1,
 }
 
@@ -64,7 +68,7 @@ JOB_FIELDS: Final = (
     "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
     "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
-    "critic_layers", "pass_threshold", "compute_multiplier",
+    "critic_layers", "pass_threshold", "compute_multiplier", "model_selection", "early_stopping_patience",
 )  # fmt: skip
 """API hyperparameters that are engine fields of the same name and meaning."""
 HINTS: Final[Mapping[str, str]] = {
@@ -148,7 +152,12 @@ def job_values(
 
 
 def resolved_hyperparameters(
-    hyper: Mapping[str, Any], *, algorithm: str, grader: Mapping[str, Any], model_defaults: Mapping[str, Any]
+    hyper: Mapping[str, Any],
+    *,
+    algorithm: str,
+    grader: Mapping[str, Any],
+    model_defaults: Mapping[str, Any],
+    has_validation_file: bool,
 ) -> dict[str, Any]:
     """What a job shows as its hyperparameters from the moment it is created: every API hyperparameter as
     the run will use it, the samples per step, and the learning rates with their multipliers."""
@@ -156,6 +165,7 @@ def resolved_hyperparameters(
     merged = resolve_defaults(model_defaults, {"algorithm": algorithm, **values})
     per_prompt = samples_per_prompt(algorithm, merged["group_size"], merged["compute_multiplier"])
     resolved = {name: merged[name] for name in JOB_FIELDS}
+    resolved["model_selection"] = model_selection(merged["model_selection"], has_validation_file)
     resolved.update(
         group_size=per_prompt,
         samples_per_step=int(merged["batch_size"]) * per_prompt,

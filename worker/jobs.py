@@ -124,9 +124,12 @@ def succeed_job(
     adapter_dir: Path,
     final_step: int,
     trained_tokens: int,
-    final_eval: dict[str, float],
+    model_step: int,
+    model_eval: dict[str, float],
 ) -> bool:
-    """running → succeeded with the fine-tuned model registered and the metrics CSV as a result file."""
+    """running → succeeded with the fine-tuned model registered and the metrics CSV as a result file.
+    `adapter_dir` holds the weights of step `model_step` (the best checkpoint, or the last step), whose
+    evaluation scores are `model_eval`."""
     result_file = _metrics_csv(session, settings=settings, job=job)
     session.add(
         FineTunedModel(
@@ -143,10 +146,16 @@ def succeed_job(
         job_id=job.id,
         expected=(S.running,),
         to=S.succeeded,
-        message="The job has successfully completed",
-        data={"fine_tuned_model": model_name, "step": final_step, **final_eval},
+        message=f"The job has successfully completed; {model_summary(model_step, model_eval)}",
+        data={
+            "fine_tuned_model": model_name,
+            "fine_tuned_model_step": model_step,
+            "step": final_step,
+            **model_eval,
+        },
         where=_mine(worker_id),
         fine_tuned_model=model_name,
+        fine_tuned_model_step=model_step,
         result_files=[result_file.id],
         current_step=final_step,
         trained_tokens=trained_tokens,
@@ -155,6 +164,13 @@ def succeed_job(
     if not _commit_if(session, done):
         artifact_store(settings).delete(result_file.storage_uri)
     return done
+
+
+def model_summary(model_step: int, model_eval: dict[str, float]) -> str:
+    """Which checkpoint the fine-tuned model is, and its validation score when it has one."""
+    score = model_eval.get("eval/pass@1")
+    scored = f" (eval/pass@1 {score:.3f})" if score is not None else ""
+    return f"the fine-tuned model is the checkpoint at step {model_step}{scored}"
 
 
 def fail_job(

@@ -114,5 +114,6 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
             exc.param = f"{HYPERPARAMETERS}.{exc.param}"
         raise
     resolved = resolved_hyperparameters(hyper, algorithm=config.algorithm, grader=reinforcement["grader"],
-                                        model_defaults=defaults)  # fmt: skip
+                                        model_defaults=defaults,
+                                        has_validation_file=job.validation_file is not None)  # fmt: skip
     return config, resolved

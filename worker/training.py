@@ -243,7 +243,8 @@ def _outcome(job: Job, result: Any, *, settings: Settings, reporter: JobReporter
             adapter_dir=result.final_adapter_dir,
             final_step=result.final_step,
             trained_tokens=reporter.trained_tokens or 0,
-            final_eval=dict(result.eval),
+            model_step=result.model_step,
+            model_eval=dict(result.model_eval),
         )
     return "succeeded" if done else "lost"
 

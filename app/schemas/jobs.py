@@ -46,14 +46,16 @@ class Alarm(BaseModel):
 
 
 class JobPublic(BaseModel):
-    """OpenAI's `fine_tuning.job`; `current_step`, `total_steps`, `attempt`, `status_detail`, `alarms` and
-    `started_at` (first claim by a worker: a duration from it excludes queue time) are extensions."""
+    """OpenAI's `fine_tuning.job`; `current_step`, `total_steps`, `attempt`, `status_detail`, `alarms`,
+    `started_at` (first claim by a worker: a duration from it excludes queue time) and
+    `fine_tuned_model_step` (the step of the checkpoint that is `fine_tuned_model`) are extensions."""
 
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     created_at: int
     error: JobError | None
     fine_tuned_model: str | None
+    fine_tuned_model_step: int | None = None
     finished_at: int | None
     hyperparameters: JobHyperparameters
     model: str
@@ -89,6 +91,7 @@ class JobPublic(BaseModel):
             created_at=job.created_at,
             error=error,
             fine_tuned_model=job.fine_tuned_model,
+            fine_tuned_model_step=job.fine_tuned_model_step,
             finished_at=job.finished_at,
             hyperparameters=JobHyperparameters.model_validate(
                 {k: hyper.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}

@@ -10,6 +10,7 @@ from pydantic import Field
 from app.schemas.common import StrictModel
 from jobspec.algorithms import AlgorithmName, CriticKind
 from jobspec.graders import Grader
+from jobspec.selection import ModelSelection
 
 Auto = Literal["auto"]
 
@@ -45,6 +46,11 @@ class ReinforcementHyperparameters(StrictModel):
     lora_rank: int | None = Field(default=None, ge=1, le=256)
     lora_alpha: float | None = Field(default=None, gt=0, le=4096)  # 1e308 overflowed the LoRA scaling
     checkpoint_interval: int | None = Field(default=None, ge=1, le=1_000_000)
+    # The fine-tuned model: "best", the checkpoint with the highest validation pass@1 (the default with a
+    # validation file; asked for without one, a 400), or "last", the last step.
+    model_selection: ModelSelection | None = None
+    # Stop when validation pass@1 has not improved for this many evaluations (needs a validation file).
+    early_stopping_patience: int | None = Field(default=None, ge=1, le=1000)
     # devices of one worker host that train the job together; checked against SPPO_TRAINING_DEVICE_COUNTS
     n_devices: int | None = Field(default=None, ge=1, le=64)
     # A completion passes (pass@1, avg@k, accuracy) when its reward is at least this (partial-credit graders).

@@ -101,6 +101,25 @@ def _check_devices(settings: Settings, request: JobCreate) -> None:
             )
 
 
+def _check_selection(request: JobCreate) -> None:
+    """400 for a hyperparameter that needs validation scores on a job without a validation file."""
+    if request.validation_file is not None:
+        return
+    hyper = request.method.reinforcement.hyperparameters
+    if hyper.model_selection == "best":
+        raise InvalidRequest(
+            "model_selection 'best' returns the checkpoint with the best validation score, and the job has "
+            "no validation_file: add one, or use 'last'.",
+            param=f"{HYPERPARAMETERS}.model_selection",
+        )
+    if hyper.early_stopping_patience is not None:
+        raise InvalidRequest(
+            "early_stopping_patience stops a run whose validation score no longer improves, and the job has "
+            "no validation_file: add one, or leave early_stopping_patience out.",
+            param=f"{HYPERPARAMETERS}.early_stopping_patience",
+        )
+
+
 def check_context(entry: BaseModelEntry, file: File, *, param: str) -> None:
     """Refuse a file whose longest prompt cannot fit the model's context (it would stall the worker)."""
     context = entry.context_length
@@ -135,6 +154,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
                  files=files, param="method.reinforcement.grader")  # fmt: skip
     warnings = _check_against_model(entry, request, files[0])
     _check_devices(settings, request)
+    _check_selection(request)
     _check_quota(session, settings=settings, tenant=tenant)
     method = request.method.model_dump(mode="json", exclude_none=True)
     job = Job(
@@ -151,6 +171,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
             algorithm=method["reinforcement"]["algorithm"],
             grader=method["reinforcement"]["grader"],
             model_defaults=entry.defaults or {},
+            has_validation_file=request.validation_file is not None,
         ),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         suffix=request.suffix,

@@ -102,6 +102,15 @@ def test_create_commits_queued_job_and_dispatches(
         ({"method": method(compute_multiplier=0)}, "method.reinforcement.hyperparameters.compute_multiplier"),
         ({"method": method(compute_multiplier=9)}, "method.reinforcement.hyperparameters.compute_multiplier"),
         ({"method": method(reasoning_effort="max")}, "method.reinforcement.hyperparameters.reasoning_effort"),
+        ({"method": method(model_selection="first")}, "method.reinforcement.hyperparameters.model_selection"),
+        (
+            {"method": method(early_stopping_patience=0)},
+            "method.reinforcement.hyperparameters.early_stopping_patience",
+        ),
+        (
+            {"method": method(early_stopping_patience=1.5)},
+            "method.reinforcement.hyperparameters.early_stopping_patience",
+        ),
     ],
 )
 def test_create_validation_names_the_param(
@@ -379,3 +388,24 @@ def test_a_hyperparameter_named_as_elsewhere_points_at_ours(api: httpx.Client, t
     )
     body["method"] = method(warmup=3)  # no hint for a name nobody uses elsewhere
     assert assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400)["message"].endswith("warmup'.")
+
+
+def test_model_selection_and_early_stopping_need_a_validation_file(
+    api: httpx.Client, training_file: str, create: Callable[..., dict[str, Any]]
+) -> None:
+    hyper = "method.reinforcement.hyperparameters"
+    body = {"model": "sppo-tiny", "training_file": training_file}
+    best = api.post("/v1/fine_tuning/jobs", json={**body, "method": method(model_selection="best")})
+    assert (
+        "no validation_file: add one, or use 'last'"
+        in assert_error(best, 400, f"{hyper}.model_selection")["message"]
+    )
+    stopping = api.post("/v1/fine_tuning/jobs", json={**body, "method": method(early_stopping_patience=3)})
+    assert_error(stopping, 400, f"{hyper}.early_stopping_patience")
+    assert create(method=method(model_selection="last"))["status"] == "queued"
+    job = create(
+        validation_file=training_file, method=method(model_selection="best", early_stopping_patience=3)
+    )
+    asked = job["method"]["reinforcement"]["hyperparameters"]
+    assert asked["model_selection"] == "best" and asked["early_stopping_patience"] == 3
+    assert job["fine_tuned_model_step"] is None

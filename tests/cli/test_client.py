@@ -4,8 +4,10 @@ import json
 import tarfile
 from pathlib import Path
 
+from sqlalchemy import select, update
+
 from app.db import session_scope
-from app.models import Checkpoint
+from app.models import Checkpoint, Job
 
 from ..app.conftest import REGISTRY_GRADER, REGISTRY_MODEL, Server
 from .conftest import Sppo, as_json, run_sppo
@@ -82,7 +84,7 @@ def test_errors_print_the_api_message_not_a_traceback(server: Server, sppo: Sppo
     assert "Traceback" not in wrong_key.stderr + no_server.stderr
 
 
-def test_download_unpacks_the_latest_checkpoint(
+def test_download_unpacks_the_fine_tuned_model_else_the_latest_checkpoint(
     server: Server, sppo: Sppo, train_file: Path, tmp_path: Path
 ) -> None:
     job = as_json(
@@ -107,6 +109,7 @@ def test_download_unpacks_the_latest_checkpoint(
             )
     result = sppo("jobs", "download", job["id"], "--output", "adapter")
     assert result.returncode == 0, result.stderr
+    assert "(step 4: the job has no fine-tuned model)" in " ".join(result.stdout.split())
     unpacked = tmp_path / "adapter"
     # The archive names the base model by registry name (not a server path) and carries a model card.
     assert json.loads((unpacked / "adapter_config.json").read_text()) == {
@@ -116,6 +119,30 @@ def test_download_unpacks_the_latest_checkpoint(
     assert (unpacked / "adapter_model.safetensors").stat().st_size == 1000
     again = sppo("jobs", "download", job["id"], "--output", "adapter")  # refused before downloading
     assert again.returncode == 1 and "exists and is not an empty folder" in again.stderr
+
+    # Succeeded with the best checkpoint, step 2, as its model: that is what a plain download takes.
+    model = f"ft:{REGISTRY_MODEL}:t::{job['id']}"
+    with session_scope(server.db_url) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(status="succeeded", fine_tuned_model=model, fine_tuned_model_step=2)
+        )
+    best = sppo("jobs", "download", job["id"], "--output", "best")
+    assert best.returncode == 0, best.stderr
+    assert f"(step 2: the fine-tuned model {model})" in " ".join(best.stdout.split())
+    assert json.loads((tmp_path / "best" / "adapter_config.json").read_text())["step"] == 2
+    shown = " ".join(sppo("jobs", "get", job["id"]).stdout.split())
+    assert f"{model} (the checkpoint at step 2)" in shown
+    with session_scope(server.db_url) as session:
+        latest = session.scalar(
+            select(Checkpoint.id).where(Checkpoint.job_id == job["id"], Checkpoint.step_number == 4)
+        )
+    other = sppo("jobs", "download", job["id"], "--checkpoint", str(latest), "--output", "latest")
+    assert other.returncode == 0, other.stderr
+    assert "(step 4: not the fine-tuned model, which is the checkpoint at step 2)" in " ".join(
+        other.stdout.split()
+    )
 
 
 def test_evals_create_list_get(sppo: Sppo, train_file: Path) -> None:

@@ -34,6 +34,7 @@ def test_fixture_train_and_eval(tmp_path: Path, tiny: Fixture) -> None:
     trained = runner.invoke(app, ["train", str(tmp_path / "job.yaml")])
     assert trained.exit_code == 0, trained.output
     assert "completed at step 1/1" in trained.output
+    assert "model: step 1 (eval: {'eval/pass@1': " in trained.output
     assert (tmp_path / "run" / "metrics.jsonl").exists()
     scored = runner.invoke(
         app,

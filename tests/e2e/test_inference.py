@@ -57,8 +57,11 @@ def test_fine_tuned_model_serves_what_the_adapter_computes(
     client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
 
     # The adapter and the base model, downloaded, give the reference answers.
-    checkpoint = max(api.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"],
-                     key=lambda c: c["step_number"])  # fmt: skip
+    checkpoints = api.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    # no validation file: the model is the last step's checkpoint
+    assert job["method"]["reinforcement"]["hyperparameters"]["model_selection"] == "last"
+    assert job["fine_tuned_model_step"] == max(c["step_number"] for c in checkpoints) == 2
+    checkpoint = next(c for c in checkpoints if c["step_number"] == job["fine_tuned_model_step"])
     _extract(api, f"/v1/fine_tuning/jobs/{job['id']}/checkpoints/{checkpoint['id']}/adapter", tmp_path)
     _extract(api, "/v1/models/sppo-tiny/files", tmp_path)
     adapter_dir = tmp_path / checkpoint["id"]

@@ -113,6 +113,8 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
         assert resolved.batch_size == BATCH and resolved.learning_rate_multiplier == 0.1
         expected_lr = model_defaults(tiny.model_dir)["learning_rate"] * 0.1  # the model's default × 0.1
         assert resolved.model_extra and abs(resolved.model_extra["learning_rate"] - expected_lr) < 1e-12
+        assert resolved.model_extra["model_selection"] == "best"
+        assert resolved.model_extra["early_stopping_patience"] is None
 
         # Result file: the step metrics as CSV, through the Files API.
         rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
@@ -123,14 +125,22 @@ def test_sppo_job_end_to_end(stack: Stack, key: str, tiny: Fixture, tmp_path: Pa
         assert any(m.startswith("Evaluation at step 0") for m in messages)
         assert any(m.startswith("Evaluation at step 2") for m in messages)
         assert any(m.startswith(f"Checkpoint saved at step {STEPS}") for m in messages)
-        assert "The job has successfully completed" in messages
 
+        # Every evaluation (steps 2 and 4) is a checkpoint; the model is the best of them (model_selection
+        # best, the default), the earlier on a tie, and the job and its succeeded event say which.
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-        assert checkpoints[0].step_number == STEPS  # newest first
-        final = checkpoints[0]
+        assert [c.step_number for c in checkpoints] == [STEPS, 2]  # newest first
+        scores = {c.step_number: (c.metrics.model_extra or {})["eval/pass@1"] for c in checkpoints}
+        model_step = (job.model_extra or {})["fine_tuned_model_step"]
+        assert model_step == (2 if scores[2] >= scores[STEPS] else STEPS), scores
+        succeeded = (
+            "The job has successfully completed; the fine-tuned model is the checkpoint at step "
+            f"{model_step} (eval/pass@1 {scores[model_step]:.3f})"
+        )
+        assert succeeded in messages, messages
+        final = next(c for c in checkpoints if c.step_number == model_step)
         reported = final.metrics.model_extra or {}
-        assert "eval/pass@1" in reported, final.metrics
-        assert final.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{STEPS}"
+        assert final.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{model_step}"
         assert job.fine_tuned_model in [m.id for m in client.models.list()]
 
         # The adapter: download, extract, load with peft on the base model, generate, score.

@@ -43,19 +43,19 @@ def test_learning_rate_is_the_algorithms_default_times_the_multiplier() -> None:
 def test_resolved_hyperparameters_show_what_the_run_uses() -> None:
     hyper = {"group_size": 4, "reasoning_effort": "low", "critic_learning_rate_multiplier": 2}
     resolved = resolved_hyperparameters(hyper, algorithm="grpo", grader={**GRADER, "pass_threshold": 0.5},
-                                        model_defaults=MODEL)  # fmt: skip
+                                        model_defaults=MODEL, has_validation_file=False)  # fmt: skip
     assert set(JOB_FIELDS) <= set(resolved)
     expected = {"batch_size": 16, "group_size": 4, "samples_per_step": 64, "n_epochs": 1,
                 "learning_rate": 1e-4, "learning_rate_multiplier": 1.0, "critic_learning_rate": 1e-5,
                 "max_response_tokens": 1024, "reasoning_effort": "low", "pass_threshold": 0.5,
-                "eval_interval": "auto"}  # fmt: skip
+                "eval_interval": "auto", "model_selection": "last"}  # fmt: skip
     assert {k: resolved[k] for k in expected} == expected
 
 
 def test_compute_multiplier_scales_the_samples_per_prompt() -> None:
     assert resolve_defaults(MODEL, {"algorithm": "sppo", "compute_multiplier": 2.5})["batch_size"] == 21
     resolved = resolved_hyperparameters({"compute_multiplier": 1.5}, algorithm="grpo", grader=GRADER,
-                                        model_defaults=MODEL)  # fmt: skip
+                                        model_defaults=MODEL, has_validation_file=False)  # fmt: skip
     assert (resolved["group_size"], resolved["batch_size"], resolved["samples_per_step"]) == (12, 5, 60)
 
 

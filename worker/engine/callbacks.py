@@ -49,5 +49,11 @@ class TrainingResult:
     eval: dict[str, float] = field(default_factory=dict)
     """The last evaluation's scores."""
     final_adapter_dir: Path | None = None
-    """peft adapter (or full model when use_lora is false) of the last step; None unless completed."""
+    """The run's model: a peft adapter (or the full model when use_lora is false) under final/, of step
+    `model_step`; None unless completed."""
     checkpoints: list[Path] = field(default_factory=list)
+    model_step: int | None = None
+    """The step whose weights final_adapter_dir holds: the best checkpoint by validation pass@1
+    (model_selection best) or the last step; None unless completed."""
+    model_eval: dict[str, float] = field(default_factory=dict)
+    """The evaluation scores of `model_step` (empty when it was not evaluated)."""

@@ -7,7 +7,8 @@ Layout of `<output_dir>/checkpoints/step-000010/`:
   state.pt       optimizer and scheduler states, RNG states, sampler position, trainer counters
   metrics.json   the step's metrics (and evaluation scores, if any)
 A crash mid-save leaves only a `.tmp-*` directory, which is ignored and removed; the previous checkpoint
-stays intact. Pruning keeps the last K checkpoints plus the best one by validation score.
+stays intact. Pruning keeps the last K checkpoints plus the best one by validation score, and the run's
+model (`<output_dir>/final/`) is a copy of a checkpoint's policy when model_selection picks an earlier step.
 
 State files are read with `torch.load(weights_only=True)`: tensors and plain containers only, so a checkpoint
 directory someone tampered with cannot run code when a job resumes from it (a pickled object is refused).
@@ -86,8 +87,26 @@ def save_policy(policy: nn.Module, directory: Path, weights: dict[str, torch.Ten
     return directory / "model"
 
 
+def copy_policy(checkpoint: Path, directory: Path) -> Path:
+    """A checkpoint's policy (adapter/ or model/) copied into `directory`, replacing an earlier copy: the
+    run's model when it is an earlier step's. A copy, not a link, so deleting the fine-tuned model leaves
+    the checkpoint whole, and pruning never touches it."""
+    for name in ("adapter", "model"):
+        source = checkpoint / name
+        if source.is_dir():
+            target = directory / name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+            return target
+    raise CheckpointError(f"the checkpoint {checkpoint} holds no policy weights")
+
+
 def checkpoints_dir(output_dir: Path) -> Path:
     return output_dir / "checkpoints"
+
+
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return checkpoints_dir(output_dir) / f"step-{step:06d}"
 
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -111,7 +130,7 @@ def save_checkpoint(
     """`weights`: a sharded policy's gathered full weights (see save_policy)."""
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"step-{step:06d}"
+    target = checkpoint_path(output_dir, step)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
     save_policy(policy, staging, weights)
     torch.save(critic_state, staging / "critic.pt")
@@ -193,7 +212,8 @@ def remove_incomplete(output_dir: Path) -> None:
 
 
 def prune(output_dir: Path, keep_last: int, best_step: int | None) -> None:
-    """Keep the last `keep_last` checkpoints and the best one."""
+    """Keep the last `keep_last` checkpoints and the best one (`best_step`, the run's model with
+    model_selection best)."""
     found = list_checkpoints(output_dir)
     keep = {step for step, _ in found[-keep_last:]}
     if best_step is not None:

@@ -16,6 +16,7 @@ import yaml
 
 from jobspec.algorithms import ALGORITHM_NAMES, CRITIC_KINDS
 from jobspec.hyperparameters import DEFAULTS_FILE, REFERENCE_DEFAULTS, resolve_defaults, samples_per_prompt
+from jobspec.selection import MODEL_SELECTIONS, model_selection
 from worker.engine.errors import ConfigError
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
@@ -113,9 +114,16 @@ class RunConfig:
     """A completion passes (pass@1, avg@k, rollout/accuracy) when its reward is at least this; the mean
     reward is reported beside them (eval/reward_mean, rollout/reward_mean)."""
     checkpoint_interval: int = REFERENCE_DEFAULTS["checkpoint_interval"]
-    """Write a checkpoint every this many steps (and at the end)."""
+    """Write a checkpoint every this many steps, at every evaluation and at the end."""
     keep_checkpoints: int = REFERENCE_DEFAULTS["keep_checkpoints"]
     """Keep the last K checkpoints, plus the best one by validation score."""
+    model_selection: str = REFERENCE_DEFAULTS["model_selection"]
+    """The run's model (final/): "best", the checkpoint with the highest validation pass@1 (the earlier step
+    on a tie; the base model's step-0 score is not a candidate), or "last", the last step. Without a
+    validation file it is "last"."""
+    early_stopping_patience: int | None = REFERENCE_DEFAULTS["early_stopping_patience"]
+    """Stop when validation pass@1 has not improved for this many evaluations in a row (the base model's
+    score counts); the run completes there, its model chosen by model_selection. None: train every step."""
     seed: int = 0
     """Seeds data order, sampling and initialisation; CPU runs are reproducible."""
     device: str = "auto"
@@ -140,6 +148,7 @@ class RunConfig:
     """Free-form labels copied into metrics.jsonl's header (job id, tags)."""
 
     def __post_init__(self) -> None:
+        self.model_selection = model_selection(self.model_selection, self.validation_file is not None)
         self.validate()
 
     @property
@@ -150,6 +159,13 @@ class RunConfig:
         """Raise ConfigError naming the first field that is out of range."""
         _check(self.algorithm in ALGORITHM_NAMES, f"must be one of {', '.join(ALGORITHM_NAMES)}", "algorithm")
         _check(self.critic in CRITIC_KINDS, f"must be one of {', '.join(CRITIC_KINDS)}", "critic")
+        selections = ", ".join(MODEL_SELECTIONS)
+        _check(self.model_selection in MODEL_SELECTIONS, f"must be one of {selections}", "model_selection")
+        _check(
+            self.early_stopping_patience is None or self.validation_file is not None,
+            "needs a validation_file: early stopping watches the validation score",
+            "early_stopping_patience",
+        )
         _check(isinstance(self.grader, dict) and "type" in self.grader, "must be a grader spec", "grader")
         _check(
             self.critic != "shared_lora" or self.use_lora,
@@ -190,7 +206,7 @@ class RunConfig:
             'must be "auto" or an integer >= 1',
             "eval_interval",
         )
-        for name in ("max_steps", "group_size", "eval_max_items", "critic_layers"):
+        for name in ("max_steps", "group_size", "eval_max_items", "critic_layers", "early_stopping_patience"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
 

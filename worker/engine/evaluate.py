@@ -23,6 +23,7 @@ from worker.engine.distributed import DistContext
 from worker.engine.graders import BatchGrader, build_grader
 from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
 from worker.engine.rollout import ControlFn, Rollout, generate
+from worker.engine.selection import PASS_AT_1
 
 
 @dataclass
@@ -43,7 +44,7 @@ class EvalResult:
 
     def scores(self) -> dict[str, float]:
         """Metric names as used everywhere: eval/pass@1, eval/reward_mean and eval/avg@<k> (k > 0)."""
-        scores = {"eval/pass@1": self.pass_at_1, "eval/reward_mean": self.reward_mean}
+        scores = {PASS_AT_1: self.pass_at_1, "eval/reward_mean": self.reward_mean}
         if self.k > 0:
             scores[f"eval/avg@{self.k}"] = self.avg_at_k
         return scores

@@ -1,6 +1,7 @@
 """A run's state across processes: what a checkpoint holds besides the weights (optimizers, RNG, sampler,
-counters, the pending evaluation), writing one, and resuming from the latest complete one, so a restarted
-job continues exactly where the last checkpoint left it.
+counters, the evaluation history, the pending evaluation), writing one, and resuming from the latest
+complete one, so a restarted job continues exactly where the last checkpoint left it. Pruning keeps the
+best-scoring checkpoint, which model_selection best returns as the run's model.
 
 A sharded policy's weights and optimizer state are gathered from every rank to write a checkpoint: rank 0
 announces it with GATHER (GATHER_WEIGHTS for the final model) and the followers take part (launch.py).
@@ -30,6 +31,7 @@ from worker.engine.data import PromptSampler
 from worker.engine.distributed import GATHER, DistContext
 from worker.engine.health import HealthMonitor
 from worker.engine.optim import Optimizers
+from worker.engine.selection import PASS_AT_1, best_step
 from worker.engine.sharding import gather_optimizer_state, gather_weights, load_optimizer_state
 from worker.engine.update import PPOUpdate
 from worker.engine.vllm_rollout import VllmRollout
@@ -55,7 +57,7 @@ class RunState:
     started: float  # perf_counter() at the start of this attempt
     elapsed_before: float  # seconds spent in earlier attempts of this run (resume)
     counters: dict[str, float]
-    best: tuple[int, float] | None  # (step, eval/pass@1)
+    evaluations: list[tuple[int, dict[str, float]]]  # (step, eval scores) of every evaluation, in order
     last_eval: dict[str, float]
     pending_eval: dict[str, float] | None  # metrics of a step whose evaluation is to run
 
@@ -69,7 +71,7 @@ class RunState:
             "health": self.health.state_dict(),
             "counters": dict(self.counters),
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
-            "best": self.best,
+            "evaluations": self.evaluations,
             "last_eval": self.last_eval,
             "micro_batch_tokens": self.update.micro_batch_tokens,
             "pending_eval": self.pending_eval,
@@ -95,7 +97,10 @@ class RunState:
         self.sampler.load_state_dict(state["sampler"])
         self.health.load_state_dict(state["health"])
         self.counters, self.elapsed_before = state["counters"], state["elapsed_s"]
-        self.best, self.last_eval = state["best"], state["last_eval"]
+        self.last_eval = state["last_eval"]
+        # a checkpoint written before the history was kept holds only its best evaluation
+        best = state.get("best")
+        self.evaluations = state.get("evaluations", [(best[0], {PASS_AT_1: best[1]})] if best else [])
         self.update.micro_batch_tokens = state["micro_batch_tokens"]
         self.pending_eval = state.get("pending_eval")
         set_rng_state(state["rng"])
@@ -132,6 +137,15 @@ class RunState:
         critic_state = self.critic.state() if self.critic is not None else None
         state = self.trainer_state(actor_optimizer)
         path = save_checkpoint(self.output_dir, self.step, self.policy, critic_state, state, metrics, weights)
-        prune(self.output_dir, self.config.keep_checkpoints, self.best[0] if self.best else None)
+        prune(self.output_dir, self.config.keep_checkpoints, self.best_checkpoint())
         self.callbacks.on_checkpoint(self.step, path, metrics)
         return path
+
+    def pass_history(self) -> list[tuple[int, float]]:
+        """[(step, eval/pass@1)] of every evaluation, in order (step 0: the base model)."""
+        return [(step, scores[PASS_AT_1]) for step, scores in self.evaluations]
+
+    def best_checkpoint(self) -> int | None:
+        """The step of the checkpoint on disk with the best validation pass@1 (the earlier on a tie):
+        pruning keeps it, so it stays the best of those that remain until model_selection takes it."""
+        return best_step(self.pass_history(), {step for step, _ in list_checkpoints(self.output_dir)})

@@ -8,6 +8,10 @@ A run with a validation file scores the base model first (step 0), then every `e
 at the end. An evaluation belongs to the step it follows: a pause that arrives during it checkpoints the
 finished step with the evaluation still pending (and the RNG as it was before the evaluation), so the
 resumed run evaluates from the same state and writes the same metrics line as an uninterrupted one.
+A finished evaluation is checkpointed with its step (one checkpoint when the step's periodic one is due
+too), so every evaluated model exists on disk until pruning, which keeps the best; with
+`model_selection: best` the run's model (final/) is that best checkpoint (selection.py), and
+`early_stopping_patience` ends a run whose validation score has stalled.
 """
 
 import json
@@ -23,7 +27,14 @@ import torch
 
 from worker.engine.algorithms import get_algorithm
 from worker.engine.callbacks import StartInfo, TrainerCallbacks, TrainingResult
-from worker.engine.checkpoint import list_checkpoints, rng_state, save_policy, set_rng_state
+from worker.engine.checkpoint import (
+    checkpoint_path,
+    copy_policy,
+    list_checkpoints,
+    rng_state,
+    save_policy,
+    set_rng_state,
+)
 from worker.engine.config import RunConfig
 from worker.engine.critic import SequenceCriticFit, build_critic
 from worker.engine.data import PromptSampler, encode_prompts, load_items
@@ -36,6 +47,7 @@ from worker.engine.optim import build_optimizers
 from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
 from worker.engine.rollout import GenerationInterrupted
 from worker.engine.run_state import RunState
+from worker.engine.selection import evaluations_without_improvement
 from worker.engine.sharding import shard_model
 from worker.engine.step import TrainingStep
 from worker.engine.update import PPOUpdate
@@ -79,7 +91,7 @@ class Trainer(TrainingStep, RunState):
         self.step = 0
         self.elapsed_before = 0.0
         self.counters = {"samples": 0.0, "tokens": 0.0}
-        self.best = None
+        self.evaluations = []
         self.last_eval = {}
         self.pending_eval = None
         # last: a Python grader's warm sandboxes are closed by run_training, which only gets a Trainer
@@ -135,7 +147,7 @@ class Trainer(TrainingStep, RunState):
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass@1 at every evaluation; avg@k (k sampled completions per item, k+1 times the cost)
-        only where a full picture is kept: at checkpoints and at the end."""
+        only where a full picture is kept: at the periodic checkpoints and at the end."""
         full = self.step > 0 and (
             self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
         )
@@ -167,8 +179,7 @@ class Trainer(TrainingStep, RunState):
         health, warnings = self.health.after_eval(result.pass_at_1)
         for message, data in warnings:
             self.callbacks.on_event("warning", message, data)
-        if self.best is None or result.pass_at_1 > self.best[1]:
-            self.best = (self.step, result.pass_at_1)
+        self.evaluations.append((self.step, scores))
         return {**scores, **health}
 
     # ---- loop ------------------------------------------------------------------------------------
@@ -193,8 +204,8 @@ class Trainer(TrainingStep, RunState):
                 self.callbacks.on_evaluation(self.step, self.last_eval)
                 metrics = {**self.pending_eval, **self.last_eval}
                 self.pending_eval = None
-                self.record(metrics)
-            if self.step >= self.total_steps:
+                self.record(metrics, evaluated=True)
+            if self.step >= self.total_steps or self.stalled():
                 break
             signal = self.callbacks.control()
             at_step_start = (rng_state(), self.sampler.state_dict())
@@ -211,20 +222,50 @@ class Trainer(TrainingStep, RunState):
                 self.pending_eval = metrics
             else:
                 self.record(metrics)
-        if self.sharded:
-            self.dist.command(GATHER_WEIGHTS)
-        final_dir = save_policy(self.policy, self.output_dir / "final", self.policy_weights())
-        return self.result("completed", metrics, final_dir)
+        return self.finish(metrics)
 
-    def record(self, metrics: dict[str, float], checkpoint: bool = True) -> None:
-        """The step's metrics line and report, then its checkpoint when one is due."""
+    def record(self, metrics: dict[str, float], checkpoint: bool = True, evaluated: bool = False) -> None:
+        """The step's metrics line and report, then its checkpoint when one is due: periodically, at the
+        end, and after an evaluation (model_selection can only return a model that was saved)."""
         metrics["perf/elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
         with (self.output_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": self.step, **metrics}) + "\n")
         self.callbacks.on_step(self.step, metrics)
-        due = self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
+        due = evaluated or self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
         if checkpoint and self.step > 0 and due:
             self.checkpoint(metrics)
+
+    def stalled(self) -> bool:
+        """Early stopping: validation pass@1 has not improved for `early_stopping_patience` evaluations.
+        A function of the evaluation history: a run resumed from that evaluation's checkpoint stops too."""
+        patience = self.config.early_stopping_patience
+        return patience is not None and evaluations_without_improvement(self.pass_history()) >= patience
+
+    def finish(self, metrics: dict[str, float]) -> TrainingResult:
+        """Write the run's model to final/: the best checkpoint's weights (model_selection best, when it is
+        an earlier step's), else the current ones."""
+        if self.step < self.total_steps:
+            self.announce_early_stop()
+        model_step = self.best_checkpoint() if self.config.model_selection == "best" else None
+        if model_step is not None and model_step != self.step:
+            final_dir = copy_policy(checkpoint_path(self.output_dir, model_step), self.output_dir / "final")
+        else:
+            model_step = self.step
+            if self.sharded:
+                self.dist.command(GATHER_WEIGHTS)
+            final_dir = save_policy(self.policy, self.output_dir / "final", self.policy_weights())
+        return self.result("completed", metrics, final_dir, model_step)
+
+    def announce_early_stop(self) -> None:
+        history = self.pass_history()
+        best, score = max(history, key=lambda evaluation: evaluation[1])  # the first of equals
+        self.callbacks.on_event(
+            "info",
+            f"Stopped early at step {self.step} of {self.total_steps}: validation pass@1 has not improved "
+            f"for {evaluations_without_improvement(history)} evaluations (early_stopping_patience "
+            f"{self.config.early_stopping_patience}); the best, {score:.3f}, was at step {best}",
+            {"step": self.step, "best_step": best, "eval/pass@1": score},
+        )
 
     def stop(self, signal: str, metrics: dict[str, float]) -> TrainingResult:
         """Pause checkpoints the last finished step (nothing to keep before the first); cancel keeps
@@ -238,8 +279,12 @@ class Trainer(TrainingStep, RunState):
             self.record(metrics, checkpoint=False)
         return self.result("cancelled", metrics, None)
 
-    def result(self, status: Any, metrics: dict[str, float], final_dir: Path | None) -> TrainingResult:
+    def result(
+        self, status: Any, metrics: dict[str, float], final_dir: Path | None, model_step: int | None = None
+    ) -> TrainingResult:
         checkpoints = [path for _, path in list_checkpoints(self.output_dir)]
+        model_eval = dict(self.evaluations).get(model_step, {}) if model_step is not None else {}
         return TrainingResult(
-            status, self.step, self.total_steps, metrics, self.last_eval, final_dir, checkpoints
-        )
+            status, self.step, self.total_steps, metrics, self.last_eval, final_dir, checkpoints,
+            model_step, dict(model_eval),
+        )  # fmt: skip

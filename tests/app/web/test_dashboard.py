@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.db import session_scope
 from app.lifecycle import transition
-from app.models import ApiKey, JobStatus, MetricPoint
+from app.models import ApiKey, Checkpoint, Job, JobStatus, MetricPoint
 from app.security import hash_api_key
 from app.services.keys import revoke_key
 from app.streams import encode_step, metrics_stream_key
@@ -111,6 +111,29 @@ def test_failed_job_shows_its_error(server: Server, browser: Browser, new_job: N
     assert "training_diverged" in panel and "became NaN at step 3" in panel
     assert "learning_rate_multiplier" in panel and 'data-action="' not in page
     assert '<li class="error">' in page
+
+
+def test_the_job_page_says_which_checkpoint_is_the_model(
+    server: Server, browser: Browser, new_job: NewJob
+) -> None:
+    job_id = new_job()["id"]
+    model = f"ft:sppo-tiny:x::{job_id}"
+    with session_scope(server.db_url) as session:  # what the worker leaves: the best checkpoint, step 2
+        for step in (2, 4):
+            name = f"{model}:ckpt-step-{step}"
+            uri = f"jobs/{job_id}/step-{step}"
+            session.add(
+                Checkpoint(job_id=job_id, step_number=step, fine_tuned_model_checkpoint=name, uri=uri)
+            )
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="succeeded", fine_tuned_model=model, fine_tuned_model_step=2)
+        )
+    page = browser.get(f"/jobs/{job_id}").text
+    assert '<span class="small muted" id="model-step">the checkpoint at step 2</span>' in page
+    rows = re.findall(r"<tr[^>]*>\s*<td class=\"num\">(.*?)</td>", page.split("<h2>Checkpoints</h2>")[1])
+    assert rows == ["4", '<span class="badge model">model</span> 2']
 
 
 def test_cancel_needs_the_session_cookie_and_its_csrf_token(
