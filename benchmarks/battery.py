@@ -10,6 +10,7 @@ a sweep point. Each run is a single-threaded process of its own; `--jobs` runs t
     python benchmarks/battery.py --probe                      # base greedy pass@1 of every variant
     python benchmarks/battery.py --variants short-2to4 --algorithms sppo,grpo --seeds 0,1
     python benchmarks/battery.py --variants long-mixed --set learning_rate=1e-4 --tag lr1e-4
+    python benchmarks/battery.py --report lr1e-4              # the markdown table of a tag's runs
 
 Writes one JSON per run to benchmarks/results/battery/<tag>/ and prints a table.
 """
@@ -183,6 +184,22 @@ def probe(name: str) -> tuple[str, float, float]:
     return name, p, math.sqrt(p * (1 - p) / variant.validation_items)
 
 
+def report(tag: str) -> str:
+    """A markdown table of a tag's runs: per variant and algorithm, base -> final greedy pass@1 (the last
+    evaluation), its gain ± the standard error of the difference, and the best evaluation."""
+    runs = [json.loads(path.read_text()) for path in sorted((RESULTS_DIR / tag).glob("*.json"))]
+    lines = ["| variant | model | algorithm | seed | samples | base | final | gain ± SE | best |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run in sorted(runs, key=lambda r: (r["model"], r["variant"], r["algorithm"], r["seed"])):
+        items = BATTERY[run["variant"]].validation_items
+        base, final = run["base"], run["final"]
+        error = math.sqrt((base * (1 - base) + final * (1 - final)) / items)
+        lines.append(f"| {run['variant']} | {run['model']} | {run['algorithm']} | {run['seed']} |"
+                     f" {run['samples']:.0f} | {base:.3f} | {final:.3f} | {final - base:+.3f} ± {error:.3f} |"
+                     f" {run['best']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def parse_set(values: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in values:
@@ -203,7 +220,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--steps", type=int, help="SPPO steps of the training file (default: the variant's)")
     parser.add_argument("--probe", action="store_true", help="only score each variant's base model")
+    parser.add_argument("--report", metavar="TAG", help="print the markdown table of a tag's results")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
     variants = args.variants.split(",")
     with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         if args.probe:
