@@ -73,6 +73,14 @@ def hyperparameters(task: str, mode: str, overrides: dict[str, Any]) -> dict[str
     return {**chosen, **(FULL_OVERRIDES if mode == "full" else {}), **overrides}
 
 
+def _interval(interval: int, variant: str) -> int:
+    """Scored points every `interval` x 64 samples, whatever a variant draws per step (the paper framing's
+    GRPO draws 512: a point every step would be at 64-sample resolution, every 10 steps far too coarse)."""
+    overrides = VARIANTS[variant].overrides
+    per_step = int(overrides.get("batch_size", 0)) * int(overrides.get("group_size", 1)) or SAMPLES_PER_STEP
+    return max(1, interval * SAMPLES_PER_STEP // per_step)
+
+
 def _lr(learning_rates: dict[str, float], variant: str) -> dict[str, Any]:
     return {"learning_rate": learning_rates[variant]} if variant in learning_rates else {}
 
@@ -227,7 +235,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--first-seed", type=int, default=0, help="add seeds to an earlier, shorter run")
     parser.add_argument("--budget-s", type=float, default=180.0, help="training seconds per run")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="budget clock")
-    parser.add_argument("--checkpoint-interval", type=int, default=10, help="steps between scored points")
+    parser.add_argument(
+        "--checkpoint-interval", type=int, default=10, help="steps (of 64 samples) between scored points"
+    )
     parser.add_argument("--max-eval-items", type=int, help="score only the first N validation items")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     parser.add_argument(
@@ -324,7 +334,7 @@ def main() -> None:
                 seed,
                 args.budget_s,
                 args.clock,
-                args.checkpoint_interval,
+                _interval(args.checkpoint_interval, name),
                 hyperparameters(task, mode, overrides | _lr(learning_rates, name)),
                 work_dir,
                 args.data,
