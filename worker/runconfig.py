@@ -30,7 +30,7 @@ SAME_NAME = (
     "n_epochs", "batch_size", "eval_interval", "eval_samples", "max_response_tokens", "temperature", "top_p",
     "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
-    "critic_layers", "pass_threshold",
+    "critic_layers", "pass_threshold", "dtype", "gradient_checkpointing", "attn_implementation",
 )  # fmt: skip
 REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
 
