@@ -78,7 +78,7 @@ def _interval(interval: int, variant: str) -> int:
     GRPO draws 512: a point every step would be at 64-sample resolution, every 10 steps far too coarse)."""
     overrides = VARIANTS[variant].overrides
     per_step = int(overrides.get("batch_size", 0)) * int(overrides.get("group_size", 1)) or SAMPLES_PER_STEP
-    return max(1, interval * SAMPLES_PER_STEP // per_step)
+    return max(1, int(interval * SAMPLES_PER_STEP // per_step))
 
 
 def _lr(learning_rates: dict[str, float], variant: str) -> dict[str, Any]:

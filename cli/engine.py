@@ -124,6 +124,9 @@ def evaluate_command(
     max_response_tokens: Annotated[int, typer.Option()] = 256,
     max_items: Annotated[int | None, typer.Option(help="Score only the first N items.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write per-item results here (JSON).")] = None,
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 on a GPU that has it, else float32), float32 or bfloat16.")
+    ] = "auto",
 ) -> None:
     """Score a model (optionally with an adapter): pass@1 (greedy) and avg@k (sampled)."""
     from worker.engine.errors import EngineError
@@ -133,7 +136,7 @@ def evaluate_command(
     try:
         result = evaluate(
             model, adapter, data, _load_grader(grader), samples, temperature, max_response_tokens,
-            max_items=max_items,
+            max_items=max_items, dtype=dtype,
         )  # fmt: skip
     except EngineError as error:
         console.print(f"[red]error: {error}[/red]")

@@ -61,6 +61,9 @@ REFERENCE_DEFAULTS: Final[Mapping[str, Any]] = {
     "keep_checkpoints": 3,
     "model_selection": "best",
     "early_stopping_patience": None,
+    "dtype": "auto",
+    "gradient_checkpointing": "auto",
+    "attn_implementation": "auto",
     "n_devices": 1,
 }
 
@@ -69,6 +72,7 @@ JOB_FIELDS: Final = (
     "critic", "group_size", "ppo_epochs", "minibatch_size", "clip_epsilon", "kl_coef", "gae_gamma",
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
     "critic_layers", "pass_threshold", "compute_multiplier", "model_selection", "early_stopping_patience",
+    "dtype", "gradient_checkpointing", "attn_implementation",
 )  # fmt: skip
 """API hyperparameters that are engine fields of the same name and meaning."""
 HINTS: Final[Mapping[str, str]] = {

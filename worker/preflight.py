@@ -19,6 +19,7 @@ from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate_policy
 from worker.engine.graders import build_grader
 from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
+from worker.engine.precision import resolve_precision
 
 CODE = "grader_constant_reward"
 GRADER_FAILED = "grader_error"
@@ -73,7 +74,9 @@ def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
     items = load_items(config.train_file)
     sample = random.Random(config.seed).sample(items, min(max_items, len(items)))
     tokenizer = load_tokenizer(config.model)
-    model = load_base_model(config.model, resolve_device(config.device))
+    device = resolve_device(config.device)
+    precision = resolve_precision(config, device)  # the job's own: the base model it will train
+    model = load_base_model(config.model, device, precision.dtype, precision.attn_implementation)
     torch.manual_seed(config.seed)
     grader = build_grader(config.grader, config.grading)
     try:
@@ -87,6 +90,7 @@ def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
             max_response_tokens=config.max_response_tokens,
             top_p=config.top_p,
             token_budget=config.micro_batch_tokens,
+            compute_dtype=precision.dtype,
         )
     finally:
         grader.close()

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from app.schemas.common import StrictModel
 from jobspec.algorithms import AlgorithmName, CriticKind
+from jobspec.compute import AttnImplementation, DType
 from jobspec.graders import Grader
 from jobspec.selection import ModelSelection
 
@@ -57,6 +58,11 @@ class ReinforcementHyperparameters(StrictModel):
     pass_threshold: float | None = Field(default=None, gt=0, le=1)
     # Train even when the preflight finds the grader gives the base model a constant reward (warns instead).
     allow_constant_reward: bool | None = None
+    # Precision and kernels (docs/engine.md, "Precision"); absent or "auto": the model's default, else
+    # bfloat16 on GPUs that have it, checkpointing from 300M parameters, flash-attention 2 when installed.
+    dtype: DType | None = None
+    gradient_checkpointing: bool | Auto | None = None
+    attn_implementation: AttnImplementation | None = None
 
 
 class ReinforcementMethod(StrictModel):

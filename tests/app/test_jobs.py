@@ -71,6 +71,13 @@ def test_create_commits_queued_job_and_dispatches(
     assert isinstance(create()["seed"], int)  # a seed is chosen when none is given
 
 
+def test_a_job_chooses_its_precision(create: Callable[..., dict[str, Any]]) -> None:
+    precision = {"dtype": "bfloat16", "gradient_checkpointing": True, "attn_implementation": "sdpa"}
+    job = create(method=method(batch_size=8, **precision))
+    hyperparameters = job["method"]["reinforcement"]["hyperparameters"]
+    assert {name: hyperparameters[name] for name in precision} == precision
+
+
 @pytest.mark.parametrize(
     ("change", "param"),
     [
@@ -110,6 +117,15 @@ def test_create_commits_queued_job_and_dispatches(
         (
             {"method": method(early_stopping_patience=1.5)},
             "method.reinforcement.hyperparameters.early_stopping_patience",
+        ),
+        ({"method": method(dtype="float16")}, "method.reinforcement.hyperparameters.dtype"),
+        (
+            {"method": method(gradient_checkpointing="yes")},
+            "method.reinforcement.hyperparameters.gradient_checkpointing",
+        ),
+        (
+            {"method": method(attn_implementation="flash")},
+            "method.reinforcement.hyperparameters.attn_implementation",
         ),
     ],
 )

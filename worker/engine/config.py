@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from jobspec.algorithms import ALGORITHM_NAMES, CRITIC_KINDS
+from jobspec.compute import ATTN_IMPLEMENTATIONS, DTYPES
 from jobspec.hyperparameters import DEFAULTS_FILE, REFERENCE_DEFAULTS, resolve_defaults, samples_per_prompt
 from jobspec.selection import MODEL_SELECTIONS, model_selection
 from worker.engine.errors import ConfigError
@@ -128,6 +129,16 @@ class RunConfig:
     """Seeds data order, sampling and initialisation; CPU runs are reproducible."""
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda[:i]"."""
+    dtype: str = REFERENCE_DEFAULTS["dtype"]
+    """"auto" (bfloat16 on a CUDA GPU that supports it, else float32), "float32" or "bfloat16": a LoRA
+    policy's frozen base is stored in it and every forward computes in it (autocast); trained weights,
+    optimizer state, log-probs, advantages and losses stay float32 (docs/engine.md, "Precision")."""
+    gradient_checkpointing: bool | str = REFERENCE_DEFAULTS["gradient_checkpointing"]
+    """Recompute each decoder layer's activations in the backward instead of keeping them: true, false,
+    or "auto" (on for models of 300M parameters and more, decided per model: policy and separate critic)."""
+    attn_implementation: str = REFERENCE_DEFAULTS["attn_implementation"]
+    """Attention kernel: "sdpa", "eager", "flash_attention_2" (the flash-attn package, CUDA, bfloat16) or
+    "auto" (flash_attention_2 where it can run, else sdpa)."""
     n_devices: int = 1
     """Processes, one device each, that train the run together (torchrun, data-parallel: a LoRA policy
     replicated, a fully fine-tuned one sharded with FSDP2; see docs/multi-device.md); batch_size and
@@ -178,6 +189,7 @@ class RunConfig:
             "critic_layers",
         )
         self._validate_ranges()
+        self._validate_precision()
         self._validate_rollout_and_devices()
 
     def _validate_ranges(self) -> None:
@@ -209,6 +221,21 @@ class RunConfig:
         for name in ("max_steps", "group_size", "eval_max_items", "critic_layers", "early_stopping_patience"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
+
+    def _validate_precision(self) -> None:
+        _check(self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}", "dtype")
+        kernels = ", ".join(ATTN_IMPLEMENTATIONS)
+        _check(
+            self.attn_implementation in ATTN_IMPLEMENTATIONS,
+            f"must be one of {kernels}",
+            "attn_implementation",
+        )
+        checkpointing = self.gradient_checkpointing
+        _check(
+            isinstance(checkpointing, bool) or checkpointing == "auto",
+            'must be true, false or "auto"',
+            "gradient_checkpointing",
+        )
 
     def _validate_rollout_and_devices(self) -> None:
         backends = ", ".join(ROLLOUT_BACKENDS)

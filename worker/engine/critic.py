@@ -29,6 +29,7 @@ from worker.engine.distributed import DistContext
 from worker.engine.errors import ConfigError
 from worker.engine.optim import check_finite, replicated_step
 from worker.engine.policy import active_adapter, lora_config, trainable_parameters
+from worker.engine.precision import FLOAT32, Precision, autocast, enable_gradient_checkpointing
 from worker.engine.rollout import Rollout
 
 Level = Literal["sequence", "token"]
@@ -50,11 +51,13 @@ class ValueHead(nn.Module):
 
 
 class Critic(nn.Module):
-    """Shared forward logic; subclasses provide the backbone call and the trainable state."""
+    """Shared forward logic; subclasses provide the backbone call and the trainable state. The backbone
+    computes in `compute_dtype` (autocast), the head in float32."""
 
-    def __init__(self, hidden_size: int, level: Level) -> None:
+    def __init__(self, hidden_size: int, level: Level, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.level: Level = level
+        self.compute_dtype = compute_dtype
         self.head = ValueHead(hidden_size)
 
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,10 +79,12 @@ class Critic(nn.Module):
         values: torch.Tensor
         if self.level == "sequence":
             prompt_ids, prompt_mask = input_ids[:, :prompt_length], attention_mask[:, :prompt_length]
-            hidden = self.backbone(prompt_ids, prompt_mask)  # (B, P, H)
+            with autocast(input_ids.device, self.compute_dtype):
+                hidden = self.backbone(prompt_ids, prompt_mask)  # (B, P, H)
             values = self.head(hidden[:, -1])  # (B,): prompts are left-padded, column P-1 is the last token
             return values
-        hidden = self.backbone(input_ids, attention_mask)  # (B, P + R, H)
+        with autocast(input_ids.device, self.compute_dtype):
+            hidden = self.backbone(input_ids, attention_mask)  # (B, P + R, H)
         values = self.head(hidden[:, prompt_length - 1 : -1])  # (B, R): V(s_t) sits where y_t is predicted
         return values
 
@@ -96,7 +101,17 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class SeparateCritic(Critic):
-    def __init__(self, model_dir: str, level: Level, device: torch.device, layers: int | None = None) -> None:
+    """Trained in full: float32 weights (the optimizer's master copy) computing in the run's dtype, in
+    training mode (gradient checkpointing needs it; the critics' attention dropout is 0)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        level: Level,
+        device: torch.device,
+        layers: int | None = None,
+        precision: Precision = FLOAT32,
+    ) -> None:
         model_config = AutoConfig.from_pretrained(model_dir)
         if layers is not None:
             if layers > model_config.num_hidden_layers:
@@ -106,8 +121,15 @@ class SeparateCritic(Critic):
             model_config.num_hidden_layers = layers
             if getattr(model_config, "layer_types", None):
                 model_config.layer_types = model_config.layer_types[:layers]
-        encoder = AutoModel.from_pretrained(model_dir, config=model_config, dtype=torch.float32).to(device)
-        super().__init__(encoder.config.hidden_size, level)
+        encoder = AutoModel.from_pretrained(
+            model_dir,
+            config=model_config,
+            dtype=torch.float32,
+            attn_implementation=precision.attn_implementation,
+        ).to(device)
+        enable_gradient_checkpointing(encoder, precision.gradient_checkpointing)
+        encoder.train()
+        super().__init__(encoder.config.hidden_size, level, precision.dtype)
         self.encoder = encoder
         self.head.to(device)
 
@@ -129,9 +151,16 @@ class SeparateCritic(Critic):
 
 
 class SharedLoraCritic(Critic):
-    def __init__(self, policy: PeftModel, config: RunConfig, level: Level, policy_params: list[nn.Parameter]):
+    def __init__(
+        self,
+        policy: PeftModel,
+        config: RunConfig,
+        level: Level,
+        policy_params: list[nn.Parameter],
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         base = cast(PreTrainedModel, policy.get_base_model())
-        super().__init__(base.config.hidden_size, level)
+        super().__init__(base.config.hidden_size, level, compute_dtype)
         # a plain list keeps the policy out of this module's parameters and state_dict
         self._policy = [policy]
         policy.add_adapter(CRITIC_ADAPTER, lora_config(config))
@@ -169,11 +198,14 @@ def build_critic(
     policy: nn.Module,
     policy_params: list[nn.Parameter],
     device: torch.device,
+    precision: Precision = FLOAT32,
 ) -> Critic:
     if config.critic == "shared_lora":
         assert isinstance(policy, PeftModel), "config validation guarantees a LoRA policy"
-        return SharedLoraCritic(policy, config, level, policy_params)
-    return SeparateCritic(config.critic_model or config.model, level, device, config.critic_layers)
+        # its adapter is added in float32 on the policy's base, as the policy's own (peft's default)
+        return SharedLoraCritic(policy, config, level, policy_params, precision.dtype)
+    model_dir = config.critic_model or config.model
+    return SeparateCritic(model_dir, level, device, config.critic_layers, precision)
 
 
 class SequenceCriticFit:

@@ -22,6 +22,7 @@ from worker.engine.data import encode_prompts, load_items
 from worker.engine.distributed import DistContext
 from worker.engine.graders import BatchGrader, build_grader
 from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
+from worker.engine.precision import enable_tf32, resolve_attn_implementation, resolve_dtype
 from worker.engine.rollout import ControlFn, Rollout, generate
 from worker.engine.selection import PASS_AT_1
 
@@ -69,6 +70,7 @@ def evaluate_policy(
     token_budget: int = 65536,
     control: ControlFn | None = None,
     pass_threshold: float = 1.0,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> EvalResult:
     """Score `items`: one greedy completion each, plus `samples` (may be 0) sampled ones for avg@k."""
     greedy_texts, sampled_texts = _complete(
@@ -81,6 +83,7 @@ def evaluate_policy(
         top_p=top_p,
         token_budget=token_budget,
         control=control,
+        compute_dtype=compute_dtype,
     )
     # one batch: a Python grader's pool and a judge's concurrent calls take greedy and sampled together
     sampled_calls = [(items[i // samples], text) for i, text in enumerate(sampled_texts)]
@@ -118,6 +121,7 @@ def _complete(
     top_p: float,
     token_budget: int,
     control: ControlFn | None,
+    compute_dtype: torch.dtype,
 ) -> tuple[list[str], list[str]]:
     """(the greedy completion of each item, `samples` sampled completions of each item, item by item)."""
     prompts = encode_prompts(tokenizer, items)
@@ -127,6 +131,7 @@ def _complete(
         "max_new_tokens": max_response_tokens,
         "token_budget": token_budget,
         "control": control,
+        "compute_dtype": compute_dtype,
     }
     greedy_texts = completions(tokenizer, generate(model, prompts, greedy=True, **options))
     repeated = [prompt for prompt in prompts for _ in range(samples)]
@@ -216,11 +221,17 @@ def evaluate(
     control: ControlFn | None = None,
     grading: dict[str, Any] | None = None,
     pass_threshold: float = 1.0,
+    dtype: str = "auto",
 ) -> EvalResult:
-    """Standalone evaluation of a base model, or of a base model plus a peft adapter (`sppo eval`)."""
+    """Standalone evaluation of a base model, or of a base model plus a peft adapter (`sppo eval`); the
+    model is stored and computes in `dtype` (RunConfig.dtype's names; an adapter stays float32)."""
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_dir)
-    model: nn.Module = load_base_model(model_dir, resolve_device(device))
+    run_device = resolve_device(device)
+    enable_tf32(run_device)
+    compute_dtype = resolve_dtype(dtype, run_device)
+    attention = resolve_attn_implementation("auto", run_device, compute_dtype)
+    model: nn.Module = load_base_model(model_dir, run_device, compute_dtype, attention)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     items = load_items(data_file, param="validation_file")[:max_items]
@@ -238,6 +249,7 @@ def evaluate(
             token_budget=token_budget,
             control=control,
             pass_threshold=pass_threshold,
+            compute_dtype=compute_dtype,
         )
     finally:
         grader.close()

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from worker.engine.config import RunConfig
 from worker.engine.errors import ModelNotFoundError
+from worker.engine.precision import FLOAT32, Precision, enable_gradient_checkpointing
 
 POLICY_ADAPTER = "default"
 
@@ -33,10 +34,19 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_base_model(model_dir: str | Path, device: torch.device) -> PreTrainedModel:
+def load_base_model(
+    model_dir: str | Path,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """The model's weights in `dtype`, whatever dtype they were saved in; transformers' default attention
+    kernel unless one is named."""
     if not (Path(model_dir) / "config.json").exists():
         raise ModelNotFoundError(f"no model found at {model_dir} (expected a save_pretrained directory)")
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=attn_implementation
+    )
     model.to(device)  # type: ignore[arg-type]
     return model
 
@@ -52,9 +62,19 @@ def lora_config(config: RunConfig) -> LoraConfig:
     )
 
 
-def load_policy(config: RunConfig, device: torch.device) -> nn.Module:
-    """The trainable policy: a PeftModel with the LoRA adapter "default", or the full base model."""
-    base = load_base_model(config.model, device)
+def load_policy(config: RunConfig, device: torch.device, precision: Precision = FLOAT32) -> nn.Module:
+    """The trainable policy: a PeftModel with the LoRA adapter "default", or the full base model.
+
+    A LoRA policy's frozen base is stored in the compute dtype; a policy trained in full keeps float32
+    weights, the master copy its optimizer updates (precision.py). It trains in training mode, which
+    transformers' gradient checkpointing needs (a LoRA policy used to get there at its first rollout, when
+    `generate` restored the peft wrapper's mode; a full one trained in eval mode: the same numbers with
+    dropout 0, and update.py treats active attention dropout like any other).
+    """
+    weights_dtype = precision.dtype if config.use_lora else torch.float32
+    base = load_base_model(config.model, device, weights_dtype, precision.attn_implementation)
+    enable_gradient_checkpointing(base, precision.gradient_checkpointing)
+    base.train()
     if not config.use_lora:
         return base
     return get_peft_model(base, lora_config(config), adapter_name=POLICY_ADAPTER)

@@ -20,6 +20,7 @@ from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, St
 from worker.engine.batching import micro_batches
 from worker.engine.distributed import max_over_ranks
 from worker.engine.policy import lora_merged
+from worker.engine.precision import autocast
 from worker.engine.sharding import gathered, is_sharded
 
 LOGPROB_CHUNK_ELEMENTS = 1 << 22  # logits elements upcast at a time (16 MiB of float32)
@@ -136,23 +137,27 @@ def response_logprobs(
     temperature: float,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, R) of the response tokens at `temperature`, and their entropies (B, R) if asked.
 
+    The model's forward runs in `compute_dtype` (autocast); the log-probs and entropies are float32.
     The entropy carries a gradient only with `entropy_grad` (an entropy bonus); a metric needs none.
     """
     response_length = input_ids.shape[1] - prompt_length
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P + R): left padding shifts positions
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        # only the R positions that predict response tokens (P-1 .. P+R-2)
-        logits_to_keep=torch.arange(
-            prompt_length - 1, prompt_length - 1 + response_length, device=input_ids.device
-        ),
-    )
-    logits = output.logits  # (B, R, V)
+    with autocast(input_ids.device, compute_dtype):
+        output = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            # only the R positions that predict response tokens (P-1 .. P+R-2)
+            logits_to_keep=torch.arange(
+                prompt_length - 1, prompt_length - 1 + response_length, device=input_ids.device
+            ),
+            use_cache=False,  # one forward: a KV cache would only be filled and dropped
+        )
+    logits = output.logits  # (B, R, V), in compute_dtype
     responses = input_ids[:, prompt_length:]  # (B, R)
     logprobs: torch.Tensor = _TokenLogprobs.apply(logits, responses, temperature)  # type: ignore[no-untyped-call]
     entropy: torch.Tensor | None = None
@@ -217,8 +222,10 @@ def generate(
     greedy: bool = False,
     token_budget: int = 65536,
     control: ControlFn | None = None,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> Rollout:
     """Sample one response per prompt (repeat a prompt for several samples); old_logprobs left empty.
+    The forwards run in `compute_dtype` (autocast; transformers samples from float32 logits).
 
     A sharded model (sharding.py) generates in lockstep with the other ranks: as many chunks on every
     rank (cut by the widest rank's prompts), each generate call stepping until every rank's rows are done.
@@ -237,7 +244,12 @@ def generate(
     if sharded:
         row_tokens = max_over_ranks(row_tokens, device)
     chunks: list[torch.Tensor] = []
-    with _without_model_generation_defaults(model), lora_merged(model), gathered(model):
+    with (
+        _without_model_generation_defaults(model),
+        lora_merged(model),
+        gathered(model),
+        autocast(device, compute_dtype),
+    ):
         for rows in micro_batches(len(prompts), row_tokens, token_budget):
             output = model.generate(  # type: ignore[operator]
                 input_ids=input_ids[rows],

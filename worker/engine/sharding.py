@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 # gathered to rank 0 only, on the CPU: the full state never has to fit on one device twice
@@ -47,13 +47,20 @@ FROM_FULL = StateDictOptions(full_state_dict=True, strict=False)
 FROM_RANK0 = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=True)
 
 
-def shard_model(model: nn.Module) -> None:
-    """fully_shard each transformer block (HF lists their classes in `_no_split_modules`), then the root."""
+def shard_model(model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+    """fully_shard each transformer block (HF lists their classes in `_no_split_modules`), then the root.
+
+    With a bf16 `compute_dtype` the float32 shards (the optimizer's master weights) are all-gathered as
+    bf16, and gradients reduce-scattered in float32 into float32 shards (precision.py).
+    """
+    policy = MixedPrecisionPolicy()  # float32: no casts at all
+    if compute_dtype != torch.float32:
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     blocks = set(getattr(model, "_no_split_modules", None) or ())
     for module in model.modules():
         if type(module).__name__ in blocks:
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -22,6 +22,7 @@ from worker.engine.graders import BatchGrader
 from worker.engine.health import HealthMonitor, fingerprint
 from worker.engine.memory import peak_memory_mb
 from worker.engine.optim import Optimizers
+from worker.engine.precision import Precision
 from worker.engine.rollout import Rollout, generate
 from worker.engine.update import PPOUpdate, StepBatch
 from worker.engine.vllm_rollout import VllmRollout
@@ -42,6 +43,7 @@ class TrainingStep:
     grading_metrics: dict[str, float]  # the last step's grader/*, reward/* and perf/grading_s
     algorithm: Algorithm
     policy: torch.nn.Module
+    precision: Precision
     vllm: VllmRollout | None
     critic: Critic | None
     critic_fit: SequenceCriticFit | None  # SPPO's sequence critic
@@ -118,6 +120,7 @@ class TrainingStep:
                 token_budget=self.config.micro_batch_tokens,
                 # ranks generate for different numbers of tokens: a poll inside would leave the others waiting
                 control=None if self.dist.active else self.callbacks.control,
+                compute_dtype=self.precision.dtype,
             )
         texts = completions(self.tokenizer, rollout)
         rewards = self.grade([self.items[i] for i in rows], texts)

@@ -45,6 +45,7 @@ from worker.engine.graders import build_grader
 from worker.engine.health import HealthMonitor
 from worker.engine.optim import build_optimizers
 from worker.engine.policy import load_policy, load_tokenizer, resolve_device, trainable_parameters
+from worker.engine.precision import enable_tf32, resolve_precision
 from worker.engine.rollout import GenerationInterrupted
 from worker.engine.run_state import RunState
 from worker.engine.selection import evaluations_without_improvement
@@ -68,6 +69,8 @@ class Trainer(TrainingStep, RunState):
         self.output_dir = Path(config.output_dir)
         seed_everything(config.seed)
         self.dist, self.device = setup_distributed(resolve_device(config.device))
+        self.precision = resolve_precision(config, self.device)
+        enable_tf32(self.device)
         self.algorithm = get_algorithm(config.algorithm)
         self.grading_metrics: dict[str, float] = {}
         self.tokenizer = load_tokenizer(config.model)
@@ -100,17 +103,19 @@ class Trainer(TrainingStep, RunState):
     def _build_models(self) -> None:
         """Policy, critic (when the algorithm has one), their optimizers, the update and the critic's fit."""
         config = self.config
-        self.policy = load_policy(config, self.device)
+        self.policy = load_policy(config, self.device, self.precision)
         actor_params = trainable_parameters(self.policy)
         self.critic = None
         if self.algorithm.critic is not None:
-            self.critic = build_critic(config, self.algorithm.critic, self.policy, actor_params, self.device)
+            self.critic = build_critic(
+                config, self.algorithm.critic, self.policy, actor_params, self.device, self.precision
+            )
         critic_params = self.critic.trainable_parameters() if self.critic is not None else []
         self.dist.broadcast_parameters(actor_params + critic_params)
         # a fully fine-tuned policy on several ranks is sharded (FSDP2), a LoRA one replicated
         self.sharded = self.dist.active and not config.use_lora
         if self.sharded:
-            shard_model(self.policy)
+            shard_model(self.policy, self.precision.dtype)
             actor_params = trainable_parameters(self.policy)  # fully_shard replaced them with DTensors
         self.vllm = (
             VllmRollout(config, self.policy, self.device) if config.rollout_backend == "vllm" else None
@@ -136,6 +141,7 @@ class Trainer(TrainingStep, RunState):
             micro_batch_tokens=config.micro_batch_tokens,
             on_warning=lambda message: self.callbacks.on_event("warning", message, None),
             dist=self.dist,
+            compute_dtype=self.precision.dtype,
         )
         self.critic_fit = None
         if self.critic is not None and self.critic.level == "sequence":
@@ -171,6 +177,7 @@ class Trainer(TrainingStep, RunState):
             # the ranks of a sharded policy generate in lockstep: control is polled before the evaluation
             control=None if self.sharded else self.callbacks.control,
             pass_threshold=self.config.pass_threshold,
+            compute_dtype=self.precision.dtype,
         )
         if self.sharded:
             threshold = self.config.pass_threshold

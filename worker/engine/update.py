@@ -58,8 +58,11 @@ class PPOUpdate:
         micro_batch_tokens: int,
         on_warning: Callable[[str], None],
         dist: DistContext,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.policy, self.critic, self.algorithm, self.opt = policy, critic, algorithm, optimizers
+        # every policy forward (old, reference and training log-probs) in it: one path, the ratio 1 exact
+        self.compute_dtype = compute_dtype
         self.temperature, self.clip_epsilon, self.kl_coef = temperature, clip_epsilon, kl_coef
         self.entropy_coef, self.value_clip, self.max_grad_norm = entropy_coef, value_clip, max_grad_norm
         self.token_critic = critic is not None and critic.level == "token"
@@ -110,6 +113,7 @@ class PPOUpdate:
                 rollout.attention_mask[inds],
                 rollout.prompt_length,
                 self.temperature,
+                compute_dtype=self.compute_dtype,
             )
             chunks.append(logprobs * rollout.response_mask[inds])
         return torch.cat(chunks)  # (len(rows), R)
@@ -205,6 +209,7 @@ class PPOUpdate:
             self.temperature,
             with_entropy=True,
             entropy_grad=self.entropy_coef > 0,
+            compute_dtype=self.compute_dtype,
         )
         assert entropy is not None
         return logprobs, entropy
@@ -263,4 +268,11 @@ def _accumulate(stats: dict[str, float], weight: float, values: Metrics) -> None
 
 def _has_active_dropout(model: nn.Module) -> bool:
     """A training forward with active dropout differs from a no-grad one: its log-probs are not old ones."""
-    return any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in model.modules())
+    return any(m.training and _dropout_rate(m) > 0 for m in model.modules())
+
+
+def _dropout_rate(module: nn.Module) -> float:
+    if isinstance(module, nn.Dropout):
+        return module.p
+    rate = getattr(module, "attention_dropout", 0.0)  # transformers' attention applies it as a function
+    return rate if isinstance(rate, float) else 0.0

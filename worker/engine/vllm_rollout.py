@@ -11,7 +11,8 @@ policy.
 
 What keeps the samples close to on-policy for PPO's ratio:
 - the engine runs the policy's weights in bfloat16 (vLLM's LoRA kernels take fp16/bf16 only; the trainer
-  keeps float32), so it samples the training forward's distribution up to bf16 rounding;
+  computes in bf16 too with dtype "auto" on such a GPU), so it samples the training forward's distribution
+  up to the rounding of two different bf16 kernels;
   `rollout/sampler_logprob_gap`, the mean absolute gap between vLLM's log-prob of each sampled token
   (after temperature, vLLM >= 0.11's processed log-probs) and the training forward's, is logged every
   step to show how large that is (with top_p 1 only: below 1 vLLM renormalises over the nucleus, which

@@ -14,7 +14,7 @@ from worker.engine.fixtures import Fixture
 from worker.engine.policy import load_base_model
 from worker.engine.run import run_training
 
-from .conftest import tiny_config
+from .conftest import final_weights, tiny_config
 
 
 class PauseAfter(TrainerCallbacks):
@@ -84,6 +84,30 @@ def test_resume_is_exact(tiny: Fixture, tmp_path: Path) -> None:
         torch.testing.assert_close(critic_b[name], critic_a[name], atol=1e-6, rtol=0)
     assert straight.metrics["rollout/reward_mean"] == resumed.metrics["rollout/reward_mean"]
     assert straight.eval == resumed.eval
+
+
+@pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
+def test_resume_is_exact_in_bf16(tiny: Fixture, tmp_path: Path, use_lora: bool) -> None:
+    """bf16 forwards around float32 trained weights: 4 steps straight == 2 steps, pause, resume, 2 more,
+    bit for bit (the frozen bf16 base is reloaded from the model as it was; the trained float32 state
+    comes back from the checkpoint)."""
+    options: dict[str, Any] = {"max_steps": 4, "checkpoint_interval": 2, "eval_interval": 2,
+                               "eval_max_items": 4, "dtype": "bfloat16", "use_lora": use_lora}  # fmt: skip
+    straight = run_training(tiny_config(tiny, tmp_path / "straight", **options))
+    paused = run_training(tiny_config(tiny, tmp_path / "resumed", **options), PauseAfter(2))
+    assert paused.status == "paused" and paused.final_step == 2
+    resumed = run_training(tiny_config(tiny, tmp_path / "resumed", **options))
+    assert resumed.status == "completed" and resumed.final_step == 4
+    expected, actual = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert expected.keys() == actual.keys()
+    assert {tensor.dtype for tensor in actual.values()} == {torch.float32}
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+    critic_a = torch.load(straight.checkpoints[-1] / "critic.pt", weights_only=True)["weights"]
+    critic_b = torch.load(resumed.checkpoints[-1] / "critic.pt", weights_only=True)["weights"]
+    for name in critic_a:
+        assert torch.equal(critic_b[name], critic_a[name]), name
+    assert _metric_lines(tmp_path / "resumed") == _metric_lines(tmp_path / "straight")
 
 
 def test_pause_during_an_evaluation_resumes_exactly(tiny: Fixture, tmp_path: Path) -> None:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,18 @@ def test_fixture_defaults_override_reference_and_job_overrides_both(tiny: Fixtur
     config = RunConfig.from_dict(values)
     assert config.learning_rate == model_defaults(tiny.model_dir)["learning_rate"]
     assert config.batch_size == 8
+
+
+def test_a_models_defaults_choose_its_precision_and_a_job_overrides_them(tmp_path: Path) -> None:
+    (tmp_path / "sppo_defaults.json").write_text(
+        json.dumps({"dtype": "float32", "gradient_checkpointing": True, "attn_implementation": "eager"})
+    )
+    config = RunConfig.from_dict(base(tmp_path))
+    assert (config.dtype, config.gradient_checkpointing, config.attn_implementation) == (
+        "float32", True, "eager"
+    )  # fmt: skip
+    job = RunConfig.from_dict({**base(tmp_path), "dtype": "bfloat16", "gradient_checkpointing": "auto"})
+    assert (job.dtype, job.gradient_checkpointing) == ("bfloat16", "auto")
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
@@ -74,6 +87,9 @@ def test_compute_multiplier_scales_the_samples_per_prompt(
         ({"rollout_backend": "vllm", "use_lora": False}, "rollout_backend"),
         ({"rollout_backend": "vllm", "n_devices": 2}, "rollout_backend"),
         ({"rollout_gpu_memory_utilization": 1.0}, "rollout_gpu_memory_utilization"),
+        ({"dtype": "float16"}, "dtype"),  # would need loss scaling: not offered
+        ({"attn_implementation": "flash_attention_3"}, "attn_implementation"),
+        ({"gradient_checkpointing": 1}, "gradient_checkpointing"),
     ],
 )
 def test_invalid_values_name_the_param(tmp_path: Path, change: dict[str, object], param: str) -> None:

@@ -14,7 +14,7 @@ from worker.engine.data import encode_prompts, load_items
 from worker.engine.fixtures import Fixture
 from worker.engine.launch import exit_rank
 from worker.engine.policy import load_base_model, load_tokenizer
-from worker.engine.rollout import generate
+from worker.engine.rollout import generate, response_logprobs
 from worker.engine.sharding import _by_index, _by_name, _parameter_names, shard_model
 
 # 48 tokens per generate call: 2 rows of 10 + 12 tokens, 1 row of 13 + 12
@@ -75,6 +75,43 @@ def test_a_sharded_model_generates_what_the_whole_model_does(tiny: Fixture, tmp_
     for rank, mine in ((0, prompts[:2]), (1, prompts[2:])):
         expected = generate(whole, mine, **GREEDY)
         assert torch.load(tmp_path / f"rank{rank}.pt").equal(expected.input_ids), f"rank {rank}"
+
+
+def _bf16_backward_on_rank(rank: int, port: int, model_dir: str, out: str) -> None:
+    """One of 2 gloo ranks: shard the model for bf16, one forward and backward; save the dtypes seen."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    model = load_base_model(model_dir, torch.device("cpu"))
+    shard_model(model, torch.bfloat16)
+    seen: dict[str, str] = {}
+    norm = model.get_decoder().norm  # type: ignore[operator]
+    norm.register_forward_pre_hook(lambda module, _: seen.update(gathered=str(module.weight.dtype)))
+    input_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    logprobs, _ = response_logprobs(model, input_ids, torch.ones_like(input_ids), 2, 1.0,
+                                    compute_dtype=torch.bfloat16)  # fmt: skip
+    logprobs.sum().backward()  # type: ignore[no-untyped-call]
+    weight = norm.weight
+    seen.update(shard=str(weight.dtype), gradient=str(weight.grad.dtype), logprobs=str(logprobs.dtype))
+    torch.save(seen, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+    exit_rank()
+
+
+def test_a_bf16_sharded_model_computes_in_bf16_and_keeps_float32_shards(
+    tiny: Fixture, tmp_path: Path
+) -> None:
+    """FSDP2's mixed precision: float32 shards (the optimizer's master weights) gathered as bf16 for the
+    forward, gradients reduced into float32 shards, log-probs float32."""
+    mp.spawn(_bf16_backward_on_rank, args=(free_port(), str(tiny.model_dir), str(tmp_path)), nprocs=2,
+             join=True)  # fmt: skip
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == {
+            "gathered": "torch.bfloat16", "shard": "torch.float32", "gradient": "torch.float32",
+            "logprobs": "torch.float32",
+        }  # fmt: skip
 
 
 def test_optimizer_state_is_numbered_in_the_optimizers_order_across_groups() -> None:

@@ -50,9 +50,17 @@ class Recorder(TrainerCallbacks):
         {"algorithm": "grpo", "batch_size": 8, "group_size": 4, "temperature": 2.0},
         {"algorithm": "ppo", "critic": "separate"},
         {"algorithm": "sppo", "use_lora": False},
+        # a bf16 base under autocast around float32 LoRA, head, separate critic and full policy weights
+        {"algorithm": "sppo", "critic": "separate", "dtype": "bfloat16"},
+        {"algorithm": "sppo", "critic": "shared_lora", "minibatch_size": 2, "dtype": "bfloat16"},
+        {"algorithm": "ppo", "critic": "separate", "dtype": "bfloat16"},
+        {"algorithm": "sppo", "use_lora": False, "dtype": "bfloat16"},
     ],
-    ids=["sppo-separate", "sppo-shared_lora", "grpo", "ppo", "sppo-full"],
-)
+    ids=[
+        "sppo-separate", "sppo-shared_lora", "grpo", "ppo", "sppo-full",
+        "sppo-separate-bf16", "sppo-shared_lora-bf16", "ppo-bf16", "sppo-full-bf16",
+    ],
+)  # fmt: skip
 def test_every_trainable_parameter_changes_in_a_step(
     tiny: Fixture, tmp_path: Path, overrides: dict[str, object]
 ) -> None:
