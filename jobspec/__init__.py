@@ -1,4 +1,5 @@
-"""What the API and the engine must agree on, written once: grader specs and their templates.
+"""What the API and the engine must agree on, written once: grader specs and their templates, hyperparameters,
+and the limits of a request to a model that the API and the model server both check (serving.py).
 
 Torch-free and service-free (an import-linter contract): the API validates requests with these models and
 the engine and the grading runtime read the same ones.
