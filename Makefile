@@ -30,12 +30,14 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # The deployment files without a Docker engine: the Dockerfiles linted (hadolint, a dev dependency), the
-# compose file validated by Debian's docker-compose against its schema, with .env.example as its .env.
+# compose file validated by Debian's docker-compose against its schema (every service, both model server
+# profiles), with .env.example as its .env and the two values it must be given.
 deploy-check: $(STAMP)
 	$(BIN)/hadolint docker/api.Dockerfile docker/worker.Dockerfile
 	@command -v docker-compose >/dev/null || { echo "deploy-check needs docker-compose (apt-get install docker-compose)"; exit 1; }
 	tmp=$$(mktemp -d) && cp docker-compose.yml $$tmp/ && cp .env.example $$tmp/.env \
-	  && POSTGRES_PASSWORD=check docker-compose --project-directory $$tmp -f $$tmp/docker-compose.yml config -q; \
+	  && POSTGRES_PASSWORD=check SPPO_INFERENCE_SECRET=check \
+	    docker-compose --project-directory $$tmp -f $$tmp/docker-compose.yml config -q; \
 	  status=$$?; rm -rf $$tmp; exit $$status
 
 # The slow tests, then the algorithm benchmark (pytest exits 5 when no test carries the slow mark), then

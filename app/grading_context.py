@@ -22,6 +22,7 @@ class GradingSetupError(ValueError):
 
 
 API_KEY_ENV = "SPPO_JUDGE_API_KEY"
+MODEL_SERVER_KEY_ENV = "SPPO_INFERENCE_SECRET"
 OWN_MODEL_PREFIXES = ("ft:", "ftckpt-")
 MIN_INSTRUCTED_CONTEXT = 512  # positions a judge model needs before the reply-format instruction is added
 
@@ -108,4 +109,5 @@ def grading_context(
         "judge_limits": {"timeout_s": settings.judge_timeout_s, "concurrency": settings.judge_concurrency},
         "embeddings": embeddings,
         "api_key_env": API_KEY_ENV,
+        "model_server_key_env": MODEL_SERVER_KEY_ENV,
     }

@@ -100,6 +100,22 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8001", description="Where the API finds `sppo serve-models`."
     )
     inference_port: int = Field(default=8001, ge=1, le=65535, description="Port `sppo serve-models` binds.")
+    inference_host: str = Field(
+        default="127.0.0.1",
+        description="Address `sppo serve-models` binds to (0.0.0.0 in docker-compose.yml, where the model "
+        "server has a container of its own).",
+    )
+    inference_secret: SecretStr | None = Field(
+        default=None,
+        description="The shared secret (32+ characters) the API and the workers' graders show the model "
+        "server, which answers 401 to any other caller and refuses to start without one; set the same "
+        "value for all of them. `sppo run` draws one per run when unset.",
+    )
+    inference_allow_no_secret: bool = Field(
+        default=False,
+        description="Development only: let `sppo serve-models` start without SPPO_INFERENCE_SECRET, on a "
+        "loopback address, answering any local process with any tenant's adapter.",
+    )
     inference_backend: str = Field(
         default="transformers",
         pattern="^(transformers|vllm)$",
@@ -180,7 +196,11 @@ class Settings(BaseSettings):
         ge=0,
         description="POST /v1/fine_tuning/alpha/graders/run calls one key may make a minute.",
     )
-    inference_max_n: int = Field(default=16, ge=1, description="Largest `n` (choices per request).")
+    inference_max_n: int = Field(
+        default=16,
+        ge=1,
+        description="Largest `n` (choices per request), checked by the API and again by the model server.",
+    )
     inference_max_request_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest chat/completions request body."
     )
@@ -316,6 +336,8 @@ class Settings(BaseSettings):
         self.database_url = SecretStr(normalize_database_url(self.database_url.get_secret_value()))
         if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
             raise ValueError("SPPO_SESSION_SECRET must be at least 32 characters")
+        if self.inference_secret is not None and len(self.inference_secret.get_secret_value()) < 32:
+            raise ValueError("SPPO_INFERENCE_SECRET must be at least 32 characters")
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ValueError(f"SPPO_DATA_DIR {self.data_dir} exists and is not a directory")
         return self

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import socket
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [f"{a}+{b}+{c}=" for a, b, c in ((12, 34, 56), (71, 18, 9), (40, 40, 40), (99, 98, 97))]
 MODES = {"batched": 16, "one_at_a_time": 1}
+SECRET = secrets.token_urlsafe(32)  # the servers' SPPO_INFERENCE_SECRET, shown as the API shows it
 
 
 def _free_port() -> int:
@@ -57,7 +59,8 @@ def _start(data_dir: Path, registry: Path, batch_size: int) -> tuple[subprocess.
     port = _free_port()
     env = {**os.environ, "SPPO_DATA_DIR": str(data_dir), "SPPO_MODEL_REGISTRY_DIR": str(registry),
            "SPPO_INFERENCE_PORT": str(port), "SPPO_INFERENCE_MAX_BATCH_SIZE": str(batch_size),
-           "SPPO_INFERENCE_MAX_PENDING": "256", "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "SPPO_INFERENCE_MAX_PENDING": "256", "SPPO_INFERENCE_SECRET": SECRET,
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     log = (data_dir / f"models-{batch_size}.log").open("wb")
     command = [str(Path(sys.executable).parent / "sppo"), "serve-models", "--loglevel", "warning"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -88,7 +91,11 @@ async def _level(url: str, model: str, clients: int, per_client: int, max_tokens
             response.raise_for_status()
             latencies.append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+    async with httpx.AsyncClient(
+        timeout=600,
+        limits=httpx.Limits(max_connections=clients),
+        headers={"Authorization": f"Bearer {SECRET}"},
+    ) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         wall = time.perf_counter() - started

@@ -149,8 +149,10 @@ def run() -> None:
     from cli.stack import local_stack, say
 
     settings = get_settings()
-    with local_stack(settings.data_dir, str(settings.redis_url)):
-        get_settings.cache_clear()  # SPPO_REDIS_URL may now name the Redis started for this run
+    secret = settings.inference_secret.get_secret_value() if settings.inference_secret is not None else None
+    with local_stack(settings.data_dir, str(settings.redis_url), secret):
+        # SPPO_REDIS_URL may now name the Redis started for this run, SPPO_INFERENCE_SECRET one drawn for it
+        get_settings.cache_clear()
         settings = get_settings()
         upgrade_database(settings.db_url)
         key = ensure_dev_key(settings.data_dir / DEV_KEY_FILE)

@@ -15,18 +15,25 @@ def serve_models(
     port: Annotated[int | None, typer.Option(help="Port (default SPPO_INFERENCE_PORT).")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Serve base and fine-tuned models to the API (loopback only: the API authenticates, this does not)."""
+    """Serve base and fine-tuned models to the API, which authenticates tenants; this server answers only
+    callers that show SPPO_INFERENCE_SECRET, and refuses to start without it."""
     import logging
 
     import uvicorn
 
     from app.settings import get_settings
+    from inference.auth import InsecureStart
     from inference.server import create_app
 
     settings = get_settings()
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = create_app(settings)
+    except InsecureStart as exc:
+        typer.echo(f"sppo serve-models: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"sppo serve-models: backend {settings.inference_backend}, device {settings.inference_device}")
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=port or settings.inference_port,
+    uvicorn.run(server, host=settings.inference_host, port=port or settings.inference_port,
                 log_level=loglevel.lower())  # fmt: skip
 
 

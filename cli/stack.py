@@ -1,7 +1,9 @@
 """The processes `sppo run` starts next to the API on one machine: a Redis server when none is reachable,
 a training worker, an evaluation worker (so evaluations never wait behind training) and the model
-server. Each runs in its own session, so Ctrl-C reaches only `sppo run`, which then stops them in
-order (workers first, so a training job can checkpoint; Redis last, so it can persist).
+server, which answers only the holders of SPPO_INFERENCE_SECRET (the configured one, else one drawn for
+this run and passed to every process through the environment). Each runs in its own session, so Ctrl-C
+reaches only `sppo run`, which then stops them in order (workers first, so a training job can checkpoint;
+Redis last, so it can persist).
 
 `sppo run` stops them on Ctrl-C, SIGTERM and SIGHUP, and when its output pipe breaks (`sppo run | tee log`
 and the reader is gone): a watcher sees the pipe's reader close and shuts down as on SIGTERM, and every
@@ -12,6 +14,7 @@ children get SIGTERM from the kernel (PR_SET_PDEATHSIG), so none outlives it.
 import contextlib
 import ctypes
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -151,8 +154,9 @@ def wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
-    """Redis (the reachable one, or a private one) and two workers; yields the Redis URL in use."""
+def local_stack(data_dir: Path, redis_url: str, inference_secret: str | None) -> Iterator[str]:
+    """Redis (the reachable one, or a private one), two workers and the model server; yields the Redis URL
+    in use. The model server's secret is `inference_secret`, else one drawn now."""
     started: subprocess.Popen[bytes] | None = None
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this
     # process before the `finally` below stops the workers and Redis. Turn it into an exception instead.
@@ -164,6 +168,8 @@ def local_stack(data_dir: Path, redis_url: str) -> Iterator[str]:
             started, redis_url = start_redis(data_dir)
             say(f"Started redis-server on {redis_url} (data in {data_dir / 'redis'})")
         os.environ["SPPO_REDIS_URL"] = redis_url  # for the workers and the in-process API alike
+        # the same for the model server, the workers' graders and the API; never printed
+        os.environ["SPPO_INFERENCE_SECRET"] = inference_secret or secrets.token_urlsafe(32)
         for queues, log_name in ((TRAIN_QUEUES, "worker.log"), (EVALUATION_QUEUES, "evaluation-worker.log")):
             workers.append(start_worker(data_dir / "logs" / log_name, queues))
             say(f"Started {queues} worker (pid {workers[-1].pid}, log {data_dir / 'logs' / log_name})")

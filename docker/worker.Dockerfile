@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# Training and evaluation workers: CUDA runtime with a CUDA build of torch. Build from the repository root:
+# Training and evaluation workers and the model server (`sppo serve-models`): CUDA runtime with a CUDA build
+# of torch. Build from the repository root:
 #   docker build -f docker/worker.Dockerfile -t sppo-worker .
 # CPU variant (no GPU needed):
 #   docker build -f docker/worker.Dockerfile -t sppo-worker:cpu \
@@ -26,6 +27,7 @@ COPY pyproject.toml README.md ./
 COPY app app
 COPY worker worker
 COPY cli cli
+COPY inference inference
 COPY jobspec jobspec
 COPY grading grading
 COPY migrations migrations

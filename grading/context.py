@@ -15,8 +15,9 @@ class GradingContext:
     """What building graders needs beyond the spec: sandbox limits and where judges and embeddings live.
 
     `judges` maps each judge model name a spec may use to where it is reached (the service resolves the
-    tenant's models into this map); an external endpoint's key is given to `from_dict` or read from the
-    environment variable the values name (`api_key_env`), so it is never written into a run's config file.
+    tenant's models into this map). The keys are given to `from_dict` or read from the environment variables
+    the values name, so they are never written into a run's config file: an external endpoint's
+    (`api_key_env`) and our model server's shared secret (`model_server_key_env`).
     """
 
     python_pool_size: int = 2
@@ -27,19 +28,24 @@ class GradingContext:
     embeddings: EmbeddingsTarget | None = None
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], api_key: str | None = None) -> "GradingContext":
-        """The context a run config carries (plain JSON/YAML values); the external endpoints' key is
-        `api_key`, else the environment variable named by `api_key_env`."""
-        key = api_key
-        if key is None and values.get("api_key_env"):
-            key = os.environ.get(values["api_key_env"])
+    def from_dict(
+        cls, values: Mapping[str, Any], api_key: str | None = None, model_server_key: str | None = None
+    ) -> "GradingContext":
+        """The context a run config carries (plain JSON/YAML values). The external endpoints' key is
+        `api_key`, else the environment variable named by `api_key_env`; our model server's (the targets with
+        `internal` fields) is `model_server_key`, else the variable named by `model_server_key_env`."""
+        external = api_key if api_key is not None else _env(values.get("api_key_env"))
+        server = (
+            model_server_key if model_server_key is not None else _env(values.get("model_server_key_env"))
+        )
         judges = {
-            name: JudgeTarget(**target) if target.get("internal") else JudgeTarget(**target, api_key=key)
+            name: JudgeTarget(**target, api_key=server if target.get("internal") else external)
             for name, target in (values.get("judges") or {}).items()
         }
         embeddings = values.get("embeddings")
         if embeddings is not None:
-            embeddings = EmbeddingsTarget(**embeddings, api_key=None if embeddings.get("internal") else key)
+            key = server if embeddings.get("internal") else external
+            embeddings = EmbeddingsTarget(**embeddings, api_key=key)
         return cls(
             python_pool_size=int(values.get("python_pool_size", 2)),
             sandbox_limits=SandboxLimits(**(values.get("sandbox_limits") or {})),
@@ -48,3 +54,7 @@ class GradingContext:
             judge_limits=JudgeLimits(**(values.get("judge_limits") or {})),
             embeddings=embeddings,
         )
+
+
+def _env(name: str | None) -> str | None:
+    return os.environ.get(name) if name else None

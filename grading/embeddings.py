@@ -3,7 +3,7 @@
 The endpoint is OpenAI-compatible (`<base>/embeddings`) or our model server's
 `<inference_url>/internal/embeddings` (`EmbeddingsTarget.internal` holds its extra payload fields). Each
 distinct text is embedded once; a pair of identical texts scores exactly 1.0 without being sent. A text is
-cut to its first MAX_TEXT_CHARS characters before it is sent: our model server refuses longer ones (and
+cut to its first MAX_EMBEDDING_CHARS characters before it is sent: our model server refuses longer ones (and
 reads only a context window's tokens of any text anyway), and one refused text would fail the whole batch.
 """
 
@@ -16,9 +16,7 @@ from typing import Any
 import httpx
 
 from grading.http import UNREACHABLE, auth_headers, error_detail, json_body, retry_wait, unreachable_detail
-
-MAX_BATCH = 256  # texts per request: our model server's limit (OpenAI's is 2048)
-MAX_TEXT_CHARS = 65536  # characters sent per text: our model server's limit (inference.embeddings.MAX_CHARS)
+from jobspec.serving import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS
 
 
 class EmbeddingsError(RuntimeError):
@@ -75,12 +73,12 @@ def _vectors(response: httpx.Response, count: int) -> list[list[float]]:
 
 
 def embed(target: EmbeddingsTarget, texts: Sequence[str], *, timeout_s: float = 60.0) -> list[list[float]]:
-    """One embedding per text (of its first MAX_TEXT_CHARS characters), in order (requests of at most
-    MAX_BATCH texts)."""
+    """One embedding per text (of its first MAX_EMBEDDING_CHARS characters), in order (requests of at most
+    MAX_EMBEDDING_INPUTS texts)."""
     vectors: list[list[float]] = []
     with httpx.Client(timeout=timeout_s, headers=auth_headers(target.api_key)) as client:
-        for start in range(0, len(texts), MAX_BATCH):
-            batch = [text[:MAX_TEXT_CHARS] for text in texts[start : start + MAX_BATCH]]
+        for start in range(0, len(texts), MAX_EMBEDDING_INPUTS):
+            batch = [text[:MAX_EMBEDDING_CHARS] for text in texts[start : start + MAX_EMBEDDING_INPUTS]]
             body = {"model": target.model, "input": batch, **(target.internal or {})}
             vectors.extend(_vectors(_post(client, target, body), len(batch)))
     return vectors

@@ -23,19 +23,20 @@ from transformers import PreTrainedModel
 
 from inference.models import LoadedBase, ModelCache
 from inference.prepare import RequestError
+from jobspec.serving import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, MAX_MODEL_NAME_CHARS
 from worker.engine.errors import ModelNotFoundError
 
-MAX_INPUTS = 256
-MAX_CHARS = 65536  # per text; longer texts are refused, and tokens past the context window are dropped
 FORWARD_ROWS = 16  # texts per forward pass
 
 
 class EmbeddingsRequest(BaseModel):
     """What the API sends after resolving the model; embeddings come from the base model alone."""
 
-    model: str = Field(max_length=256)  # the public id, echoed in the response
-    base_model: str = Field(max_length=256)
-    input: list[Annotated[str, Field(max_length=MAX_CHARS)]] = Field(min_length=1, max_length=MAX_INPUTS)
+    model: str = Field(max_length=MAX_MODEL_NAME_CHARS)  # the public id, echoed in the response
+    base_model: str = Field(max_length=MAX_MODEL_NAME_CHARS)
+    input: list[Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]] = Field(
+        min_length=1, max_length=MAX_EMBEDDING_INPUTS
+    )
     adapter_uri: None = None
     encoding_format: Annotated[str, Field(pattern="^float$")] = "float"
 

@@ -7,6 +7,15 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 from transformers import PreTrainedTokenizerBase
 
+from jobspec.serving import (
+    MAX_MESSAGES,
+    MAX_MODEL_NAME_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STOP,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_BOUND,
+)
 from worker.engine.data import encode_prompts
 
 
@@ -19,20 +28,21 @@ class Tokenizes(Protocol):
 
 
 class GenerateRequest(BaseModel):
-    """What the API sends after authenticating and resolving the model (its public checks already ran)."""
+    """What the API sends after authenticating and resolving the model. Its public checks already ran; the
+    same limits (jobspec.serving) hold here, and `n` is checked against SPPO_INFERENCE_MAX_N by the server."""
 
     kind: Literal["chat", "completion"]
-    model: str = Field(max_length=256)  # the public id, echoed in the response
-    base_model: str = Field(max_length=256)
+    model: str = Field(max_length=MAX_MODEL_NAME_CHARS)  # the public id, echoed in the response
+    base_model: str = Field(max_length=MAX_MODEL_NAME_CHARS)
     adapter_uri: str | None = Field(default=None, max_length=1024)
-    messages: list[dict[str, str]] | None = None
-    prompt: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
+    messages: list[dict[str, str]] | None = Field(default=None, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    temperature: float = Field(default=1.0, ge=0, le=MAX_TEMPERATURE)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=128)
-    stop: list[str] = Field(default_factory=list, max_length=4)
-    seed: int | None = None
+    n: int = Field(default=1, ge=1)
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stream: bool = False
     include_usage: bool = False
 

@@ -1,6 +1,7 @@
-"""The model server's HTTP app: `POST /internal/generate` (the API's proxy target),
-`POST /internal/embeddings` (the graders' cosine similarity), base-model archives, `GET /health`. Bind it to
-loopback: it trusts the API's model resolution and carries no keys.
+"""The model server's HTTP app: `POST /internal/generate` (the API's proxy target and the graders' judges),
+`POST /internal/embeddings` (the graders' cosine similarity), base-model archives, `GET /health`. It trusts
+the API's model resolution, so every route but `/health` answers only holders of the shared secret
+(inference.auth), and it applies the API's own request limits again (jobspec.serving).
 """
 
 import asyncio
@@ -16,11 +17,13 @@ from starlette.background import BackgroundTask
 
 from app.settings import Settings
 from inference.archive import base_model_archive
+from inference.auth import SecretRequired, server_secret
 from inference.backend import Backend, TransformersBackend, make_backend
 from inference.batcher import Busy, Delta, Done, Event, Failed, Finished
 from inference.embeddings import Embedder, EmbeddingsRequest
 from inference.formats import ChunkWriter, completion
 from inference.prepare import GenerateRequest, RequestError
+from jobspec.serving import choices_refusal
 from worker.engine.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ async def _stream(
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The app; inference.auth.InsecureStart when it would answer callers without the secret."""
+    secret = server_secret(settings)
     backend = make_backend(settings)
     embedder = Embedder(backend.cache) if isinstance(backend, TransformersBackend) else None
 
@@ -103,6 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
         backend.stop()
 
     app = FastAPI(title="SPPO model server", lifespan=lifespan)
+    if secret is not None:
+        app.add_middleware(SecretRequired, secret=secret)
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -123,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/internal/generate", response_model=None)
     async def generate(request: GenerateRequest) -> JSONResponse | StreamingResponse:
+        if refusal := choices_refusal(request.n, settings.inference_max_n):
+            raise RequestError(400, refusal, param="n", code="invalid_value")
         prompt_tokens, queue, cancel = await _events(backend, request)
         if request.stream:
             return StreamingResponse(

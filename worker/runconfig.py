@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.grading_context import API_KEY_ENV, GradingSetupError, grading_context
+from app.grading_context import API_KEY_ENV, MODEL_SERVER_KEY_ENV, GradingSetupError, grading_context
 from app.models import File, Job
 from app.registry import find_base_model
 from app.settings import Settings
@@ -68,10 +68,14 @@ def worker_grading(session: Session, *, settings: Settings, tenant_id: str, grad
         context = grading_context(session, settings=settings, tenant_id=tenant_id, grader=spec, param=param)
     except (GradingSetupError, GraderConfigError) as exc:
         raise EngineError("invalid_grader", str(exc), exc.param) from None
-    if settings.judge_api_key is not None:
-        # the engine reads the key by name (it is never written into the run's config file); a key set
-        # in .env is not in the environment unless put there
-        os.environ[API_KEY_ENV] = settings.judge_api_key.get_secret_value()  # the current key, if rotated
+    # the engine reads the keys by name (they are never written into the run's config file); a key set in
+    # .env is not in the environment unless put there; the current one, if rotated
+    for name, key in (
+        (API_KEY_ENV, settings.judge_api_key),
+        (MODEL_SERVER_KEY_ENV, settings.inference_secret),
+    ):
+        if key is not None:
+            os.environ[name] = key.get_secret_value()
     return context
 
 

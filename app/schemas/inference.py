@@ -5,12 +5,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from app.schemas.common import StrictModel
-
-MAX_MESSAGES = 256
-MAX_STOP = 4
-# Far beyond any context window: the model server answers 400 with the real limit; this only keeps
-# absurd numbers (10**30) out of integer arithmetic.
-MAX_TOKENS_BOUND = 2**31 - 1
+from jobspec.serving import (
+    MAX_MESSAGES,
+    MAX_MODEL_NAME_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STOP,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_BOUND,
+)
 
 
 class TextPart(StrictModel):
@@ -32,13 +35,13 @@ class StreamOptions(StrictModel):
 
 
 class _Sampling(StrictModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
-    temperature: float = Field(default=1.0, ge=0, le=2)
+    temperature: float = Field(default=1.0, ge=0, le=MAX_TEMPERATURE)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=MAX_TOKENS_BOUND)  # the service's own bound is a setting
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)  # accepted as OpenAI does; not used
@@ -75,7 +78,7 @@ class ChatCompletionCreate(_Sampling):
 
 
 class CompletionCreate(_Sampling):
-    prompt: str = Field(max_length=1024 * 1024)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
 
     def proxied(self) -> dict[str, Any]:
         return {"kind": "completion", **super().proxied(), "prompt": self.prompt}

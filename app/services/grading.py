@@ -84,6 +84,7 @@ def run_grader(
     context["python_pool_size"] = 1
     session.close()  # grading waits on sandboxes and judges: hold no DB connection meanwhile
     key = settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
+    server_key = settings.inference_secret.get_secret_value() if settings.inference_secret else None
     slot = _run_slot(settings)
     if not slot.acquire(blocking=False):  # before building: a busy server starts no sandbox
         busy = QuotaExceeded(
@@ -94,7 +95,9 @@ def run_grader(
         raise busy
     try:
         try:
-            grader = build_grader(grader_model, GradingContext.from_dict(context, api_key=key))
+            grader = build_grader(
+                grader_model, GradingContext.from_dict(context, api_key=key, model_server_key=server_key)
+            )
         except GraderConfigError as exc:
             raise InvalidRequest(f"Invalid grader: {exc}", param=exc.param) from None
         except SandboxUnavailable as exc:

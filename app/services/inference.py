@@ -2,10 +2,12 @@
 
 The API never loads a model. It decides which base model and adapter a tenant's request may use (its own
 fine-tuned models and checkpoints, or a registry base model) and forwards the checked request to
-`sppo serve-models`; that server's answer (JSON, SSE chunks or an OpenAI error) is passed on unchanged.
-A model server that is down, busy or slow answers 503/429 with Retry-After, in bounded time.
+`sppo serve-models`, showing it the shared secret (SPPO_INFERENCE_SECRET); that server's answer (JSON, SSE
+chunks or an OpenAI error) is passed on unchanged. A model server that is down, busy or slow answers 503/429
+with Retry-After, in bounded time; so does one that refuses the secret (the tenant's key is not at fault).
 """
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +20,13 @@ from app.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
 from app.model_targets import ModelTarget, find_model_target
 from app.models import Tenant
 from app.settings import Settings
+from grading.http import auth_headers
+from jobspec.serving import choices_refusal
 
 CONNECT_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 5
+
+log = logging.getLogger(__name__)
 
 
 def model_not_found(model: str) -> NotFound:
@@ -45,9 +51,11 @@ async def _send(
 
     One client per request: the API's event loops (uvicorn, test clients) never share a pool.
     """
+    secret = settings.inference_secret
     client = httpx.AsyncClient(
         base_url=settings.inference_url,
         timeout=httpx.Timeout(settings.inference_timeout_s, connect=CONNECT_TIMEOUT_S),
+        headers=auth_headers(secret.get_secret_value() if secret is not None else None),
     )
     try:
         response = await client.send(client.build_request(method, path, json=json), stream=True)
@@ -60,6 +68,9 @@ async def _send(
     if response.status_code != 200:
         await response.aread()
         await client.aclose()
+        if response.status_code == 401:
+            log.error("the model server refused this API's SPPO_INFERENCE_SECRET; set the same one for both")
+            raise _unavailable("The model server refused this API's credentials; retry later.")
         raise _relayed_error(response)
     response.extensions["sppo_client"] = client
     return response
@@ -95,10 +106,8 @@ async def proxy_generate(
     *, settings: Settings, target: ModelTarget, request: dict[str, Any], stream: bool
 ) -> Response:
     """Forward a checked request; stream the answer through when asked to."""
-    if request["n"] > settings.inference_max_n:
-        raise InvalidRequest(
-            f"n must be at most {settings.inference_max_n}.", param="n", code="invalid_value"
-        )
+    if refusal := choices_refusal(request["n"], settings.inference_max_n):
+        raise InvalidRequest(refusal, param="n", code="invalid_value")
     payload = {**request, "model": target.model, "base_model": target.base_model,
                "adapter_uri": target.adapter_uri}  # fmt: skip
     response = await _send(settings, "POST", "/internal/generate", payload)

@@ -170,3 +170,55 @@ def test_sppo_run_stops_everything_when_its_output_pipe_breaks(
     while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [pid for pid in started if _alive(pid)] == [], (tmp_path / "run.err").read_text()[-3000:]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
+
+
+def test_sppo_run_draws_one_model_server_secret_for_all_its_processes(tmp_path: Path, redis_url: str) -> None:
+    """With no SPPO_INFERENCE_SECRET configured, `sppo run` draws one and gives it to the model server, both
+    workers (their graders) and its API: chat/completions works, the model server refuses anyone else, and
+    neither its output nor the model server's log shows the secret."""
+    import httpx
+
+    port, models_port = free_port(), free_port()
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url,
+           "SPPO_INFERENCE_PORT": str(models_port),
+           "SPPO_INFERENCE_URL": f"http://127.0.0.1:{models_port}"}  # fmt: skip
+    for name in ("SPPO_DATABASE_URL", "SPPO_INFERENCE_SECRET"):
+        env.pop(name, None)
+    process, key = _start_run(env)
+    try:
+        children = _children(process.pid)
+        drawn = {_environ(pid).get("SPPO_INFERENCE_SECRET") for pid in children}
+        assert len(children) == 3 and len(drawn) == 1, (children, len(drawn))  # two workers, the model server
+        [secret] = drawn
+        assert secret is not None and len(secret) >= 32
+        chat = {"model": "sppo-tiny", "messages": [{"role": "user", "content": "1+2+3="}], "max_tokens": 4}
+        deadline = time.monotonic() + 240  # the model server loads torch and the model meanwhile
+        while True:
+            response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat, timeout=60,
+                                  headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            if response.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert response.status_code == 200, response.text
+        generate = {
+            "kind": "chat",
+            "model": "sppo-tiny",
+            "base_model": "sppo-tiny",
+            "messages": chat["messages"],
+        }
+        assert (
+            httpx.post(f"http://127.0.0.1:{models_port}/internal/generate", json=generate).status_code == 401
+        )
+    finally:
+        process.terminate()
+        assert process.stdout is not None
+        output = process.stdout.read()
+        process.wait(timeout=90)
+        process.stdout.close()
+    assert secret not in output
+    assert secret not in (tmp_path / "logs" / "models.log").read_text()

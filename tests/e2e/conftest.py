@@ -123,6 +123,7 @@ def stack(
         "OMP_NUM_THREADS": "1",  # on a shared 2-core machine more threads per process thrash under load
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{models_port}",
         "SPPO_INFERENCE_PORT": str(models_port),
+        "SPPO_INFERENCE_SECRET": secrets.token_urlsafe(32),  # the API's and the workers' graders' key
     }
     models_log = data_dir / "logs" / "models.log"
     with models_log.open("wb") as out:

@@ -20,10 +20,11 @@ import pytest
 import uvicorn
 
 from app.settings import Settings
-from grading.embeddings import MAX_TEXT_CHARS, EmbeddingsError, EmbeddingsTarget, cosine_similarities
+from grading.embeddings import EmbeddingsError, EmbeddingsTarget, cosine_similarities
 from grading.judges import JudgeLimits, JudgeTarget, ModelJudge, parse_label, parse_score
 from inference.server import create_app
 from jobspec.graders import LabelModelGrader, ScoreModelGrader
+from jobspec.serving import MAX_EMBEDDING_CHARS
 from jobspec.templates import Sample
 from tests.conftest import run_in_own_loop
 
@@ -38,12 +39,13 @@ PROMPTS = [
     "40+20+10=",
 ]
 TIMEOUT_S = 20.0
+SERVER_SECRET = "judges-model-server-secret-0123456789abcdef"  # the model server's SPPO_INFERENCE_SECRET
 
 
 @pytest.fixture(scope="module")
 def server(tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model server's base URL."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("judges"))  # type: ignore[call-arg]
+    settings = Settings(data_dir=tmp_path_factory.mktemp("judges"), inference_secret=SERVER_SECRET)  # type: ignore[call-arg]
     config = uvicorn.Config(create_app(settings), log_level="warning")
     uvicorn_server = uvicorn.Server(config)
     sock = socket.socket()
@@ -63,7 +65,7 @@ def server(tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 def _target(server: str, **change: Any) -> JudgeTarget:
     internal = {"kind": "chat", "base_model": "sppo-tiny", "adapter_uri": None}
     fields = {"url": f"{server}/internal/generate", "model": "sppo-tiny", "internal": internal,
-              "format_instruction": False, **change}  # fmt: skip
+              "format_instruction": False, "api_key": SERVER_SECRET, **change}  # fmt: skip
     return JudgeTarget(**fields)
 
 
@@ -164,6 +166,12 @@ def test_server_errors(server: str) -> None:
     long = _score_grader(sampling_params={"max_completions_tokens": 60})
     [too_long] = ModelJudge(long, _target(server)).grade(_calls(["1+2+3="]))
     assert too_long.errors["model_grader_server_error"].startswith("HTTP 400: max_tokens is too large")
+    # without the model server's secret a judge gets nothing, and its error names no secret
+    for key in (None, "wrong"):
+        [refused] = ModelJudge(_score_grader(), _target(server, api_key=key)).grade(_calls(["1+2+3="]))
+        assert refused.reward == 0.0 and list(refused.errors) == ["model_grader_server_error"]
+        detail = refused.errors["model_grader_server_error"]
+        assert "HTTP 401" in detail and SERVER_SECRET not in detail
 
 
 def test_concurrent_calls_come_back_in_order(server: str) -> None:
@@ -209,7 +217,10 @@ def test_grade_from_a_worker_thread_and_inside_an_event_loop(server: str) -> Non
 
 def test_cosine_similarities_from_the_model_server(server: str) -> None:
     target = EmbeddingsTarget(
-        f"{server}/internal/embeddings", "sppo-tiny", internal={"base_model": "sppo-tiny"}
+        f"{server}/internal/embeddings",
+        "sppo-tiny",
+        api_key=SERVER_SECRET,
+        internal={"base_model": "sppo-tiny"},
     )
     pairs = [("12+34=46", "12+34=46"), ("12+34=46", "98+76=174"), ("98+76=174", "12+34=46"), ("", "")]
     same, different, swapped, empty = cosine_similarities(target, pairs)
@@ -219,9 +230,17 @@ def test_cosine_similarities_from_the_model_server(server: str) -> None:
     closed = EmbeddingsTarget(f"http://127.0.0.1:{_closed_port()}/embeddings", "m")
     with pytest.raises(EmbeddingsError, match="ConnectError"):
         cosine_similarities(closed, [("a", "b")], timeout_s=5)
-    unknown = EmbeddingsTarget(f"{server}/internal/embeddings", "x", internal={"base_model": "no-such-base"})
+    unknown = EmbeddingsTarget(
+        f"{server}/internal/embeddings", "x", api_key=SERVER_SECRET, internal={"base_model": "no-such-base"}
+    )
     with pytest.raises(EmbeddingsError, match="HTTP 404"):
         cosine_similarities(unknown, [("a", "b")])
+    wrong = EmbeddingsTarget(f"{server}/internal/embeddings", "x", api_key="wrong-" + SERVER_SECRET,
+                             internal={"base_model": "sppo-tiny"})  # fmt: skip
+    with pytest.raises(
+        EmbeddingsError, match=r"^the embeddings endpoint refused the service's credentials \(HTTP 401\)$"
+    ):
+        cosine_similarities(wrong, [("a", "b")])
 
 
 @pytest.mark.parametrize(
@@ -415,8 +434,11 @@ def test_embeddings_from_a_broken_or_refusing_endpoint(canned: str) -> None:
 
 def test_a_text_past_the_model_servers_limit_is_cut_not_refused(server: str) -> None:
     target = EmbeddingsTarget(
-        f"{server}/internal/embeddings", "sppo-tiny", internal={"base_model": "sppo-tiny"}
+        f"{server}/internal/embeddings",
+        "sppo-tiny",
+        api_key=SERVER_SECRET,
+        internal={"base_model": "sppo-tiny"},
     )
-    long, longer = "1+2=3;" * (MAX_TEXT_CHARS // 6 + 1), "1+2=3;" * (MAX_TEXT_CHARS // 3)
+    long, longer = "1+2=3;" * (MAX_EMBEDDING_CHARS // 6 + 1), "1+2=3;" * (MAX_EMBEDDING_CHARS // 3)
     [same_start, different] = cosine_similarities(target, [(long, longer), (long, "9")])
     assert same_start == pytest.approx(1.0) and 0.0 <= different < 1.0  # the first 65536 characters agree

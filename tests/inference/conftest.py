@@ -1,13 +1,20 @@
 """A small random Llama of sppo-tiny's architecture in a registry, and two random LoRA adapters of it under
-`jobs/`, in a data directory the model server's tests share."""
+`jobs/`, in a data directory the model server's tests share; the model server's app on it, called with its
+secret."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from peft import LoraConfig, get_peft_model
 
+from app.settings import Settings
+from inference.server import create_app
 from worker.engine.fixture_build import build_model, build_tokenizer
+
+SECRET = "model-server-test-secret-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +32,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         get_peft_model(base, lora).save_pretrained(root / "jobs" / name)
     return root
+
+
+@pytest.fixture(scope="module")
+def client(data_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(data_dir=data_dir, inference_secret=SECRET)  # type: ignore[call-arg]
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {SECRET}"}) as test_client:
+        yield test_client

@@ -3,7 +3,6 @@ state), identical texts at cosine 1 and different ones below, the same vectors o
 on the base (they are the base model's), and refusals in OpenAI's error shape."""
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,12 @@ from fastapi.testclient import TestClient
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from app.settings import Settings
-from grading.embeddings import MAX_TEXT_CHARS
-from inference.embeddings import MAX_CHARS, plain_view
-from inference.server import create_app
+from inference.embeddings import plain_view
+from jobspec.serving import MAX_EMBEDDING_CHARS
 from worker.engine.policy import load_base_model, load_tokenizer
 
 BODY: dict[str, Any] = {"model": "rand-tiny", "base_model": "rand-tiny"}
 TEXTS = ["12+34+56=", "12+34+56=", "98+7=105", "", "1" * 100]
-
-
-@pytest.fixture(scope="module")
-def client(data_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(data_dir=data_dir))) as test_client:  # type: ignore[call-arg]
-        yield test_client
 
 
 def _dot(a: list[float], b: list[float]) -> float:
@@ -111,8 +102,8 @@ def test_refusals(client: TestClient, change: dict[str, Any], status: int, param
 
 
 def test_the_grading_client_cuts_texts_where_this_server_refuses_them(client: TestClient) -> None:
-    """grading.embeddings sends at most MAX_TEXT_CHARS of a text: exactly what this server still takes."""
-    assert MAX_TEXT_CHARS == MAX_CHARS
-    assert client.post("/internal/embeddings", json={**BODY, "input": ["1" * MAX_CHARS]}).status_code == 200
-    refused = client.post("/internal/embeddings", json={**BODY, "input": ["1" * (MAX_CHARS + 1)]})
+    """grading.embeddings sends at most MAX_EMBEDDING_CHARS of a text: exactly what this server takes."""
+    longest = ["1" * MAX_EMBEDDING_CHARS]
+    assert client.post("/internal/embeddings", json={**BODY, "input": longest}).status_code == 200
+    refused = client.post("/internal/embeddings", json={**BODY, "input": ["1" * (MAX_EMBEDDING_CHARS + 1)]})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "input.0"

@@ -1,18 +1,23 @@
-"""A job's hyperparameters resolved into the engine's RunConfig: OpenAI's `compute_multiplier` and
-`reasoning_effort` (including "default")."""
+"""A job row resolved into the engine's RunConfig: OpenAI's `compute_multiplier` and `reasoning_effort`
+(including "default"); the run config's `grading` section names where the engine finds the keys, holds none
+of them, and the worker puts the current ones in its environment."""
 
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from app.models import File, Job, Tenant, new_id
 from app.settings import Settings
+from grading.context import GradingContext
 from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
-from worker.runconfig import build_run_config
+from worker.runconfig import build_run_config, worker_grading
 
 Resolve = Callable[..., tuple[RunConfig, dict[str, Any]]]
 
@@ -73,3 +78,22 @@ def test_reasoning_effort_picks_the_response_budget(
     config, resolved = resolve(**hyperparameters)
     assert config.max_response_tokens == resolved["max_response_tokens"] == tokens
     assert resolved.get("reasoning_effort") == hyperparameters.get("reasoning_effort")
+
+
+JUDGE = {"type": "score_model", "name": "judge", "model": "sppo-tiny", "range": [0, 10],
+         "input": [{"role": "user", "content": "{{item.question}}"}]}  # fmt: skip
+
+
+def test_the_engine_finds_the_model_server_secret_the_config_does_not_hold(
+    session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "worker-model-server-secret-0123456789abcdef"
+    for name in ("SPPO_INFERENCE_SECRET", "SPPO_JUDGE_API_KEY"):
+        monkeypatch.setenv(name, "stale")  # restored afterwards; the worker puts the current key there
+    keys = {"inference_secret": SecretStr(secret), "judge_api_key": SecretStr("judge-key")}
+    configured = settings.model_copy(update=keys)
+    grading = worker_grading(session, settings=configured, tenant_id="org-none", grader=JUDGE, param="grader")
+    assert secret not in json.dumps(grading) and "judge-key" not in json.dumps(grading)
+    assert os.environ["SPPO_INFERENCE_SECRET"] == secret
+    judge = GradingContext.from_dict(grading).judges["sppo-tiny"]
+    assert judge.internal is not None and judge.api_key == secret
