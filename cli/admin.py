@@ -146,11 +146,21 @@ def run() -> None:
     """
     from app.db import upgrade_database
     from app.settings import get_settings
-    from cli.stack import local_stack, say
+    from cli.stack import local_stack, port_in_use, say
 
     settings = get_settings()
     secret = settings.inference_secret.get_secret_value() if settings.inference_secret is not None else None
-    with local_stack(settings.data_dir, str(settings.redis_url), secret):
+    ports = ((settings.host, settings.port, "SPPO_PORT"),
+             (settings.inference_host, settings.inference_port, "SPPO_INFERENCE_PORT"))  # fmt: skip
+    for host, port, variable in ports:
+        if port_in_use(host, port):
+            say(f"Port {port} on {host} is in use (another `sppo run`?): stop what holds it, or choose"
+                f" another port with {variable}=...")  # fmt: skip
+            raise typer.Exit(1)
+    if "inference_url" not in settings.model_fields_set:  # the API asks the model server this run starts
+        os.environ["SPPO_INFERENCE_URL"] = f"http://127.0.0.1:{settings.inference_port}"
+    inference_url = os.environ.get("SPPO_INFERENCE_URL", settings.inference_url)
+    with local_stack(settings.data_dir, str(settings.redis_url), secret, inference_url):
         # SPPO_REDIS_URL may now name the Redis started for this run, SPPO_INFERENCE_SECRET one drawn for it
         get_settings.cache_clear()
         settings = get_settings()

@@ -58,6 +58,32 @@ def find_redis_server() -> str | None:
     return str(shipped) if shipped.is_file() else None
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (host, port): binding it fails."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Return once `url` answers 200; exit with the log's tail if the process dies or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.25)
+    tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+    state = "exited" if process.poll() is not None else f"did not answer within {timeout:.0f} s"
+    say(f"The model server {state} ({url}); its log {log_path} ends:\n{tail}")
+    raise SystemExit(1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,6 +164,9 @@ def watch_output_pipe() -> None:
     threading.Thread(target=wait, name="stdout-watch", daemon=True).start()
 
 
+MODELS_START_TIMEOUT_S = 120.0  # importing torch and transformers on a slow laptop
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
     if process.poll() is not None:
         return
@@ -154,9 +183,12 @@ def wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def local_stack(data_dir: Path, redis_url: str, inference_secret: str | None) -> Iterator[str]:
-    """Redis (the reachable one, or a private one), two workers and the model server; yields the Redis URL
-    in use. The model server's secret is `inference_secret`, else one drawn now."""
+def local_stack(
+    data_dir: Path, redis_url: str, inference_secret: str | None, inference_url: str
+) -> Iterator[str]:
+    """Redis (the reachable one, or a private one), two workers and the model server, which is healthy at
+    `inference_url` before this yields the Redis URL in use. The model server's secret is `inference_secret`,
+    else one drawn now."""
     started: subprocess.Popen[bytes] | None = None
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this
     # process before the `finally` below stops the workers and Redis. Turn it into an exception instead.
@@ -175,6 +207,9 @@ def local_stack(data_dir: Path, redis_url: str, inference_secret: str | None) ->
             say(f"Started {queues} worker (pid {workers[-1].pid}, log {data_dir / 'logs' / log_name})")
         models = start_sppo(["serve-models"], data_dir / "logs" / "models.log")
         say(f"Started model server (pid {models.pid}, log {data_dir / 'logs' / 'models.log'})")
+        wait_healthy(
+            f"{inference_url}/health", models, data_dir / "logs" / "models.log", MODELS_START_TIMEOUT_S
+        )
         watch_output_pipe()
         yield redis_url
     finally:

@@ -51,7 +51,7 @@ async def _send(
 
     One client per request: the API's event loops (uvicorn, test clients) never share a pool.
     """
-    secret = settings.inference_secret
+    secret, where = settings.inference_secret, settings.inference_url
     client = httpx.AsyncClient(
         base_url=settings.inference_url,
         timeout=httpx.Timeout(settings.inference_timeout_s, connect=CONNECT_TIMEOUT_S),
@@ -61,10 +61,14 @@ async def _send(
         response = await client.send(client.build_request(method, path, json=json), stream=True)
     except httpx.TimeoutException:
         await client.aclose()
-        raise _unavailable("The model server did not answer in time; retry shortly.") from None
+        raise _unavailable(
+            f"The model server at {settings.inference_url} did not answer in time; retry shortly."
+        ) from None
     except httpx.TransportError:
         await client.aclose()
-        raise _unavailable("The model server is not reachable; retry shortly.") from None
+        raise _unavailable(
+            f"The model server at {where} (SPPO_INFERENCE_URL) is not reachable; retry shortly."
+        ) from None
     if response.status_code != 200:
         await response.aread()
         await client.aclose()

@@ -1,6 +1,7 @@
 """`sppo keys create/list/revoke` and the dev key of `sppo run`, against a real migrated database."""
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -110,7 +111,8 @@ def test_sppo_run_migrates_serves_and_keeps_the_dev_key(tmp_path: Path, redis_ur
     import httpx
 
     port = free_port()
-    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url}
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url,
+           "SPPO_INFERENCE_PORT": str(free_port())}  # fmt: skip
     env.pop("SPPO_DATABASE_URL", None)
     keys = []
     for _ in range(2):
@@ -136,7 +138,8 @@ def test_sppo_run_stops_everything_when_its_output_pipe_breaks(
     """`sppo run | reader`, the reader exits: Redis, both workers and the API must all stop."""
     # a Redis URL nothing listens on: `sppo run` starts its own redis-server, which must stop too
     env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(free_port()),
-           "SPPO_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
+           "SPPO_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+           "SPPO_INFERENCE_PORT": str(free_port())}  # fmt: skip
     env.pop("SPPO_DATABASE_URL", None)
     signals = tmp_path_factory.mktemp("reader")
     ready, go = signals / "ready", signals / "go"
@@ -180,14 +183,14 @@ def _environ(pid: int) -> dict[str, str]:
 def test_sppo_run_draws_one_model_server_secret_for_all_its_processes(tmp_path: Path, redis_url: str) -> None:
     """With no SPPO_INFERENCE_SECRET configured, `sppo run` draws one and gives it to the model server, both
     workers (their graders) and its API: chat/completions works, the model server refuses anyone else, and
-    neither its output nor the model server's log shows the secret."""
+    neither its output nor the model server's log shows the secret. Only SPPO_INFERENCE_PORT is changed: the
+    API is pointed at the model server `sppo run` starts there."""
     import httpx
 
     port, models_port = free_port(), free_port()
     env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(port), "SPPO_REDIS_URL": redis_url,
-           "SPPO_INFERENCE_PORT": str(models_port),
-           "SPPO_INFERENCE_URL": f"http://127.0.0.1:{models_port}"}  # fmt: skip
-    for name in ("SPPO_DATABASE_URL", "SPPO_INFERENCE_SECRET"):
+           "SPPO_INFERENCE_PORT": str(models_port)}  # fmt: skip
+    for name in ("SPPO_DATABASE_URL", "SPPO_INFERENCE_SECRET", "SPPO_INFERENCE_URL"):
         env.pop(name, None)
     process, key = _start_run(env)
     try:
@@ -197,13 +200,9 @@ def test_sppo_run_draws_one_model_server_secret_for_all_its_processes(tmp_path: 
         [secret] = drawn
         assert secret is not None and len(secret) >= 32
         chat = {"model": "sppo-tiny", "messages": [{"role": "user", "content": "1+2+3="}], "max_tokens": 4}
-        deadline = time.monotonic() + 240  # the model server loads torch and the model meanwhile
-        while True:
-            response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat, timeout=60,
-                                  headers={"Authorization": f"Bearer {key}"})  # fmt: skip
-            if response.status_code != 503 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        # `sppo run` announced itself only once its model server answered: no 503 to wait out
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat, timeout=60,
+                              headers={"Authorization": f"Bearer {key}"})  # fmt: skip
         assert response.status_code == 200, response.text
         generate = {
             "kind": "chat",
@@ -222,3 +221,16 @@ def test_sppo_run_draws_one_model_server_secret_for_all_its_processes(tmp_path: 
         process.stdout.close()
     assert secret not in output
     assert secret not in (tmp_path / "logs" / "models.log").read_text()
+
+
+@pytest.mark.parametrize("variable", ["SPPO_PORT", "SPPO_INFERENCE_PORT"])
+def test_sppo_run_names_the_setting_of_a_taken_port(tmp_path: Path, variable: str) -> None:
+    env = {**os.environ, "SPPO_DATA_DIR": str(tmp_path), "SPPO_PORT": str(free_port()),
+           "SPPO_INFERENCE_PORT": str(free_port())}  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env[variable] = str(taken.getsockname()[1])
+        result = subprocess.run([SPPO, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and f"choose another port with {variable}=" in result.stdout, result
+    assert not (tmp_path / "logs").exists()  # nothing was started
