@@ -10,13 +10,19 @@ worker must then stop working on the job (this is what makes an immediate `cance
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, ScalarSelect, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.models import Job, JobEvent, JobStatus, now
+from app.models import Checkpoint, Job, JobEvent, JobStatus, now
 
 # OpenAI's event levels; the engine says "warning", the API speaks "warn".
 _LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+
+
+def last_checkpoint_step(job_id: str | InstrumentedAttribute[str]) -> ScalarSelect[int]:
+    """The step of the job's newest recorded checkpoint, 0 when it has none (a run resumes from it)."""
+    newest = func.coalesce(func.max(Checkpoint.step_number), 0)
+    return select(newest).where(Checkpoint.job_id == job_id).scalar_subquery()
 
 
 def add_event(
