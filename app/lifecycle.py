@@ -1,6 +1,8 @@
 """Job status transitions and events: the one place the job lifecycle is written, by the API and the worker.
 
-`validating_files → queued → running → succeeded | failed | cancelled`, plus `paused` (resumable).
+`validating_files → queued → running → succeeded | failed | cancelled`, plus `paused` (resumable), and
+`failed → queued` when the failure was not the user's (`RESUMABLE_ERRORS`: resume continues from the last
+checkpoint).
 Every transition is a single `UPDATE ... WHERE id = :id AND status IN (:expected)` and writes an event in
 the same transaction, so two actors racing on a job (API cancel vs. worker finish, two workers claiming)
 can never both win. A transition that matches no row returns False: the caller lost the race, and a
@@ -10,13 +12,34 @@ worker must then stop working on the job (this is what makes an immediate `cance
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, ScalarSelect, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.models import Job, JobEvent, JobStatus, now
+from app.models import Checkpoint, Job, JobEvent, JobStatus, now
 
 # OpenAI's event levels; the engine says "warning", the API speaks "warn".
 _LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+
+# Failures that were not the user's doing, so the same job may well succeed when it runs again: `resume`
+# takes a job failed with one of these back to `queued`, and it continues from its last checkpoint. Any
+# other code (invalid_config, invalid_training_file, invalid_grader, grader_constant_reward,
+# training_diverged, checkpoint_error, ...) would fail the same way again: the user fixes the request and
+# creates a new job.
+RESUMABLE_ERRORS = frozenset(
+    {
+        "worker_lost",  # the worker died or went silent too often (app/services/reaper.py)
+        "internal_error",  # an unexpected error in the service
+        "distributed_process_failed",  # a process of a multi-device run died
+        "out_of_memory",  # the worker's memory: another worker, or the same one with memory freed, may fit it
+        "python_grader_unavailable",  # that worker could not sandbox Python graders; another may
+    }
+)
+
+
+def last_checkpoint_step(job_id: str | InstrumentedAttribute[str]) -> ScalarSelect[int]:
+    """The step of the job's newest recorded checkpoint, 0 when it has none (a run resumes from it)."""
+    newest = func.coalesce(func.max(Checkpoint.step_number), 0)
+    return select(newest).where(Checkpoint.job_id == job_id).scalar_subquery()
 
 
 def add_event(

@@ -109,9 +109,13 @@ class Job(Base):
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32), default=JobStatus.queued)
-    # Lease and retry bookkeeping, owned by the worker.
+    # Lease and retry bookkeeping, owned by the worker and the reaper (app/services/reaper.py). `attempt`
+    # counts runs that ended without progress: a lost worker costs one only when no checkpoint newer than
+    # `run_start_step` (where the current run started) was recorded; `worker_losses` counts every loss.
     attempt: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
+    worker_losses: Mapped[int] = mapped_column(default=0, server_default="0")
+    run_start_step: Mapped[int] = mapped_column(default=0, server_default="0")
     heartbeat_at: Mapped[int | None]
     worker_id: Mapped[str | None] = mapped_column(String(128))
     # NULL while queued and not yet handed to the broker (e.g. broker down): re-dispatched later.

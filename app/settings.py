@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(
         default=5.0, gt=0, description="How often the API looks for lost work and undelivered tasks."
     )
+    max_worker_losses: int = Field(
+        default=20,
+        ge=1,
+        description="Worker losses a job survives in all. A loss costs one of the job's attempts only when "
+        "no new checkpoint was recorded since its run started, so this caps a job that keeps moving but "
+        "keeps losing its worker (a leak, a flapping node); the next loss fails it with worker_lost, "
+        "which `resume` continues from the last checkpoint.",
+    )
     device: str | None = Field(
         default=None, description="Worker device (cpu, cuda, cuda:1, mps); default: cuda when available."
     )

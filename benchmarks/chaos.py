@@ -10,7 +10,8 @@ The soak ends when every job is finished or after `--budget-s`.
 
 Recorded per fault: the time until the work it hit moved again (a killed worker's job running on a worker,
 otherwise any job's next recorded step). Per job: status, steps recorded vs expected, lost and duplicated
-steps (metric rows are unique per (job, step), so a duplicate would have to be a repeated step number).
+steps (metric rows are unique per (job, step), so a duplicate would have to be a repeated step number),
+its attempt and worker losses (a loss after a new checkpoint costs no attempt).
 
     python benchmarks/chaos.py                          # 20 jobs of 100 steps, 2 workers, faults every 5 s
     python benchmarks/chaos.py --jobs 4 --budget-s 600  # a reduced run
@@ -224,6 +225,8 @@ def outcome(soak: Soak, expected: dict[str, int]) -> dict[str, Any]:
     with session_scope(soak.db_url) as session:
         status = dict(session.execute(sa.select(Job.id, Job.status)).all())
         errors = dict(session.execute(sa.select(Job.id, Job.error_code)).all())
+        counts = session.execute(sa.select(Job.id, Job.attempt, Job.worker_losses))
+        retries = {job_id: (attempt, losses) for job_id, attempt, losses in counts}
         points = session.execute(sa.select(MetricPoint.job_id, MetricPoint.step)).all()
     per_job = {}
     for job_id, steps in expected.items():
@@ -231,6 +234,8 @@ def outcome(soak: Soak, expected: dict[str, int]) -> dict[str, Any]:
         per_job[job_id] = {
             "status": status[job_id],
             "error_code": errors[job_id],
+            "attempt": retries[job_id][0],  # a lost worker costs one only when no new checkpoint was made
+            "worker_losses": retries[job_id][1],
             "lost_steps": len(set(range(1, steps + 1)) - set(recorded))
             if status[job_id] == "succeeded"
             else None,
@@ -287,6 +292,7 @@ def main() -> None:
         "unfinished": sum(j["status"] not in FINISHED for j in per_job.values()),
         "lost_steps": sum(j["lost_steps"] or 0 for j in per_job.values()),
         "duplicated_steps": sum(j["duplicated_steps"] for j in per_job.values()),
+        "worker_losses": sum(j["worker_losses"] for j in per_job.values()),
         "faults": {kind: sum(f["fault"] == kind for f in faults) for kind in FAULTS},
         "recovery_s_max": max(recoveries, default=None),
         "recovery_s_mean": round(sum(recoveries) / len(recoveries), 1) if recoveries else None,

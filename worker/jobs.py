@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.lifecycle import transition
+from app.lifecycle import last_checkpoint_step, transition
 from app.models import File, FineTunedModel, Job, JobStatus, MetricPoint, Tenant, new_id, now
 from app.settings import Settings
 from app.storage import artifact_store
@@ -46,6 +46,9 @@ def claim_job(session: Session, *, job_id: str, worker_id: str) -> Job | None:
         heartbeat_at=now(),
         # The reaper counts attempts when it requeues; the first run is attempt 1.
         attempt=case((Job.attempt < 1, 1), else_=Job.attempt),
+        # Where this run starts, as far as the DB knows (the reporter's on_start says it exactly): a
+        # newer checkpoint when the worker is lost is progress, and the loss costs no attempt.
+        run_start_step=last_checkpoint_step(job_id),
         started_at=func.coalesce(Job.started_at, now()),  # a resumed job keeps its first start time
         estimated_finish=None,
     )

@@ -276,7 +276,13 @@ class JobReporter(TrainerCallbacks):
                 data={"start_step": self.start_step, "total_steps": self.total_steps},
             )
 
-        self._write(record, total_steps=self.total_steps, status_detail=None, **self._progress())
+        self._write(
+            record,
+            total_steps=self.total_steps,
+            run_start_step=self.start_step,  # the checkpoint reconcile just recorded: no progress yet
+            status_detail=None,
+            **self._progress(),
+        )
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         metrics = {name: float(value) for name, value in metrics.items()}

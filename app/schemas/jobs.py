@@ -46,9 +46,11 @@ class Alarm(BaseModel):
 
 
 class JobPublic(BaseModel):
-    """OpenAI's `fine_tuning.job`; `current_step`, `total_steps`, `attempt`, `status_detail`, `alarms`,
-    `started_at` (first claim by a worker: a duration from it excludes queue time) and
-    `fine_tuned_model_step` (the step of the checkpoint that is `fine_tuned_model`) are extensions."""
+    """OpenAI's `fine_tuning.job`; `current_step`, `total_steps`, `attempt`, `worker_losses`, `status_detail`,
+    `alarms`, `started_at` (first claim by a worker: a duration from it excludes queue time) and
+    `fine_tuned_model_step` (the step of the checkpoint that is `fine_tuned_model`) are extensions. `attempt`
+    counts runs that ended without progress (a lost worker after a new checkpoint costs none);
+    `worker_losses` counts every lost worker since the job was created or last resumed."""
 
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -74,6 +76,7 @@ class JobPublic(BaseModel):
     current_step: int
     total_steps: int | None
     attempt: int
+    worker_losses: int = 0
     status_detail: str | None = None
     alarms: list[Alarm] = []
     started_at: int | None = None
@@ -111,6 +114,7 @@ class JobPublic(BaseModel):
             current_step=job.current_step,
             total_steps=job.total_steps,
             attempt=job.attempt,
+            worker_losses=job.worker_losses,
             status_detail=job.status_detail,
             alarms=[Alarm.model_validate(alarm) for alarm in job.alarms or []],
             started_at=job.started_at,

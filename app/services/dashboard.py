@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.lifecycle import RESUMABLE_ERRORS
 from app.models import FINISHED_STATUSES, Job, JobStatus, MetricPoint, Tenant
 from app.services import progress
 from app.services.jobs import get_job
@@ -24,7 +25,10 @@ _ACTIONS: dict[str, tuple[JobStatus, ...]] = {
 
 def allowed_actions(job: Job) -> list[str]:
     """The controls that would change this job now (pause of an already-pausing job still shows)."""
-    return [action for action, statuses in _ACTIONS.items() if job.status in statuses]
+    allowed = [action for action, statuses in _ACTIONS.items() if job.status in statuses]
+    if job.status == S.failed and job.error_code in RESUMABLE_ERRORS:
+        allowed.append("resume")  # a failure that was not the request's: it continues from its checkpoint
+    return allowed
 
 
 def is_finished(job: Job) -> bool:

@@ -6,7 +6,9 @@ app/lifecycle.py): once the API has cancelled the job, the worker's next heartbe
 finish matches no row, and the worker stops. The control key only makes it stop sooner (within a step).
 Pause has no such shortcut: the worker must write a checkpoint first, so it moves running → paused. A
 pause is recorded in the job row (`pause_requested_at`), which the worker reads with its heartbeat, and
-set as the control key for speed; so cancel and pause both work while Redis is down.
+set as the control key for speed; so cancel and pause both work while Redis is down. Resume queues a
+paused job again, and a failed one whose failure was not the request's (`RESUMABLE_ERRORS`: a lost worker,
+an internal error, ...): both continue from their last checkpoint.
 """
 
 import logging
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
-from app.lifecycle import add_event, transition
+from app.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
 from app.registry import BaseModelEntry, fewest_tokens, find_base_model, list_base_models
 from app.schemas.jobs import MAX_SEED, JobCreate
@@ -267,6 +269,11 @@ def pause_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: s
 
 
 def resume_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: str) -> Job:
+    """paused → queued; failed → queued when the failure was not the user's (`RESUMABLE_ERRORS`).
+
+    Either way the next run continues from the job's last checkpoint. A failed job gets a fresh set of
+    attempts and worker losses; its resume event keeps what it failed with.
+    """
     job = get_job(session, tenant=tenant, job_id=job_id)
     if job.status in (S.validating_files, S.queued, S.running):
         if job.status == S.running:  # withdraw a pause the worker has not acted on yet
@@ -274,24 +281,63 @@ def resume_job(session: Session, *, settings: Settings, tenant: Tenant, job_id: 
             session.execute(update(Job).where(Job.id == job_id).values(pause_requested_at=None))
             session.commit()
         return job
+    if job.status == S.failed and job.error_code not in RESUMABLE_ERRORS:
+        raise Conflict(
+            f"Job {job_id} failed with {job.error_code}, which running it again would not fix; correct the "
+            "request and create a new job."
+        )
     _check_quota(session, settings=settings, tenant=tenant)
     # A stale "pause" flag would pause the resumed run at its first step.
     dispatch.clear_control(settings, job_id)
-    if not transition(
-        session,
-        job_id=job_id,
-        expected=(S.paused,),
-        to=S.queued,
-        message="Job resumed",
-        dispatched_at=None,
-        pause_requested_at=None,
-    ):
+    if job.status == S.failed:
+        resumed = _resume_failed(session, job)
+    else:
+        resumed = transition(
+            session,
+            job_id=job_id,
+            expected=(S.paused,),
+            to=S.queued,
+            message="Job resumed",
+            dispatched_at=None,
+            pause_requested_at=None,
+        )
+    if not resumed:
         raise Conflict(
-            f"Job {job_id} is {session.scalar(_status(job_id))}; only a paused job can be resumed."
+            f"Job {job_id} is {session.scalar(_status(job_id))}; only a paused job, or one that failed "
+            "through no fault of the request, can be resumed."
         )
     session.commit()
     _dispatch(session, settings=settings, job=job)
     return job
+
+
+def _resume_failed(session: Session, job: Job) -> bool:
+    """failed → queued with the error cleared and the attempts renewed (the event keeps the old ones)."""
+    step = session.scalar(select(last_checkpoint_step(job.id)))
+    start = f"the checkpoint at step {step}" if step else "the start"
+    return transition(
+        session,
+        job_id=job.id,
+        expected=(S.failed,),
+        where=[Job.error_code.in_(RESUMABLE_ERRORS)],
+        to=S.queued,
+        message=f"Job resumed after failing with {job.error_code}; it continues from {start} with its "
+        f"attempts renewed",
+        data={
+            "code": job.error_code,
+            "attempt": job.attempt,
+            "worker_losses": job.worker_losses,
+            "checkpoint_step": step,
+        },
+        attempt=0,
+        worker_losses=0,
+        error_code=None,
+        error_message=None,
+        error_param=None,
+        finished_at=None,
+        dispatched_at=None,
+        pause_requested_at=None,
+    )
 
 
 def _status(job_id: str) -> Select[str]:

@@ -1,8 +1,12 @@
 """Recovery of lost work, run periodically by the API (see app/main.py) under a Redis lock.
 
 - A `running` job whose heartbeat is older than the lease lost its worker (killed, machine gone, network
-  split): it is requeued with `attempt + 1` and the next run resumes from its last checkpoint; after
-  `max_attempts` runs it fails with a clear error.
+  split): it is requeued and the next run resumes from its last checkpoint. The loss costs an attempt
+  (`attempt + 1`) only when the run recorded no checkpoint newer than the one it started from
+  (`run_start_step`): a job that keeps checkpointing is requeued as long as it moves. It fails with
+  `worker_lost` (which `resume` continues from the last checkpoint) when a run is lost without progress
+  on its last attempt (`max_attempts`), or when its worker is lost more than `max_worker_losses` times in
+  all (a runaway: a leak or a flapping node that kills it every few steps).
 - A `queued` job that never reached the broker (`dispatched_at` NULL) is sent again, and so is one whose
   message the broker no longer holds (Redis restarted without persistence, or a flushed database).
 - A `running` evaluation whose heartbeat is older than the lease is sent again and requeued with
@@ -23,13 +27,14 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app import dispatch
-from app.lifecycle import transition
+from app.lifecycle import last_checkpoint_step, transition
 from app.models import Evaluation, Job, JobStatus, now
 from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_lists, redis_key, training_queues
 from app.settings import Settings
@@ -40,6 +45,7 @@ S = JobStatus
 LOCK_NAME = "reaper:lock"
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered to a worker and not yet acknowledged
 MAX_LOCK_TTL_S = 60.0  # a round takes seconds; an API killed mid-round must not stall recovery for long
+Guard = Sequence[ColumnElement[bool]]
 
 
 @dataclass
@@ -56,55 +62,125 @@ def _last_sign_of_life() -> ColumnElement[int]:
     return func.coalesce(Job.heartbeat_at, Job.started_at, Job.updated_at)
 
 
-def reap_lost_jobs(session: Session, *, settings: Settings) -> ReapReport:
-    """Requeue (or fail, after max_attempts) running jobs whose heartbeat is older than the lease."""
-    report = ReapReport()
-    cutoff = now() - settings.heartbeat_lease_s
-    alive = _last_sign_of_life()
-    stale = session.execute(
-        select(Job.id, Job.attempt, Job.max_attempts, Job.worker_id).where(
-            Job.status == S.running,
-            alive < cutoff,
+@dataclass(frozen=True)
+class LostRun:
+    """A running job whose worker went silent, with what its run achieved."""
+
+    job_id: str
+    worker_id: str | None
+    attempt: int
+    max_attempts: int
+    losses: int  # worker losses in all, this one included
+    start_step: int  # the checkpoint the lost run started from
+    checkpoint_step: int  # the newest checkpoint recorded, where the next run starts
+
+    @property
+    def progressed(self) -> bool:
+        return self.checkpoint_step > self.start_step
+
+
+def _failure(lost: LostRun, *, max_losses: int) -> str | None:
+    """Why the lost run ends the job, or None when the job is requeued."""
+    if lost.losses > max_losses:
+        return f"the job lost its worker {lost.losses} times, more than the {max_losses} it may"
+    if not lost.progressed and lost.attempt >= lost.max_attempts:
+        return f"the job failed after {lost.attempt} attempt(s) without a new checkpoint"
+    return None
+
+
+def _fail_lost(session: Session, lost: LostRun, *, silent: str, reason: str, guard: Guard) -> bool:
+    start = f"the checkpoint at step {lost.checkpoint_step}" if lost.checkpoint_step else "the start"
+    message = f"{silent}; {reason}."
+    return transition(
+        session,
+        job_id=lost.job_id,
+        expected=(S.running,),
+        to=S.failed,
+        message=message,
+        level="error",
+        data=_loss_data(lost),
+        where=guard,
+        error_code="worker_lost",
+        error_message=f"{message} Resume the job to continue from {start}; check the worker logs, it "
+        "may run out of memory on this job.",
+        error_param=None,
+        estimated_finish=None,
+        status_detail=None,
+        worker_losses=lost.losses,
+    )
+
+
+def _requeue_lost(session: Session, lost: LostRun, *, silent: str, max_losses: int, guard: Guard) -> bool:
+    if lost.progressed:
+        outcome = (
+            f"after checkpointing step {lost.checkpoint_step} (its run started at step {lost.start_step}); "
+            f"requeued without using an attempt (attempt {lost.attempt} of {lost.max_attempts}, worker loss "
+            f"{lost.losses} of at most {max_losses}), resuming from the checkpoint at step "
+            f"{lost.checkpoint_step}"
         )
+    else:
+        outcome = (
+            f"with no checkpoint since its run started at step {lost.start_step}; requeued as attempt "
+            f"{lost.attempt + 1} of {lost.max_attempts}, resuming from the last checkpoint"
+        )
+    return transition(
+        session,
+        job_id=lost.job_id,
+        expected=(S.running,),
+        to=S.queued,
+        message=f"{silent} {outcome}",
+        level="warn",
+        data=_loss_data(lost),
+        where=guard,
+        attempt=Job.attempt + (0 if lost.progressed else 1),
+        worker_losses=lost.losses,
+        worker_id=None,
+        heartbeat_at=None,
+        dispatched_at=None,
+        estimated_finish=None,
+        status_detail=None,
+    )
+
+
+def _loss_data(lost: LostRun) -> dict[str, Any]:
+    return {
+        "code": "worker_lost",
+        "progressed": lost.progressed,
+        "checkpoint_step": lost.checkpoint_step,
+        "worker_losses": lost.losses,
+    }
+
+
+def lost_runs(session: Session, *, cutoff: int) -> list[LostRun]:
+    """Running jobs whose last sign of life is older than `cutoff`."""
+    rows = session.execute(
+        select(
+            Job.id,
+            Job.worker_id,
+            Job.attempt,
+            Job.max_attempts,
+            Job.worker_losses + 1,
+            Job.run_start_step,
+            last_checkpoint_step(Job.id),
+        ).where(Job.status == S.running, _last_sign_of_life() < cutoff)
     ).all()
-    for job_id, attempt, max_attempts, worker_id in stale:
-        guard = [alive < cutoff, Job.worker_id == worker_id]
-        silent = f"Worker {worker_id} stopped responding (no heartbeat for {settings.heartbeat_lease_s}s)"
-        if attempt >= max_attempts:
-            message = f"{silent}; the job failed after {attempt} attempt(s)."
-            done = transition(
-                session,
-                job_id=job_id,
-                expected=(S.running,),
-                to=S.failed,
-                message=message,
-                level="error",
-                where=guard,
-                error_code="worker_lost",
-                error_message=f"{message} Check the worker logs; it may run out of memory on this job.",
-                error_param=None,
-                estimated_finish=None,
-            )
-            if done:
-                report.failed.append(job_id)
-        else:
-            done = transition(
-                session,
-                job_id=job_id,
-                expected=(S.running,),
-                to=S.queued,
-                message=f"{silent}; requeued as attempt {attempt + 1} of {max_attempts}, "
-                "resuming from the last checkpoint",
-                level="warn",
-                where=guard,
-                attempt=Job.attempt + 1,
-                worker_id=None,
-                heartbeat_at=None,
-                dispatched_at=None,
-                estimated_finish=None,
-            )
-            if done:
-                report.requeued.append(job_id)
+    return [LostRun(*row) for row in rows]
+
+
+def reap_lost_jobs(session: Session, *, settings: Settings) -> ReapReport:
+    """Requeue running jobs whose heartbeat is older than the lease, or fail them (see the module doc)."""
+    report = ReapReport()
+    lease = settings.heartbeat_lease_s
+    cutoff = now() - lease
+    for lost in lost_runs(session, cutoff=cutoff):
+        guard = [_last_sign_of_life() < cutoff, Job.worker_id == lost.worker_id]
+        silent = f"Worker {lost.worker_id} stopped responding (no heartbeat for {lease}s)"
+        reason = _failure(lost, max_losses=settings.max_worker_losses)
+        if reason is not None:
+            if _fail_lost(session, lost, silent=silent, reason=reason, guard=guard):
+                report.failed.append(lost.job_id)
+        elif _requeue_lost(session, lost, silent=silent, max_losses=settings.max_worker_losses, guard=guard):
+            report.requeued.append(lost.job_id)
         session.commit()
     return report
 

@@ -324,6 +324,59 @@ def test_pause_and_resume(server: Server, api: httpx.Client, create: Callable[..
     assert_error(api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume"), 409)
 
 
+def _fail(server: Server, job_id: str, code: str, **values: Any) -> None:
+    """Run the job and fail it with `code`, as the worker or the reaper does."""
+    set_status(server, job_id, JobStatus.queued, JobStatus.running)
+    with session_scope(server.db_url) as session:
+        running = (JobStatus.running,)
+        assert transition(
+            session, job_id=job_id, expected=running, to=JobStatus.failed, message=f"test: {code}",
+            error_code=code, error_message=f"failed with {code}", **values,
+        )  # fmt: skip
+        session.commit()
+
+
+def test_a_job_failed_through_no_fault_of_its_request_resumes_from_its_checkpoint(
+    server: Server, api: httpx.Client, create: Callable[..., dict[str, Any]]
+) -> None:
+    job = create()
+    _fail(server, job["id"], "worker_lost", attempt=3, worker_losses=7)
+    with session_scope(server.db_url) as session:
+        session.add(Checkpoint(job_id=job["id"], step_number=27, fine_tuned_model_checkpoint="m", uri="u"))
+        session.commit()
+    failed = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert (failed["attempt"], failed["worker_losses"], failed["error"]["code"]) == (3, 7, "worker_lost")
+
+    before = queued_task_ids(server).count(job["id"])
+    resumed = api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()
+    assert resumed["status"] == "queued" and resumed["error"] is None and resumed["finished_at"] is None
+    assert (resumed["attempt"], resumed["worker_losses"]) == (0, 0)  # a fresh set; the event keeps the old
+    assert queued_task_ids(server).count(job["id"]) == before + 1
+    event = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1}).json()["data"][0]
+    assert event["message"] == (
+        "Job resumed after failing with worker_lost; it continues from the checkpoint at step 27 with its "
+        "attempts renewed"
+    )
+    assert event["data"] == {
+        "status": "queued", "code": "worker_lost", "attempt": 3, "worker_losses": 7, "checkpoint_step": 27,
+    }  # fmt: skip
+
+    crashed = create()
+    _fail(server, crashed["id"], "internal_error")
+    assert api.post(f"/v1/fine_tuning/jobs/{crashed['id']}/resume").json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("code", ["invalid_config", "invalid_training_file", "invalid_grader"])
+def test_a_job_failed_by_its_request_cannot_be_resumed(
+    server: Server, api: httpx.Client, create: Callable[..., dict[str, Any]], code: str
+) -> None:
+    job = create()
+    _fail(server, job["id"], code)
+    error = assert_error(api.post(f"/v1/fine_tuning/jobs/{job['id']}/resume"), 409)
+    assert f"failed with {code}, which running it again would not fix" in error["message"]
+    assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "failed"
+
+
 def test_events_pagination(api: httpx.Client, create: Callable[..., dict[str, Any]]) -> None:
     job = create()
     api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")

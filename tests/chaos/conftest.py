@@ -34,24 +34,29 @@ def stack_redis_url() -> Iterator[str]:
         yield url
 
 
-def only_worker(stack: Stack, **env: str) -> subprocess.Popen[bytes]:
-    """Stop every worker of the stack (SIGKILL) and start one, with `env` added to its environment."""
+def stop_workers(stack: Stack) -> None:
+    """SIGKILL every worker of the stack that is still running."""
     for process in stack.workers:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def only_worker(stack: Stack, **env: str) -> subprocess.Popen[bytes]:
+    """Stop every worker of the stack (SIGKILL) and start one, with `env` added to its environment."""
+    stop_workers(stack)
     return stack.start_worker(**env)
 
 
 @pytest.fixture
 def start_job(api: httpx.Client, upload: Callable[..., str], tiny: Fixture) -> Callable[..., str]:
-    def _start(**hyperparameters: Any) -> str:
+    def _start(steps: int = STEPS, **hyperparameters: Any) -> str:
         hyper = {"checkpoint_interval": CHECKPOINT_EVERY, "eval_interval": 100, **hyperparameters}
         response = api.post(
             "/v1/fine_tuning/jobs",
             json={
                 "model": "sppo-tiny",
-                "training_file": upload(jsonl(tiny.train_file, 0, 8 * STEPS)),
+                "training_file": upload(jsonl(tiny.train_file, 0, 8 * steps)),
                 "method": sppo_method(**hyper),
             },
         )

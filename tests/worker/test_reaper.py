@@ -5,11 +5,11 @@ from typing import Any
 
 import redis
 from kombu import Connection
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.dispatch import dispatch, send_evaluation_task, send_training_task
-from app.models import Evaluation, Job, JobEvent, JobStatus, now
+from app.models import Checkpoint, Evaluation, Job, JobEvent, JobStatus, now
 from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, redis_key
 from app.services.reaper import broker_holds, lock_ttl_s, reap_once
 from app.settings import Settings
@@ -52,8 +52,77 @@ def test_job_fails_clearly_after_max_attempts(
     job_id = make_job(status=S.running, attempt=3, max_attempts=3, worker_id="w:1", heartbeat_at=now() - 60)
     assert reap_once(session, settings=settings).failed == [job_id]
     job = _job(session, job_id)
-    assert job.status == S.failed and job.error_code == "worker_lost"
-    assert "after 3 attempt(s)" in (job.error_message or "")
+    assert job.status == S.failed and job.error_code == "worker_lost" and job.worker_losses == 1
+    assert "after 3 attempt(s) without a new checkpoint" in (job.error_message or "")
+    assert "Resume the job to continue from the start" in (job.error_message or "")
+
+
+def _checkpoint(session: Session, job_id: str, step: int) -> None:
+    """The row the worker's reporter writes for a checkpoint (worker/records.py)."""
+    uri = f"jobs/{job_id}/run/checkpoints/step-{step}/adapter"
+    session.add(Checkpoint(job_id=job_id, step_number=step, fine_tuned_model_checkpoint=f"m:{step}", uri=uri))
+    session.commit()
+
+
+def _lost_run(make_job: Callable[..., str], **values: Any) -> str:
+    return make_job(status=S.running, worker_id="w:1", heartbeat_at=now() - 60, **values)
+
+
+def test_a_loss_after_a_new_checkpoint_costs_no_attempt(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    # On its last attempt, the run started from the checkpoint at step 6 and recorded one at step 27.
+    job_id = _lost_run(make_job, attempt=3, max_attempts=3, worker_losses=2, run_start_step=6)
+    for step in (6, 27):
+        _checkpoint(session, job_id, step)
+    assert reap_once(session, settings=settings).requeued == [job_id]
+    job = _job(session, job_id)
+    assert (job.status, job.attempt, job.worker_losses) == (S.queued, 3, 3)
+    event = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)).one()
+    assert "after checkpointing step 27 (its run started at step 6)" in event.message
+    assert "requeued without using an attempt (attempt 3 of 3, worker loss 3 of at most 20)" in event.message
+    assert event.data == {
+        "status": "queued", "code": "worker_lost", "progressed": True, "checkpoint_step": 27,
+        "worker_losses": 3,
+    }  # fmt: skip
+
+    # The next run starts from step 27 (the claim reads it) and is lost before another checkpoint.
+    assert claim_job(session, job_id=job_id, worker_id="w:2") is not None
+    assert _job(session, job_id).run_start_step == 27
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now() - 60))
+    session.commit()
+    assert reap_once(session, settings=settings).failed == [job_id]
+    job = _job(session, job_id)
+    assert (job.status, job.error_code, job.worker_losses) == (S.failed, "worker_lost", 4)
+    assert "Resume the job to continue from the checkpoint at step 27" in (job.error_message or "")
+
+
+def test_a_loss_without_a_new_checkpoint_costs_an_attempt(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    job_id = _lost_run(make_job, attempt=1, run_start_step=6)
+    _checkpoint(session, job_id, 6)  # only the checkpoint the run started from
+    assert reap_once(session, settings=settings).requeued == [job_id]
+    job = _job(session, job_id)
+    assert (job.status, job.attempt, job.worker_losses) == (S.queued, 2, 1)
+    message = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).one()
+    assert "with no checkpoint since its run started at step 6; requeued as attempt 2 of 3" in message
+
+
+def test_a_job_that_keeps_moving_fails_past_the_cap_on_worker_losses(
+    session: Session, settings: Settings, make_job: Callable[..., str]
+) -> None:
+    capped = settings.model_copy(update={"max_worker_losses": 5})
+    moving = _lost_run(make_job, attempt=1, worker_losses=4, run_start_step=8)
+    runaway = _lost_run(make_job, attempt=1, worker_losses=5, run_start_step=8)
+    for job_id in (moving, runaway):
+        _checkpoint(session, job_id, 10)
+    report = reap_once(session, settings=capped)
+    assert (report.requeued, report.failed) == ([moving], [runaway])
+    assert (_job(session, moving).attempt, _job(session, moving).worker_losses) == (1, 5)
+    job = _job(session, runaway)
+    assert (job.status, job.error_code, job.worker_losses) == (S.failed, "worker_lost", 6)
+    assert "the job lost its worker 6 times, more than the 5 it may" in (job.error_message or "")
 
 
 def test_queued_job_whose_message_was_lost_is_dispatched_again(

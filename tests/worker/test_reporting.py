@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
 from app.lifecycle import transition
-from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint
+from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint, now
 from app.queues import control_key
+from app.services.reaper import reap_once
 from app.settings import Settings
 from app.storage import artifact_store
 from app.streams import decode_step, metrics_stream_key
@@ -149,6 +150,14 @@ def test_a_kill_after_the_checkpoint_rename_loses_no_step(
     [checkpoint] = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
     assert (checkpoint.step_number, checkpoint.metrics) == (4, {"step": 4, "m": 4.0})
     assert checkpoint.uri == f"jobs/{job_id}/run/checkpoints/step-000004/adapter"
+
+    # Lost again before its next checkpoint: the row of step 4 came with this run's start, not its work.
+    second.close()
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now() - 60))
+    session.commit()
+    assert reap_once(session, settings=settings).requeued == [job_id]
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None and (job.run_start_step, job.attempt, job.worker_losses) == (4, 2, 1)
 
 
 def test_steps_flushed_after_the_last_checkpoint_are_dropped_on_resume(

@@ -88,7 +88,7 @@ def test_job_page_controls_follow_the_state(browser: Browser, api: httpx.Client,
     assert job_status(api, job["id"]) == "cancelled"
     assert "data-action=" not in finished and 'hx-trigger="every 2s"' not in finished
     conflict = browser.post(f"/jobs/{job['id']}/resume")
-    assert conflict.status_code == 409 and "only a paused job can be resumed" in conflict.text
+    assert conflict.status_code == 409 and "only a paused job, or one that failed" in conflict.text
 
 
 def test_failed_job_shows_its_error(server: Server, browser: Browser, new_job: NewJob) -> None:
@@ -134,6 +134,30 @@ def test_the_job_page_says_which_checkpoint_is_the_model(
     assert '<span class="small muted" id="model-step">the checkpoint at step 2</span>' in page
     rows = re.findall(r"<tr[^>]*>\s*<td class=\"num\">(.*?)</td>", page.split("<h2>Checkpoints</h2>")[1])
     assert rows == ["4", '<span class="badge model">model</span> 2']
+
+
+def test_a_job_failed_by_lost_workers_offers_resume(
+    server: Server, browser: Browser, api: httpx.Client, new_job: NewJob
+) -> None:
+    job_id = new_job()["id"]
+    with session_scope(server.db_url) as session:  # what the reaper writes
+        failed = transition(
+            session,
+            job_id=job_id,
+            expected=(JobStatus.queued,),
+            to=JobStatus.failed,
+            message="Worker lost",
+            level="error",
+            error_code="worker_lost",
+            error_message="The job lost its worker 21 times, more than the 20 it may.",
+            worker_losses=21,
+        )
+        assert failed
+    page = browser.get(f"/jobs/{job_id}").text
+    assert "worker_lost" in page and "(21 worker losses)" in page
+    assert re.findall(r'data-action="(\w+)"', page) == ["resume"]
+    assert browser.post(f"/jobs/{job_id}/resume").status_code == 303
+    assert job_status(api, job_id) == "queued"
 
 
 def test_cancel_needs_the_session_cookie_and_its_csrf_token(
