@@ -1,9 +1,10 @@
 """A job row → the engine's RunConfig: files and model resolved to paths, "auto" resolved to numbers.
 
 Resolution order for every hyperparameter: the job's value, else the model's `sppo_defaults.json`, else
-the engine's reference default. The learning rates are the model's default × the job's multipliers
-(OpenAI's `learning_rate_multiplier`). What was resolved is written back to `jobs.resolved_hyperparameters`
-and shown by `GET /v1/fine_tuning/jobs/{id}`.
+the engine's reference default; `max_response_tokens` has the job's `reasoning_effort` between the first
+two (jobspec.context, which the API's context check at creation resolves with too). The learning rates
+are the model's default × the job's multipliers (OpenAI's `learning_rate_multiplier`). What was resolved
+is written back to `jobs.resolved_hyperparameters` and shown by `GET /v1/fine_tuning/jobs/{id}`.
 """
 
 import os
@@ -20,6 +21,7 @@ from app.registry import find_base_model
 from app.settings import Settings
 from app.storage import artifact_store
 from grading.build import GraderConfigError, parse_grader
+from jobspec.context import resolve_max_response_tokens
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
@@ -32,7 +34,6 @@ SAME_NAME = (
     "gae_lambda", "grpo_scale_by_std", "lora_rank", "lora_alpha", "checkpoint_interval", "n_devices",
     "critic_layers", "pass_threshold",
 )  # fmt: skip
-REASONING_EFFORT_TOKENS = {"low": 1024, "medium": 4096, "high": 16384}
 
 
 def base_model_dir(settings: Settings, name: str) -> Path:
@@ -94,7 +95,8 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
     reinforcement = job.method["reinforcement"]
     hyper = dict(job.hyperparameters)
     model_dir = base_model_dir(settings, job.model)
-    defaults: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)} | model_defaults(model_dir)
+    own_defaults = model_defaults(model_dir)
+    defaults: dict[str, Any] = {f.name: f.default for f in fields(RunConfig)} | own_defaults
     values: dict[str, Any] = {
         "model": str(model_dir),
         "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,
@@ -124,8 +126,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
             values[name] = _given(hyper, name)
     if "pass_threshold" not in values:
         values["pass_threshold"] = grader_pass_threshold(reinforcement["grader"])
-    if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
-        values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
+    values["max_response_tokens"], _ = resolve_max_response_tokens(hyper, own_defaults)
     lr_multiplier = float(_given(hyper, "learning_rate_multiplier") or 1.0)
     critic_multiplier = float(_given(hyper, "critic_learning_rate_multiplier") or 1.0)
     values["learning_rate"] = float(defaults["learning_rate"]) * lr_multiplier

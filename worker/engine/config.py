@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from jobspec.algorithms import ALGORITHM_NAMES, CRITIC_KINDS
+from jobspec.context import DEFAULT_MAX_RESPONSE_TOKENS
 from worker.engine.errors import ConfigError
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
@@ -96,7 +97,7 @@ class RunConfig:
     """Sampling temperature of rollouts (and of avg@k evaluation)."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
-    max_response_tokens: int = 8192
+    max_response_tokens: int = DEFAULT_MAX_RESPONSE_TOKENS
     """Most new tokens per response."""
     eval_interval: int | str = "auto"
     """Evaluate every this many steps, after a step-0 baseline and at the end; "auto": total_steps // 5."""
