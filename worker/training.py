@@ -43,7 +43,7 @@ from worker.jobs import (
 from worker.preflight import OVERRIDE, check, grader_label, run_preflight
 from worker.preparing import reporting_preparation
 from worker.reporting import SHUTDOWN, JobReporter
-from worker.runconfig import build_run_config
+from worker.runconfig import HYPERPARAMETERS, SAME_NAME, build_run_config
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def _user_error(exc: BaseException, job: Job) -> tuple[str, str, str | None] | N
         param = exc.param
         if param is not None and param.startswith("grader"):
             param = f"method.reinforcement.{param}"
+        elif param in SAME_NAME:  # a run config field that is the job's hyperparameter of the same name
+            param = f"{HYPERPARAMETERS}.{param}"
         return exc.code, exc.message, param
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return (

@@ -98,7 +98,9 @@ class RunConfig:
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     max_response_tokens: int = DEFAULT_MAX_RESPONSE_TOKENS
-    """Most new tokens per response."""
+    """Most new tokens per response; the longest training (and evaluated validation) prompt plus this must
+    fit the model's context, checked before the model loads (`ConfigError` naming the field, with the line
+    and what would fit)."""
     eval_interval: int | str = "auto"
     """Evaluate every this many steps, after a step-0 baseline and at the end; "auto": total_steps // 5."""
     eval_samples: int = 4

@@ -45,6 +45,17 @@ def load_items(path: str | Path, param: str = "training_file") -> list[dict[str,
     return items
 
 
+def load_validation_items(path: str | Path | None, max_items: int | None) -> list[dict[str, Any]]:
+    """The validation items a run evaluates on: the first `max_items` of the file (none without a file)."""
+    return load_items(path, "validation_file")[:max_items] if path else []
+
+
+def item_line(path: str | Path, index: int) -> int:
+    """The 1-based line of the file that holds item `index` of `load_items(path)` (blank lines skipped)."""
+    lines = Path(path).read_text().splitlines()
+    return [number for number, line in enumerate(lines, start=1) if line.strip()][index]
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, items: list[dict[str, Any]]) -> list[list[int]]:
     """Each item's messages through the model's chat template, ready for the assistant's turn."""
     prompts: list[list[int]] = []
