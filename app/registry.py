@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from app.settings import Settings
+from jobspec.context import read_context_length
 from jobspec.graders import Grader
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ DEFAULTS_FILE = "sppo_defaults.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")  # fmt: skip
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 _GRADER = TypeAdapter(Grader)
 # The fewest tokens a prompt of n characters can be: the fixture's tokenizer has one token per character;
 # for other models no common tokenizer averages more than this many characters per token.
@@ -49,6 +49,11 @@ class BaseModelEntry:
     recommended_grader: dict[str, Any] | None = None
     context_length: int | None = None
     defaults: dict[str, Any] | None = None  # the model's sppo_defaults.json
+
+    @property
+    def files(self) -> Path:
+        """The folder its config and tokenizer are read from (a fixture's: where the engine ships it)."""
+        return self.path if self.path is not None else FIXTURES_ROOT / self.name / "model"
 
 
 def _read_json(path: Path) -> Any:
@@ -72,15 +77,6 @@ def _grader(model_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _context_length(config: Any) -> int | None:
-    if not isinstance(config, dict):
-        return None
-    for key in _CONTEXT_KEYS:
-        if isinstance(config.get(key), int) and config[key] > 0:
-            return int(config[key])
-    return None
-
-
 def _entry(name: str, path: Path | None, model_dir: Path, created: int) -> BaseModelEntry:
     defaults = _read_json(model_dir / DEFAULTS_FILE)
     return BaseModelEntry(
@@ -88,7 +84,7 @@ def _entry(name: str, path: Path | None, model_dir: Path, created: int) -> BaseM
         path=path,
         created=created,
         recommended_grader=_grader(model_dir),
-        context_length=_context_length(_read_json(model_dir / "config.json")),
+        context_length=read_context_length(model_dir),
         defaults=defaults if isinstance(defaults, dict) else None,
     )
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def train(
         callbacks = _rich_callbacks(log_every)
         result = run_training(config, callbacks)
     except EngineError as error:
-        console.print(f"[red]error: {error}[/red]")
+        console.print(f"[red]error: {escape(str(error))}[/red]")  # "[invalid_config]" is not markup
         raise typer.Exit(1) from error
     callbacks.progress.stop()  # type: ignore[attr-defined]
     console.print(_metrics_table("last step", [(result.final_step, result.metrics)]))
@@ -139,7 +140,7 @@ def evaluate_command(
             max_items=max_items, dtype=dtype,
         )  # fmt: skip
     except EngineError as error:
-        console.print(f"[red]error: {error}[/red]")
+        console.print(f"[red]error: {escape(str(error))}[/red]")  # "[invalid_config]" is not markup
         raise typer.Exit(1) from error
     table = Table(title=f"{data.name} ({len(result.items)} items)")
     for name in result.scores():

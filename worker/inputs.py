@@ -1,10 +1,14 @@
 """Checks of a job's data against its model, before the engine spends minutes on it.
 
-The API validates JSONL structure when a file is uploaded; what only the worker can check (it has the
-tokenizer and the model's config) is checked here, so the job fails at once with `invalid_training_file`
-naming the line instead of running a step for minutes or ending as `internal_error`:
-- a lone surrogate (`"\\ud800"` in the JSON) is a valid JSON string but not text any tokenizer can encode;
-- a prompt as long as the model's context (`max_position_embeddings`) leaves no room for a response.
+The API validates JSONL structure when a file is uploaded, and the context at job creation where it can
+render the model's chat template; what only the worker can check for every model (it has transformers, the
+tokenizer and the model's config) is checked here, before the preflight, so the job fails at once naming
+the line instead of running for minutes or ending as `internal_error`:
+- a lone surrogate (`"\\ud800"` in the JSON) is a valid JSON string but not text any tokenizer can encode
+  (`invalid_training_file`);
+- the longest prompt plus `max_response_tokens` must fit the model's context (the engine's
+  `check_run_context`: `invalid_config` naming max_response_tokens, or `invalid_training_file` for a prompt
+  that fills the context alone).
 """
 
 import json
@@ -12,12 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
-
 from worker.engine.config import RunConfig
-from worker.engine.data import encode_prompts, read_items
+from worker.engine.context import check_run_context
 from worker.engine.errors import DataFileError
-from worker.engine.policy import load_tokenizer
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -32,41 +33,25 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def model_context(model_dir: str | Path) -> int | None:
-    """The model's context length in tokens, from its config.json (None when it does not say)."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    context = config.get("max_position_embeddings")
-    return int(context) if isinstance(context, int) and context > 0 else None
-
-
-def check_file(path: str | Path, param: str, tokenizer: PreTrainedTokenizerBase, context: int | None) -> None:
-    """DataFileError for the first line whose prompt cannot be encoded or does not fit the context."""
+def check_file(path: str | Path, param: str) -> None:
+    """DataFileError for the first line that holds text no tokenizer can encode."""
     name = param.replace("_", " ")
-    for number, item in read_items(path, param):  # the messages as the engine templates them
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            item = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue  # the engine reports malformed lines with its own message
         if any(_SURROGATE.search(text) for text in _strings(item)):
             raise DataFileError(
                 f"Line {number} of the {name} holds a lone UTF-16 surrogate (such as \\ud800), which is not "
                 "valid text; fix the line and upload the file again.",
                 param,
             )
-        if context is None:
-            continue
-        [prompt] = encode_prompts(tokenizer, [item])
-        if len(prompt) >= context:
-            raise DataFileError(
-                f"The prompt on line {number} of the {name} is {len(prompt)} tokens long; the model's "
-                f"context is {context} tokens (prompt and response together). Shorten the prompt.",
-                param,
-            )
 
 
 def check_prompts(config: RunConfig) -> None:
     """Check the training and validation files of a run against its model (see the module docstring)."""
-    tokenizer = load_tokenizer(config.model)
-    context = model_context(config.model)
-    check_file(config.train_file, "training_file", tokenizer, context)
+    check_file(config.train_file, "training_file")
     if config.validation_file:
-        check_file(config.validation_file, "validation_file", tokenizer, context)
+        check_file(config.validation_file, "validation_file")
+    check_run_context(config)

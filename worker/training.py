@@ -24,6 +24,7 @@ from app.models import Job, JobStatus
 from app.queues import control_key
 from app.settings import Settings
 from app.storage import artifact_store
+from jobspec.hyperparameters import HYPERPARAMETERS, JOB_FIELDS
 from worker.alarms import AlarmBook
 from worker.artifacts import fetch_inputs, restore_run
 from worker.dbretry import is_connection_error, retrying
@@ -67,6 +68,8 @@ def _user_error(exc: BaseException, job: Job) -> tuple[str, str, str | None] | N
         param = exc.param
         if param is not None and param.startswith("grader"):
             param = f"method.reinforcement.{param}"
+        elif param in JOB_FIELDS:  # a run config field that is the job's hyperparameter of the same name
+            param = f"{HYPERPARAMETERS}.{param}"
         return exc.code, exc.message, param
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return (

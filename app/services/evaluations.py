@@ -13,9 +13,9 @@ from app.model_targets import find_model_target
 from app.models import Evaluation, JobStatus, Tenant, now
 from app.registry import find_base_model
 from app.schemas.evaluations import EvaluationCreate
+from app.services.context import check_file_context
 from app.services.files import get_file
 from app.services.grading import check_grader
-from app.services.jobs import check_context
 from app.services.pagination import page
 from app.settings import Settings
 from app.storage import artifact_store
@@ -46,7 +46,8 @@ def create_evaluation(
         raise InvalidRequest(f"No such file: '{request.file}'.", param="file", code="invalid_file") from None
     entry = find_base_model(settings, base_model)
     if entry is not None:
-        check_context(entry, file, param="file")
+        session.commit()  # the check may read the file: no DB connection is held meanwhile
+        check_file_context(settings, entry, file, param="file")
     check_grader(
         session, settings=settings, tenant=tenant, grader=request.grader, files=[file], param="grader"
     )

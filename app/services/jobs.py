@@ -21,8 +21,9 @@ from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from app.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
-from app.registry import BaseModelEntry, fewest_tokens, find_base_model, list_base_models
+from app.registry import BaseModelEntry, find_base_model, list_base_models
 from app.schemas.jobs import MAX_SEED, JobCreate
+from app.services.context import check_job_context
 from app.services.grading import check_grader
 from app.services.pagination import page
 from app.settings import Settings
@@ -57,15 +58,10 @@ def _check_quota(session: Session, *, settings: Settings, tenant: Tenant) -> Non
 
 
 def _check_against_model(entry: BaseModelEntry, request: JobCreate, training: File) -> list[str]:
-    """400 for settings that cannot work with this model and file; warnings for legal, surprising ones."""
+    """400 for settings that cannot work with this model and file; warnings for legal, surprising ones.
+    Whether prompts and responses fit the model's context is app/services/context.py's check."""
     hyper = request.method.reinforcement.hyperparameters
     tokens = hyper.max_response_tokens
-    if tokens is not None and entry.context_length is not None and tokens >= entry.context_length:
-        raise InvalidRequest(
-            f"max_response_tokens {tokens} does not fit model '{entry.name}', whose context holds "
-            f"{entry.context_length} positions (prompt and response together).",
-            param=f"{HYPERPARAMETERS}.max_response_tokens",
-        )
     if isinstance(hyper.batch_size, int) and hyper.batch_size > training.line_count:
         raise InvalidRequest(
             f"batch_size {hyper.batch_size} is larger than the {training.line_count} items of the training "
@@ -122,20 +118,6 @@ def _check_selection(request: JobCreate) -> None:
         )
 
 
-def check_context(entry: BaseModelEntry, file: File, *, param: str) -> None:
-    """Refuse a file whose longest prompt cannot fit the model's context (it would stall the worker)."""
-    context = entry.context_length
-    if context is None or file.max_prompt_chars is None:
-        return
-    if fewest_tokens(entry, file.max_prompt_chars) >= context:
-        raise InvalidRequest(
-            f"File '{file.id}' has a prompt of {file.max_prompt_chars} characters, longer than model "
-            f"'{entry.name}' can read ({context} positions).",
-            param=param,
-            code="prompt_too_long",
-        )
-
-
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
     entry = find_base_model(settings, request.model)
     if entry is None:
@@ -150,13 +132,19 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         files.append(
             _training_file(session, tenant=tenant, file_id=request.validation_file, param="validation_file")
         )
-    for file, param in zip(files, ("training_file", "validation_file"), strict=False):
-        check_context(entry, file, param=param)
     check_grader(session, settings=settings, tenant=tenant, grader=request.method.reinforcement.grader,
                  files=files, param="method.reinforcement.grader")  # fmt: skip
     warnings = _check_against_model(entry, request, files[0])
     _check_devices(settings, request)
     _check_selection(request)
+    # Last before the quota: it may read the files (once per model and file), with no DB connection held.
+    session.commit()
+    check_job_context(
+        settings=settings,
+        entry=entry,
+        hyperparameters=request.method.reinforcement.hyperparameters.model_dump(exclude_none=True),
+        files=list(zip(files, ("training_file", "validation_file"), strict=False)),
+    )
     _check_quota(session, settings=settings, tenant=tenant)
     method = request.method.model_dump(mode="json", exclude_none=True)
     job = Job(

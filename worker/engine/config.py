@@ -104,7 +104,9 @@ class RunConfig:
     top_p: float = REFERENCE_DEFAULTS["top_p"]
     """Nucleus sampling threshold."""
     max_response_tokens: int = REFERENCE_DEFAULTS["max_response_tokens"]
-    """Most new tokens per response."""
+    """Most new tokens per response; the longest training (and evaluated validation) prompt plus this must
+    fit the model's context, checked before the model loads (`ConfigError` naming the field, with the line
+    and what would fit)."""
     eval_interval: int | str = REFERENCE_DEFAULTS["eval_interval"]
     """Evaluate every this many steps, after a step-0 baseline and at the end; "auto": total_steps // 5."""
     eval_samples: int = REFERENCE_DEFAULTS["eval_samples"]

@@ -40,6 +40,11 @@ def load_items(path: str | Path, param: str = "training_file") -> list[dict[str,
     return items
 
 
+def load_validation_items(path: str | Path | None, max_items: int | None) -> list[dict[str, Any]]:
+    """The validation items a run evaluates on: the first `max_items` of the file (none without a file)."""
+    return load_items(path, "validation_file")[:max_items] if path else []
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, items: list[dict[str, Any]]) -> list[list[int]]:
     """Each item's messages through the model's chat template, ready for the assistant's turn."""
     prompts: list[list[int]] = []

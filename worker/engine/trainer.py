@@ -36,8 +36,9 @@ from worker.engine.checkpoint import (
     set_rng_state,
 )
 from worker.engine.config import RunConfig
+from worker.engine.context import check_context
 from worker.engine.critic import SequenceCriticFit, build_critic
-from worker.engine.data import PromptSampler, encode_prompts, load_items
+from worker.engine.data import PromptSampler, encode_prompts, load_items, load_validation_items
 from worker.engine.distributed import EVAL_STREAM, EVALUATE, GATHER_WEIGHTS, STEP
 from worker.engine.distributed import setup as setup_distributed
 from worker.engine.evaluate import evaluate_policy, summed_over_ranks, validation_share
@@ -76,11 +77,8 @@ class Trainer(TrainingStep, RunState):
         self.tokenizer = load_tokenizer(config.model)
         self.items = load_items(config.train_file)
         self.prompts = encode_prompts(self.tokenizer, self.items)
-        self.val_items = (
-            load_items(config.validation_file, "validation_file")[: config.eval_max_items]
-            if config.validation_file
-            else []
-        )
+        self.val_items = load_validation_items(config.validation_file, config.eval_max_items)
+        check_context(config, self.tokenizer, self.prompts, self.val_items)  # before the models load
         self.sampler = PromptSampler(len(self.items), config.batch_size, config.seed)
         self.total_steps = config.max_steps or config.n_epochs * math.ceil(
             len(self.items) / config.batch_size
