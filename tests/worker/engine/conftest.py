@@ -67,10 +67,18 @@ class HeldOutRun:
 
 
 def held_out_run(
-    tiny: Fixture, tmp_path: Path, *, grader: dict[str, Any], steps: int, items: int, seed: int
+    tiny: Fixture,
+    tmp_path: Path,
+    *,
+    grader: dict[str, Any],
+    steps: int,
+    items: int,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
 ) -> HeldOutRun:
-    """The fixture's defaults (LoRA, the API's mode) for `steps`, evaluated at step 0 and at the end on
-    `items` problems drawn fresh from the fixture's task with `seed` (the same on every machine)."""
+    """The fixture's defaults (LoRA, the API's mode) with `overrides` for `steps`, evaluated at step 0 and
+    at the end on `items` problems drawn fresh from the fixture's task with `seed` (the same on every
+    machine)."""
     rng = random.Random(seed)
     held_out = tmp_path / "held_out.jsonl"
     write_jsonl(held_out, [short_problem(rng) for _ in range(items)])
@@ -86,6 +94,7 @@ def held_out_run(
             "eval_samples": 1,
             "checkpoint_interval": steps,
             "seed": 0,
+            **(overrides or {}),
         }
     )
     started = time.perf_counter()
