@@ -59,9 +59,9 @@ BATTERY = {
         TaskVariant("short-high", "sppo-tiny", (3, 3), (50, 99), steps=30),
         TaskVariant("short-mixed", "sppo-tiny", (2, 3), (10, 99), steps=30),
         # sppo-tiny-long was trained on 13-16 two-digit terms (a 3-16 curriculum first)
-        TaskVariant("long-mixed", "sppo-tiny-long", (6, 16), (10, 99), steps=20, validation_items=200),
-        TaskVariant("long-short", "sppo-tiny-long", (4, 9), (10, 99), steps=20, validation_items=200),
-        TaskVariant("long-high", "sppo-tiny-long", (8, 14), (60, 99), steps=20, validation_items=200),
+        TaskVariant("long-mixed", "sppo-tiny-long", (6, 16), (10, 99), steps=30, validation_items=200),
+        TaskVariant("long-short", "sppo-tiny-long", (4, 9), (10, 99), steps=30, validation_items=200),
+        TaskVariant("long-high", "sppo-tiny-long", (8, 14), (60, 99), steps=30, validation_items=200),
     )
 }
 
