@@ -26,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from app.storage import ArtifactStore
+from jobspec.items import normalise_item
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ class PromptCounter:
         longest: LongestPrompt | None = None
         numbered = ((n, raw) for n, raw in enumerate(lines, start=1) if raw.strip())
         while batch := list(islice(numbered, _BATCH)):
-            texts = [self.render(json.loads(raw)["messages"]) for _, raw in batch]
+            # the messages as the engine templates them: content parts joined (jobspec.items)
+            texts = [self.render(normalise_item(json.loads(raw))["messages"]) for _, raw in batch]
             for (number, _), tokens in zip(batch, self.count(texts), strict=True):
                 if longest is None or tokens > longest.tokens:
                     longest = LongestPrompt(tokens, number)

@@ -194,4 +194,4 @@ def test_chat_errors_name_the_cause(sppo: Sppo) -> None:
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
     # the API test server runs no model server: the proxy's 503 message reaches the user
     down = sppo("chat", "sppo-tiny", "1+2+3=")
-    assert down.returncode == 1 and "model server is not reachable" in down.stderr
+    assert down.returncode == 1 and "(SPPO_INFERENCE_URL) is not reachable" in down.stderr

@@ -4,7 +4,6 @@ compose network or its volume is replaced (database and Redis hosts, the data di
 bind address and the rest are the file's. The model server must serve /health to anyone, a generate call
 only with the secret (401 without it, before reading a body), and the API's chat/completions through it."""
 
-import asyncio
 import os
 import re
 import socket
@@ -26,7 +25,7 @@ from app.model_targets import ModelTarget
 from app.services.inference import proxy_generate
 from app.services.keys import create_key
 from app.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, run_in_own_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "compose-model-server-secret-0123456789abcdef"
@@ -167,7 +166,8 @@ def test_the_model_server_answers_only_with_the_secret(stack: Stack) -> None:
     assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     answer = httpx.post(url, json=body, headers={"Authorization": f"Bearer {SECRET}"}, timeout=60)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["usage"]["completion_tokens"] == 2
+    # a random-weights model may sample its end-of-sequence token early: at most the budget, at least one
+    assert 1 <= answer.json()["usage"]["completion_tokens"] <= 2
     # refused before a body is read: a 1 MB body that never comes gets its 401 at once
     host, port = stack.models_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
@@ -181,7 +181,7 @@ def test_chat_completions_through_the_api(stack: Stack) -> None:
     response = httpx.post(f"{stack.api_url}/v1/chat/completions", json=CHAT, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] == 4
+    assert answer["object"] == "chat.completion" and 1 <= answer["usage"]["completion_tokens"] <= 4
     too_many = httpx.post(f"{stack.api_url}/v1/chat/completions", json={**CHAT, "n": 17}, headers=headers)
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "n"
 
@@ -192,7 +192,7 @@ def test_an_api_with_another_secret_gets_503_not_the_tenants_401(stack: Stack, d
     target = ModelTarget("rand-tiny", "rand-tiny", None)
     call = proxy_generate(settings=settings, target=target, request=request, stream=False)
     with pytest.raises(ServiceUnavailable, match="refused this API's credentials") as refused:
-        asyncio.run(call)
+        run_in_own_loop(call)
     assert refused.value.retry_after == 5
 
 
