@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -171,5 +172,7 @@ def run() -> None:
         say(f"Dev API key (tenant '{DEV_TENANT}'): {key}")
         say(f'  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY="{key}"')
         say(f"Dashboard at {url}/ (sign in with the key)")
+        cli = Path(sys.executable).parent / "sppo"
+        say(f"The CLI is {cli} (`source {cli.parent}/activate` puts `sppo` on PATH)")
         say(f'  sppo client: export SPPO_BASE_URL={url} SPPO_API_KEY="{key}"')
         serve(host=settings.host, port=settings.port)
