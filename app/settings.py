@@ -231,6 +231,13 @@ class Settings(BaseSettings):
     rate_limit_streams: int = Field(
         default=32, ge=0, description="Live metric streams (SSE) one key may hold open at once."
     )
+    stream_tail_records: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Records a live metrics stream sends first to a subscriber that names no id to start "
+        "after (no Last-Event-ID or `from`): the newest ones, then each new step.",
+    )
     # Security: dashboard cookies and headers behind a TLS-terminating proxy.
     session_cookie_secure: bool | None = Field(
         default=None,

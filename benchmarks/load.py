@@ -8,6 +8,9 @@ Scenarios (loopback only, every request with a timeout, at most 500 in flight):
   sse      --subscribers SSE clients on a running job while metrics are appended to its Redis stream at
            5 records/s (each carries its send time: delivery latency = receive time - send time), with
            status polling at 50 req/s alongside ("other requests unaffected")
+  history  the same on a job with HISTORY steps already in its stream and the DB, right after `sse`: half
+           the clients load the JSON series and subscribe after its last step (as the job page does), half
+           subscribe bare (as `sppo jobs watch` does); its delivery p99 against the fresh stream's
   overload 3 x --rate for 5 s: the answers past the ceiling must be 503/429, and the API must answer
            normally within a second after (never a wedge)
 
@@ -45,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("SPPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SENT_AT = "bench/sent_at"
 STREAM_KEYS = 4
+HISTORY = 1000
+# A history record as big as a real step's (two dozen metrics), so a replay costs what it would.
+HISTORY_METRICS = [f"{group}/metric_{i}" for group in ("train", "rollout", "perf", "eval") for i in range(6)]
 METHOD = {
     "type": "reinforcement",
     "reinforcement": {
@@ -103,13 +109,13 @@ def api_server(app_root: Path, db_url: str, redis_url: str, port: int, workers: 
             process.wait()
 
 
-def seed(db_url: str, extra_keys: int = 0) -> tuple[str, str, str, tuple[str, ...]]:
-    """A tenant, its key, `extra_keys` more keys and a running job, written with plain SQL so any checkout's
-    schema takes them."""
+def seed(db_url: str, extra_keys: int = 0) -> tuple[str, str, tuple[str, str], tuple[str, ...]]:
+    """A tenant, its key, `extra_keys` more keys and its running jobs (the first two: for the `sse` and
+    `history` scenarios), written with plain SQL so any checkout's schema takes them."""
     key = generate_api_key()
     extra = tuple(generate_api_key() for _ in range(extra_keys))
     ids = {"tenant": f"tenant-{secrets.token_hex(8)}", "key": f"key-{secrets.token_hex(8)}",
-           "job": f"ftjob-{secrets.token_hex(12)}"}  # fmt: skip
+           "job": f"ftjob-{secrets.token_hex(12)}", "history": f"ftjob-{secrets.token_hex(12)}"}  # fmt: skip
     stamp = int(time.time())
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
@@ -129,11 +135,34 @@ def seed(db_url: str, extra_keys: int = 0) -> tuple[str, str, str, tuple[str, ..
                         "max_attempts, current_step, result_files, method, hyperparameters, seed, "
                         "created_at, updated_at) VALUES (:id, :tenant, 'sppo-tiny', 'file-x', 'running', "
                         "1, 3, 0, '[]', :method, '{}', 1, :t, :t)"),
-                {"id": ids["job"] if i == 0 else f"ftjob-{secrets.token_hex(12)}", "tenant": ids["tenant"],
-                 "method": json.dumps(METHOD), "t": stamp - i},
+                {"id": [ids["job"], ids["history"]][i] if i < 2 else f"ftjob-{secrets.token_hex(12)}",
+                 "tenant": ids["tenant"], "method": json.dumps(METHOD), "t": stamp - i},
             )  # fmt: skip
     engine.dispose()
-    return key, ids["key"], ids["job"], extra
+    return key, ids["key"], (ids["job"], ids["history"]), extra
+
+
+def seed_history(db_url: str, redis_url: str, job_id: str, steps: int) -> None:
+    """Steps 1..`steps` of a job as the worker leaves them: metric points in the DB, records in Redis."""
+    stamp = int(time.time())
+    records = [
+        {"step": step, "metrics": {name: step / (i + 1) for i, name in enumerate(HISTORY_METRICS)},
+         "created_at": stamp}
+        for step in range(1, steps + 1)
+    ]  # fmt: skip
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO metric_points (job_id, step, metrics, created_at) "
+                    "VALUES (:job, :step, :metrics, :t)"),
+            [{"job": job_id, "step": r["step"], "metrics": json.dumps(r["metrics"]), "t": stamp}
+             for r in records],
+        )  # fmt: skip
+    engine.dispose()
+    pipe = redis.Redis.from_url(redis_url).pipeline()
+    for record in records:
+        pipe.xadd(f"sppo:jobs:{job_id}:metrics", {"data": json.dumps(record)}, maxlen=10_000)
+    pipe.execute()
 
 
 def make_idle(db_url: str, key_id: str) -> None:
@@ -144,7 +173,9 @@ def make_idle(db_url: str, key_id: str) -> None:
     engine.dispose()
 
 
-async def publish(redis_url: str, job_id: str, *, duration_s: float, per_s: float) -> int:
+async def publish(
+    redis_url: str, job_id: str, *, duration_s: float, per_s: float, first_step: int = 0
+) -> int:
     import redis.asyncio as aioredis
 
     client_ = aioredis.Redis.from_url(redis_url)
@@ -152,7 +183,11 @@ async def publish(redis_url: str, job_id: str, *, duration_s: float, per_s: floa
     try:
         end = time.monotonic() + duration_s
         while time.monotonic() < end:
-            record = {"step": sent, "metrics": {SENT_AT: time.time()}, "created_at": int(time.time())}
+            record = {
+                "step": first_step + sent,
+                "metrics": {SENT_AT: time.time()},
+                "created_at": int(time.time()),
+            }
             await client_.xadd(f"sppo:jobs:{job_id}:metrics", {"data": json.dumps(record)}, maxlen=10_000)
             sent += 1
             await asyncio.sleep(1 / per_s)
@@ -179,9 +214,48 @@ async def after_wedge_check(base_url: str, key: str, job_id: str) -> dict[str, A
     return out
 
 
+async def live_delivery(
+    args: argparse.Namespace,
+    base_url: str,
+    http: httpx.AsyncClient,
+    job_id: str,
+    keys: tuple[str, ...],
+    *,
+    first_step: int = 0,
+    history: bool = False,
+) -> dict[str, Any]:
+    """--subscribers SSE clients on the job (with `history`: half as the job page, half bare) while it
+    publishes 5 steps/s for 10 s, and status polls at 50 req/s alongside."""
+    stream_path = f"/v1/fine_tuning/jobs/{job_id}/metrics/stream"
+    series_path = f"/v1/fine_tuning/jobs/{job_id}/metrics?limit=10000"
+    groups = [(args.subscribers // 2, series_path), (args.subscribers - args.subscribers // 2, None)]
+    async with client(base_url, None, max_connections=args.subscribers, timeout_s=30) as streams:
+        tasks = [
+            asyncio.create_task(
+                subscribe(streams, stream_path, subscribers=n, duration_s=14, sent_at_key=SENT_AT, keys=keys,
+                          series_path=series)
+            )
+            for n, series in (groups if history else [(args.subscribers, None)])
+        ]  # fmt: skip
+        await asyncio.sleep(3)  # every client connected and caught up
+        publisher = asyncio.create_task(
+            publish(args.redis_url, job_id, duration_s=10, per_s=5, first_step=first_step)
+        )
+        polls = await burst(http, f"/v1/fine_tuning/jobs/{job_id}", rate=50, duration_s=10)
+        published = await publisher
+        results = [await task for task in tasks]
+    out = {**sum(results[1:], results[0]).summary(), "published": published, "status_polls": polls.summary()}
+    if history:
+        out["page_clients"], out["bare_clients"] = (result.summary() for result in results)
+    return out
+
+
 async def scenarios(args: argparse.Namespace, base_url: str, db_url: str, redis_url: str) -> dict[str, Any]:
-    # SSE subscribers share STREAM_KEYS keys: one key may hold only SPPO_RATE_LIMIT_STREAMS (32) streams
-    key, key_id, job_id, stream_keys = seed(db_url, extra_keys=STREAM_KEYS)
+    # SSE subscribers share STREAM_KEYS keys: one key may hold only SPPO_RATE_LIMIT_STREAMS (32) streams;
+    # the history case has keys of its own, so streams of the sse case still closing do not count.
+    key, key_id, (job_id, history_job), extra_keys = seed(db_url, extra_keys=2 * STREAM_KEYS)
+    if "history" in args.only:
+        seed_history(db_url, redis_url, history_job, HISTORY)
     out: dict[str, Any] = {}
     paths = {"status": f"/v1/fine_tuning/jobs/{job_id}", "listing": "/v1/fine_tuning/jobs?limit=20"}
     async with client(base_url, key, max_connections=500, timeout_s=args.timeout_s) as http:
@@ -196,25 +270,22 @@ async def scenarios(args: argparse.Namespace, base_url: str, db_url: str, redis_
                 print(name, json.dumps(runs[-1]))
             out[name] = runs
         if "sse" in args.only:
-            stream_path = f"/v1/fine_tuning/jobs/{job_id}/metrics/stream?"
-            async with client(base_url, key, max_connections=args.subscribers, timeout_s=30) as streams:
-                subscribers = asyncio.create_task(
-                    subscribe(
-                        streams,
-                        stream_path,
-                        subscribers=args.subscribers,
-                        duration_s=14,
-                        sent_at_key=SENT_AT,
-                        keys=stream_keys,
-                    )
-                )
-                await asyncio.sleep(3)  # every client connected and caught up
-                publisher = asyncio.create_task(publish(redis_url, job_id, duration_s=10, per_s=5))
-                polls = await burst(http, paths["status"], rate=50, duration_s=10)
-                published = await publisher
-                streamed = await subscribers
-            out["sse"] = {**streamed.summary(), "published": published, "status_polls": polls.summary()}
+            out["sse"] = await live_delivery(args, base_url, http, job_id, extra_keys[:STREAM_KEYS])
             print("sse", json.dumps(out["sse"]))
+        if "history" in args.only:
+            out["history"] = await live_delivery(
+                args,
+                base_url,
+                http,
+                history_job,
+                extra_keys[STREAM_KEYS:],
+                first_step=HISTORY + 1,
+                history=True,
+            )
+            fresh_p99 = out.get("sse", {}).get("delivery_p99_ms")
+            if fresh_p99 and out["history"]["delivery_p99_ms"] is not None:
+                out["history"]["p99_vs_fresh"] = round(out["history"]["delivery_p99_ms"] / fresh_p99, 2)
+            print("history", json.dumps(out["history"]))
         if "overload" in args.only:
             result = await burst(
                 http, paths["status"], rate=3 * args.rate, duration_s=5, ok_statuses=(200, 429, 503)
@@ -237,7 +308,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--timeout-s", type=float, default=10.0, help="per-request client timeout")
-    parser.add_argument("--only", default="status,listing,sse,overload")
+    parser.add_argument("--only", default="status,listing,sse,history,overload")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes (as deployed)")

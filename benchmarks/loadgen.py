@@ -107,6 +107,16 @@ class StreamResult:
     failures: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
+    def __add__(self, other: "StreamResult") -> "StreamResult":
+        """Both groups of clients as one (the figures of subscribers that ran side by side)."""
+        return StreamResult(
+            subscribers=self.subscribers + other.subscribers,
+            connected=self.connected + other.connected,
+            events=self.events + other.events,
+            failures=dict(Counter(self.failures) + Counter(other.failures)),
+            latencies_ms=self.latencies_ms + other.latencies_ms,
+        )
+
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies_ms)
 
@@ -132,17 +142,28 @@ async def subscribe(
     duration_s: float,
     sent_at_key: str,
     keys: tuple[str, ...] = (),
+    series_path: str | None = None,
 ) -> StreamResult:
     """`subscribers` SSE clients on `path` for `duration_s`; the delivery latency of each `metrics` event is
     now minus the wall-clock stamp the publisher put in its metrics under `sent_at_key`. With `keys`, the
-    clients take turns among them (a key may hold only so many open streams); else the client's own."""
+    clients take turns among them (a key may hold only so many open streams); else the client's own.
+    With `series_path`, each client first loads the job's JSON series there and subscribes after its last
+    step (`from=step-<N>`), as the dashboard's job page does."""
     result = StreamResult(subscribers=subscribers)
     failures: Counter[str] = Counter()
 
     async def one(i: int) -> None:
         headers = {"Authorization": f"Bearer {keys[i % len(keys)]}"} if keys else None
         try:
-            async with http.stream("GET", path, headers=headers) as response:
+            params: dict[str, str] = {}
+            if series_path is not None:
+                series = await http.get(series_path, headers=headers)
+                if series.status_code != 200:
+                    failures[f"series {series.status_code}"] += 1
+                    return
+                if (last_step := series.json()["last_step"]) is not None:
+                    params["from"] = f"step-{last_step}"
+            async with http.stream("GET", path, headers=headers, params=params) as response:
                 if response.status_code != 200:
                     failures[str(response.status_code)] += 1
                     return

@@ -48,7 +48,8 @@ _ERRORS: dict[int, dict[str, Any]] = {
 # Bodies that are not JSON, for the 200 of the download and streaming operations.
 EVENT_STREAM = {
     "description": "Server-Sent Events: `metrics` events (one per step, id = stream id, or `step-<N>` "
-    "while Redis is away and steps come from the database), then `end`.",
+    "while Redis is away and steps come from the database) after `Last-Event-ID` or `from`, else from "
+    "the stream's newest records; then `end`.",
     "content": {
         "text/event-stream": {
             "schema": {

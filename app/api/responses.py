@@ -5,9 +5,10 @@ Both surfaces authorize first (Bearer key or session cookie), then hand over to 
 """
 
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Annotated
 from urllib.parse import quote
 
+from fastapi import Header, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
@@ -21,13 +22,36 @@ from app.storage import artifact_store
 
 _CHUNK = 1024 * 1024
 
+# Where a metrics stream starts, as both stream routes take it.
+LastEventId = Annotated[
+    str | None,
+    Header(max_length=64, description="The id of the last event received: the stream resumes after it."),
+]
+StreamFrom = Annotated[
+    str | None,
+    Query(
+        alias="from",
+        max_length=64,
+        description="An event id (a stream id, or `step-<N>` for the last step the client has, e.g. from "
+        "`/metrics`): the stream starts after it; `0-0`: from the stream's start. Without this or "
+        "Last-Event-ID: the newest `SPPO_STREAM_TAIL_RECORDS` records (100), then each new step.",
+    ),
+]
+
 
 def metric_stream(
-    session: Session, *, settings: Settings, tenant: Tenant, job_id: str, last_event_id: str | None
+    session: Session,
+    *,
+    settings: Settings,
+    tenant: Tenant,
+    job_id: str,
+    last_event_id: str | None,
+    start: str | None,
 ) -> StreamingResponse:
-    """Server-Sent Events of a job's step metrics, resumable from `Last-Event-ID`."""
+    """Server-Sent Events of a job's step metrics after `Last-Event-ID`, else after `start` (the `from`
+    parameter), else from the stream's newest `stream_tail_records`."""
     get_job(session, tenant=tenant, job_id=job_id)  # 404 for another tenant's job, before streaming
-    cursor = live_metrics.check_stream_cursor(last_event_id)
+    cursor = live_metrics.stream_cursor(last_event_id, start, tail=settings.stream_tail_records)
     return StreamingResponse(
         live_metrics.metric_events(settings, job_id=job_id, cursor=cursor),
         media_type="text/event-stream",

@@ -10,6 +10,11 @@ polled every `BLOCK_MS`), and once Redis answers again it reads on from the reco
 whatever stream the worker has rebuilt meanwhile. Steps only move forward on one connection: a record for
 a step already sent (a stream rebuilt from step 1 after Redis restarted empty, or a step re-run after a
 crash) is skipped, as the dashboard does; the DB's series (`/metrics`) has the final values.
+
+A subscriber asks for what it lacks: after its `Last-Event-ID` (a reconnect) or its `from` id (a page that
+loaded the series as JSON), or, naming neither, the stream's newest `stream_tail_records` records and then
+what comes. `from=0-0` asks for the whole stream. Replaying a long stream to every new subscriber delayed
+the live records of all of them (issue 21).
 """
 
 import asyncio
@@ -50,23 +55,33 @@ _status_reads: dict[str, tuple[float, "asyncio.Future[str | None]"]] = {}
 @dataclass
 class Cursor:
     """Where a stream reads on: after a Redis record (`redis_id`), or, when that is unknown (Redis was away,
-    or the client resumes from a DB-sourced event), after the record of `step`."""
+    or the client resumes from a DB-sourced event), after the record of `step`; with neither (nothing sent
+    yet to a subscriber that named no id), at the newest `tail` records."""
 
     redis_id: str | None = "0-0"
     step: int | None = None
+    tail: int | None = None
 
 
-def check_stream_cursor(last_event_id: str | None) -> Cursor:
-    """The cursor for a client's Last-Event-ID (a Redis stream id or `step-<N>`), or the stream's start."""
-    if last_event_id is None or last_event_id == "":
-        return Cursor()
-    if (step := _STEP_ID.fullmatch(last_event_id)) is not None and int(step.group(1)) <= _MAX_STEP:
+def stream_cursor(last_event_id: str | None, start: str | None, *, tail: int) -> Cursor:
+    """Where a subscription starts: after its Last-Event-ID (sent on a reconnect, so it wins), else after
+    its `from` id, else at the stream's newest `tail` records."""
+    if last_event_id:
+        return _cursor_after(last_event_id, param="Last-Event-ID")
+    if start:
+        return _cursor_after(start, param="from")
+    return Cursor(redis_id=None, tail=tail)
+
+
+def _cursor_after(event_id: str, *, param: str) -> Cursor:
+    """After an id this stream sends: a Redis stream id, or `step-<N>`."""
+    if (step := _STEP_ID.fullmatch(event_id)) is not None and int(step.group(1)) <= _MAX_STEP:
         return Cursor(redis_id=None, step=int(step.group(1)))
-    match = _REDIS_ID.fullmatch(last_event_id)
+    match = _REDIS_ID.fullmatch(event_id)
     # Redis stream ids are two unsigned 64-bit numbers; a larger one would abort the stream mid-way.
     if match is None or any(int(part) > _MAX_ID_PART for part in match.groups()):
-        raise InvalidRequest("Last-Event-ID must be an id sent by this stream.", param="Last-Event-ID")
-    return Cursor(redis_id=last_event_id)
+        raise InvalidRequest(f"{param} must be an id sent by this stream.", param=param)
+    return Cursor(redis_id=event_id)
 
 
 def _read_status(job_id: str) -> str | None:
@@ -94,16 +109,30 @@ async def _job_status(job_id: str) -> str | None:
         return UNKNOWN
 
 
-def _read_points(job_id: str, after_step: int | None) -> list[tuple[int, str]]:
-    """(step, record data) of the DB's metric points after `after_step`, in the stream's record format."""
+def _read_points(job_id: str, cursor: Cursor) -> list[tuple[int, str]]:
+    """(step, record data) of the DB's metric points after the cursor's step (none yet: its tail), in the
+    stream's record format."""
     query = select(MetricPoint.step, MetricPoint.metrics, MetricPoint.created_at).where(
         MetricPoint.job_id == job_id
     )
-    if after_step is not None:
-        query = query.where(MetricPoint.step > after_step)
+    if cursor.step is not None:
+        query = query.where(MetricPoint.step > cursor.step)
+    if cursor.step is None and cursor.tail is not None:
+        query = query.order_by(MetricPoint.step.desc()).limit(cursor.tail)
+    else:
+        query = query.order_by(MetricPoint.step).limit(READ_COUNT)
     with get_sessionmaker()() as session:
-        rows = session.execute(query.order_by(MetricPoint.step).limit(READ_COUNT)).all()
-    return [(step, encode_step(step, metrics, created_at)["data"]) for step, metrics, created_at in rows]
+        rows = session.execute(query).all()
+    return sorted(
+        (step, encode_step(step, metrics, created_at)["data"]) for step, metrics, created_at in rows
+    )
+
+
+async def _tail(client: "aioredis.Redis", key: str, cursor: Cursor, tail: int) -> list[Any]:
+    """The stream's newest `tail` records, oldest first; the cursor moves past them."""
+    newest: Any = await client.xrevrange(key, count=tail)
+    cursor.redis_id = newest[0][0].decode() if newest else "0-0"
+    return list(reversed(newest))
 
 
 async def _resume_id(client: "aioredis.Redis", key: str, step: int) -> str:
@@ -156,18 +185,8 @@ async def metric_events(settings: Settings, *, job_id: str, cursor: Cursor) -> A
         while not shutdown.stopping():
             status = await _job_status(job_id)
             finished = status is None or status in FINISHED_STATUSES
-            events: list[tuple[int, str, str]] = []  # (step, data, event id)
             try:
-                if cursor.redis_id is None:
-                    step = cursor.step
-                    cursor.redis_id = "0-0" if step is None else await _resume_id(client, key, step)
-                # A finished job wrote its last record before its final status: read what is left, no waiting.
-                batches: Any = await client.xread(
-                    {key: cursor.redis_id}, count=READ_COUNT, block=None if finished else BLOCK_MS
-                )
-                for entry_id, fields in batches[0][1] if batches else []:
-                    cursor.redis_id = entry_id.decode()
-                    events.append((decode_step(fields)["step"], fields[b"data"].decode(), cursor.redis_id))
+                events = await _redis_events(client, key, cursor, finished=finished)
                 if redis_down:
                     log.info("metrics stream of job %s reads Redis again", job_id)
                     redis_down = False
@@ -176,7 +195,7 @@ async def metric_events(settings: Settings, *, job_id: str, cursor: Cursor) -> A
                     log.warning("Redis unreachable; metrics stream of job %s reads the DB", job_id)
                     redis_down = True
                 cursor.redis_id = None  # read on from the last step sent, once Redis is back
-                events = await _db_events(job_id, cursor.step)
+                events = await _db_events(job_id, cursor)
             for step, data, event_id in events:
                 if cursor.step is not None and step <= cursor.step:
                     continue  # sent already (see the module docstring)
@@ -195,9 +214,32 @@ async def metric_events(settings: Settings, *, job_id: str, cursor: Cursor) -> A
         await client.aclose()
 
 
-async def _db_events(job_id: str, after_step: int | None) -> list[tuple[int, str, str]]:
+async def _redis_events(
+    client: "aioredis.Redis", key: str, cursor: Cursor, *, finished: bool
+) -> list[tuple[int, str, str]]:
+    """(step, data, event id) of the records after the cursor, which moves past them; waits up to BLOCK_MS
+    for one unless the job has finished."""
+    if cursor.redis_id is None and cursor.step is None and cursor.tail is not None:
+        entries = await _tail(client, key, cursor, cursor.tail)
+    else:
+        if cursor.redis_id is None:
+            cursor.redis_id = "0-0" if cursor.step is None else await _resume_id(client, key, cursor.step)
+        # A finished job wrote its last record before its final status: read what is left, no waiting.
+        batches: Any = await client.xread(
+            {key: cursor.redis_id}, count=READ_COUNT, block=None if finished else BLOCK_MS
+        )
+        entries = batches[0][1] if batches else []
+        if entries:
+            cursor.redis_id = entries[-1][0].decode()
+    return [
+        (decode_step(fields)["step"], fields[b"data"].decode(), entry_id.decode())
+        for entry_id, fields in entries
+    ]
+
+
+async def _db_events(job_id: str, cursor: Cursor) -> list[tuple[int, str, str]]:
     try:
-        points = await asyncio.to_thread(_read_points, job_id, after_step)
+        points = await asyncio.to_thread(_read_points, job_id, cursor)
     except Exception:  # the DB is busy or away too: send nothing now, ask again
         log.warning("could not read the metric points of job %s for its stream", job_id, exc_info=True)
         return []

@@ -108,9 +108,12 @@
     draw();
     if (root.dataset.finished === "true" || !window.EventSource) return;
 
-    // Same-origin EventSource sends the session cookie. The stream replays from its start (steps already
-    // drawn are skipped in add) and, on a reconnect, the browser resends Last-Event-ID to resume.
-    var source = new EventSource("/ui/jobs/" + encodeURIComponent(root.dataset.jobId) + "/stream");
+    // Same-origin EventSource sends the session cookie. The page asks only for what it lacks: the steps
+    // after the last one it drew from points-data, or the whole stream when it has none (the stream then
+    // holds only steps not yet written to the DB, a couple of seconds' worth). On a reconnect the browser
+    // resends Last-Event-ID, which the server prefers to `from`; steps already drawn are skipped in add.
+    var after = steps.length ? "step-" + steps[steps.length - 1] : "0-0";
+    var source = new EventSource("/ui/jobs/" + encodeURIComponent(root.dataset.jobId) + "/stream?from=" + after);
     source.addEventListener("metrics", function (e) { add(JSON.parse(e.data)); draw(); });
     source.addEventListener("end", function () { source.close(); root.dataset.finished = "true"; });
   }

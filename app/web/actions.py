@@ -5,9 +5,9 @@ stream`, `.../checkpoints/{id}/adapter`) but authenticates with the session cook
 EventSource and download links cannot send a Bearer header.
 """
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api import responses
 from app.api.deps import SessionDep, SettingsDep
@@ -39,12 +39,19 @@ def job_stream(
     settings: SettingsDep,
     tenant: WebTenant,
     job_id: str,
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    last_event_id: responses.LastEventId = None,
+    start: responses.StreamFrom = None,
 ) -> Response:
     """The API's live metrics stream (the generator of `GET /v1/.../metrics/stream`), by cookie."""
-    # EventSource resends the last id on reconnect, so the stream resumes where it broke off
+    # The page asks `from` the last step it has; on a reconnect EventSource resends the last id it got,
+    # which wins, so the stream resumes where it broke off.
     return responses.metric_stream(
-        session, settings=settings, tenant=tenant, job_id=job_id, last_event_id=last_event_id
+        session,
+        settings=settings,
+        tenant=tenant,
+        job_id=job_id,
+        last_event_id=last_event_id,
+        start=start,
     )
 
 

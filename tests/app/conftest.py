@@ -184,6 +184,18 @@ def upload(api: httpx.Client) -> Callable[..., dict[str, Any]]:
     return _upload
 
 
+def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) of a finished Server-Sent Events response, comments and ids left out."""
+    events = []
+    for block in response.text.split("\n\n"):
+        lines = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
 def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     """An OpenAI-style error body with the expected status (and param, when given)."""
     assert response.status_code == status, response.text

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from app.db import get_sessionmaker, session_scope, upgrade_database
 from app.models import ApiKey, Job, JobStatus, MetricPoint
+from app.settings import Settings
 from app.storage import ArtifactStore
 from app.streams import encode_step
 from tests.app.conftest import Server, method, run_api_server
@@ -152,6 +153,27 @@ def test_a_metrics_stream_keeps_its_connection_through_a_redis_outage_and_restar
         f"one connection: steps 1-6 each once; steps 4-5 (DB only) delivered {delivered_down_s:.1f}s "
         "into the outage"
     )
+
+
+def test_a_bare_subscription_while_redis_is_away_gets_the_newest_points_from_the_db(
+    outage_server: Server, own_redis: RedisServer
+) -> None:
+    key = outage_server.new_key()
+    job_id = running_job(outage_server)
+    worker = Worker(outage_server, job_id)
+    tail = Settings.model_fields["stream_tail_records"].default
+    for step in range(1, tail + 4):
+        worker.step(step, live=False)
+    own_redis.stop()
+    with outage_server.client(key) as client:
+        reader = StreamReader(client, f"/v1/fine_tuning/jobs/{job_id}/metrics/stream")
+        reader.wait(lambda r: bool(r.steps()))
+        worker.step(tail + 4, live=False)
+        reader.wait(lambda r: r.steps()[-1:] == [tail + 4])
+        worker.finish()
+        reader.wait(lambda r: r.events[-1][0] == "end")
+    assert reader.steps() == list(range(4, tail + 5))  # the newest `tail` points, then each new one
+    assert [event_id for _, event_id, _ in reader.events[:2]] == ["step-4", "step-5"]
 
 
 def test_pause_and_cancel_during_a_redis_outage_are_answered_and_the_pause_reaches_the_worker(

@@ -32,8 +32,9 @@ def _create(api: httpx.Client, training_file: str, **hyperparameters: Any) -> di
 
 
 def _stream_steps(stack: Stack, api: httpx.Client, job_id: str) -> list[int]:
-    """Steps in the live stream of a finished job, in stream order (a finished job's stream just drains)."""
-    text = api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics/stream").text
+    """Steps in the live stream of a finished job, in stream order (a finished job's stream just drains);
+    the whole stream (`from=0-0`), not the newest records a bare subscription gets."""
+    text = api.get(f"/v1/fine_tuning/jobs/{job_id}/metrics/stream", params={"from": "0-0"}).text
     return [int(line.split('"step": ')[1].split(",")[0]) for line in text.splitlines() if '"step": ' in line]
 
 

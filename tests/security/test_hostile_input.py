@@ -140,9 +140,12 @@ def test_traversal_in_ids_finds_nothing(api: httpx.Client, path: str) -> None:
 
 def test_stream_cursor_out_of_range(api: httpx.Client, file_id: str) -> None:
     job = api.post(JOBS, json=job_body(file_id)).json()
-    for bad in ("1-" + "9" * 20, "18446744073709551616-0", "1-2-3", "-1-0"):
+    for bad in ("1-" + "9" * 20, "18446744073709551616-0", "1-2-3", "-1-0", "step-" + "9" * 19):
         response = api.get(f"{JOBS}/{job['id']}/metrics/stream", headers={"Last-Event-ID": bad})
         assert_error(response, 400, "Last-Event-ID")
+        response = api.get(f"{JOBS}/{job['id']}/metrics/stream", params={"from": bad})
+        assert_error(response, 400, "from")
+    assert_error(api.get(f"{JOBS}/{job['id']}/metrics/stream", params={"from": "1" * 65}), 400, "from")
     api.post(f"{JOBS}/{job['id']}/cancel")
     assert api.get("/health").status_code == 200
 

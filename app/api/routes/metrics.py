@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api import responses
@@ -47,10 +47,16 @@ def stream_metrics(
     settings: SettingsDep,
     tenant: CurrentTenant,
     job_id: str,
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    last_event_id: responses.LastEventId = None,
+    start: responses.StreamFrom = None,
 ) -> StreamingResponse:
     return responses.metric_stream(
-        session, settings=settings, tenant=tenant, job_id=job_id, last_event_id=last_event_id
+        session,
+        settings=settings,
+        tenant=tenant,
+        job_id=job_id,
+        last_event_id=last_event_id,
+        start=start,
     )
 
 

@@ -8,6 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app.db import session_scope
+from app.models import MetricPoint
+
 from ..conftest import ITEM, Server, method
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -67,6 +70,18 @@ def new_job(api: httpx.Client) -> Callable[..., dict[str, Any]]:
         return dict(job.json())
 
     return _create
+
+
+def add_points(server: Server, job_id: str, steps: range) -> None:
+    """Step metrics as the worker persists them."""
+    with session_scope(server.db_url) as session:
+        for step in steps:
+            metrics = {
+                "rollout/reward_mean": step / 10,
+                "perf/elapsed_s": 2.0 * step,
+                "perf/samples": 64.0 * step,
+            }
+            session.add(MetricPoint(job_id=job_id, step=step, metrics=metrics))
 
 
 CHROMIUM = Path("/usr/bin/chromium")

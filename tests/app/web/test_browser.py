@@ -14,7 +14,7 @@ import redis
 from app.streams import encode_step, metrics_stream_key
 
 from ..conftest import ITEM, Server
-from .conftest import signed_in_page
+from .conftest import add_points, signed_in_page
 
 NewJob = Callable[..., dict[str, Any]]
 
@@ -47,6 +47,25 @@ def test_sign_in_watch_steps_arrive_and_cancel(
     page.wait_for_selector("#job-head .badge[data-status='cancelled']")
     assert page.locator("button[data-action]").count() == 0
     assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
+    page.context.close()
+
+
+def test_a_page_with_history_subscribes_after_its_last_step(
+    server: Server, chromium: Any, key: str, new_job: NewJob
+) -> None:
+    job = new_job()
+    add_points(server, job["id"], range(1, 4))  # what the DB has; the stream holds those steps too
+    live = redis.Redis.from_url(server.redis_url)
+    for step in (1, 2, 3, 4):
+        live.xadd(metrics_stream_key(job["id"]), encode_step(step, {"rollout/reward_mean": step / 10}, 0))
+    page = signed_in_page(chromium, server.base_url, key)
+    streams: list[str] = []
+    page.on("request", lambda request: streams.append(request.url) if "/stream" in request.url else None)
+    page.goto(f"/jobs/{job['id']}")
+    page.wait_for_selector("#charts[data-points='4']", timeout=15_000)  # 3 from the page, step 4 streamed
+    assert streams == [f"{server.base_url}/ui/jobs/{job['id']}/stream?from=step-3"]
+    live.xadd(metrics_stream_key(job["id"]), encode_step(5, {"rollout/reward_mean": 0.5}, 0))
+    page.wait_for_selector("#charts[data-points='5']", timeout=15_000)
     page.context.close()
 
 

@@ -12,13 +12,13 @@ from sqlalchemy import select, update
 
 from app.db import session_scope
 from app.lifecycle import transition
-from app.models import ApiKey, Checkpoint, Job, JobStatus, MetricPoint
+from app.models import ApiKey, Checkpoint, Job, JobStatus
 from app.security import hash_api_key
 from app.services.keys import revoke_key
 from app.streams import encode_step, metrics_stream_key
 
-from ..conftest import ITEM, Server, method
-from .conftest import Browser, csrf_of
+from ..conftest import ITEM, Server, method, sse_events
+from .conftest import Browser, add_points, csrf_of
 
 NewJob = Callable[..., dict[str, Any]]
 
@@ -239,29 +239,6 @@ def test_new_job_form_shows_the_api_messages(browser: Browser, api: httpx.Client
         8,
         16,
     )
-
-
-def add_points(server: Server, job_id: str, steps: range) -> None:
-    """Step metrics as the worker persists them."""
-    with session_scope(server.db_url) as session:
-        for step in steps:
-            metrics = {
-                "rollout/reward_mean": step / 10,
-                "perf/elapsed_s": 2.0 * step,
-                "perf/samples": 64.0 * step,
-            }
-            session.add(MetricPoint(job_id=job_id, step=step, metrics=metrics))
-
-
-def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in response.text.split("\n\n"):
-        lines = dict(
-            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
-        )
-        if "event" in lines:
-            events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 def test_stream_relays_the_live_metrics_then_ends(
