@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install run test lint deploy-check bench fuzz clean
+.PHONY: install run test lint deploy-check bench gpu-check fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
 	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
 	$(if $(wildcard $(TRL_VENV)/bin/python),$(TRL_VENV),$(VENV))/bin/python benchmarks/trl_grpo.py $(TRL_ARGS)
+
+# The engine on one GPU within one 8-minute lease, no network (benchmarks/gpu_check.py): writes
+# benchmarks/results/gpu/<device>.json. GPU_CHECK_ARGS e.g. "--max-seconds 300"; make test runs its
+# `--device cpu --tiny` smoke mode.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Schemathesis against a live server: every phase (coverage included), many examples per operation.
 fuzz: $(STAMP)
