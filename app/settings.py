@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         "keeps losing its worker (a leak, a flapping node); the next loss fails it with worker_lost, "
         "which `resume` continues from the last checkpoint.",
     )
-    samples_per_step: int = Field(
+    samples_kept_per_step: int = Field(
         default=4,
         ge=0,
         le=64,
