@@ -194,6 +194,25 @@ class MetricPoint(Base):
     created_at: Mapped[int] = mapped_column(default=now)
 
 
+class TrainingSample(Base):
+    """One of a step's kept completions (worker/engine/samples.py: a few per step, each text cut to
+    SPPO_SAMPLE_MAX_CHARS). Completions are the model's untrusted text: always escaped when shown."""
+
+    __tablename__ = "training_samples"
+    __table_args__ = (UniqueConstraint("job_id", "step", "position"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    position: Mapped[int]  # the row in the step's batch
+    prompt: Mapped[str] = mapped_column(Text)
+    completion: Mapped[str] = mapped_column(Text)
+    reward: Mapped[float]
+    sub_rewards: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    truncated: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
 class FineTunedModel(Base):
     __tablename__ = "fine_tuned_models"
 

@@ -75,6 +75,20 @@ class Settings(BaseSettings):
         "keeps losing its worker (a leak, a flapping node); the next loss fails it with worker_lost, "
         "which `resume` continues from the last checkpoint.",
     )
+    samples_kept_per_step: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Completions kept per training step for the samples API and the job page: the batch's "
+        "best and worst rewards, then its first rows (0: none).",
+    )
+    sample_max_chars: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="A kept prompt or completion longer than this many characters is stored cut to it "
+        "(and marked truncated).",
+    )
     device: str | None = Field(
         default=None, description="Worker device (cpu, cuda, cuda:1, mps); default: cuda when available."
     )

@@ -14,7 +14,7 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.models import Checkpoint, MetricPoint, new_id, now
+from app.models import Checkpoint, MetricPoint, TrainingSample, new_id, now
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,31 @@ def upsert_points(session: Session, job_id: str, points: dict[int, dict[str, flo
         for step, metrics in sorted(points.items())
     ]
     upsert(session, MetricPoint.__table__, rows, ["job_id", "step"])  # type: ignore[arg-type]
+
+
+def replace_samples(session: Session, job_id: str, samples: dict[int, list[dict[str, Any]]]) -> None:
+    """The steps' kept samples (worker/engine/samples.py's dicts), replacing what a step's earlier run
+    kept: a step run again after a crash may keep other rows of its batch."""
+    if not samples:
+        return
+    steps = sorted(samples)
+    session.execute(
+        delete(TrainingSample).where(TrainingSample.job_id == job_id, TrainingSample.step.in_(steps))
+    )
+    session.add_all(
+        TrainingSample(
+            job_id=job_id,
+            step=step,
+            position=sample["index"],
+            prompt=sample["prompt"],
+            completion=sample["completion"],
+            reward=sample["reward"],
+            sub_rewards=sample["sub_rewards"],
+            truncated=sample["truncated"],
+        )
+        for step in steps
+        for sample in samples[step]
+    )
 
 
 def find_adapter_dir(path: Path) -> Path:
@@ -102,8 +127,13 @@ def reconcile(
     came between the checkpoint's rename and the flush of its steps) are written; rows after start_step
     (flushed by a run that died before its next checkpoint) are dropped, since those steps run again.
     `checkpoints` are those on disk up to start_step: a missing row (killed before it was written) is added.
+    Samples after start_step go too; those of earlier steps lost in such a kill are not restored (the
+    engine logs no text).
     """
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > start_step))
+    session.execute(
+        delete(TrainingSample).where(TrainingSample.job_id == job_id, TrainingSample.step > start_step)
+    )
     stored = set(session.scalars(select(MetricPoint.step).where(MetricPoint.job_id == job_id)))
     missing = {step: metrics for step, metrics in steps.items() if step not in stored}
     if missing:

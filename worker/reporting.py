@@ -42,6 +42,7 @@ from worker.records import (
     checkpoint_row,
     drop_removed_checkpoints,
     reconcile,
+    replace_samples,
     upsert_checkpoint,
     upsert_points,
 )
@@ -84,6 +85,7 @@ class JobReporter(TrainerCallbacks):
         self._lost = threading.Event()
         self._stopped = threading.Event()
         self._pending: dict[int, dict[str, float]] = {}
+        self._pending_samples: dict[int, list[dict[str, Any]]] = {}  # flushed with the points
         self._last_flush = time.monotonic()
         self._last_control: tuple[float, Control] = (0.0, "continue")
         self.pause_requested = False  # the job row's pause request, read with every heartbeat
@@ -161,23 +163,30 @@ class JobReporter(TrainerCallbacks):
         """Persist pending metric points and progress (upserts keyed by step)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            samples, self._pending_samples = self._pending_samples, {}
             self._last_flush = time.monotonic()
         written = False
         try:
-            written = self._write(
-                lambda session: upsert_points(session, self.job_id, pending), **self._progress()
-            )
+            written = self._write(lambda session: self._record(session, pending, samples), **self._progress())
         finally:
             if not written:  # keep them (for the next flush, or flush_after_cancel); newer values win
                 with self._lock:
                     self._pending = {**pending, **self._pending}
+                    self._pending_samples = {**samples, **self._pending_samples}
         return written
+
+    def _record(
+        self, session: Session, points: dict[int, dict[str, float]], samples: dict[int, list[dict[str, Any]]]
+    ) -> None:
+        upsert_points(session, self.job_id, points)
+        replace_samples(session, self.job_id, samples)
 
     def flush_after_cancel(self) -> None:
         """Keep the steps this worker finished before the user's cancel reached it (the job is final, so
         this cannot overwrite another worker's rows; a job taken over by the reaper is not `cancelled`)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            samples, self._pending_samples = self._pending_samples, {}
 
         def attempt() -> None:
             with self._sessions() as session:
@@ -188,8 +197,8 @@ class JobReporter(TrainerCallbacks):
                         Job.worker_id == self.worker_id,
                     )
                 )
-                if mine is not None and pending:
-                    upsert_points(session, self.job_id, pending)
+                if mine is not None and (pending or samples):
+                    self._record(session, pending, samples)
                     session.commit()
 
         retrying(attempt, what=f"job {self.job_id}", deadline_s=self.db_retry_s)
@@ -298,6 +307,11 @@ class JobReporter(TrainerCallbacks):
         self._raise_alarms(raised)
         if due:
             self.flush()
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        # Written with the step's metric point (the next flush): both or neither reach the DB.
+        with self._lock:
+            self._pending_samples[step] = samples
 
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         if level == "warning":  # counted into the step's alarms (on_step), so repeats collapse into one

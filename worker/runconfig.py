@@ -100,6 +100,8 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
         else "hf",
         "rollout_gpu_memory_utilization": settings.rollout_gpu_memory_utilization,
         "metrics": {"job_id": job.id},
+        "samples_kept": settings.samples_kept_per_step,
+        "sample_max_chars": settings.sample_max_chars,
         "grading": worker_grading(session, settings=settings, tenant_id=job.tenant_id,
                                   grader=reinforcement["grader"], param=GRADER),
     }  # fmt: skip

@@ -15,7 +15,7 @@ from app.errors import AuthenticationError
 from app.models import JobStatus
 from app.schemas.jobs import JobPublic
 from app.schemas.progress import HEADLINE_METRICS
-from app.services import dashboard, jobs
+from app.services import dashboard, jobs, samples
 from app.services.sessions import sign_in, sign_out
 from app.web.render import PageRoute, redirect, render, signed_in
 from app.web.session import (
@@ -129,6 +129,7 @@ def _job_context(session: SessionDep, tenant: WebTenant, job_id: str) -> dict[st
         "grader": grader,
         "events": events,
         "checkpoints": checkpoints,
+        "latest_samples": samples.latest_samples(session, tenant=tenant, job_id=job_id, steps=1),
         "actions": dashboard.allowed_actions(job),
         "finished": dashboard.is_finished(job),
         "now": time.time(),  # elapsed and time left, refreshed with every poll of the panel

@@ -55,6 +55,13 @@ def test_a_multi_grader_with_a_python_sub_grader_trains_to_succeeded(
         done = wait_for(api, job.id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
         assert done["status"] == "succeeded", done["error"]
         series = api.get(f"/v1/fine_tuning/jobs/{job.id}/metrics", params={"limit": 100}).json()["data"]
+        kept = api.get(f"/v1/fine_tuning/jobs/{job.id}/samples", params={"limit": 100}).json()["data"]
+    # what the policy wrote: the worker's default 4 samples of every step, each with its sub-rewards
+    assert [(s["step"], len(s["samples"])) for s in kept] == [(step, 4) for step in range(1, STEPS + 1)]
+    for sample in (sample for s in kept for sample in s["samples"]):
+        assert set(sample["sub_rewards"]) == {"closeness", "exact"} and sample["completion"] is not None
+        combined = 0.5 * sample["sub_rewards"]["closeness"] + 0.5 * sample["sub_rewards"]["exact"]
+        assert sample["reward"] == pytest.approx(combined, abs=1e-6)
     steps = [point["metrics"] for point in series if point["step"] > 0]
     assert len(steps) == STEPS
     for metrics in steps:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
 from app.lifecycle import transition
-from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint, now
+from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint, TrainingSample, now
 from app.queues import control_key
 from app.services.reaper import reap_once
 from app.settings import Settings
@@ -190,3 +190,48 @@ def test_a_lost_stream_is_appended_again_in_order(
     assert _stream_steps(settings, job_id) == [1, 2, 3, 4]
     each.on_step(5, {"m": 5.0})
     assert _stream_steps(settings, job_id) == [1, 2, 3, 4, 5]
+
+
+def _sample(index: int, completion: str, reward: float) -> dict[str, object]:
+    return {"index": index, "prompt": "2+5=", "completion": completion, "reward": reward,
+            "sub_rewards": {"exact": reward}, "truncated": False}  # fmt: skip
+
+
+def _samples(session: Session, job_id: str) -> list[tuple[int, int, str, float, dict[str, float]]]:
+    rows = session.execute(
+        select(
+            TrainingSample.step, TrainingSample.position, TrainingSample.completion, TrainingSample.reward,
+            TrainingSample.sub_rewards,
+        )
+        .where(TrainingSample.job_id == job_id)
+        .order_by(TrainingSample.step, TrainingSample.position)
+    )  # fmt: skip
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_samples_are_written_with_their_step_and_replaced_when_it_runs_again(
+    settings: Settings, session: Session, job_id: str, reporter: Reporter
+) -> None:
+    run_dir = settings.data_dir / "jobs" / job_id / "run"
+    first = reporter()
+    first.on_start(StartInfo(total_steps=8, start_step=0, output_dir=run_dir))
+    for step in range(1, 6):
+        first.on_samples(step, [_sample(0, f"<b>{step}</b>", 0.0), _sample(3, "7", 1.0)])
+        first.on_step(step, {"m": float(step)})
+    assert _samples(session, job_id) == []  # with the metric points, at the next flush
+    assert first.flush()
+    assert len(_samples(session, job_id)) == 10
+    first.close()  # the worker dies after step 5; the checkpoint is at 4
+    _engine_output(run_dir, steps=4, checkpoint_step=4)
+    second = reporter()
+    second.on_start(StartInfo(total_steps=8, start_step=4, output_dir=run_dir))
+    assert {step for step, *_ in _samples(session, job_id)} == {1, 2, 3, 4}
+    second.on_samples(4, [_sample(5, "again", 0.5)])  # a step run again may keep other rows
+    second.on_samples(5, [_sample(1, "five", 0.25)])
+    second.on_step(5, {"m": 5.0})
+    assert second.flush()
+    assert _samples(session, job_id)[-3:] == [
+        (3, 3, "7", 1.0, {"exact": 1.0}), (4, 5, "again", 0.5, {"exact": 0.5}),
+        (5, 1, "five", 0.25, {"exact": 0.25}),
+    ]  # fmt: skip
+    assert _samples(session, job_id)[0] == (1, 0, "<b>1</b>", 0.0, {"exact": 0.0})

@@ -26,6 +26,10 @@ class TrainerCallbacks:
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """A few of the step's prompts, completions and rewards (samples.py's `Sample.to_dict`), just
+        before its on_step."""
+
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         pass
 

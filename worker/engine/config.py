@@ -159,6 +159,10 @@ class RunConfig:
     (grading.build.GradingContext.from_dict; the worker fills it from the service's settings)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Free-form labels copied into metrics.jsonl's header (job id, tags)."""
+    samples_kept: int = 4
+    """Completions reported per step (samples.py: the best, the worst and the first of the batch); 0: none."""
+    sample_max_chars: int = 2000
+    """A kept prompt or completion longer than this is cut to it (and marked truncated)."""
 
     def __post_init__(self) -> None:
         self.model_selection = model_selection(self.model_selection, self.validation_file is not None)

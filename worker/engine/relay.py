@@ -24,7 +24,7 @@ from worker.engine.errors import EngineError
 ADDRESS_ENV = "SPPO_RELAY_ADDRESS"
 TOKEN_ENV = "SPPO_RELAY_TOKEN"
 ACCEPT_POLL_S = 0.5  # how often the launcher checks that the ranks still live before rank 0 connects
-CALLBACKS = ("on_start", "on_step", "on_event", "on_checkpoint", "on_evaluation", "control")
+CALLBACKS = ("on_start", "on_samples", "on_step", "on_event", "on_checkpoint", "on_evaluation", "control")
 
 
 class RelayError(Exception):
@@ -136,6 +136,9 @@ class RelayCallbacks(TrainerCallbacks):
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         self._call("on_step", step=step, metrics=metrics)
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        self._call("on_samples", step=step, samples=samples)
 
     def on_event(self, level: Level, message: str, data: dict[str, Any] | None = None) -> None:
         self._call("on_event", level=level, message=message, data=data)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from grading.result import GradeResult
 from worker.engine.algorithms import AdvantageInputs, Algorithm, masked_mean
 from worker.engine.callbacks import TrainerCallbacks
 from worker.engine.config import RunConfig
@@ -24,6 +25,7 @@ from worker.engine.memory import peak_memory_mb
 from worker.engine.optim import Optimizers
 from worker.engine.precision import Precision
 from worker.engine.rollout import Rollout, generate
+from worker.engine.samples import Sample, keep_samples
 from worker.engine.update import PPOUpdate, StepBatch
 from worker.engine.vllm_rollout import VllmRollout
 
@@ -41,6 +43,7 @@ class TrainingStep:
     sampler: PromptSampler
     grader: BatchGrader
     grading_metrics: dict[str, float]  # the last step's grader/*, reward/* and perf/grading_s
+    step_samples: list[Sample]  # the last step's kept completions (rank 0's), until reported
     algorithm: Algorithm
     policy: torch.nn.Module
     precision: Precision
@@ -123,12 +126,19 @@ class TrainingStep:
                 compute_dtype=self.precision.dtype,
             )
         texts = completions(self.tokenizer, rollout)
-        rewards = self.grade([self.items[i] for i in rows], texts)
+        grades = self.grade([self.items[i] for i in rows], texts)
+        rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32)
+        if self.dist.is_main:
+            self.step_samples = keep_samples(
+                lambda row: str(self.tokenizer.decode(self.prompts[rows[row]], skip_special_tokens=True)),
+                texts, [g.reward for g in grades], [g.sub_rewards for g in grades],
+                k=self.config.samples_kept, max_chars=self.config.sample_max_chars,
+            )  # fmt: skip
         group_index = torch.arange(len(item_indices), device=self.device).repeat_interleave(group)  # (B,)
         return rollout, rewards.to(self.device), rows, group_index
 
-    def grade(self, items: list[dict[str, Any]], texts: list[str]) -> torch.Tensor:
-        """The rows' rewards (B,); grading metrics of the global batch go to `grading_metrics`."""
+    def grade(self, items: list[dict[str, Any]], texts: list[str]) -> list[GradeResult]:
+        """The rows' grades; grading metrics of the global batch go to `grading_metrics`."""
         started = time.perf_counter()
         grades = self.grader.grade(list(zip(items, texts, strict=True)))
         names = sorted(grades[0].sub_rewards) if grades else []
@@ -148,7 +158,7 @@ class TrainingStep:
             "perf/grading_s": time.perf_counter() - started,
             **{f"reward/{name}": totals[2 + i].item() / samples for i, name in enumerate(names)},
         }
-        return torch.tensor([g.reward for g in grades], dtype=torch.float32)
+        return grades
 
     def baselines(
         self, rollout: Rollout, rewards: torch.Tensor

@@ -49,6 +49,7 @@ from worker.engine.policy import load_policy, load_tokenizer, resolve_device, tr
 from worker.engine.precision import enable_tf32, resolve_precision
 from worker.engine.rollout import GenerationInterrupted
 from worker.engine.run_state import RunState
+from worker.engine.samples import Sample
 from worker.engine.selection import evaluations_without_improvement
 from worker.engine.sharding import shard_model
 from worker.engine.step import TrainingStep
@@ -74,6 +75,7 @@ class Trainer(TrainingStep, RunState):
         enable_tf32(self.device)
         self.algorithm = get_algorithm(config.algorithm)
         self.grading_metrics: dict[str, float] = {}
+        self.step_samples: list[Sample] = []
         self.tokenizer = load_tokenizer(config.model)
         self.items = load_items(config.train_file)
         self.prompts = encode_prompts(self.tokenizer, self.items)
@@ -235,6 +237,9 @@ class Trainer(TrainingStep, RunState):
         metrics["perf/elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
         with (self.output_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        if self.step_samples:  # sent once, with the step they were sampled in
+            self.callbacks.on_samples(self.step, [sample.to_dict() for sample in self.step_samples])
+            self.step_samples = []
         self.callbacks.on_step(self.step, metrics)
         due = evaluated or self.step % self.config.checkpoint_interval == 0 or self.step == self.total_steps
         if checkpoint and self.step > 0 and due:

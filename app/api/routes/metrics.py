@@ -1,4 +1,5 @@
-"""`/v1/fine_tuning/jobs/{id}`: metric series, live metrics (Server-Sent Events) and adapter downloads."""
+"""`/v1/fine_tuning/jobs/{id}`: metric series, live metrics (Server-Sent Events), the samples the policy
+wrote, and adapter downloads."""
 
 from typing import Annotated
 
@@ -10,7 +11,8 @@ from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import ARCHIVE, EVENT_STREAM, errors
 from app.api.retry import ReadRetryRoute
 from app.schemas.progress import MetricPointPublic, MetricSeriesPublic
-from app.services import progress
+from app.schemas.samples import SampleSeriesPublic, StepSamplesPublic
+from app.services import progress, samples
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"], route_class=ReadRetryRoute)
 # Step numbers are 64-bit in the database: a larger cursor would be a database error, not an empty page.
@@ -34,6 +36,27 @@ def list_metrics(
         data=[MetricPointPublic.of(p) for p in points],
         has_more=has_more,
         last_step=points[-1].step if points else None,
+    )
+
+
+@router.get("/{job_id}/samples", response_model=SampleSeriesPublic, responses=errors(400, 404))
+def list_samples(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    job_id: str,
+    after_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="Only steps after this one.")
+    ] = None,
+    step: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="Only this step.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Steps per page.")] = 10,
+) -> SampleSeriesPublic:
+    steps, has_more = samples.list_samples(
+        session, tenant=tenant, job_id=job_id, after_step=after_step, step=step, limit=limit
+    )
+    return SampleSeriesPublic(
+        data=[StepSamplesPublic.of(s, rows) for s, rows in steps],
+        has_more=has_more,
+        last_step=steps[-1][0] if steps else None,
     )
 
 

@@ -16,6 +16,7 @@ from app.models import ApiKey, Checkpoint, Job, JobStatus
 from app.security import hash_api_key
 from app.services.keys import revoke_key
 from app.streams import encode_step, metrics_stream_key
+from worker.records import replace_samples
 
 from ..conftest import ITEM, Server, method, sse_events
 from .conftest import Browser, add_points, csrf_of
@@ -303,3 +304,23 @@ def test_running_job_shows_elapsed_time_left_and_no_validation_file(
     # without a validation file the validation chart says so instead of waiting for ever
     assert "No validation file: this job is not scored on held-out items" in page
     assert page.count("Waiting for the first step") == 5  # the other charts
+
+
+def test_the_job_page_shows_the_latest_samples_escaped(
+    server: Server, browser: Browser, new_job: NewJob
+) -> None:
+    job_id = new_job()["id"]
+    assert "The first step's completions appear here." in browser.get(f"/jobs/{job_id}").text
+    hostile = '<script>alert("x")</script>'
+    written = {"prompt": "<b>2+5=</b>", "sub_rewards": {"exact": 0.5}, "truncated": True}
+    with session_scope(server.db_url) as session:
+        replace_samples(session, job_id, {
+            1: [{"index": 0, "completion": "old step", "reward": 0.0, **written}],
+            2: [{"index": 4, "completion": hostile, "reward": 0.75, **written}],
+        })  # fmt: skip
+        session.commit()
+    for page in (browser.get(f"/jobs/{job_id}").text, browser.get(f"/ui/jobs/{job_id}/panel").text):
+        panel = page[page.index('id="job-samples"') :]
+        assert "(step 2)" in panel and "old step" not in panel
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in panel and "<script>alert" not in page
+        assert "&lt;b&gt;2+5=&lt;/b&gt;" in panel and "exact 0.5" in panel and "(cut to its first" in panel

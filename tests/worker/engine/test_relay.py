@@ -27,6 +27,9 @@ class Seen(TrainerCallbacks):
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         self.calls.append(("on_checkpoint", path))
 
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        self.calls.append(("on_samples", (step, samples)))
+
     def control(self) -> Control:
         return "pause"
 
@@ -50,6 +53,7 @@ def test_calls_arrive_typed_and_the_result_comes_back(tmp_path: Path) -> None:
         client.on_start(StartInfo(total_steps=4, start_step=2, output_dir=tmp_path))
         client.on_step(3, {"rollout/reward_mean": 0.25, "train/kl": float("nan")})
         client.on_checkpoint(3, tmp_path / "checkpoints" / "step-000003", {})
+        client.on_samples(4, [{"index": 1, "completion": "<b>7</b>", "sub_rewards": {"a": 0.5}}])
         assert client.control() == "pause"
         result = TrainingResult("completed", 4, 4, {"a": 1.0}, {}, tmp_path / "final", [tmp_path / "c"])
         client.report_result(result)
@@ -59,6 +63,10 @@ def test_calls_arrive_typed_and_the_result_comes_back(tmp_path: Path) -> None:
     step, metrics = seen.calls[1][1]
     assert step == 3 and metrics["rollout/reward_mean"] == 0.25 and metrics["train/kl"] != metrics["train/kl"]
     assert seen.calls[2] == ("on_checkpoint", tmp_path / "checkpoints" / "step-000003")
+    assert seen.calls[3] == (
+        "on_samples",
+        (4, [{"index": 1, "completion": "<b>7</b>", "sub_rewards": {"a": 0.5}}]),
+    )
     assert server.result == result
 
 

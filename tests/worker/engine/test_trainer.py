@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from grading.result import GradeResult
 from worker.engine.algorithms import AdvantageInputs
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks
 from worker.engine.critic import SeparateCritic
@@ -132,7 +133,7 @@ def test_cancel_stops_before_the_next_step(tiny: Fixture, tmp_path: Path) -> Non
 def test_nan_loss_stops_with_a_clear_error(tiny: Fixture, tmp_path: Path) -> None:
     trainer = Trainer(tiny_config(tiny, tmp_path), TrainerCallbacks())
     # graders never give NaN (a grader's NaN is a flagged 0); NaN rewards stand for any broken arithmetic
-    trainer.grade = lambda items, texts: torch.full((len(items),), float("nan"))  # type: ignore[method-assign]
+    trainer.grade = lambda items, texts: [GradeResult(float("nan")) for _ in items]  # type: ignore[method-assign]
     with pytest.raises(TrainingDivergedError) as info:
         trainer.train_step()
     assert info.value.code == "training_diverged"
