@@ -23,7 +23,7 @@ def worker(
         str | None,
         typer.Option(
             help="Comma-separated queues to consume (default: the training queue of --devices, "
-            "and evaluation)."
+            "evaluation and webhooks)."
         ),
     ] = None,
     devices: Annotated[
