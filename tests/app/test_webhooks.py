@@ -16,11 +16,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import select
 
+from app.db import session_scope, upgrade_database
+from app.models import Evaluation, JobStatus, Tenant, WebhookDelivery, WebhookEndpoint
 from app.settings import Settings
 from app.webhooks import UnsafeWebhookURL, check_url
 from tests.app.conftest import ITEM, ROOT, Server, method, migrate, run_api_server
 from tests.conftest import RedisServer
+from worker import evaluations
+from worker.webhooks import deliver
 
 MAX_ATTEMPTS = 3
 
@@ -50,6 +55,7 @@ def receiver() -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers["content-length"]))
             state.requests.append((body, {k.lower(): v for k, v in self.headers.items()}))
             self.send_response(state.status)
+            self.send_header("location", state.url)  # read only on a redirect status
             self.send_header("content-length", "0")
             self.end_headers()
 
@@ -173,6 +179,55 @@ def test_failing_receiver_gets_bounded_retries(server: Server, receiver: Receive
         assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 3, 500)
         time.sleep(2.5)  # past the next backoff: no further attempt
         assert len(receiver.requests) == MAX_ATTEMPTS
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path) -> Settings:
+    """Settings of an in-process worker on a migrated SQLite database, allowed to call 127.0.0.1 once."""
+    url = f"sqlite:///{tmp_path / 'local.db'}"
+    upgrade_database(url)
+    return Settings(
+        data_dir=tmp_path,
+        database_url=url,
+        webhook_allow_http=True,
+        webhook_allow_private_addresses=True,
+        webhook_max_attempts=1,
+    )
+
+
+def _endpoint(settings: Settings, url: str) -> str:
+    with session_scope(settings.db_url) as session:
+        tenant = Tenant(name="acme")
+        session.add(tenant)
+        session.flush()
+        session.add(WebhookEndpoint(tenant_id=tenant.id, url=url))
+        session.add(Evaluation(id="eval-1", tenant_id=tenant.id, model="sppo-tiny", file_id="file-1"))
+        session.commit()
+        return tenant.id
+
+
+def _deliveries(settings: Settings) -> list[tuple[str, str, str, int | None]]:
+    with session_scope(settings.db_url) as session:
+        rows = session.scalars(select(WebhookDelivery)).all()
+        return [(d.event_type, d.object_id, d.status, d.last_status_code) for d in rows]
+
+
+def test_finished_evaluation_sends_eval_run_event_and_redirects_are_not_followed(
+    local_settings: Settings, receiver: Receiver
+) -> None:
+    receiver.status = 302  # followed, the POST would become a GET, which this receiver answers 501
+    _endpoint(local_settings, receiver.url)
+    assert evaluations._update(local_settings, "eval-1", status=JobStatus.running)
+    assert _deliveries(local_settings) == []  # not a terminal status
+    assert evaluations._update(local_settings, "eval-1", status=JobStatus.failed)
+    [(event_type, object_id, _, _)] = _deliveries(local_settings)
+    assert (event_type, object_id) == ("eval.run.failed", "eval-1")
+    with session_scope(local_settings.db_url) as session:
+        delivery_id = session.scalars(select(WebhookDelivery.id)).one()
+    assert deliver(delivery_id, settings=local_settings) == "failed"  # one attempt allowed
+    assert _deliveries(local_settings) == [("eval.run.failed", "eval-1", "failed", 302)]
+    assert deliver(delivery_id, settings=local_settings) == "nothing to send"
+    assert len(receiver.requests) == 1
 
 
 @pytest.mark.parametrize(
