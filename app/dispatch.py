@@ -12,16 +12,18 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import ServiceUnavailable
-from app.models import Job, JobStatus, now
+from app.models import Job, JobStatus, WebhookDelivery, now
 from app.queues import (
     CONTROL_TTL_S,
     EVALUATE_TASK,
     EVALUATION_QUEUE,
     TRAIN_TASK,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
     broker_options,
     control_key,
     job_devices,
@@ -87,6 +89,47 @@ def send_evaluation_task(settings: Settings, evaluation_id: str) -> bool:
         log.warning("could not dispatch evaluation %s", evaluation_id, exc_info=True)
         return False
     return True
+
+
+def send_webhook_task(settings: Settings, delivery_id: str) -> bool:
+    """Publish a webhook delivery; False (logged) if the broker could not take it (the reaper tries again)."""
+    try:
+        _celery(str(settings.redis_url)).send_task(
+            WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE, retry=False
+        )
+    except Exception:  # the delivery stays due in the outbox
+        log.warning("could not dispatch webhook delivery %s", delivery_id, exc_info=True)
+        return False
+    return True
+
+
+def dispatch_due_webhooks(session: Session, *, settings: Settings, limit: int = 100) -> int:
+    """Send the outbox's due deliveries to the webhook workers: new ones, retries whose backoff is over, and
+    ones sent more than a lease ago that no worker finished (a lost message, a killed worker)."""
+    stamp = now()
+    due = session.scalars(
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at <= stamp,
+            or_(
+                WebhookDelivery.dispatched_at.is_(None),
+                WebhookDelivery.dispatched_at < stamp - settings.heartbeat_lease_s,
+            ),
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    ).all()
+    sent = 0
+    for delivery_id in due:
+        if not send_webhook_task(settings, delivery_id):
+            break  # the broker is down; the next round tries again
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(dispatched_at=stamp)
+        )
+        session.commit()
+        sent += 1
+    return sent
 
 
 def dispatch(session: Session, *, settings: Settings, job_id: str) -> bool:

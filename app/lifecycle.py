@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.models import Checkpoint, Job, JobEvent, JobStatus, now
+from app.webhooks import enqueue_job_event
 
 # OpenAI's event levels; the engine says "warning", the API speaks "warn".
 _LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
@@ -88,4 +89,7 @@ def transition(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     add_event(session, job_id=job_id, message=message, level=level, data={"status": str(to), **(data or {})})
+    enqueue_job_event(
+        session, job_id=job_id, status=to
+    )  # in this transaction: the event exists iff the status does
     return True

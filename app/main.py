@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from app.admission import AdmissionMiddleware, AuthFirstMiddleware
 from app.api.openapi import AUTHENTICATED, errors, install_openapi
-from app.api.routes import evaluations, files, graders, health, inference, jobs, metrics, models
+from app.api.routes import evaluations, files, graders, health, inference, jobs, metrics, models, webhooks
 from app.db import get_sessionmaker
 from app.errors import install_error_handlers
 from app.logs import configure_logging
@@ -55,7 +55,7 @@ def create_app() -> FastAPI:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     app = FastAPI(title="SPPO Service", version="0.1.0", lifespan=lifespan)
     v1 = APIRouter(prefix="/v1", responses=errors(*AUTHENTICATED))
-    for module in (files, jobs, metrics, models, evaluations, inference, graders):
+    for module in (files, jobs, metrics, models, evaluations, inference, graders, webhooks):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

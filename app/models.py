@@ -264,3 +264,45 @@ class DashboardSession(Base):
     key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[int] = mapped_column(default=now)
     expires_at: Mapped[int]
+
+
+class WebhookEndpoint(Base):
+    """A tenant's URL that receives terminal job and evaluation events (app/webhooks.py, an extension).
+
+    No secret is stored: an endpoint's signing secret is derived from the operator's key and the endpoint's
+    id (app/webhooks.py), so a copy of the database alone cannot forge a delivery.
+    """
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("wh"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class WebhookDelivery(Base):
+    """An outbox row: one event for one endpoint, written in the transition's transaction, sent by a worker.
+
+    `id` is the event's id and the `webhook-id` header, the same on every attempt, so receivers can
+    deduplicate (delivery is at least once).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("evt"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(64))  # the job or evaluation the event is about
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[int] = mapped_column(default=now)
+    # When the task was last sent to the broker; NULL: due to be sent (app/services/reaper.py).
+    dispatched_at: Mapped[int | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(default=now)
+    delivered_at: Mapped[int | None]

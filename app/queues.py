@@ -16,6 +16,8 @@ TRAIN_TASK = "sppo.train"
 TRAIN_QUEUE = "training"
 EVALUATE_TASK = "sppo.evaluate"
 EVALUATION_QUEUE = "evaluation"
+WEBHOOK_TASK = "sppo.webhook"
+WEBHOOK_QUEUE = "webhooks"  # apart from evaluations, so a delivery never waits behind a long scoring
 CONTROL_TTL_S = 7 * 24 * 3600  # a flag nobody read for a week belongs to a job that is long gone
 
 

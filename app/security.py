@@ -2,7 +2,9 @@
 
 import hashlib
 import hmac
+import os
 import secrets
+from pathlib import Path
 
 KEY_PREFIX = "sk-sppo-"
 DISPLAY_PREFIX_LEN = 12
@@ -22,3 +24,15 @@ def key_matches(key: str, stored_hash: str) -> bool:
 
 def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LEN]
+
+
+def secret_from_file(path: Path) -> str:
+    """A random secret created once with mode 0600 (like the dev API key), so restarts keep it."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret

@@ -335,6 +335,34 @@ class Settings(BaseSettings):
         "request_id, tenant_id and job_id (docker-compose.yml sets it).",
     )
 
+    # Webhooks (docs/api.md#webhooks): terminal job and evaluation events, signed as OpenAI signs them.
+    webhook_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Operator key every endpoint's signing secret is derived from (HMAC of the endpoint id), "
+        "so the database holds no secret; the API (which shows a secret once) and the workers (which sign) "
+        "need the same value. Default: a random one kept in data_dir/webhook-key (0600), enough where they "
+        "share data_dir (`sppo run`). Changing it changes every endpoint's secret.",
+    )
+    webhook_allow_http: bool = Field(
+        default=False,
+        description="Development only: accept http:// webhook URLs (otherwise https:// only).",
+    )
+    webhook_allow_private_addresses: bool = Field(
+        default=False,
+        description="Let webhooks reach loopback, private and link-local addresses (otherwise refused at "
+        "registration and again at every delivery, so a tenant cannot aim the workers at internal services).",
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Timeout of one delivery attempt.")
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=32, description="Delivery attempts per event before it is recorded as failed."
+    )
+    webhook_retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Backoff before the second attempt; it doubles with every further attempt (capped at "
+        "an hour).",
+    )
+
     @model_validator(mode="after")
     def _check_capacity(self) -> "Settings":
         if self.api_max_in_flight > self.db_pool_size + self.db_max_overflow - 2:

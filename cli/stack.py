@@ -33,7 +33,7 @@ REDIS_START_TIMEOUT_S = 20
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WORKER_STOP_TIMEOUT_S = 60  # a warm shutdown lets the running step finish and checkpoint
 TRAIN_QUEUES = "training"
-EVALUATION_QUEUES = "evaluation"
+EVALUATION_QUEUES = "evaluation,webhooks"
 
 
 def redis_reachable(url: str) -> bool:

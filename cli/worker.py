@@ -23,7 +23,7 @@ def worker(
         str | None,
         typer.Option(
             help="Comma-separated queues to consume (default: the training queue of --devices, "
-            "and evaluation)."
+            "evaluation and webhooks)."
         ),
     ] = None,
     devices: Annotated[
@@ -94,10 +94,10 @@ def worker(
 
 
 def default_queues(devices: int) -> str:
-    """The training queue of jobs with exactly `devices` devices, and evaluations."""
-    from app.queues import EVALUATION_QUEUE, training_queue
+    """The training queue of jobs with exactly `devices` devices, evaluations and webhook deliveries."""
+    from app.queues import EVALUATION_QUEUE, WEBHOOK_QUEUE, training_queue
 
-    return f"{training_queue(devices)},{EVALUATION_QUEUE}"
+    return f"{training_queue(devices)},{EVALUATION_QUEUE},{WEBHOOK_QUEUE}"
 
 
 def _auto_device() -> str:

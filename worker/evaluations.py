@@ -21,6 +21,7 @@ from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
 from app.storage import artifact_store
+from app.webhooks import enqueue_evaluation_event
 from jobspec.hyperparameters import grader_pass_threshold
 from worker.dbretry import retrying
 from worker.engine.checkpoint import crash_point
@@ -44,8 +45,13 @@ def _update(settings: Settings, evaluation_id: str, *where: Any, **values: Any) 
             result = session.execute(
                 update(Evaluation).where(Evaluation.id == evaluation_id, *where).values(**values)
             )
+            changed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if changed and "status" in values:  # its terminal event commits with the status
+                enqueue_evaluation_event(
+                    session, evaluation_id=evaluation_id, status=JobStatus(values["status"])
+                )
             session.commit()
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            return changed
 
     return retrying(attempt, what=f"evaluation {evaluation_id}", deadline_s=settings.db_retry_s)
 

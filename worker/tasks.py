@@ -9,7 +9,7 @@ from typing import Any
 
 from celery.signals import worker_shutting_down
 
-from app.queues import EVALUATE_TASK, TRAIN_TASK
+from app.queues import EVALUATE_TASK, TRAIN_TASK, WEBHOOK_TASK
 from app.settings import get_settings
 from worker.celery_app import app
 from worker.reporting import SHUTDOWN
@@ -36,3 +36,10 @@ def evaluate(evaluation_id: str) -> None:
     from worker.evaluations import run_evaluation
 
     log.info("evaluation %s: %s", evaluation_id, run_evaluation(evaluation_id, settings=get_settings()))
+
+
+@app.task(name=WEBHOOK_TASK)  # type: ignore[untyped-decorator]
+def send_webhook(delivery_id: str) -> None:
+    from worker.webhooks import deliver
+
+    log.info("webhook %s: %s", delivery_id, deliver(delivery_id, settings=get_settings()))

@@ -19,6 +19,7 @@ from app.services.grading import check_grader
 from app.services.pagination import page
 from app.settings import Settings
 from app.storage import artifact_store
+from app.webhooks import enqueue_evaluation_event
 
 
 def resolve_model(
@@ -78,6 +79,7 @@ def create_evaluation(
             "The evaluation queue (Redis) was unreachable; create the evaluation again."
         )
         evaluation.finished_at = now()
+        enqueue_evaluation_event(session, evaluation_id=evaluation.id, status=JobStatus.failed)
         session.commit()
         raise ServiceUnavailable(evaluation.error_message)
     evaluation.dispatched_at = now()

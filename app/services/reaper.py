@@ -12,6 +12,8 @@
 - A `running` evaluation whose heartbeat is older than the lease is sent again and requeued with
   `attempt + 1` (the message first: a worker that takes it before the requeue commits takes the
   evaluation over, see worker/evaluations.py), or failed after `max_attempts`.
+- Webhook deliveries that are due (new, past their backoff, or sent a lease ago and never finished) are
+  sent to the webhook workers (app/dispatch.py, worker/webhooks.py).
 - A `queued` evaluation sent longer than a lease ago whose message the broker no longer holds is sent
   again. A duplicate message is harmless: the worker's claim takes only a queued evaluation (or one whose
   worker went silent), so the second message finds nothing to do.
@@ -38,6 +40,7 @@ from app.lifecycle import last_checkpoint_step, transition
 from app.models import Evaluation, Job, JobStatus, now
 from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_lists, redis_key, training_queues
 from app.settings import Settings
+from app.webhooks import enqueue_evaluation_event
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class ReapReport:
     evaluations_requeued: list[str] = field(default_factory=list)
     evaluations_failed: list[str] = field(default_factory=list)
     evaluations_redispatched: list[str] = field(default_factory=list)
+    webhooks_dispatched: int = 0
 
 
 def _last_sign_of_life() -> ColumnElement[int]:
@@ -207,6 +211,7 @@ def reap_lost_evaluations(session: Session, *, settings: Settings, report: ReapR
             values = {"status": S.failed, "error_code": "worker_lost", "error_message": message}
             result = session.execute(guard.values(**values, finished_at=now()))
             if result.rowcount == 1:  # type: ignore[attr-defined]
+                enqueue_evaluation_event(session, evaluation_id=evaluation_id, status=S.failed)
                 report.evaluations_failed.append(evaluation_id)
         elif dispatch.send_evaluation_task(settings, evaluation_id):  # broker down: next round
             requeue = {"status": S.queued, "attempt": Evaluation.attempt + 1, "worker_id": None}
@@ -302,6 +307,7 @@ def reap_once(session: Session, *, settings: Settings) -> ReapReport:
             find_lost_messages(session, settings=settings, client=client)
             resend_lost_evaluations(session, settings=settings, client=client, report=report)
         report.redispatched = dispatch.dispatch_pending_jobs(session, settings=settings)
+        report.webhooks_dispatched = dispatch.dispatch_due_webhooks(session, settings=settings)
         return report
     finally:
         if lock is not None:

@@ -8,11 +8,9 @@ constant time. Sign-out deletes the session row: a copy of the cookie kept from 
 """
 
 import hmac
-import os
 import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
@@ -22,6 +20,7 @@ from starlette.datastructures import FormData
 from app.api.deps import SessionDep, SettingsDep
 from app.logs import bind_log_ids
 from app.models import Tenant
+from app.security import secret_from_file
 from app.services.sessions import SESSION_TTL_S, session_tenant
 from app.settings import Settings
 from app.web.headers import is_secure
@@ -47,18 +46,6 @@ class WebSession:
     dirty: bool = field(default=False, compare=False)  # must be (re)sent to the browser
 
 
-def _secret_from_file(path: Path) -> str:
-    """A random secret created once with mode 0600 (like the dev API key), so restarts keep sessions."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    return secret
-
-
 @lru_cache
 def _serializer(secret: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret, salt="sppo.dashboard.session")
@@ -67,7 +54,7 @@ def _serializer(secret: str) -> URLSafeTimedSerializer:
 def serializer(settings: Settings) -> URLSafeTimedSerializer:
     if settings.session_secret is not None:
         return _serializer(settings.session_secret.get_secret_value())
-    return _serializer(_secret_from_file(settings.data_dir / SECRET_FILE))
+    return _serializer(secret_from_file(settings.data_dir / SECRET_FILE))
 
 
 def load_session(request: Request, settings: SettingsDep) -> WebSession:

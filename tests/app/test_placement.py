@@ -43,8 +43,8 @@ def test_a_job_waits_only_on_the_queue_of_its_device_count(
 
 
 def test_workers_consume_the_queue_of_the_devices_they_offer() -> None:
-    assert default_queues(1) == "training,evaluation"
-    assert default_queues(2) == "training.devices.2,evaluation"
+    assert default_queues(1) == "training,evaluation,webhooks"
+    assert default_queues(2) == "training.devices.2,evaluation,webhooks"
     assert [training_queue(n) for n in DEVICE_COUNTS] == ["training", "training.devices.2"]
 
 
