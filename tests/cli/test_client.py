@@ -195,3 +195,13 @@ def test_chat_errors_name_the_cause(sppo: Sppo) -> None:
     # the API test server runs no model server: the proxy's 503 message reaches the user
     down = sppo("chat", "sppo-tiny", "1+2+3=")
     assert down.returncode == 1 and "(SPPO_INFERENCE_URL) is not reachable" in down.stderr
+
+
+def test_models_list_shows_base_models_with_context_and_grader(sppo: Sppo) -> None:
+    listed = sppo("models", "list")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "sppo-tiny-long" in line)
+    assert "256" in row and "regex" in row  # its context length and recommended grader
+    data = as_json(sppo("models", "list", "--json"))["data"]
+    assert {"sppo-tiny", "sppo-tiny-long"} <= {m["id"] for m in data}
+    assert as_json(sppo("models", "list", "--fine-tuned", "--json"))["data"] == []
