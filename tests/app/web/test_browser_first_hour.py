@@ -54,6 +54,12 @@ def test_alarms_banner_and_fitted_axes_on_a_running_job(
     page = signed_in_page(chromium, server.base_url, key)
     chip = page.locator(f"tr[data-job-id='{job['id']}'] .alarm-chip")
     assert chip.inner_text() == "constant reward ×10"
+    # the jobs table fits a 1280 px screen, alarm chip and all: nothing is cut off or scrolls sideways
+    scroll, client = page.evaluate(
+        "(() => { const w = document.querySelector('#jobs .table-wrap');"
+        " return [w.scrollWidth, w.clientWidth]; })()"
+    )
+    assert page.viewport_size["width"] == 1280 and scroll <= client, (scroll, client)
     page.goto(f"/jobs/{job['id']}")
     page.wait_for_selector("#charts[data-points='12']", timeout=15_000)  # no JS predicate: CSP bars eval
     alarm = page.locator("#job-head [data-alarm='constant_reward']")
