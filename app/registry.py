@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.settings import Settings
 from jobspec.context import read_context_length
 from jobspec.graders import Grader
+from jobspec.hyperparameters import DEFAULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ FIXTURE_MODELS = (FIXTURE_MODEL, "sppo-tiny-long")
 # Where the engine ships the fixtures' files; read by path, never imported.
 FIXTURES_ROOT = Path(__file__).resolve().parents[1] / "worker" / "engine" / "fixture_models"
 GRADER_FILE = "sppo_grader.json"
-DEFAULTS_FILE = "sppo_defaults.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")  # fmt: skip
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

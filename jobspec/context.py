@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from jobspec.hyperparameters import REASONING_EFFORT_TOKENS, REFERENCE_DEFAULTS
+from jobspec.hyperparameters import (
+    REASONING_EFFORT_TOKENS,
+    REFERENCE_DEFAULTS,
+    given_max_response_tokens,
+    model_defaults_for,
+)
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
                 "max_seq_len")  # fmt: skip
@@ -43,18 +48,18 @@ def read_context_length(model_dir: str | Path) -> int | None:
 
 
 def resolve_max_response_tokens(
-    hyperparameters: Mapping[str, Any], model_defaults: Mapping[str, Any]
+    hyperparameters: Mapping[str, Any], model_defaults: Mapping[str, Any], algorithm: str = "sppo"
 ) -> tuple[int, str]:
-    """(tokens, where they come from) in the worker's order: the job's `max_response_tokens`, its
-    `reasoning_effort`, the model's sppo_defaults.json, the engine's default. The source is "" for the
-    job's own value, else a phrase for messages such as " (the model's default)"."""
-    given = hyperparameters.get("max_response_tokens")
-    if isinstance(given, int):
-        return given, ""
-    effort = str(hyperparameters.get("reasoning_effort"))
-    if effort in REASONING_EFFORT_TOKENS:
-        return REASONING_EFFORT_TOKENS[effort], f" (from reasoning_effort '{effort}')"
-    default = model_defaults.get("max_response_tokens")
+    """(tokens, where they come from) in the worker's order (jobspec.hyperparameters): the job's budget
+    (its `max_response_tokens`, else its `reasoning_effort`'s), the model's sppo_defaults.json for the
+    algorithm, the engine's default. The source is "" for the job's own value, else a phrase for messages
+    such as " (the model's default)"."""
+    budget = given_max_response_tokens(hyperparameters)
+    if budget is not None:
+        effort = hyperparameters.get("reasoning_effort")
+        own = hyperparameters.get("max_response_tokens") is not None or effort not in REASONING_EFFORT_TOKENS
+        return budget, "" if own else f" (from reasoning_effort '{effort}')"
+    default = model_defaults_for(model_defaults, algorithm).get("max_response_tokens")
     if isinstance(default, int) and not isinstance(default, bool):
         return default, " (the model's default)"
     return DEFAULT_MAX_RESPONSE_TOKENS, " (the engine's default)"

@@ -131,6 +131,15 @@ def _given(hyper: Mapping[str, Any], name: str) -> Any:
     return None if value == "auto" else value
 
 
+def given_max_response_tokens(hyper: Mapping[str, Any]) -> int | None:
+    """The response budget a job sets itself: its `max_response_tokens`, else its `reasoning_effort`'s
+    (low/medium/high; "default" and none leave it to the defaults: None)."""
+    given = _given(hyper, "max_response_tokens")
+    if given is not None:
+        return int(given)
+    return REASONING_EFFORT_TOKENS.get(str(hyper.get("reasoning_effort")))
+
+
 def _multiplier(hyper: Mapping[str, Any], rate: str) -> float:
     return float(_given(hyper, f"{rate}_multiplier") or 1)
 
@@ -143,8 +152,9 @@ def job_values(
     `learning_rate_multiplier`)."""
     values = {name: _given(hyper, name) for name in JOB_FIELDS if _given(hyper, name) is not None}
     values.setdefault("pass_threshold", grader_pass_threshold(grader))
-    if "max_response_tokens" not in values and hyper.get("reasoning_effort") in REASONING_EFFORT_TOKENS:
-        values["max_response_tokens"] = REASONING_EFFORT_TOKENS[hyper["reasoning_effort"]]
+    budget = given_max_response_tokens(hyper)
+    if budget is not None:
+        values["max_response_tokens"] = budget
     defaults = resolve_defaults(model_defaults, {"algorithm": algorithm})
     values["learning_rate"] = float(defaults["learning_rate"]) * float(
         _given(hyper, "learning_rate_multiplier") or 1

@@ -34,6 +34,7 @@ def check_job_context(
     *,
     settings: Settings,
     entry: BaseModelEntry,
+    algorithm: str,
     hyperparameters: Mapping[str, Any],
     files: list[tuple[File, str]],
 ) -> None:
@@ -42,7 +43,7 @@ def check_job_context(
     context = entry.context_length
     if context is None:
         return
-    tokens, source = resolve_max_response_tokens(hyperparameters, entry.defaults or {})
+    tokens, source = resolve_max_response_tokens(hyperparameters, entry.defaults or {}, algorithm)
     overflow = response_overflow(tokens, context, source=source)
     if overflow is not None:
         raise _refuse(overflow, entry, file_param="training_file")

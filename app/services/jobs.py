@@ -142,6 +142,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
     check_job_context(
         settings=settings,
         entry=entry,
+        algorithm=request.method.reinforcement.algorithm,
         hyperparameters=request.method.reinforcement.hyperparameters.model_dump(exclude_none=True),
         files=list(zip(files, ("training_file", "validation_file"), strict=False)),
     )

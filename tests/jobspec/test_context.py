@@ -58,12 +58,26 @@ def test_fixture_contexts() -> None:
         ({}, {"max_response_tokens": 32}, (32, " (the model's default)")),
         ({}, {"max_response_tokens": "32"}, (8192, " (the engine's default)")),
         ({}, {}, (8192, " (the engine's default)")),
+        # the worker reads a model's per-algorithm section (sppo-tiny's own test: "grpo" below)
+        (
+            {},
+            {"max_response_tokens": 32, "algorithms": {"sppo": {"max_response_tokens": 48}}},
+            (48, " (the model's default)"),
+        ),
     ],
 )
 def test_the_budget_resolves_in_the_workers_order(
     hyperparameters: dict[str, Any], defaults: dict[str, Any], expected: tuple[int, str]
 ) -> None:
     assert resolve_max_response_tokens(hyperparameters, defaults) == expected
+
+
+def test_the_budget_reads_the_models_section_for_the_algorithm_as_the_worker_does() -> None:
+    defaults = {"max_response_tokens": 32, "algorithms": {"grpo": {"max_response_tokens": 48}}}
+    assert resolve_max_response_tokens({}, defaults, "grpo") == (48, " (the model's default)")
+    assert resolve_max_response_tokens({}, defaults, "sppo") == (32, " (the model's default)")
+    default_effort = resolve_max_response_tokens({"reasoning_effort": "default"}, defaults)
+    assert default_effort == (32, " (the model's default)")
 
 
 def test_a_budget_must_leave_a_position_for_the_prompt() -> None:
