@@ -192,7 +192,8 @@ def local_stack(
     started: subprocess.Popen[bytes] | None = None
     # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this
     # process before the `finally` below stops the workers and Redis. Turn it into an exception instead.
-    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    exit_on_signal = SignalExit()
+    previous = {sig: signal.signal(sig, exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     workers: list[subprocess.Popen[bytes]] = []
     models: subprocess.Popen[bytes] | None = None
     try:
@@ -213,6 +214,7 @@ def local_stack(
         watch_output_pipe()
         yield redis_url
     finally:
+        exit_on_signal.stopping.set()
         say("Stopping the model server and the workers ...")
         if models is not None:
             stop(models, REDIS_START_TIMEOUT_S)
@@ -231,5 +233,30 @@ def local_stack(
             signal.signal(sig, handler)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+SIGNAL_RESEND_S = 2.0
+
+
+class SignalExit:
+    """A signal handler that turns SIGTERM/SIGHUP into SystemExit in the main thread, until `stopping` is set.
+
+    Python ignores an exception raised while the main thread runs a `__del__` or a garbage-collection
+    callback (seen: a SQLAlchemy one while the app imported), so a signal landing there was lost and `sppo
+    run` served on. Until the stack's cleanup starts, the first signal is sent again every
+    SIGNAL_RESEND_S; once it has started, further signals are ignored so they cannot cut the cleanup short.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.stopping.is_set():
+            return
+        if self.signum is None:
+            self.signum = signum
+            threading.Thread(target=self._resend, args=(signum,), name="signal-resend", daemon=True).start()
+        raise SystemExit(128 + signum)
+
+    def _resend(self, signum: int) -> None:
+        while not self.stopping.wait(SIGNAL_RESEND_S):
+            os.kill(os.getpid(), signum)
