@@ -20,7 +20,7 @@ from sqlalchemy import case, func, or_, update
 from app.db import get_sessionmaker
 from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
-from app.storage import artifact_store
+from app.storage import ArtifactStore, artifact_store
 from app.webhooks import enqueue_evaluation_event
 from jobspec.hyperparameters import grader_pass_threshold
 from worker.dbretry import retrying
@@ -145,6 +145,32 @@ def run_evaluation(evaluation_id: str, *, settings: Settings, worker_id: str | N
         heartbeat.stop()
 
 
+def _fail(settings: Settings, evaluation_id: str, mine: tuple[Any, ...], exc: Exception) -> str:
+    """Record why the evaluation failed: the engine's error a user can act on, or an internal one."""
+    code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else INTERNAL_ERROR
+    if not isinstance(exc, EngineError):
+        log.exception("evaluation %s failed unexpectedly", evaluation_id, exc_info=exc)
+    values = {"error_code": code, "error_message": message, "finished_at": now()}
+    done = _update(settings, evaluation_id, *mine, status=S.failed, **values)
+    return "failed" if done else "lost"
+
+
+def _publish_result(
+    store: ArtifactStore, evaluation_id: str, worker_id: str, lines: Iterator[dict[str, Any]]
+) -> str:
+    """Write the per-item results as JSONL into the store; returns their key."""
+    key = f"jobs/evaluations/{evaluation_id}.jsonl"
+    target = store.local_path(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{worker_id.replace(':', '-')}.tmp")
+    with partial.open("w") as handle:  # renamed into place whole: a reader never sees half a file
+        for line in lines:
+            handle.write(json.dumps(line) + "\n")
+    partial.replace(target)
+    store.publish(key, keep_copy=False)
+    return key
+
+
 def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
     mine = (Evaluation.status == S.running, Evaluation.worker_id == worker_id)
     with get_sessionmaker(settings.db_url)() as session:
@@ -178,22 +204,10 @@ def _run(evaluation_id: str, *, settings: Settings, worker_id: str) -> str:
             pass_threshold=grader_pass_threshold(evaluation.grader),
         )
     except Exception as exc:
-        code, message = (exc.code, exc.message) if isinstance(exc, EngineError) else INTERNAL_ERROR
-        if not isinstance(exc, EngineError):
-            log.exception("evaluation %s failed unexpectedly", evaluation_id)
-        values = {"error_code": code, "error_message": message, "finished_at": now()}
-        done = _update(settings, evaluation_id, *mine, status=S.failed, **values)
-        return "failed" if done else "lost"
+        return _fail(settings, evaluation_id, mine, exc)
     crash_point("evaluation.scored", 0)
-    key = f"jobs/evaluations/{evaluation_id}.jsonl"
-    target = store.local_path(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{worker_id.replace(':', '-')}.tmp")
-    with partial.open("w") as handle:  # renamed into place whole: a reader never sees half a file
-        for line in result_lines(load_items(data_file), result.items, evaluation.grader):
-            handle.write(json.dumps(line) + "\n")
-    partial.replace(target)
-    store.publish(key, keep_copy=False)
+    lines = result_lines(load_items(data_file), result.items, evaluation.grader)
+    key = _publish_result(store, evaluation_id, worker_id, lines)
     done = _update(
         settings,
         evaluation_id,

@@ -1,6 +1,7 @@
 """A job's live metrics stream in Redis (app/streams.py): appended per step, repaired when Redis lost it.
 
-Best effort throughout: the DB's metric points are the truth, so a Redis error is logged, never raised.
+Best effort throughout: the DB's metric points are the truth, so a Redis error (or a failed DB read for a
+repair) is logged, never raised.
 """
 
 import logging
@@ -8,8 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import now
+from app.models import MetricPoint, now
 from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
@@ -50,3 +54,24 @@ def drop_steps_after(client: "redis.Redis", job_id: str, step: int) -> None:
             client.xdel(key, *stale)
     except redis.RedisError:
         log.warning("could not trim the metrics stream of job %s", job_id, exc_info=True)
+
+
+def earlier_steps(
+    sessions: sessionmaker[Session], job_id: str, step: int, pending: dict[int, dict[str, float]]
+) -> Records:
+    """Stream records of the steps before `step`, to repair a lost stream: the DB's, with `pending` (steps
+    not flushed yet) over them."""
+    try:
+        with sessions() as session:
+            stored = session.execute(
+                select(MetricPoint.step, MetricPoint.metrics, MetricPoint.created_at)
+                .where(MetricPoint.job_id == job_id, MetricPoint.step < step)
+                .order_by(MetricPoint.step.desc())
+                .limit(STREAM_MAXLEN)
+            ).all()
+    except SQLAlchemyError:  # the live view is best effort: never stop training for it
+        log.warning("could not read the steps of job %s to repair its stream", job_id)
+        stored = []
+    points = {s: (m, created) for s, m, created in stored}
+    points |= {s: (m, now()) for s, m in pending.items() if s < step}
+    return [encode_step(s, m, created) for s, (m, created) in sorted(points.items())]

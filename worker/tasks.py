@@ -12,7 +12,7 @@ from celery.signals import worker_shutting_down
 from app.queues import EVALUATE_TASK, TRAIN_TASK, WEBHOOK_TASK
 from app.settings import get_settings
 from worker.celery_app import app
-from worker.reporting import SHUTDOWN
+from worker.lease import SHUTDOWN
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,10 @@ from worker.jobs import (
     succeed_job,
     worker_identity,
 )
+from worker.lease import SHUTDOWN
 from worker.preflight import OVERRIDE, check, grader_label, run_preflight
 from worker.preparing import reporting_preparation
-from worker.reporting import SHUTDOWN, JobReporter
+from worker.reporting import JobReporter
 from worker.runconfig import build_run_config
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
     def configure() -> RunConfig:
         with sessions() as session, reporting_preparation(job.model, _detail(reporter)):
             config, resolved = build_run_config(session, settings=settings, job=job)
-            session.execute(update(Job).where(*reporter.owned).values(resolved_hyperparameters=resolved))
+            session.execute(
+                update(Job).where(*reporter.lease.owned).values(resolved_hyperparameters=resolved)
+            )
             session.commit()
         return config
 
@@ -146,7 +149,7 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
             error = (*INTERNAL_ERROR, None)
         else:
             log.warning("job %s failed: %s", job.id, exc)
-        if reporter.lost:
+        if reporter.lease.lost:
             return "lost"
         with contextlib.suppress(Exception):
             reporter.flush()
@@ -156,7 +159,7 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
                 fail_job(
                     session,
                     job_id=job.id,
-                    worker_id=reporter.worker_id,
+                    worker_id=reporter.lease.worker_id,
                     code=error[0],
                     message=error[1],
                     param=error[2],
@@ -211,13 +214,14 @@ def _record(job: Job, result: Any, *, settings: Settings, reporter: JobReporter,
 
 def _outcome(job: Job, result: Any, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
     """One transaction recording how the run ended (retried whole after a dropped connection)."""
+    lease = reporter.lease
     with get_sessionmaker(settings.db_url)() as session:
-        asked = reporter.pause_requested or _pause_requested(settings, job.id)
+        asked = lease.pause_requested or _pause_requested(settings, job.id)
         if result.status == "paused" and SHUTDOWN.is_set() and not asked:
-            done = requeue_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
+            done = requeue_job(session, job_id=job.id, worker_id=lease.worker_id, step=result.final_step)
             return "requeued (worker shutdown)" if done else "lost"
         if result.status == "paused":
-            done = pause_job(session, job_id=job.id, worker_id=reporter.worker_id, step=result.final_step)
+            done = pause_job(session, job_id=job.id, worker_id=lease.worker_id, step=result.final_step)
             _clear_control(settings, job.id)
             return "paused" if done else "lost"
         if result.status == "cancelled":
@@ -228,20 +232,20 @@ def _outcome(job: Job, result: Any, *, settings: Settings, reporter: JobReporter
                 expected=(JobStatus.running,),
                 to=JobStatus.cancelled,
                 message=f"Job cancelled at step {result.final_step}",
-                where=[Job.worker_id == reporter.worker_id],
+                where=[Job.worker_id == lease.worker_id],
                 estimated_finish=None,
             )
             session.commit()
             return "cancelled"
         if result.final_adapter_dir is None:
-            fail_job(session, job_id=job.id, worker_id=reporter.worker_id, code=INTERNAL_ERROR[0],
+            fail_job(session, job_id=job.id, worker_id=lease.worker_id, code=INTERNAL_ERROR[0],
                      message=INTERNAL_ERROR[1], param=None)  # fmt: skip
             return "failed"
         done = succeed_job(
             session,
             settings=settings,
             job=job,
-            worker_id=reporter.worker_id,
+            worker_id=lease.worker_id,
             model_name=model_name,
             adapter_dir=result.final_adapter_dir,
             final_step=result.final_step,

@@ -94,6 +94,13 @@ def evaluate_policy(
                      sampled[i * samples : (i + 1) * samples], pass_threshold)
         for i in range(len(items))
     ]  # fmt: skip
+    return _summary(results, greedy + sampled, samples=samples, pass_threshold=pass_threshold)
+
+
+def _summary(
+    results: list[dict[str, Any]], grades: list[GradeResult], *, samples: int, pass_threshold: float
+) -> EvalResult:
+    """The scores over the items' `results`; `grades` (greedy and sampled) count the grading failures."""
     count = len(results)
     passed = [float(r["passed"]) for r in results]
     sample_passes = (
@@ -105,8 +112,8 @@ def evaluate_policy(
         k=samples,
         items=results,
         reward_mean=sum(r["reward"] for r in results) / count,
-        grader_errors=sum(not grade.ok for grade in greedy + sampled),
-        grader_error=_first_error([g.errors for g in greedy + sampled]),
+        grader_errors=sum(not grade.ok for grade in grades),
+        grader_error=_first_error([g.errors for g in grades]),
     )
 
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -169,6 +170,24 @@ def write_jsonl(path: Path, problems: list[Problem]) -> None:
             f.write(json.dumps(item) + "\n")
 
 
+def _defaults(task: FixtureTask, sampled: dict[str, float]) -> dict[str, Any]:
+    """The model's sppo_defaults.json: the task's, and the hottest temperature at which enough samples
+    still succeed (exploration, yet a reward signal)."""
+    hot_enough = [t for t in SAMPLED_TEMPERATURES if sampled[str(t)] >= task.min_sampled_accuracy]
+    return {"temperature": max(hot_enough, default=min(SAMPLED_TEMPERATURES)), **task.defaults}
+
+
+def _save_model(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, model_dir: Path, defaults: dict[str, Any]
+) -> Path:
+    """A model directory as the service loads one: weights, tokenizer, defaults and grader."""
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "sppo_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    (model_dir / "sppo_grader.json").write_text(json.dumps(FIXTURE_GRADER, indent=2) + "\n")
+    return model_dir
+
+
 def build_fixture(task: FixtureTask, target: Path, seed: int = 0, init_from: Path | None = None) -> Path:
     """Build `task`'s fixture into `target`, replacing what is there; returns `target`.
 
@@ -195,14 +214,7 @@ def build_fixture(task: FixtureTask, target: Path, seed: int = 0, init_from: Pat
         str(t): accuracy(model, tokenizer, validation, task.max_response_tokens, temperature=t, seed=seed)
         for t in SAMPLED_TEMPERATURES
     }
-    # the hottest temperature at which enough samples still succeed: exploration, yet a reward signal
-    hot_enough = [t for t in SAMPLED_TEMPERATURES if sampled[str(t)] >= task.min_sampled_accuracy]
-    defaults = {"temperature": max(hot_enough, default=min(SAMPLED_TEMPERATURES)), **task.defaults}
-    model_dir = staging / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    (model_dir / "sppo_defaults.json").write_text(json.dumps(defaults, indent=2) + "\n")
-    (model_dir / "sppo_grader.json").write_text(json.dumps(FIXTURE_GRADER, indent=2) + "\n")
+    model_dir = _save_model(model, tokenizer, staging / "model", _defaults(task, sampled))
     manifest = {
         "name": task.name,
         "version": FIXTURE_VERSION,

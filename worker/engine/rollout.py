@@ -243,22 +243,16 @@ def generate(
     row_tokens = prompt_length + max_new_tokens
     if sharded:
         row_tokens = max_over_ranks(row_tokens, device)
-    chunks: list[torch.Tensor] = []
     with (
         _without_model_generation_defaults(model),
         lora_merged(model),
         gathered(model),
         autocast(device, compute_dtype),
     ):
-        for rows in micro_batches(len(prompts), row_tokens, token_budget):
-            output = model.generate(  # type: ignore[operator]
-                input_ids=input_ids[rows],
-                attention_mask=attention_mask[rows],
-                generation_config=config,
-                stopping_criteria=stopping,
-                synced_gpus=sharded,
-            )
-            chunks.append(output[:, prompt_length:])  # (b, r): generate pads finished rows with pad_id
+        chunks = [
+            _generate_rows(model, input_ids[rows], attention_mask[rows], config, stopping, sharded=sharded)
+            for rows in micro_batches(len(prompts), row_tokens, token_budget)
+        ]
     width = max(chunk.shape[1] for chunk in chunks)
     responses = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks])
     response_mask = _response_mask(responses, eos_id)  # (B, R)
@@ -266,6 +260,26 @@ def generate(
     full_mask = torch.cat([attention_mask, response_mask.long()], dim=1)  # (B, P + R)
     model.train(was_training)
     return Rollout(full_ids, full_mask, response_mask, prompt_length)
+
+
+def _generate_rows(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig,
+    stopping: StoppingCriteriaList,
+    *,
+    sharded: bool,
+) -> torch.Tensor:
+    """The responses (b, r) of one `model.generate` call; generate pads finished rows with pad_id."""
+    output: torch.Tensor = model.generate(  # type: ignore[operator]
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=config,
+        stopping_criteria=stopping,
+        synced_gpus=sharded,
+    )
+    return output[:, input_ids.shape[1] :]
 
 
 def _generation_config(
