@@ -4,8 +4,10 @@ Each tree given (`label=path`) is served by its own `uvicorn app.main:app` (1 pr
 benchmarks/load.py starts it) on its own PostgreSQL database, with the same Redis. Then, in rounds, each
 server in turn answers `--requests` sequential GETs of each path over one kept-alive connection, and the
 CPU time its process (and any worker processes under it) used meanwhile is read from /proc (utime +
-stime) and divided by the requests. The order of the servers alternates from round to round, so on a
-shared machine both see the same background load; compare trees only within one run.
+stime) and divided by the requests. The per-key request limits are raised out of reach (each request is
+still counted in Redis, as always), so a long run is never answered 429. The order of the servers is
+reversed from round to round, so on a shared machine all see the same background load; compare trees
+only within one run (the medians and each tree's ratio to every tree before it are written).
 
     python -m benchmarks.poll_cost main=/work/poll-base candidate=.   # label=tree, as many as wanted
 
@@ -75,6 +77,9 @@ def measure(http: httpx.Client, pid: int, path: str, requests: int, warmup: int)
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     trees = dict(tree.split("=", 1) for tree in args.trees)
+    os.environ.update(
+        {"SPPO_RATE_LIMIT_REQUESTS_PER_SECOND": "1000000", "SPPO_RATE_LIMIT_REQUESTS_PER_MINUTE": "100000000"}
+    )
     redis.Redis.from_url(args.redis_url).flushdb()
     figures: dict[str, dict[str, list[dict[str, Any]]]] = {label: {} for label in trees}
     with ExitStack() as stack:
@@ -109,24 +114,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tree": trees[label],
             **{
                 name: {
-                    "server_cpu_ms_per_request_median": statistics.median(
-                        r["server_cpu_ms_per_request"] for r in runs
+                    "server_cpu_ms_per_request_median": round(
+                        statistics.median(r["server_cpu_ms_per_request"] for r in runs), 3
                     ),
                     "rounds": runs,
                 }
                 for name, runs in by_path.items()
             },
         }
-    first = next(iter(trees))
-    for label in list(trees)[1:]:
-        summary[label]["vs_" + first] = {
-            name: round(
-                summary[label][name]["server_cpu_ms_per_request_median"]
-                / summary[first][name]["server_cpu_ms_per_request_median"],
-                2,
-            )
-            for name in figures[label]
-        }
+    labels = list(trees)
+    for i, label in enumerate(labels):
+        for earlier in labels[:i]:
+            summary[label]["vs_" + earlier] = {
+                name: round(
+                    summary[label][name]["server_cpu_ms_per_request_median"]
+                    / summary[earlier][name]["server_cpu_ms_per_request_median"],
+                    2,
+                )
+                for name in figures[label]
+            }
     return summary
 
 
@@ -161,7 +167,8 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({label: summary[label].get("vs_" + next(iter(summary))) for label in summary}))
+    ratios = {label: {k: v for k, v in row.items() if k.startswith("vs_")} for label, row in summary.items()}
+    print(json.dumps(ratios))
     print(f"wrote {RESULTS} [{args.label}]")
 
 
