@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import redis
@@ -75,8 +75,15 @@ def database() -> Iterator[str]:
         admin.dispose()
 
 
+class ApiServer(NamedTuple):
+    base_url: str
+    pid: int  # uvicorn's process (with several workers, their parent)
+
+
 @contextmanager
-def api_server(app_root: Path, db_url: str, redis_url: str, port: int, workers: int = 1) -> Iterator[str]:
+def api_server(
+    app_root: Path, db_url: str, redis_url: str, port: int, workers: int = 1
+) -> Iterator[ApiServer]:
     """`alembic upgrade head`, then `uvicorn app.main:app` with `workers` processes from `app_root` (with
     several, the HTTP metrics in prometheus-client's multiprocess mode, as `sppo serve` sets it up)."""
     data_dir = Path(tempfile.mkdtemp(prefix="sppo-load-"))
@@ -99,7 +106,7 @@ def api_server(app_root: Path, db_url: str, redis_url: str, port: int, workers: 
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        yield base_url
+        yield ApiServer(base_url, process.pid)
     finally:
         process.terminate()
         try:
@@ -317,9 +324,9 @@ def main() -> None:
     redis.Redis.from_url(args.redis_url).flushdb()
     with (
         database() as db_url,
-        api_server(args.app_root.resolve(), db_url, args.redis_url, args.port, args.api_workers) as base_url,
+        api_server(args.app_root.resolve(), db_url, args.redis_url, args.port, args.api_workers) as server,
     ):
-        figures = asyncio.run(scenarios(args, base_url, db_url, args.redis_url))
+        figures = asyncio.run(scenarios(args, server.base_url, db_url, args.redis_url))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[args.label] = {
         "app_root": str(args.app_root),
