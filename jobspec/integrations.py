@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobspec.text import check_texts
 
@@ -50,11 +50,6 @@ class WandbSettings(_Spec):
     """Extension: the tenant's own W&B key, sealed at rest and never echoed; else the operator's."""
 
 
-class WandbIntegration(_Spec):
-    type: Literal["wandb"]
-    wandb: WandbSettings
-
-
 class MlflowSettings(_Spec):
     tracking_uri: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
     """One of the operator's allowed servers; the first allowed one when absent."""
@@ -78,21 +73,32 @@ class MlflowSettings(_Spec):
         return uri
 
 
-class MlflowIntegration(_Spec):
-    type: Literal["mlflow"]
-    mlflow: MlflowSettings
+class Integration(_Spec):
+    """`{"type": "wandb", "wandb": {...}}` or `{"type": "mlflow", "mlflow": {...}}`: the settings under the
+    type's own key, as OpenAI shapes it (one model rather than a tagged union, so an error's param is the
+    field's path, `integrations[0].wandb.project`)."""
+
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> "Integration":
+        other = "mlflow" if self.type == "wandb" else "wandb"
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a '{self.type}' integration needs its settings under '{self.type}'")
+        if getattr(self, other) is not None:
+            raise ValueError(f"a '{self.type}' integration takes no '{other}' settings")
+        return self
 
 
-Integration = Annotated[WandbIntegration | MlflowIntegration, Field(discriminator="type")]
-
-
-def check_unique_types(integrations: Sequence[WandbIntegration | MlflowIntegration]) -> None:
+def check_unique_types(integrations: Sequence[Integration]) -> None:
     """One integration per tracker type: a job logs to one W&B run and one MLflow run at most."""
     seen: set[str] = set()
     for index, integration in enumerate(integrations):
         if integration.type in seen:
             raise IntegrationError(
-                f"Only one '{integration.type}' integration per job.", param=f"integrations.{index}"
+                f"Only one '{integration.type}' integration per job.", param=f"integrations[{index}]"
             )
         seen.add(integration.type)
 
@@ -120,7 +126,7 @@ def mlflow_tracking_uri(mlflow: MlflowSettings, *, allowed: Sequence[str], param
     return _normalized(mlflow.tracking_uri)
 
 
-def public_integrations(integrations: Sequence[WandbIntegration | MlflowIntegration]) -> list[dict[str, Any]]:
+def public_integrations(integrations: Sequence[Integration]) -> list[dict[str, Any]]:
     """What the job stores and shows: everything but secrets."""
     return [
         integration.model_dump(mode="json", exclude_none=True, exclude={"wandb": {"api_key"}})

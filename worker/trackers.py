@@ -25,7 +25,7 @@ import httpx
 from app.models import Job
 from app.sealing import unseal
 from app.settings import Settings
-from jobspec.integrations import MlflowIntegration, MlflowSettings, WandbSettings, mlflow_tracking_uri
+from jobspec.integrations import Integration, MlflowSettings, WandbSettings, mlflow_tracking_uri
 
 Outcome = Literal["completed", "cancelled", "paused", "failed"]
 
@@ -257,18 +257,20 @@ def job_trackers(job: Job, *, settings: Settings, hyperparameters: dict[str, Any
     sealed = job.sealed_secrets or {}
     trackers: list[Tracker] = []
     for stored in job.integrations or []:
-        if stored["type"] == "mlflow":
+        integration = Integration.model_validate(stored)
+        if integration.mlflow is not None:
             token = settings.mlflow_tracking_token
             tracker: Tracker = MlflowTracker(
-                MlflowIntegration.model_validate(stored).mlflow,
+                integration.mlflow,
                 run,
                 allowed=list(settings.mlflow_tracking_uris),
                 token=None if token is None else token.get_secret_value(),
                 timeout_s=settings.tracker_timeout_s,
             )
         else:
+            assert integration.wandb is not None  # the model holds the settings of its type
             tracker = WandbTracker(
-                WandbSettings.model_validate(stored["wandb"]),
+                integration.wandb,
                 run,
                 api_key=functools.partial(_wandb_key, settings, sealed.get("wandb")),
                 mode=settings.wandb_mode,

@@ -8,9 +8,8 @@ from app.errors import InvalidRequest
 from app.sealing import seal
 from app.settings import Settings
 from jobspec.integrations import (
+    Integration,
     IntegrationError,
-    MlflowIntegration,
-    WandbIntegration,
     check_unique_types,
     mlflow_tracking_uri,
     public_integrations,
@@ -18,17 +17,18 @@ from jobspec.integrations import (
 
 
 def check_integrations(
-    settings: Settings, integrations: Sequence[WandbIntegration | MlflowIntegration]
+    settings: Settings, integrations: Sequence[Integration]
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """(what the job stores and shows, sealed secrets by integration type); 400 naming the param."""
     sealed: dict[str, str] = {}
     try:
         check_unique_types(integrations)
         for index, integration in enumerate(integrations):
-            param = f"integrations.{index}"
-            if isinstance(integration, MlflowIntegration):
+            param = f"integrations[{index}]"
+            if integration.mlflow is not None:
                 mlflow_tracking_uri(integration.mlflow, allowed=settings.mlflow_tracking_uris, param=param)
                 continue
+            assert integration.wandb is not None  # the model holds the settings of its type
             if integration.wandb.api_key is not None:
                 sealed[integration.type] = seal(settings, integration.wandb.api_key)
             elif settings.wandb_api_key is None and settings.wandb_mode == "online":
