@@ -147,6 +147,10 @@ class Job(Base):
     seed: Mapped[int]
     suffix: Mapped[str | None] = mapped_column(String(64))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    # Experiment trackers as asked for, minus secrets (jobspec/integrations.py), and those secrets sealed
+    # (app/sealing.py) by integration type: never shown, opened only by the worker running the job.
+    integrations: Mapped[list[Any] | None]
+    sealed_secrets: Mapped[dict[str, Any] | None]
     created_at: Mapped[int] = mapped_column(default=now)
     updated_at: Mapped[int] = mapped_column(default=now, onupdate=now)
     started_at: Mapped[int | None]

@@ -363,6 +363,40 @@ class Settings(BaseSettings):
         "an hour).",
     )
 
+    # Experiment trackers (docs/trackers.md): a job's `integrations` log its run to W&B or MLflow.
+    wandb_api_key: SecretStr | None = Field(
+        default=None,
+        description="The operator's W&B API key, used for jobs whose wandb integration brings no api_key "
+        "of its own; without either a wandb integration is refused (unless wandb_mode is offline).",
+    )
+    wandb_mode: Literal["online", "offline"] = Field(
+        default="online",
+        description="offline: W&B runs are written under data_dir/trackers/<job id> only (air-gapped "
+        "hosts; `wandb sync` uploads them later) and need no key.",
+    )
+    mlflow_tracking_uris: list[str] = Field(
+        default_factory=list,
+        description="The http(s) MLflow tracking servers jobs may log to (a request cannot name any other, "
+        "so no tenant makes a worker write files or reach internal hosts); the first is the default. "
+        "Empty: mlflow integrations are refused.",
+    )
+    mlflow_tracking_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to the MLflow servers (those behind authentication)."
+    )
+    tracker_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Timeout of one call to a tracker's server; a tracker that fails or falls behind is "
+        "turned off for the rest of the run (an event and an alarm), never failing or slowing the job.",
+    )
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description="Operator key that seals the secrets tenants give with a job (a W&B api_key) in the "
+        "database; the API and every worker need the same value. Default: a random one kept in "
+        "data_dir/secrets-key (0600), enough where they share data_dir (`sppo run`).",
+    )
+
     @model_validator(mode="after")
     def _check_capacity(self) -> "Settings":
         if self.api_max_in_flight > self.db_pool_size + self.db_max_overflow - 2:

@@ -6,16 +6,20 @@ the HTTP tests talk to `uvicorn app.main:app` in a subprocess.
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import socket
+import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -223,3 +227,81 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, port: int) -> Iterator[str]:
+    """A real `mlflow server` (the `dev` extra's mlflow) on `port`: runs in a SQLite file, artifacts proxied
+    into `root`; yields its URL once it answers /health."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "mlflow.log"
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def mlflow_metrics(url: str, experiment: str) -> dict[str, dict[int, float]]:
+    """Every metric of the experiment's one run, by name and step, read back through MLflow's REST API."""
+    api = f"{url}/api/2.0/mlflow"
+    experiment_id = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment}).json()
+    found = httpx.post(
+        f"{api}/runs/search", json={"experiment_ids": [experiment_id["experiment"]["experiment_id"]]}
+    ).json()
+    [run] = found["runs"]
+    series: dict[str, dict[int, float]] = {}
+    for metric in run["data"].get("metrics", []):
+        history = httpx.get(
+            f"{api}/metrics/get-history",
+            params={"run_id": run["info"]["run_id"], "metric_key": metric["key"]},
+        ).json()
+        series[metric["key"]] = {point.get("step", 0): point["value"] for point in history["metrics"]}
+    return series
+
+
+def wandb_history(files_dir: Path) -> list[dict[str, Any]]:
+    """The history rows (`run.log` calls) of the one offline W&B run under `files_dir`, from its `.wandb`
+    file: LevelDB's log format (32 KiB blocks of checksummed chunks) of `wandb_internal.proto` Records."""
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = list(files_dir.rglob("*.wandb"))
+    data, block = path.read_bytes(), 32 * 1024
+    assert data[:4] == b":W&B", path
+    position, pending, rows = 7, b"", []
+    while position + 7 <= len(data):
+        left = block - position % block
+        _checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if left < 7 or (length == 0 and kind == 0):  # a block's zero padding
+            position += left
+            continue
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+                )
+    return rows

@@ -20,6 +20,11 @@ KL_LIMIT = 1.0  # approx_kl per step; PPO's clipping keeps a healthy run two ord
 GRADER_ERROR_RATE = 0.5  # failed gradings per step that, held for a whole window, raise an alarm
 ENTROPY_GROWTH = 3.0  # token entropy this many times its first-step value: the policy is turning to noise
 _NUMBER = re.compile(r"-?\d+(\.\d+)?%?")
+TRACKER_FAILED = "tracker_failed"  # worker/tracking.py: a W&B or MLflow run that stopped logging
+
+
+def _tracker(code: str) -> bool:
+    return code.startswith(TRACKER_FAILED + ":")
 
 
 @dataclass
@@ -56,7 +61,12 @@ class AlarmBook:
         found.update(self._reward(metrics))
         found.update(self._length(metrics))
         found.update(self._divergence(metrics))
-        return self._update(step, found, lambda code: code != "validation_below_baseline")
+        kept = ("validation_below_baseline",)  # cleared by evaluations, and tracker alarms never
+        return self._update(step, found, lambda code: code not in kept and not _tracker(code))
+
+    def tracker_failed(self, step: int, tracker: str, message: str) -> list[dict[str, Any]]:
+        """An experiment tracker turned off for the rest of the run: raised now, active until the run ends."""
+        return self._update(step, {f"{TRACKER_FAILED}:{tracker}": ("warn", message)}, lambda code: False)
 
     def observe_evaluation(self, step: int, scores: dict[str, float]) -> list[dict[str, Any]]:
         score = scores.get("eval/pass@1")

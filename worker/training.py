@@ -28,6 +28,7 @@ from jobspec.hyperparameters import HYPERPARAMETERS, JOB_FIELDS
 from worker.alarms import AlarmBook
 from worker.artifacts import fetch_inputs, restore_run
 from worker.dbretry import is_connection_error, retrying
+from worker.engine.callbacks import TrainingResult
 from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError
 from worker.engine.run import run_training
@@ -46,6 +47,8 @@ from worker.preflight import OVERRIDE, check, grader_label, run_preflight
 from worker.preparing import reporting_preparation
 from worker.reporting import JobReporter
 from worker.runconfig import build_run_config
+from worker.trackers import job_trackers
+from worker.tracking import TrackedCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +123,17 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
 def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
     sessions = get_sessionmaker(settings.db_url)
 
-    def configure() -> RunConfig:
+    def configure() -> tuple[RunConfig, dict[str, Any]]:
         with sessions() as session, reporting_preparation(job.model, _detail(reporter)):
             config, resolved = build_run_config(session, settings=settings, job=job)
             session.execute(
                 update(Job).where(*reporter.lease.owned).values(resolved_hyperparameters=resolved)
             )
             session.commit()
-        return config
+        return config, resolved
 
     try:
-        config = retrying(configure, what=f"job {job.id}", deadline_s=settings.db_retry_s)
+        config, resolved = retrying(configure, what=f"job {job.id}", deadline_s=settings.db_retry_s)
         fetch_inputs(reporter.store, config)  # outside any DB session: these may be downloads
         restore_run(reporter.store, Path(config.output_dir))
         check_prompts(config)
@@ -138,7 +141,7 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
         reporter.alarms.max_response_tokens = config.max_response_tokens
         if job.current_step == 0:  # a resumed or requeued job passed its preflight before
             _preflight(job, config, settings=settings, reporter=reporter)
-        result = run_training(config, reporter)
+        result = _train(job, config, settings=settings, reporter=reporter, hyperparameters=resolved)
     except Exception as exc:
         if is_connection_error(exc):
             log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
@@ -174,6 +177,21 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
             raise
         log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
         return "abandoned (database unreachable)"
+
+
+def _train(
+    job: Job, config: RunConfig, *, settings: Settings, reporter: JobReporter, hyperparameters: dict[str, Any]
+) -> TrainingResult:
+    """The engine's run, reported to the job and to its experiment trackers (whose runs end with it)."""
+    trackers = job_trackers(job, settings=settings, hyperparameters=hyperparameters)
+    callbacks = TrackedCallbacks(reporter, trackers, finish_timeout_s=settings.tracker_timeout_s)
+    try:
+        result = run_training(config, callbacks)
+    except BaseException:
+        callbacks.close("failed")
+        raise
+    callbacks.close(result.status)
+    return result
 
 
 def _detail(reporter: JobReporter) -> Callable[[str, bool], None]:

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from app.models import Checkpoint, Job, JobEvent
 from app.schemas.common import Metadata, StrictModel
 from app.schemas.method import Method
+from jobspec.integrations import Integration
 
 MAX_SEED = 2**31 - 1
 
@@ -19,6 +20,8 @@ class JobCreate(StrictModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     suffix: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     metadata: Metadata | None = None
+    # OpenAI's `wandb` integration, and `mlflow` as an extension (jobspec/integrations.py)
+    integrations: list[Integration] | None = Field(default=None, max_length=2)
 
 
 class JobError(BaseModel):
@@ -109,6 +112,7 @@ class JobPublic(BaseModel):
             validation_file=job.validation_file,
             estimated_finish=job.estimated_finish,
             metadata=job.metadata_,
+            integrations=list(job.integrations or []),
             method=method,
             user_provided_suffix=job.suffix,
             current_step=job.current_step,

@@ -25,6 +25,7 @@ from app.registry import BaseModelEntry, find_base_model, list_base_models
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.context import check_job_context
 from app.services.grading import check_grader
+from app.services.integrations import check_integrations
 from app.services.pagination import page
 from app.settings import Settings
 from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
@@ -137,6 +138,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
     warnings = _check_against_model(entry, request, files[0])
     _check_devices(settings, request)
     _check_selection(request)
+    integrations, sealed_secrets = check_integrations(settings, request.integrations or [])
     # Last before the quota: it may read the files (once per model and file), with no DB connection held.
     session.commit()
     check_job_context(
@@ -167,6 +169,8 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         suffix=request.suffix,
         metadata_=request.metadata,
+        integrations=integrations or None,
+        sealed_secrets=sealed_secrets or None,
     )
     session.add(job)
     session.flush()

@@ -20,6 +20,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_BYTES = 256 * 1024
+MLFLOW_URIS = ["https://mlflow.example.com", "http://127.0.0.1:5999/"]
 MAX_JOBS = 3
 BODY_TIMEOUT_S = 2  # a slow body is cut off after this (plus its size at 64 KiB/s)
 HEADER_TIMEOUT_S = 2  # a request head must be complete this long after it started
@@ -156,6 +157,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{free_port()}",  # no model server listens there
         "SPPO_INFERENCE_MAX_REQUEST_BYTES": str(MAX_UPLOAD_BYTES),
         "SPPO_TRAINING_DEVICE_COUNTS": json.dumps(DEVICE_COUNTS),
+        "SPPO_MLFLOW_TRACKING_URIS": json.dumps(MLFLOW_URIS),  # nothing listens: the API only checks them
     }
     with run_api_server(data_dir, db_url=db_url, redis_url=redis_url, env=env) as running:
         yield running

@@ -108,7 +108,7 @@ def stack(
     (registry / "broken" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     db_url = new_postgres_database()  # dropped at the end of the session, after this stack stops
     upgrade_database(db_url)
-    port, models_port = free_port(), free_port()
+    port, models_port, mlflow_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "SPPO_DATA_DIR": str(data_dir),
@@ -124,6 +124,9 @@ def stack(
         "SPPO_INFERENCE_URL": f"http://127.0.0.1:{models_port}",
         "SPPO_INFERENCE_PORT": str(models_port),
         "SPPO_INFERENCE_SECRET": secrets.token_urlsafe(32),  # the API's and the workers' graders' key
+        # trackers: W&B runs as files in the data dir; MLflow on a port a test starts its server on
+        "SPPO_WANDB_MODE": "offline",
+        "SPPO_MLFLOW_TRACKING_URIS": json.dumps([f"http://127.0.0.1:{mlflow_port}"]),
     }
     models_log = data_dir / "logs" / "models.log"
     with models_log.open("wb") as out:
