@@ -5,11 +5,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker, upgrade_database
 from app.models import Job, JobStatus, Tenant, new_id
 from app.settings import Settings
+from app.storage import artifact_store
+from worker.jobs import claim_job
+from worker.reporting import JobReporter
+
+MakeReporter = Callable[[str], JobReporter]
 
 
 @pytest.fixture
@@ -49,3 +55,36 @@ def make_job(session: Session) -> Callable[..., str]:
         return job.id
 
     return _make
+
+
+@pytest.fixture
+def job_id(session: Session, make_job: Callable[..., str]) -> str:
+    """A job claimed by worker "w:1", the worker every reporter and lease of these tests runs as."""
+    job_id = make_job()
+    assert claim_job(session, job_id=job_id, worker_id="w:1") is not None
+    return job_id
+
+
+@pytest.fixture
+def reporter_for(settings: Settings) -> Iterator[MakeReporter]:
+    """JobReporters of worker "w:1" for given jobs, closed after the test."""
+    made: list[JobReporter] = []
+
+    def _make(job_id: str) -> JobReporter:
+        made.append(
+            JobReporter(
+                job_id=job_id,
+                worker_id="w:1",
+                model_name=f"ft:sppo-tiny:t::{job_id}",
+                store=artifact_store(settings),
+                sessions=get_sessionmaker(settings.db_url),
+                redis_client=redis.Redis.from_url(str(settings.redis_url)),
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+                db_retry_s=settings.db_retry_s,
+            )
+        )
+        return made[-1]
+
+    yield _make
+    for each in made:
+        each.close()

@@ -23,13 +23,6 @@ Lease = Callable[..., JobLease]
 
 
 @pytest.fixture
-def job_id(session: Session, make_job: Callable[..., str]) -> str:
-    job_id = make_job()
-    assert claim_job(session, job_id=job_id, worker_id="w:1") is not None
-    return job_id
-
-
-@pytest.fixture
 def lease(settings: Settings, job_id: str) -> Iterator[Lease]:
     made: list[JobLease] = []
 

@@ -2,7 +2,7 @@
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,16 +10,14 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
 from app.lifecycle import transition
 from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint, TrainingSample, now
 from app.queues import control_key
 from app.services.reaper import reap_once
 from app.settings import Settings
-from app.storage import artifact_store
 from app.streams import decode_step, metrics_stream_key
+from tests.worker.conftest import MakeReporter
 from worker.engine.callbacks import StartInfo
-from worker.jobs import claim_job
 from worker.reporting import JobReporter
 
 S = JobStatus
@@ -27,34 +25,8 @@ Reporter = Callable[[], JobReporter]
 
 
 @pytest.fixture
-def job_id(session: Session, make_job: Callable[..., str]) -> str:
-    job_id = make_job()
-    assert claim_job(session, job_id=job_id, worker_id="w:1") is not None
-    return job_id
-
-
-@pytest.fixture
-def reporter(settings: Settings, job_id: str) -> Iterator[Reporter]:
-    made: list[JobReporter] = []
-
-    def _make() -> JobReporter:
-        made.append(
-            JobReporter(
-                job_id=job_id,
-                worker_id="w:1",
-                model_name=f"ft:sppo-tiny:t::{job_id}",
-                store=artifact_store(settings),
-                sessions=get_sessionmaker(settings.db_url),
-                redis_client=redis.Redis.from_url(str(settings.redis_url)),
-                heartbeat_interval_s=settings.heartbeat_interval_s,
-                db_retry_s=settings.db_retry_s,
-            )
-        )
-        return made[-1]
-
-    yield _make
-    for each in made:
-        each.close()
+def reporter(reporter_for: MakeReporter, job_id: str) -> Reporter:
+    return lambda: reporter_for(job_id)
 
 
 def _stream_steps(settings: Settings, job_id: str) -> list[int]:

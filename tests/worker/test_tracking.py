@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,8 +16,8 @@ from app.db import get_sessionmaker
 from app.models import Job, JobEvent
 from app.sealing import seal
 from app.settings import Settings
-from app.storage import artifact_store
 from tests.conftest import free_port, mlflow_metrics, mlflow_server, wandb_history
+from tests.worker.conftest import MakeReporter
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job
 from worker.reporting import JobReporter
@@ -33,32 +32,6 @@ SAMPLE = {
     "sub_rewards": {},
     "truncated": False,
 }
-
-MakeReporter = Callable[[str], JobReporter]
-
-
-@pytest.fixture
-def reporter(settings: Settings) -> Iterator[MakeReporter]:
-    made: list[JobReporter] = []
-
-    def _make(job_id: str) -> JobReporter:
-        made.append(
-            JobReporter(
-                job_id=job_id,
-                worker_id="w:1",
-                model_name=f"ft:sppo-tiny:t::{job_id}",
-                store=artifact_store(settings),
-                sessions=get_sessionmaker(settings.db_url),
-                redis_client=redis.Redis.from_url(str(settings.redis_url)),
-                heartbeat_interval_s=settings.heartbeat_interval_s,
-                db_retry_s=settings.db_retry_s,
-            )
-        )
-        return made[-1]
-
-    yield _make
-    for each in made:
-        each.close()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +70,7 @@ def test_metrics_reach_wandb_files_and_an_mlflow_server(
     settings: Settings,
     session: Session,
     make_job: Callable[..., str],
-    reporter: MakeReporter,
+    reporter_for: MakeReporter,
     mlflow_url: str,
 ) -> None:
     settings = settings.model_copy(update={"wandb_mode": "offline", "mlflow_tracking_uris": [mlflow_url]})
@@ -107,7 +80,7 @@ def test_metrics_reach_wandb_files_and_an_mlflow_server(
         {"type": "mlflow", "mlflow": {"experiment": experiment, "run_name": "first"}},
     ]
     job_id = _job(session, make_job, integrations, sealed_secrets={"wandb": seal(settings, "k" * 40)})
-    _run(settings, job_id, reporter(job_id))
+    _run(settings, job_id, reporter_for(job_id))
 
     history = wandb_history(settings.data_dir / "trackers" / job_id)
     steps = {row["_step"]: row for row in history if "train/policy_loss" in row}
@@ -123,7 +96,7 @@ def test_metrics_reach_wandb_files_and_an_mlflow_server(
 
 
 def test_a_failing_tracker_is_turned_off_with_an_event_and_an_alarm_and_never_slows_a_step(
-    settings: Settings, session: Session, make_job: Callable[..., str], reporter: MakeReporter
+    settings: Settings, session: Session, make_job: Callable[..., str], reporter_for: MakeReporter
 ) -> None:
     # A server that accepts connections and never answers: each call would wait the whole timeout.
     silent = socket.socket()
@@ -132,7 +105,7 @@ def test_a_failing_tracker_is_turned_off_with_an_event_and_an_alarm_and_never_sl
     url = f"http://127.0.0.1:{silent.getsockname()[1]}"
     settings = settings.model_copy(update={"mlflow_tracking_uris": [url], "tracker_timeout_s": 1.0})
     job_id = _job(session, make_job, [{"type": "mlflow", "mlflow": {"experiment": "e"}}])
-    job_reporter = reporter(job_id)
+    job_reporter = reporter_for(job_id)
     started = time.monotonic()
     with get_sessionmaker(settings.db_url)() as fresh:
         job = fresh.get_one(Job, job_id)
