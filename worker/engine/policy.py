@@ -10,6 +10,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from jobspec.warmstart import ADAPTER_CONFIG
 from worker.engine.config import RunConfig
 from worker.engine.errors import ModelNotFoundError
 from worker.engine.precision import FLOAT32, Precision, enable_gradient_checkpointing
@@ -77,6 +78,12 @@ def load_policy(config: RunConfig, device: torch.device, precision: Precision = 
     base.train()
     if not config.use_lora:
         return base
+    if config.init_adapter is not None:  # a warm start: the parent's adapter, trainable
+        if not (Path(config.init_adapter) / ADAPTER_CONFIG).is_file():
+            raise ModelNotFoundError(f"no peft adapter found at {config.init_adapter}")
+        return PeftModel.from_pretrained(
+            base, config.init_adapter, adapter_name=POLICY_ADAPTER, is_trainable=True
+        )
     return get_peft_model(base, lora_config(config), adapter_name=POLICY_ADAPTER)
 
 
