@@ -78,13 +78,23 @@ def load_policy(config: RunConfig, device: torch.device, precision: Precision = 
     base.train()
     if not config.use_lora:
         return base
-    if config.init_adapter is not None:  # a warm start: the parent's adapter, trainable
-        if not (Path(config.init_adapter) / ADAPTER_CONFIG).is_file():
-            raise ModelNotFoundError(f"no peft adapter found at {config.init_adapter}")
-        return PeftModel.from_pretrained(
-            base, config.init_adapter, adapter_name=POLICY_ADAPTER, is_trainable=True
-        )
+    if config.init_adapter is not None:  # a warm start: the parent's adapter, trained further
+        return with_adapter(base, config.init_adapter, trainable=True)
     return get_peft_model(base, lora_config(config), adapter_name=POLICY_ADAPTER)
+
+
+def with_adapter(
+    model: PreTrainedModel, adapter_dir: str | Path | None, *, trainable: bool = False
+) -> nn.Module:
+    """`model` with the peft adapter saved in `adapter_dir` on top (as the policy's adapter), or `model`
+    itself when there is none: a fine-tuned model as evaluations score it and a warm start trains it."""
+    if adapter_dir is None:
+        return model
+    if not (Path(adapter_dir) / ADAPTER_CONFIG).is_file():
+        raise ModelNotFoundError(f"the adapter to load has no {ADAPTER_CONFIG}")
+    return PeftModel.from_pretrained(
+        model, str(adapter_dir), adapter_name=POLICY_ADAPTER, is_trainable=trainable
+    )
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
