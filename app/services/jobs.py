@@ -121,6 +121,8 @@ def _check_selection(request: JobCreate) -> None:
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
     lineage = resolve_lineage(session, settings=settings, tenant=tenant, model=request.model)
     entry = lineage.entry
+    method = request.method.model_dump(mode="json", exclude_none=True)
+    hyperparameters = lineage.hyperparameters(method["reinforcement"]["hyperparameters"])
     files = [_training_file(session, tenant=tenant, file_id=request.training_file, param="training_file")]
     if request.validation_file is not None:
         files.append(
@@ -141,8 +143,6 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         files=list(zip(files, ("training_file", "validation_file"), strict=False)),
     )
     _check_quota(session, settings=settings, tenant=tenant)
-    method = request.method.model_dump(mode="json", exclude_none=True)
-    hyperparameters = lineage.hyperparameters(method["reinforcement"]["hyperparameters"])
     job = Job(
         tenant_id=tenant.id,
         model=request.model,
