@@ -34,7 +34,7 @@ def find_model_target(
     if row is not None:
         return ModelTarget(model, row.base_model, row.adapter_uri)
     found = session.execute(
-        select(Checkpoint.uri, Job.model)
+        select(Checkpoint.uri, Job.base_model)
         .join(Job, Job.id == Checkpoint.job_id)
         .where(
             or_(Checkpoint.id == model, Checkpoint.fine_tuned_model_checkpoint == model),
@@ -42,5 +42,5 @@ def find_model_target(
         )
     ).first()
     if found is not None:
-        return ModelTarget(model, found.model, found.uri)
+        return ModelTarget(model, found.base_model, found.uri)
     return None

@@ -34,6 +34,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
+def _same_as_model(context: Any) -> str:
+    """A job that continues no parent trains on the model it names."""
+    return str(context.get_current_parameters()["model"])
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {int: BigInteger, dict[str, Any]: JSON, list[Any]: JSON}
@@ -104,7 +109,11 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    model: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256))  # as the user sent it (OpenAI's field)
+    # Lineage: the registry model the job trains on, and the fine-tuned model or checkpoint whose LoRA
+    # adapter it continues (a warm start; NULL: a fresh adapter on `base_model`, which is then `model`).
+    base_model: Mapped[str] = mapped_column(String(256), default=_same_as_model)
+    parent_model: Mapped[str | None] = mapped_column(String(256))
     # File ids without a foreign key: a finished job keeps naming its file after the file is deleted.
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))

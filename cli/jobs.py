@@ -85,7 +85,10 @@ def file_id_or_upload(client: Client, value: str) -> str:
 
 @app.command("create")
 def create(
-    model: Annotated[str, typer.Option(help="Base model, e.g. sppo-tiny (see GET /v1/models).")],
+    model: Annotated[
+        str,
+        typer.Option(help="Base model, e.g. sppo-tiny (GET /v1/models), or your model or checkpoint."),
+    ],
     training_file: Annotated[str, typer.Option(help="A file id, or a local JSONL file to upload first.")],
     validation_file: Annotated[str | None, typer.Option(help="A file id or a local JSONL file.")] = None,
     algorithm: Annotated[str, typer.Option(help="sppo, grpo or ppo.")] = "sppo",
@@ -180,6 +183,8 @@ def show_job(job: dict[str, Any]) -> None:
         "created": fmt_time(job["created_at"]),
         "finished": fmt_time(job["finished_at"]),
     }
+    if job.get("parent_model"):  # a warm start: the lineage
+        rows["model"] += f" (continues its adapter; base model {job['base_model']})"
     if job.get("fine_tuned_model_step") is not None:
         rows["fine_tuned_model"] += f" (the checkpoint at step {job['fine_tuned_model_step']})"
     if job.get("status_detail"):

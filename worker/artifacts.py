@@ -13,14 +13,15 @@ from pathlib import Path
 from app.storage import ArtifactStore
 from worker.engine.checkpoint import METRICS_FILE, STEP_DIR, checkpoints_dir, list_checkpoints
 from worker.engine.config import RunConfig
-from worker.engine.errors import DataFileError
+from worker.engine.errors import DataFileError, EngineError
 
 # The engine writes a checkpoint's metrics.json last; published last too, it marks a complete checkpoint.
 CHECKPOINT_DONE = "metrics.json"
 
 
 def fetch_inputs(store: ArtifactStore, config: RunConfig) -> None:
-    """Download the run's training and validation files when this host has no copy of them."""
+    """Download the run's training and validation files, and the adapter it continues, when this host has
+    no copy of them."""
     for name, param in ((config.train_file, "training_file"), (config.validation_file, "validation_file")):
         if name is None:
             continue
@@ -29,6 +30,13 @@ def fetch_inputs(store: ArtifactStore, config: RunConfig) -> None:
         except FileNotFoundError:
             raise DataFileError(
                 "The file is no longer stored; upload it again and create a new job.", param
+            ) from None
+    if config.init_adapter is not None:
+        try:
+            store.fetch(store.key_of(Path(config.init_adapter)))
+        except FileNotFoundError:
+            raise EngineError(
+                "invalid_model", "The adapter this job continues is no longer stored.", "model"
             ) from None
 
 

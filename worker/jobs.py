@@ -70,7 +70,8 @@ def _slug(text: str) -> str:
 def fine_tuned_model_name(session: Session, job: Job) -> str:
     """`ft:<base>:<tenant>:<suffix>:<job-id>`, OpenAI's naming (an empty suffix leaves its field empty)."""
     tenant = session.get(Tenant, job.tenant_id)
-    return f"ft:{job.model}:{_slug(tenant.name if tenant else job.tenant_id)}:{job.suffix or ''}:{job.id}"
+    owner = _slug(tenant.name if tenant else job.tenant_id)
+    return f"ft:{job.base_model}:{owner}:{job.suffix or ''}:{job.id}"
 
 
 def _metrics_csv(session: Session, *, settings: Settings, job: Job) -> File:
@@ -139,7 +140,7 @@ def succeed_job(
             id=model_name,
             tenant_id=job.tenant_id,
             job_id=job.id,
-            base_model=job.model,
+            base_model=job.base_model,
             adapter_uri=artifact_store(settings).key_of(adapter_dir),
         )
     )

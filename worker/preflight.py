@@ -18,7 +18,7 @@ from worker.engine.data import load_items
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate_policy
 from worker.engine.graders import build_grader
-from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
+from worker.engine.policy import load_base_model, load_tokenizer, resolve_device, with_adapter
 from worker.engine.precision import resolve_precision
 
 CODE = "grader_constant_reward"
@@ -76,7 +76,8 @@ def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
     tokenizer = load_tokenizer(config.model)
     device = resolve_device(config.device)
     precision = resolve_precision(config, device)  # the job's own: the base model it will train
-    model = load_base_model(config.model, device, precision.dtype, precision.attn_implementation)
+    base = load_base_model(config.model, device, precision.dtype, precision.attn_implementation)
+    model = with_adapter(base, config.init_adapter)  # a warm start begins at its parent's answers
     torch.manual_seed(config.seed)
     grader = build_grader(config.grader, config.grading)
     try:

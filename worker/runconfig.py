@@ -5,6 +5,7 @@ job: the job's value, else the model's `sppo_defaults.json` for the algorithm, e
 What was resolved is written back to `jobs.resolved_hyperparameters` and shown by the job's API object.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.grading_context import API_KEY_ENV, MODEL_SERVER_KEY_ENV, GradingSetupError, grading_context
+from app.model_targets import find_model_target
 from app.models import File, Job
 from app.registry import find_base_model
 from app.settings import Settings
@@ -25,6 +27,7 @@ from jobspec.hyperparameters import (
     resolve_defaults,
     resolved_hyperparameters,
 )
+from jobspec.warmstart import ADAPTER_CONFIG, WarmStartError, adapter_values, continued_hyperparameters
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
@@ -79,12 +82,40 @@ def worker_grading(session: Session, *, settings: Settings, tenant_id: str, grad
     return context
 
 
+def parent_adapter(session: Session, *, settings: Settings, job: Job) -> tuple[str, dict[str, Any]]:
+    """(the local path of the adapter the job continues, its adapter_config.json): resolved again now, so a
+    parent deleted since the job was created fails it here (fetched with the inputs: fetch_inputs)."""
+    parent = str(job.parent_model)
+    target = find_model_target(session, settings=settings, tenant_id=job.tenant_id, model=parent)
+    store = artifact_store(settings)
+    try:
+        if target is None or target.adapter_uri is None:
+            raise FileNotFoundError(parent)
+        with store.open(f"{target.adapter_uri}/{ADAPTER_CONFIG}") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        message = (
+            f"The model '{parent}' this job continues no longer exists, or its adapter is no longer stored."
+        )
+        raise EngineError("invalid_model", message, "model") from None
+    return str(store.local_path(target.adapter_uri)), config
+
+
 def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple[RunConfig, dict[str, Any]]:
     """(RunConfig, resolved hyperparameters) for a job; EngineError when it cannot run as specified."""
     reinforcement = job.method["reinforcement"]
     hyper = dict(job.hyperparameters)
-    model_dir = base_model_dir(settings, job.model)
+    model_dir = base_model_dir(settings, job.base_model)
     defaults = model_defaults(model_dir)
+    continued: dict[str, Any] = {}  # what the parent's adapter fixes (jobspec.warmstart)
+    if job.parent_model is not None:
+        adapter, adapter_config = parent_adapter(session, settings=settings, job=job)
+        try:
+            hyper = continued_hyperparameters(hyper, adapter_config, parent=job.parent_model)
+            continued = {"init_adapter": adapter,
+                         **adapter_values(adapter_config, parent=job.parent_model)}  # fmt: skip
+        except WarmStartError as exc:
+            raise EngineError("invalid_model", exc.message, exc.param) from None
     values: dict[str, Any] = {
         "model": str(model_dir),
         "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,
@@ -113,6 +144,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
         )
     values.update(job_values(hyper, algorithm=values["algorithm"], grader=reinforcement["grader"],
                              model_defaults=defaults))  # fmt: skip
+    values.update(continued)
     try:
         config = RunConfig.from_dict(values)
     except EngineError as exc:

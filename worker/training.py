@@ -65,7 +65,7 @@ def _user_error(exc: BaseException, job: Job) -> tuple[str, str, str | None] | N
         if exc.code == "model_not_found":  # the engine's message names server paths; say it in API terms
             return (
                 "model_not_found",
-                f"The base model '{job.model}' could not be loaded: its files in the model registry are "
+                f"The base model '{job.base_model}' could not be loaded: its files in the model registry are "
                 "missing or incomplete. Choose another model from GET /v1/models or ask the operator.",
                 "model",
             )
@@ -124,7 +124,7 @@ def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str
     sessions = get_sessionmaker(settings.db_url)
 
     def configure() -> tuple[RunConfig, dict[str, Any]]:
-        with sessions() as session, reporting_preparation(job.model, _detail(reporter)):
+        with sessions() as session, reporting_preparation(job.base_model, _detail(reporter)):
             config, resolved = build_run_config(session, settings=settings, job=job)
             session.execute(
                 update(Job).where(*reporter.lease.owned).values(resolved_hyperparameters=resolved)

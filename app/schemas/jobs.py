@@ -51,9 +51,11 @@ class Alarm(BaseModel):
 class JobPublic(BaseModel):
     """OpenAI's `fine_tuning.job`; `current_step`, `total_steps`, `attempt`, `worker_losses`, `status_detail`,
     `alarms`, `started_at` (first claim by a worker: a duration from it excludes queue time) and
-    `fine_tuned_model_step` (the step of the checkpoint that is `fine_tuned_model`) are extensions. `attempt`
-    counts runs that ended without progress (a lost worker after a new checkpoint costs none);
-    `worker_losses` counts every lost worker since the job was created or last resumed."""
+    `fine_tuned_model_step` (the step of the checkpoint that is `fine_tuned_model`) are extensions, and so is
+    the lineage: `base_model` (the registry model the job trains on) and `parent_model` (the fine-tuned
+    model or checkpoint whose adapter it continues, the `model` it was created with; null for a fresh
+    start). `attempt` counts runs that ended without progress (a lost worker after a new checkpoint costs
+    none); `worker_losses` counts every lost worker since the job was created or last resumed."""
 
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -83,6 +85,8 @@ class JobPublic(BaseModel):
     status_detail: str | None = None
     alarms: list[Alarm] = []
     started_at: int | None = None
+    base_model: str | None = None
+    parent_model: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> "JobPublic":
@@ -122,6 +126,8 @@ class JobPublic(BaseModel):
             status_detail=job.status_detail,
             alarms=[Alarm.model_validate(alarm) for alarm in job.alarms or []],
             started_at=job.started_at,
+            base_model=job.base_model,
+            parent_model=job.parent_model,
         )
 
 

@@ -21,11 +21,12 @@ from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from app.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, transition
 from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
-from app.registry import BaseModelEntry, find_base_model, list_base_models
+from app.registry import BaseModelEntry
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.context import check_job_context
 from app.services.grading import check_grader
 from app.services.integrations import check_integrations
+from app.services.lineage import resolve_lineage
 from app.services.pagination import page
 from app.settings import Settings
 from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
@@ -33,7 +34,6 @@ from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
 log = logging.getLogger(__name__)
 
 S = JobStatus
-MODELS_LISTED = 20  # an unknown model's error lists this many names; GET /v1/models has them all
 
 
 def _training_file(session: Session, *, tenant: Tenant, file_id: str, param: str) -> File:
@@ -120,14 +120,10 @@ def _check_selection(request: JobCreate) -> None:
 
 
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
-    entry = find_base_model(settings, request.model)
-    if entry is None:
-        raise InvalidRequest(
-            f"Model '{request.model}' is not available for fine-tuning; the models are: "
-            f"{', '.join(e.name for e in list_base_models(settings)[:MODELS_LISTED])} (GET /v1/models).",
-            param="model",
-            code="model_not_found",
-        )
+    lineage = resolve_lineage(session, settings=settings, tenant=tenant, model=request.model)
+    entry = lineage.entry
+    method = request.method.model_dump(mode="json", exclude_none=True)
+    hyperparameters = lineage.hyperparameters(method["reinforcement"]["hyperparameters"])
     files = [_training_file(session, tenant=tenant, file_id=request.training_file, param="training_file")]
     if request.validation_file is not None:
         files.append(
@@ -149,10 +145,11 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         files=list(zip(files, ("training_file", "validation_file"), strict=False)),
     )
     _check_quota(session, settings=settings, tenant=tenant)
-    method = request.method.model_dump(mode="json", exclude_none=True)
     job = Job(
         tenant_id=tenant.id,
         model=request.model,
+        base_model=entry.name,
+        parent_model=lineage.parent_model,
         training_file=request.training_file,
         validation_file=request.validation_file,
         status=S.queued,
@@ -160,7 +157,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         hyperparameters=method["reinforcement"]["hyperparameters"],
         # what the worker will resolve, shown from the start (the worker writes the same values again)
         resolved_hyperparameters=resolved_hyperparameters(
-            method["reinforcement"]["hyperparameters"],
+            hyperparameters,
             algorithm=method["reinforcement"]["algorithm"],
             grader=method["reinforcement"]["grader"],
             model_defaults=entry.defaults or {},
@@ -175,6 +172,13 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
     session.add(job)
     session.flush()
     add_event(session, job_id=job.id, message="Created fine-tuning job", data={"status": S.queued.value})
+    if lineage.parent_model is not None:
+        add_event(
+            session,
+            job_id=job.id,
+            message=f"The job continues the adapter of '{lineage.parent_model}' (base model '{entry.name}')",
+            data={"parent_model": lineage.parent_model, "base_model": entry.name},
+        )
     for warning in warnings:
         add_event(session, job_id=job.id, level="warn", message=warning)
     session.commit()

@@ -27,12 +27,14 @@ def model_card(job: Job, checkpoint: Checkpoint) -> str:
     reinforcement = job.method.get("reinforcement", {})
     algorithm = reinforcement.get("algorithm", "sppo")
     hyperparameters = job.resolved_hyperparameters or job.hyperparameters
-    folder = checkpoint.id
+    folder, base = checkpoint.id, job.base_model
+    parent = job.parent_model
+    continued = f"\n- Continues: `{parent}` (its adapter, trained further)" if parent is not None else ""
     return f"""# {checkpoint.fine_tuned_model_checkpoint}
 
 A LoRA adapter fine-tuned with reinforcement learning ({algorithm.upper()}) by SPPO Service.
 
-- Base model: `{job.model}` (its files: `GET /v1/models/{job.model}/files`, a `{job.model}/` folder)
+- Base model: `{base}` (its files: `GET /v1/models/{base}/files`, a `{base}/` folder){continued}
 - Algorithm: `{algorithm}`
 - Job: `{job.id}`, checkpoint `{checkpoint.id}` at step {checkpoint.step_number}
 - Fine-tuned model: `{job.fine_tuned_model or "(job not finished)"}`
@@ -46,15 +48,15 @@ A LoRA adapter fine-tuned with reinforcement learning ({algorithm.upper()}) by S
 {_table(checkpoint.metrics)}
 ## How to load it
 
-Extract this archive and the base model's archive side by side, so that `./{job.model}` holds the base
-model (`adapter_config.json` names it `{job.model}`), then:
+Extract this archive and the base model's archive side by side, so that `./{base}` holds the base
+model (`adapter_config.json` names it `{base}`), then:
 
 ```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("{job.model}")
-base = AutoModelForCausalLM.from_pretrained("{job.model}")
+tokenizer = AutoTokenizer.from_pretrained("{base}")
+base = AutoModelForCausalLM.from_pretrained("{base}")
 model = PeftModel.from_pretrained(base, "{folder}")
 text = tokenizer.apply_chat_template([{{"role": "user", "content": "..."}}], add_generation_prompt=True,
                                      tokenize=False)

@@ -63,7 +63,7 @@ def adapter_archive(settings: Settings, checkpoint: Checkpoint, job: Job) -> Pat
                     continue
                 archive.add(file, arcname=f"{checkpoint.id}/{file.name}")
             config = portable_adapter_config(
-                (source / "adapter_config.json").read_bytes(), base_model=job.model
+                (source / "adapter_config.json").read_bytes(), base_model=job.base_model
             )
             _add_bytes(archive, f"{checkpoint.id}/adapter_config.json", config)
             _add_bytes(archive, f"{checkpoint.id}/README.md", model_card(job, checkpoint).encode())

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from app.db import session_scope
-from app.services.keys import create_key
+from app.models import Checkpoint, FineTunedModel, Job
+from app.services.keys import authenticate, create_key
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,3 +208,40 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
     if param is not None:
         assert error["param"] == param, error
     return dict(error)
+
+
+def add_fine_tuned(
+    server: Server, key: str, adapter_config: dict[str, Any] | None = None
+) -> tuple[str, Path]:
+    """A fine-tuned model row of the key's tenant, with adapter files under the data directory."""
+    with session_scope(server.db_url) as session:
+        tenant = authenticate(session, authorization=f"Bearer {key}")
+        job = Job(tenant_id=tenant.id, model="sppo-tiny", training_file="file-x", seed=0, status="succeeded")
+        session.add(job)
+        session.flush()
+        adapter = server.data_dir / "jobs" / job.id / "run" / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text(json.dumps(adapter_config or {}))
+        model_id = f"ft:sppo-tiny:{tenant.id}::{job.id}"
+        session.add(FineTunedModel(id=model_id, tenant_id=tenant.id, job_id=job.id, base_model="sppo-tiny",
+                                   adapter_uri=str(adapter.relative_to(server.data_dir))))  # fmt: skip
+        session.commit()
+    return model_id, adapter
+
+
+def add_checkpoint(
+    server: Server, model_id: str, adapter_config: dict[str, Any] | None = None
+) -> tuple[str, Path]:
+    """A step-10 checkpoint of the fine-tuned model's job, with adapter files under the data directory."""
+    job_id = model_id.rsplit(":", 1)[-1]
+    adapter = server.data_dir / "jobs" / job_id / "run" / "checkpoints" / "step-000010" / "adapter"
+    adapter.mkdir(parents=True)
+    if adapter_config is not None:
+        (adapter / "adapter_config.json").write_text(json.dumps(adapter_config))
+    with session_scope(server.db_url) as session:
+        name = f"{model_id}:ckpt-step-10"
+        checkpoint = Checkpoint(job_id=job_id, step_number=10, fine_tuned_model_checkpoint=name,
+                                uri=str(adapter.relative_to(server.data_dir)))  # fmt: skip
+        session.add(checkpoint)
+        session.commit()
+        return checkpoint.id, adapter

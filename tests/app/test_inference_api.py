@@ -3,50 +3,14 @@ the proxy (404 model_not_found, 400 naming the param, 413), a good one gets 503 
 bounded time; models retrieve/delete follow OpenAI (base models cannot be deleted) and tenancy."""
 
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from app.db import session_scope
-from app.models import Checkpoint, FineTunedModel, Job
-from app.services.keys import authenticate
-
-from .conftest import REGISTRY_MODEL, Server, assert_error
+from .conftest import REGISTRY_MODEL, Server, add_checkpoint, add_fine_tuned, assert_error
 
 CHAT = {"model": "sppo-tiny", "messages": [{"role": "user", "content": "1+2+3="}]}
-
-
-def _fine_tuned(server: Server, key: str) -> tuple[str, Path]:
-    """A fine-tuned model row of the key's tenant, with adapter files under the data directory."""
-    with session_scope(server.db_url) as session:
-        tenant = authenticate(session, authorization=f"Bearer {key}")
-        job = Job(tenant_id=tenant.id, model="sppo-tiny", training_file="file-x", seed=0, status="succeeded")
-        session.add(job)
-        session.flush()
-        adapter = server.data_dir / "jobs" / job.id / "run" / "adapter"
-        adapter.mkdir(parents=True)
-        (adapter / "adapter_config.json").write_text("{}")
-        model_id = f"ft:sppo-tiny:{tenant.id}::{job.id}"
-        session.add(FineTunedModel(id=model_id, tenant_id=tenant.id, job_id=job.id, base_model="sppo-tiny",
-                                   adapter_uri=str(adapter.relative_to(server.data_dir))))  # fmt: skip
-        session.commit()
-    return model_id, adapter
-
-
-def _checkpoint(server: Server, model_id: str) -> tuple[str, Path]:
-    """A step-10 checkpoint of the fine-tuned model's job, with adapter files under the data directory."""
-    job_id = model_id.rsplit(":", 1)[-1]
-    adapter = server.data_dir / "jobs" / job_id / "run" / "checkpoints" / "step-000010" / "adapter"
-    adapter.mkdir(parents=True)
-    with session_scope(server.db_url) as session:
-        name = f"{model_id}:ckpt-step-10"
-        checkpoint = Checkpoint(job_id=job_id, step_number=10, fine_tuned_model_checkpoint=name,
-                                uri=str(adapter.relative_to(server.data_dir)))  # fmt: skip
-        session.add(checkpoint)
-        session.commit()
-        return checkpoint.id, adapter
 
 
 @pytest.mark.parametrize(
@@ -91,7 +55,7 @@ def test_absent_model_server_is_503_with_retry_after(api: httpx.Client) -> None:
 
 
 def test_models_retrieve_and_delete(server: Server, api: httpx.Client, key: str) -> None:
-    model_id, adapter = _fine_tuned(server, key)
+    model_id, adapter = add_fine_tuned(server, key)
     base = api.get(f"/v1/models/{REGISTRY_MODEL}").json()
     assert {name: base[name] for name in ("id", "object", "created", "owned_by")} == {
         "id": REGISTRY_MODEL, "object": "model", "created": pytest.approx(time.time(), abs=3600),
@@ -105,7 +69,7 @@ def test_models_retrieve_and_delete(server: Server, api: httpx.Client, key: str)
         assert_error(other.get(f"/v1/models/{model_id}"), 404, "model")
         assert_error(other.delete(f"/v1/models/{model_id}"), 404, "model")
         assert_error(other.post("/v1/chat/completions", json={**CHAT, "model": model_id}), 404, "model")
-    checkpoint_id, checkpoint_dir = _checkpoint(server, model_id)
+    checkpoint_id, checkpoint_dir = add_checkpoint(server, model_id)
     for name in (checkpoint_id, f"{model_id}:ckpt-step-10"):  # resolved: only the model server is absent
         assert_error(api.post("/v1/chat/completions", json={**CHAT, "model": name}), 503)
     assert adapter.is_dir()

@@ -81,9 +81,6 @@ def test_a_job_chooses_its_precision(create: Callable[..., dict[str, Any]]) -> N
 @pytest.mark.parametrize(
     ("change", "param"),
     [
-        ({"model": "no-such-model"}, "model"),
-        ({"model": "../../etc"}, "model"),
-        ({"model": "not-a-model"}, "model"),  # a registry folder without config.json
         ({"training_file": "file-missing"}, "training_file"),
         ({"validation_file": "file-missing"}, "validation_file"),
         ({"method": None}, "method"),

@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from .conftest import ITEM, Server, method
+from .conftest import ITEM, Server, add_fine_tuned, method
 
 
 def test_sdk_files_and_jobs(server: Server, key: str, tmp_path: Path) -> None:
@@ -82,3 +82,22 @@ def test_sdk_data_and_hyperparameter_shapes(server: Server, key: str, tmp_path: 
         assert given is not None
         assert (given.compute_multiplier, given.reasoning_effort) == (resolved, reasoning_effort)
         client.fine_tuning.jobs.cancel(job.id)  # within the tenant's concurrent-jobs quota
+
+
+def test_sdk_continues_a_fine_tuned_model(server: Server, key: str, tmp_path: Path) -> None:
+    """`model="ft:..."` creates a job that continues the tenant's model; the lineage is the job's extra
+    fields; another tenant's model is the SDK's NotFoundError."""
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    path = tmp_path / "train.jsonl"
+    path.write_text(ITEM * 4)
+    file = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    lora = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["v_proj"]}
+    parent, _ = add_fine_tuned(server, key, lora)
+    job = client.fine_tuning.jobs.create(model=parent, training_file=file.id, method=method(batch_size=4))
+    assert job.model == parent and job.status == "queued"
+    assert (job.model_extra or {})["parent_model"] == parent and (job.model_extra or {})[
+        "base_model"
+    ] == "sppo-tiny"
+    theirs, _ = add_fine_tuned(server, server.new_key(), lora)
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.create(model=theirs, training_file=file.id, method=method(batch_size=4))

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from app.db import session_scope
 from app.models import Checkpoint, Job
 
-from ..app.conftest import REGISTRY_GRADER, REGISTRY_MODEL, Server
+from ..app.conftest import REGISTRY_GRADER, REGISTRY_MODEL, Server, add_fine_tuned
 from .conftest import Sppo, as_json, run_sppo
 
 
@@ -205,3 +205,14 @@ def test_models_list_shows_base_models_with_context_and_grader(sppo: Sppo) -> No
     data = as_json(sppo("models", "list", "--json"))["data"]
     assert {"sppo-tiny", "sppo-tiny-long"} <= {m["id"] for m in data}
     assert as_json(sppo("models", "list", "--fine-tuned", "--json"))["data"] == []
+
+
+def test_a_job_continues_a_fine_tuned_model_and_shows_its_lineage(
+    server: Server, key: str, sppo: Sppo, train_file: Path
+) -> None:
+    parent, _ = add_fine_tuned(server, key, {"peft_type": "LORA", "r": 8, "lora_alpha": 16})
+    # no --grader: the base model's recommended grader fits its fine-tuned model
+    job = as_json(sppo("jobs", "create", "--model", parent, "--training-file", str(train_file), "--json"))
+    assert (job["model"], job["parent_model"], job["base_model"]) == (parent, parent, "sppo-tiny")
+    shown = sppo("jobs", "get", job["id"])
+    assert shown.returncode == 0 and "(continues its adapter; base model sppo-tiny)" in shown.stdout

@@ -36,7 +36,7 @@ def test_a_model_folder_without_weights_is_not_offered(
 ) -> None:
     assert "broken/tiny" not in [m["id"] for m in api.get("/v1/models").json()["data"]]
     response = _create(api, model="broken/tiny", training_file=upload(jsonl(tiny.train_file, 0, 16)))
-    assert response.status_code == 400, response.text
+    assert response.status_code == 404, response.text
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("model_not_found", "model")
     assert "broken/tiny" in error["message"] and "/" + "tmp" not in error["message"]  # no server paths

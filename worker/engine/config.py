@@ -47,6 +47,11 @@ class RunConfig:
     critic_layers: int | None = REFERENCE_DEFAULTS["critic_layers"]
     """A `separate` critic built from only the first N decoder layers of its model (a smaller critic from
     the same checkpoint, as the paper pairs a 7B policy with a 1.5B critic); None: all layers."""
+    init_adapter: str | None = None
+    """A peft LoRA adapter directory the policy starts from and trains further (a warm start from a
+    fine-tuned model or checkpoint); its own config sets the adapter's rank, alpha and modules, so
+    lora_rank, lora_alpha, lora_dropout and lora_target_modules should be its (jobspec.warmstart). The
+    critic starts fresh. None: a new adapter."""
     use_lora: bool = REFERENCE_DEFAULTS["use_lora"]
     """Train the policy as a LoRA adapter (peft); False trains all policy weights."""
     lora_rank: int = REFERENCE_DEFAULTS["lora_rank"]
@@ -188,6 +193,11 @@ class RunConfig:
             self.critic != "shared_lora" or self.use_lora,
             "a shared_lora critic needs a frozen base: set use_lora to true",
             "critic",
+        )
+        _check(
+            self.init_adapter is None or self.use_lora,
+            "is a LoRA adapter, which only a use_lora policy can continue",
+            "init_adapter",
         )
         _check(
             self.critic_layers is None or self.critic == "separate",

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -21,7 +20,7 @@ from grading.result import GradeResult
 from worker.engine.data import encode_prompts, load_items
 from worker.engine.distributed import DistContext
 from worker.engine.graders import BatchGrader, build_grader
-from worker.engine.policy import load_base_model, load_tokenizer, resolve_device
+from worker.engine.policy import load_base_model, load_tokenizer, resolve_device, with_adapter
 from worker.engine.precision import enable_tf32, resolve_attn_implementation, resolve_dtype
 from worker.engine.rollout import ControlFn, Rollout, generate
 from worker.engine.selection import PASS_AT_1
@@ -238,9 +237,7 @@ def evaluate(
     enable_tf32(run_device)
     compute_dtype = resolve_dtype(dtype, run_device)
     attention = resolve_attn_implementation("auto", run_device, compute_dtype)
-    model: nn.Module = load_base_model(model_dir, run_device, compute_dtype, attention)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model = with_adapter(load_base_model(model_dir, run_device, compute_dtype, attention), adapter_dir)
     items = load_items(data_file, param="validation_file")[:max_items]
     grader = build_grader(grader_spec, grading)
     try:

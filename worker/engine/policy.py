@@ -10,6 +10,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from jobspec.warmstart import ADAPTER_CONFIG
 from worker.engine.config import RunConfig
 from worker.engine.errors import ModelNotFoundError
 from worker.engine.precision import FLOAT32, Precision, enable_gradient_checkpointing
@@ -77,7 +78,23 @@ def load_policy(config: RunConfig, device: torch.device, precision: Precision = 
     base.train()
     if not config.use_lora:
         return base
+    if config.init_adapter is not None:  # a warm start: the parent's adapter, trained further
+        return with_adapter(base, config.init_adapter, trainable=True)
     return get_peft_model(base, lora_config(config), adapter_name=POLICY_ADAPTER)
+
+
+def with_adapter(
+    model: PreTrainedModel, adapter_dir: str | Path | None, *, trainable: bool = False
+) -> nn.Module:
+    """`model` with the peft adapter saved in `adapter_dir` on top (as the policy's adapter), or `model`
+    itself when there is none: a fine-tuned model as evaluations score it and a warm start trains it."""
+    if adapter_dir is None:
+        return model
+    if not (Path(adapter_dir) / ADAPTER_CONFIG).is_file():
+        raise ModelNotFoundError(f"the adapter to load has no {ADAPTER_CONFIG}")
+    return PeftModel.from_pretrained(
+        model, str(adapter_dir), adapter_name=POLICY_ADAPTER, is_trainable=trainable
+    )
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:

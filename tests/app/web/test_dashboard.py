@@ -18,7 +18,7 @@ from app.services.keys import revoke_key
 from app.streams import encode_step, metrics_stream_key
 from worker.records import replace_samples
 
-from ..conftest import ITEM, Server, method, sse_events
+from ..conftest import ITEM, Server, add_fine_tuned, method, sse_events
 from .conftest import Browser, add_points, csrf_of
 
 NewJob = Callable[..., dict[str, Any]]
@@ -324,3 +324,16 @@ def test_the_job_page_shows_the_latest_samples_escaped(
         assert "(step 2)" in panel and "old step" not in panel
         assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in panel and "<script>alert" not in page
         assert "&lt;b&gt;2+5=&lt;/b&gt;" in panel and "exact 0.5" in panel and "(cut to its first" in panel
+
+
+def test_the_job_page_shows_what_a_job_continues(
+    server: Server, key: str, browser: Browser, api: httpx.Client
+) -> None:
+    parent, _ = add_fine_tuned(server, key, {"peft_type": "LORA", "r": 8, "lora_alpha": 16})
+    file = api.post(
+        "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", (ITEM * 4).encode())}
+    )
+    body = {"model": parent, "training_file": file.json()["id"], "method": method(batch_size=2)}
+    job = api.post("/v1/fine_tuning/jobs", json=body).json()
+    page = browser.get(f"/jobs/{job['id']}").text
+    assert f'{parent} <span id="job-lineage">(continues its adapter on sppo-tiny)</span>' in page
