@@ -13,7 +13,9 @@ from typing import Any, Final
 
 from jobspec.selection import model_selection
 
-HYPERPARAMETERS: Final = "method.reinforcement.hyperparameters"
+METHOD: Final = "method.reinforcement"
+"""Where a job's algorithm, grader and hyperparameters are in its request."""
+HYPERPARAMETERS: Final = f"{METHOD}.hyperparameters"
 """Where a job's hyperparameters are in its request: the prefix of every error's `param` about one."""
 DEFAULTS_FILE: Final = "sppo_defaults.json"
 ALGORITHMS_KEY: Final = "algorithms"
@@ -88,6 +90,14 @@ HINTS: Final[Mapping[str, str]] = {
 """What a user who names a hyperparameter as other trainers do is told to use instead."""
 REASONING_EFFORT_TOKENS: Final[Mapping[str, int]] = {"low": 1024, "medium": 4096, "high": 16384}
 """max_response_tokens for OpenAI's `reasoning_effort` when the job does not set max_response_tokens."""
+
+
+def request_param(param: str | None) -> str | None:
+    """Where a job's request holds an engine field: a hyperparameter under HYPERPARAMETERS, the grader (and
+    its parts, `grader.graders.x`) under the method; any other name (`training_file`, `model`) as it is."""
+    if param is not None and param.split(".", 1)[0] == "grader":
+        return f"{METHOD}.{param}"
+    return f"{HYPERPARAMETERS}.{param}" if param in JOB_FIELDS else param
 
 
 def samples_per_prompt(algorithm: str, group_size: int | None, compute_multiplier: float = 1.0) -> int:

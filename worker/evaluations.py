@@ -12,7 +12,6 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import case, func, or_, update
@@ -22,10 +21,10 @@ from app.models import Evaluation, File, JobStatus, now
 from app.settings import Settings
 from app.storage import ArtifactStore, artifact_store
 from app.webhooks import enqueue_evaluation_event
-from jobspec.hyperparameters import grader_pass_threshold
+from jobspec.hyperparameters import REFERENCE_DEFAULTS, grader_pass_threshold
 from worker.dbretry import retrying
 from worker.engine.checkpoint import crash_point
-from worker.engine.config import RunConfig, model_defaults
+from worker.engine.config import model_defaults
 from worker.engine.data import load_items
 from worker.engine.errors import EngineError
 from worker.engine.evaluate import evaluate
@@ -58,14 +57,15 @@ def _update(settings: Settings, evaluation_id: str, *where: Any, **values: Any) 
 
 def resolve_sampling(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """Unset sampling settings as a training job of this model uses them: its sppo_defaults.json, else the
-    engine's RunConfig defaults, so an evaluation's avg@k agrees with the job's own evaluations."""
-    engine = {f.name: f.default for f in fields(RunConfig)}
+    reference defaults (the engine's), so an evaluation's avg@k agrees with the job's own evaluations."""
     return {
-        "temperature": float(params.get("temperature") or defaults.get("temperature", engine["temperature"])),
-        "top_p": float(params.get("top_p") or defaults.get("top_p", engine["top_p"])),
+        "temperature": float(
+            params.get("temperature") or defaults.get("temperature", REFERENCE_DEFAULTS["temperature"])
+        ),
+        "top_p": float(params.get("top_p") or defaults.get("top_p", REFERENCE_DEFAULTS["top_p"])),
         "max_response_tokens": int(
             params.get("max_response_tokens")
-            or defaults.get("max_response_tokens", engine["max_response_tokens"])
+            or defaults.get("max_response_tokens", REFERENCE_DEFAULTS["max_response_tokens"])
         ),
     }
 

@@ -21,9 +21,9 @@ from app.settings import Settings
 from app.storage import artifact_store
 from grading.build import GraderConfigError, parse_grader
 from jobspec.hyperparameters import (
-    HYPERPARAMETERS,
-    JOB_FIELDS,
+    METHOD,
     job_values,
+    request_param,
     resolve_defaults,
     resolved_hyperparameters,
 )
@@ -31,7 +31,7 @@ from jobspec.warmstart import ADAPTER_CONFIG, WarmStartError, adapter_values, co
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
-GRADER = "method.reinforcement.grader"
+GRADER = f"{METHOD}.grader"
 
 
 def base_model_dir(settings: Settings, name: str) -> Path:
@@ -148,8 +148,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
     try:
         config = RunConfig.from_dict(values)
     except EngineError as exc:
-        if exc.param in JOB_FIELDS:
-            exc.param = f"{HYPERPARAMETERS}.{exc.param}"
+        exc.param = request_param(exc.param)
         raise
     resolved = resolved_hyperparameters(hyper, algorithm=config.algorithm, grader=reinforcement["grader"],
                                         model_defaults=defaults,

@@ -24,7 +24,7 @@ from app.models import Job, JobStatus
 from app.queues import control_key
 from app.settings import Settings
 from app.storage import artifact_store
-from jobspec.hyperparameters import HYPERPARAMETERS, JOB_FIELDS
+from jobspec.hyperparameters import request_param
 from worker.alarms import AlarmBook
 from worker.artifacts import fetch_inputs, restore_run
 from worker.dbretry import is_connection_error, retrying
@@ -69,12 +69,7 @@ def _user_error(exc: BaseException, job: Job) -> tuple[str, str, str | None] | N
                 "missing or incomplete. Choose another model from GET /v1/models or ask the operator.",
                 "model",
             )
-        param = exc.param
-        if param is not None and param.startswith("grader"):
-            param = f"method.reinforcement.{param}"
-        elif param in JOB_FIELDS:  # a run config field that is the job's hyperparameter of the same name
-            param = f"{HYPERPARAMETERS}.{param}"
-        return exc.code, exc.message, param
+        return exc.code, exc.message, request_param(exc.param)
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return (
             "out_of_memory",

@@ -30,6 +30,7 @@ from app.services.lineage import resolve_lineage
 from app.services.pagination import page
 from app.settings import Settings
 from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
+from jobspec.limits import device_share, early_stopping
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +91,9 @@ def _check_devices(settings: Settings, request: JobCreate) -> None:
             f"{', '.join(map(str, offered))} device(s) (SPPO_TRAINING_DEVICE_COUNTS).",
             param=f"{HYPERPARAMETERS}.n_devices",
         )
-    for name in ("batch_size", "minibatch_size"):
-        value = getattr(hyper, name)
-        if isinstance(value, int) and value % n_devices:
-            raise InvalidRequest(
-                f"{name} {value} cannot be shared equally by {n_devices} devices; use a multiple of "
-                f"n_devices.",
-                param=f"{HYPERPARAMETERS}.{name}",
-            )
+    refusal = device_share(dict(hyper), n_devices)
+    if refusal is not None:
+        raise InvalidRequest(refusal.message, param=f"{HYPERPARAMETERS}.{refusal.param}")
 
 
 def _check_selection(request: JobCreate) -> None:
@@ -111,12 +107,9 @@ def _check_selection(request: JobCreate) -> None:
             "no validation_file: add one, or use 'last'.",
             param=f"{HYPERPARAMETERS}.model_selection",
         )
-    if hyper.early_stopping_patience is not None:
-        raise InvalidRequest(
-            "early_stopping_patience stops a run whose validation score no longer improves, and the job has "
-            "no validation_file: add one, or leave early_stopping_patience out.",
-            param=f"{HYPERPARAMETERS}.early_stopping_patience",
-        )
+    refusal = early_stopping(hyper.early_stopping_patience, has_validation_file=False)
+    if refusal is not None:
+        raise InvalidRequest(refusal.message, param=f"{HYPERPARAMETERS}.{refusal.param}")
 
 
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:

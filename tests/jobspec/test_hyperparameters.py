@@ -64,7 +64,7 @@ def test_every_api_hyperparameter_is_resolved_or_named() -> None:
     by_name = {"learning_rate_multiplier", "critic_learning_rate_multiplier", "reasoning_effort",
                "allow_constant_reward"}  # fmt: skip
     assert set(ReinforcementHyperparameters.model_fields) == set(JOB_FIELDS) | by_name
-    assert set(JOB_FIELDS) <= set(RunConfig.__dataclass_fields__)
+    assert set(JOB_FIELDS) <= set(RunConfig.model_fields)
 
 
 def test_engine_config_reads_the_reference_defaults(tmp_path: Any) -> None:

@@ -8,24 +8,61 @@ own values override both (jobspec.hyperparameters.resolve_defaults, the rule the
 """
 
 import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from jobspec.algorithms import ALGORITHM_NAMES, CRITIC_KINDS
-from jobspec.compute import ATTN_IMPLEMENTATIONS, DTYPES
+from jobspec.algorithms import AlgorithmName, CriticKind
+from jobspec.compute import AttnImplementation, DType
 from jobspec.hyperparameters import DEFAULTS_FILE, REFERENCE_DEFAULTS, resolve_defaults, samples_per_prompt
-from jobspec.selection import MODEL_SELECTIONS, model_selection
+from jobspec.limits import (
+    Count,
+    EvalInterval,
+    Flag,
+    Fraction,
+    GradientCheckpointing,
+    LoraAlpha,
+    NonNegative,
+    OpenFraction,
+    Positive,
+    Probability,
+    Refusal,
+    Temperature,
+    device_share,
+    early_stopping,
+)
+from jobspec.selection import ModelSelection, model_selection
 from worker.engine.errors import ConfigError
 
-ROLLOUT_BACKENDS = ("hf", "vllm")
+RolloutBackend = Literal["hf", "vllm"]
 
 
-@dataclass
-class RunConfig:
-    """Everything one training run needs. Paths may be relative to the working directory."""
+class RunConfig(BaseModel):
+    """Everything one training run needs. Paths may be relative to the working directory.
+
+    Each field is typed with its limits (jobspec.limits, the API's too); the rules that join fields are
+    `_disagreement`'s. `from_dict` reports the first failing field as a ConfigError.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,  # 1 is no boolean, "8" no batch size
+        allow_inf_nan=False,
+        validate_default=True,
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+    )
 
     model: str
     """Base model directory (save_pretrained format: config, weights, tokenizer with a chat template)."""
@@ -37,14 +74,14 @@ class RunConfig:
     """Checkpoints, metrics.jsonl and the final adapter go here; a run resumes from it."""
     validation_file: str | None = None
     """Validation JSONL scored every eval_interval steps (pass@1 greedy and avg@k sampled)."""
-    algorithm: str = "sppo"
+    algorithm: AlgorithmName = "sppo"
     """Advantage estimator and critic: sppo (prompt-only critic), grpo (group baseline), ppo (token GAE),
     reinforce (batch-mean baseline, no critic)."""
-    critic: str = REFERENCE_DEFAULTS["critic"]
+    critic: CriticKind = REFERENCE_DEFAULTS["critic"]
     """sppo/ppo critic: `separate` (own model + head) or `shared_lora` (policy base + own LoRA + head)."""
     critic_model: str | None = None
     """Model directory of a `separate` critic (may be smaller than the policy); default: the policy model."""
-    critic_layers: int | None = REFERENCE_DEFAULTS["critic_layers"]
+    critic_layers: Count | None = REFERENCE_DEFAULTS["critic_layers"]
     """A `separate` critic built from only the first N decoder layers of its model (a smaller critic from
     the same checkpoint, as the paper pairs a 7B policy with a 1.5B critic); None: all layers."""
     init_adapter: str | None = None
@@ -52,247 +89,160 @@ class RunConfig:
     fine-tuned model or checkpoint); its own config sets the adapter's rank, alpha and modules, so
     lora_rank, lora_alpha, lora_dropout and lora_target_modules should be its (jobspec.warmstart). The
     critic starts fresh. None: a new adapter."""
-    use_lora: bool = REFERENCE_DEFAULTS["use_lora"]
+    use_lora: Flag = REFERENCE_DEFAULTS["use_lora"]
     """Train the policy as a LoRA adapter (peft); False trains all policy weights."""
-    lora_rank: int = REFERENCE_DEFAULTS["lora_rank"]
+    lora_rank: Count = REFERENCE_DEFAULTS["lora_rank"]
     """LoRA rank r of the policy (and of a shared_lora critic)."""
-    lora_alpha: int = REFERENCE_DEFAULTS["lora_alpha"]
+    lora_alpha: LoraAlpha = REFERENCE_DEFAULTS["lora_alpha"]
     """LoRA scaling numerator (scale = alpha / r)."""
-    lora_dropout: float = REFERENCE_DEFAULTS["lora_dropout"]
+    lora_dropout: NonNegative = REFERENCE_DEFAULTS["lora_dropout"]
     """Dropout on the LoRA input; 0 keeps old log-probs equal to the training forward's."""
     lora_target_modules: list[str] | str = REFERENCE_DEFAULTS["lora_target_modules"]
     """Modules that get LoRA adapters: a list of names or peft's "all-linear"."""
-    learning_rate: float = REFERENCE_DEFAULTS["learning_rate"]
+    learning_rate: Positive = REFERENCE_DEFAULTS["learning_rate"]
     """Actor learning rate (constant schedule): 10x the authors' full-parameter 1e-6, for a LoRA adapter;
     set 1e-6 with use_lora false."""
-    critic_learning_rate: float = REFERENCE_DEFAULTS["critic_learning_rate"]
+    critic_learning_rate: Positive = REFERENCE_DEFAULTS["critic_learning_rate"]
     """Critic learning rate (constant schedule): the authors' value for a full-parameter (`separate`)
     critic; a `shared_lora` critic trains a LoRA adapter and wants ~10x (5e-5)."""
-    weight_decay: float = REFERENCE_DEFAULTS["weight_decay"]
+    weight_decay: NonNegative = REFERENCE_DEFAULTS["weight_decay"]
     """AdamW weight decay for actor and critic."""
-    max_grad_norm: float = REFERENCE_DEFAULTS["max_grad_norm"]
+    max_grad_norm: Positive = REFERENCE_DEFAULTS["max_grad_norm"]
     """Gradient clipping of actor and critic, each on its own."""
-    n_epochs: int = REFERENCE_DEFAULTS["n_epochs"]
+    n_epochs: Count = REFERENCE_DEFAULTS["n_epochs"]
     """Passes over the training file; total steps = n_epochs * ceil(items / batch_size) unless max_steps."""
-    max_steps: int | None = REFERENCE_DEFAULTS["max_steps"]
+    max_steps: Count | None = REFERENCE_DEFAULTS["max_steps"]
     """Stop after this many steps (overrides n_epochs)."""
-    batch_size: int = REFERENCE_DEFAULTS["batch_size"]
+    batch_size: Count = REFERENCE_DEFAULTS["batch_size"]
     """Prompts per step. from_dict's default (the model's or the reference) is samples per step, divided by
     the samples per prompt: every algorithm's default run draws the same number of samples per step."""
-    group_size: int | None = REFERENCE_DEFAULTS["group_size"]
+    group_size: Count | None = REFERENCE_DEFAULTS["group_size"]
     """Samples per prompt; default from the algorithm (1 for sppo/ppo, 8 for grpo)."""
-    compute_multiplier: float = REFERENCE_DEFAULTS["compute_multiplier"]
+    compute_multiplier: Positive = REFERENCE_DEFAULTS["compute_multiplier"]
     """OpenAI's `compute_multiplier` (compute spent exploring): scales the samples per prompt, rounded to
     the nearest whole number and at least 1; 2.0 samples twice as many completions of every prompt."""
-    ppo_epochs: int = REFERENCE_DEFAULTS["ppo_epochs"]
+    ppo_epochs: Count = REFERENCE_DEFAULTS["ppo_epochs"]
     """Passes over each step's samples."""
-    minibatch_size: int = REFERENCE_DEFAULTS["minibatch_size"]
+    minibatch_size: Count = REFERENCE_DEFAULTS["minibatch_size"]
     """Samples per optimizer update inside a PPO epoch."""
-    micro_batch_tokens: int = REFERENCE_DEFAULTS["micro_batch_tokens"]
+    micro_batch_tokens: Count = REFERENCE_DEFAULTS["micro_batch_tokens"]
     """Token budget of one forward/backward (gradient accumulation up to a minibatch); halved on OOM."""
-    clip_epsilon: float = REFERENCE_DEFAULTS["clip_epsilon"]
+    clip_epsilon: OpenFraction = REFERENCE_DEFAULTS["clip_epsilon"]
     """PPO ratio clip range eps."""
-    kl_coef: float = REFERENCE_DEFAULTS["kl_coef"]
+    kl_coef: NonNegative = REFERENCE_DEFAULTS["kl_coef"]
     """Coefficient of a KL penalty to the base policy (off by default)."""
-    entropy_coef: float = REFERENCE_DEFAULTS["entropy_coef"]
+    entropy_coef: NonNegative = REFERENCE_DEFAULTS["entropy_coef"]
     """Entropy bonus (0 as in the paper)."""
-    value_clip: float = REFERENCE_DEFAULTS["value_clip"]
+    value_clip: OpenFraction = REFERENCE_DEFAULTS["value_clip"]
     """Clip range of the token-level PPO value loss."""
-    gae_gamma: float = REFERENCE_DEFAULTS["gae_gamma"]
+    gae_gamma: Fraction = REFERENCE_DEFAULTS["gae_gamma"]
     """PPO-GAE discount."""
-    gae_lambda: float = REFERENCE_DEFAULTS["gae_lambda"]
+    gae_lambda: Fraction = REFERENCE_DEFAULTS["gae_lambda"]
     """PPO-GAE lambda."""
-    grpo_scale_by_std: bool = REFERENCE_DEFAULTS["grpo_scale_by_std"]
+    grpo_scale_by_std: Flag = REFERENCE_DEFAULTS["grpo_scale_by_std"]
     """GRPO divides by the group's reward std; False is Dr. GRPO."""
-    temperature: float = REFERENCE_DEFAULTS["temperature"]
+    temperature: Temperature = REFERENCE_DEFAULTS["temperature"]
     """Sampling temperature of rollouts (and of avg@k evaluation)."""
-    top_p: float = REFERENCE_DEFAULTS["top_p"]
+    top_p: Probability = REFERENCE_DEFAULTS["top_p"]
     """Nucleus sampling threshold."""
-    max_response_tokens: int = REFERENCE_DEFAULTS["max_response_tokens"]
+    max_response_tokens: Count = REFERENCE_DEFAULTS["max_response_tokens"]
     """Most new tokens per response; the longest training (and evaluated validation) prompt plus this must
     fit the model's context, checked before the model loads (`ConfigError` naming the field, with the line
     and what would fit)."""
-    eval_interval: int | str = REFERENCE_DEFAULTS["eval_interval"]
+    eval_interval: EvalInterval = REFERENCE_DEFAULTS["eval_interval"]
     """Evaluate every this many steps, after a step-0 baseline and at the end; "auto": total_steps // 5."""
-    eval_samples: int = REFERENCE_DEFAULTS["eval_samples"]
+    eval_samples: Count = REFERENCE_DEFAULTS["eval_samples"]
     """k of avg@k."""
-    eval_max_items: int | None = REFERENCE_DEFAULTS["eval_max_items"]
+    eval_max_items: Count | None = REFERENCE_DEFAULTS["eval_max_items"]
     """Score only the first N validation items (None: all)."""
-    pass_threshold: float = REFERENCE_DEFAULTS["pass_threshold"]
+    pass_threshold: Probability = REFERENCE_DEFAULTS["pass_threshold"]
     """A completion passes (pass@1, avg@k, rollout/accuracy) when its reward is at least this; the mean
     reward is reported beside them (eval/reward_mean, rollout/reward_mean)."""
-    checkpoint_interval: int = REFERENCE_DEFAULTS["checkpoint_interval"]
+    checkpoint_interval: Count = REFERENCE_DEFAULTS["checkpoint_interval"]
     """Write a checkpoint every this many steps, at every evaluation and at the end."""
-    keep_checkpoints: int = REFERENCE_DEFAULTS["keep_checkpoints"]
+    keep_checkpoints: Count = REFERENCE_DEFAULTS["keep_checkpoints"]
     """Keep the last K checkpoints, plus the best one by validation score."""
-    model_selection: str = REFERENCE_DEFAULTS["model_selection"]
+    model_selection: ModelSelection = REFERENCE_DEFAULTS["model_selection"]
     """The run's model (final/): "best", the checkpoint with the highest validation pass@1 (the earlier step
     on a tie; the base model's step-0 score is not a candidate), or "last", the last step. Without a
     validation file it is "last"."""
-    early_stopping_patience: int | None = REFERENCE_DEFAULTS["early_stopping_patience"]
+    early_stopping_patience: Count | None = REFERENCE_DEFAULTS["early_stopping_patience"]
     """Stop when validation pass@1 has not improved for this many evaluations in a row (the base model's
     score counts); the run completes there, its model chosen by model_selection. None: train every step."""
     seed: int = 0
     """Seeds data order, sampling and initialisation; CPU runs are reproducible."""
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda[:i]"."""
-    dtype: str = REFERENCE_DEFAULTS["dtype"]
+    dtype: DType = REFERENCE_DEFAULTS["dtype"]
     """"auto" (bfloat16 on a CUDA GPU that supports it, else float32), "float32" or "bfloat16": a LoRA
     policy's frozen base is stored in it and every forward computes in it (autocast); trained weights,
     optimizer state, log-probs, advantages and losses stay float32 (docs/engine.md, "Precision")."""
-    gradient_checkpointing: bool | str = REFERENCE_DEFAULTS["gradient_checkpointing"]
+    gradient_checkpointing: GradientCheckpointing = REFERENCE_DEFAULTS["gradient_checkpointing"]
     """Recompute each decoder layer's activations in the backward instead of keeping them: true, false,
     or "auto" (on for models of 300M parameters and more, decided per model: policy and separate critic)."""
-    attn_implementation: str = REFERENCE_DEFAULTS["attn_implementation"]
+    attn_implementation: AttnImplementation = REFERENCE_DEFAULTS["attn_implementation"]
     """Attention kernel: "sdpa", "eager", "flash_attention_2" (the flash-attn package, CUDA, bfloat16) or
     "auto" (flash_attention_2 where it can run, else sdpa)."""
-    n_devices: int = 1
+    n_devices: Count = 1
     """Processes, one device each, that train the run together (torchrun, data-parallel: a LoRA policy
     replicated, a fully fine-tuned one sharded with FSDP2; see docs/multi-device.md); batch_size and
     minibatch_size must be multiples of it."""
-    rollout_backend: str = "hf"
+    rollout_backend: RolloutBackend = "hf"
     """What samples the rollouts: "hf" (transformers `generate` on the training policy) or "vllm" (a vLLM
     engine on the same GPU that hot-swaps the policy's LoRA adapter after each update; the `vllm` extra,
     CUDA, use_lora and one device). Evaluations always use "hf"."""
-    rollout_gpu_memory_utilization: float = 0.3
+    rollout_gpu_memory_utilization: OpenFraction = 0.3
     """With rollout_backend vllm: the share of the GPU's memory the engine takes (weights and KV cache);
     the rest is the trainer's."""
     health_entropy_floor: float = 0.01
     """Warn when the mean token entropy falls below this (entropy collapse)."""
-    grading: dict[str, Any] = field(default_factory=dict)
+    grading: dict[str, Any] = Field(default_factory=dict)
     """Where judge models and embeddings are reached and how Python graders are sandboxed
     (grading.build.GradingContext.from_dict; the worker fills it from the service's settings)."""
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
     """Free-form labels copied into metrics.jsonl's header (job id, tags)."""
     samples_kept: int = 4
     """Completions reported per step (samples.py: the best, the worst and the first of the batch); 0: none."""
     sample_max_chars: int = 2000
     """A kept prompt or completion longer than this is cut to it (and marked truncated)."""
 
-    def __post_init__(self) -> None:
-        self.model_selection = model_selection(self.model_selection, self.validation_file is not None)
-        self.validate()
-
     @property
     def samples_per_prompt(self) -> int:
         return samples_per_prompt(self.algorithm, self.group_size, self.compute_multiplier)
 
-    def validate(self) -> None:
-        """Raise ConfigError naming the first field that is out of range."""
-        _check(self.algorithm in ALGORITHM_NAMES, f"must be one of {', '.join(ALGORITHM_NAMES)}", "algorithm")
-        _check(self.critic in CRITIC_KINDS, f"must be one of {', '.join(CRITIC_KINDS)}", "critic")
-        selections = ", ".join(MODEL_SELECTIONS)
-        _check(self.model_selection in MODEL_SELECTIONS, f"must be one of {selections}", "model_selection")
-        _check(
-            self.early_stopping_patience is None or self.validation_file is not None,
-            "needs a validation_file: early stopping watches the validation score",
-            "early_stopping_patience",
-        )
-        _check(isinstance(self.grader, dict) and "type" in self.grader, "must be a grader spec", "grader")
-        _check(
-            self.critic != "shared_lora" or self.use_lora,
-            "a shared_lora critic needs a frozen base: set use_lora to true",
-            "critic",
-        )
-        _check(
-            self.init_adapter is None or self.use_lora,
-            "is a LoRA adapter, which only a use_lora policy can continue",
-            "init_adapter",
-        )
-        _check(
-            self.critic_layers is None or self.critic == "separate",
-            "only a separate critic can have fewer layers (a shared_lora critic is the policy's base)",
-            "critic_layers",
-        )
-        self._validate_ranges()
-        self._validate_precision()
-        self._validate_rollout_and_devices()
+    @field_validator("grader")
+    @classmethod
+    def _grader_spec(cls, grader: dict[str, Any]) -> dict[str, Any]:
+        if "type" not in grader:
+            raise PydanticCustomError("grader_spec", "a grader spec is an object with a 'type'")
+        return grader
 
-    def _validate_ranges(self) -> None:
-        for name in (
-            "learning_rate", "critic_learning_rate", "temperature", "lora_alpha", "max_grad_norm",
-            "compute_multiplier",
-        ):  # fmt: skip
-            _check(getattr(self, name) > 0, "must be > 0", name)
-        for name in ("weight_decay", "kl_coef", "entropy_coef", "lora_dropout"):
-            _check(getattr(self, name) >= 0, "must be >= 0", name)
-        for name in ("clip_epsilon", "value_clip"):
-            _check(0 < getattr(self, name) < 1, "must be in (0, 1)", name)
-        for name in ("gae_gamma", "gae_lambda"):
-            _check(0 <= getattr(self, name) <= 1, "must be in [0, 1]", name)
-        _check(0 < self.top_p <= 1, "must be in (0, 1]", "top_p")
-        _check(0 < self.pass_threshold <= 1, "must be in (0, 1]", "pass_threshold")
-        for name in (
-            "n_epochs", "batch_size", "ppo_epochs", "minibatch_size", "micro_batch_tokens",
-            "max_response_tokens", "eval_samples", "checkpoint_interval",
-            "keep_checkpoints", "lora_rank",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, "must be an integer >= 1", name)
-        _check(
-            self.eval_interval == "auto" or (isinstance(self.eval_interval, int) and self.eval_interval >= 1),
-            'must be "auto" or an integer >= 1',
-            "eval_interval",
-        )
-        for name in ("max_steps", "group_size", "eval_max_items", "critic_layers", "early_stopping_patience"):
-            value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and value >= 1), "must be null or >= 1", name)
+    @field_validator("model_selection")
+    @classmethod
+    def _selection(cls, asked: str, info: ValidationInfo) -> str:
+        return model_selection(asked, info.data.get("validation_file") is not None)
 
-    def _validate_precision(self) -> None:
-        _check(self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}", "dtype")
-        kernels = ", ".join(ATTN_IMPLEMENTATIONS)
-        _check(
-            self.attn_implementation in ATTN_IMPLEMENTATIONS,
-            f"must be one of {kernels}",
-            "attn_implementation",
-        )
-        checkpointing = self.gradient_checkpointing
-        _check(
-            isinstance(checkpointing, bool) or checkpointing == "auto",
-            'must be true, false or "auto"',
-            "gradient_checkpointing",
-        )
-
-    def _validate_rollout_and_devices(self) -> None:
-        backends = ", ".join(ROLLOUT_BACKENDS)
-        _check(self.rollout_backend in ROLLOUT_BACKENDS, f"must be one of {backends}", "rollout_backend")
-        _check(
-            0 < self.rollout_gpu_memory_utilization < 1, "must be in (0, 1)", "rollout_gpu_memory_utilization"
-        )
-        # the reference of the KL penalty is the frozen base, i.e. the policy with its adapter switched off
-        _check(self.kl_coef == 0 or self.use_lora, "a KL penalty needs use_lora: true", "kl_coef")
-        if self.rollout_backend == "vllm":  # the engine takes the policy as a LoRA adapter, on one device
-            _check(self.use_lora, "the vllm rollout backend needs use_lora: true", "rollout_backend")
-            _check(self.n_devices == 1, "the vllm rollout backend runs on one device", "rollout_backend")
-        n_devices = self.n_devices
-        _check(isinstance(n_devices, int) and n_devices >= 1, "must be an integer >= 1", "n_devices")
-        for name in ("batch_size", "minibatch_size"):  # every rank takes an equal share of both
-            _check(getattr(self, name) % self.n_devices == 0, "must be a multiple of n_devices", name)
-        _check(
-            self.algorithm != "grpo" or self.samples_per_prompt >= 2,
-            "grpo needs at least 2 samples per prompt to form a group baseline",
-            "group_size" if self.compute_multiplier == 1 else "compute_multiplier",
-        )
+    @model_validator(mode="after")
+    def _fields_agree(self) -> Self:
+        refusal = _disagreement(self)
+        if refusal is not None:  # an error of the whole model has no field: the refusal names it
+            raise PydanticCustomError("fields_disagree", refusal.message, {"param": refusal.param})
+        return self
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        """Reference defaults <- the model's sppo_defaults.json <- `values`. Unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown field(s): {', '.join(unknown)}", unknown[0])
-        for required in ("model", "train_file", "grader", "output_dir"):
-            if required not in values:
-                raise ConfigError("is required", required)
-        merged = {
-            k: v for k, v in resolve_defaults(model_defaults(values["model"]), values).items() if k in known
-        }
+        """Reference defaults <- the model's sppo_defaults.json <- `values`; ConfigError naming the first
+        field that is missing, unknown, out of its limits or at odds with another."""
+        model = values.get("model")
+        resolved = resolve_defaults(model_defaults(model) if isinstance(model, str) else {}, values)
+        # a model's defaults may name more than the engine reads; `values` may not
+        merged = {k: v for k, v in resolved.items() if k in cls.model_fields or k in values}
         if merged.get("critic") == "shared_lora" and "critic_layers" not in values:
             merged.pop("critic_layers", None)  # a model's smaller-critic default is for a separate critic
         try:
             return cls(**merged)
-        except TypeError as exc:
-            raise ConfigError(f"invalid configuration: {exc}") from exc
+        except ValidationError as exc:
+            raise _config_error(exc) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
@@ -305,7 +255,7 @@ class RunConfig:
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -322,6 +272,51 @@ def model_defaults(model_dir: str | Path) -> dict[str, Any]:
     return defaults
 
 
-def _check(ok: bool, message: str, param: str) -> None:
-    if not ok:
-        raise ConfigError(f"{param} {message}", param)
+def _disagreement(config: RunConfig) -> Refusal | None:
+    """The first rule joining fields that `config` breaks; None when it keeps them all."""
+    c = config
+    grpo_param = "group_size" if c.compute_multiplier == 1 else "compute_multiplier"
+    refusals = (
+        early_stopping(c.early_stopping_patience, c.validation_file is not None),
+        _unless(c.critic != "shared_lora" or c.use_lora, "critic",
+                "A shared_lora critic needs a frozen base: set use_lora to true."),
+        _unless(c.init_adapter is None or c.use_lora, "init_adapter",
+                "init_adapter is a LoRA adapter, which only a use_lora policy can continue."),
+        _unless(c.critic_layers is None or c.critic == "separate", "critic_layers",
+                "Only a separate critic can have fewer layers (a shared_lora critic is the policy's base)."),
+        # the reference of the KL penalty is the frozen base, i.e. the policy with its adapter switched off
+        _unless(c.kl_coef == 0 or c.use_lora, "kl_coef", "A KL penalty needs use_lora: true."),
+        # the vLLM engine takes the policy as a LoRA adapter, on one device
+        _unless(c.rollout_backend != "vllm" or c.use_lora, "rollout_backend",
+                "The vllm rollout backend needs use_lora: true."),
+        _unless(c.rollout_backend != "vllm" or c.n_devices == 1, "rollout_backend",
+                "The vllm rollout backend runs on one device."),
+        device_share(dict(c), c.n_devices),
+        _unless(c.algorithm != "grpo" or c.samples_per_prompt >= 2, grpo_param,
+                "grpo needs at least 2 samples per prompt to form a group baseline."),
+    )  # fmt: skip
+    return next((refusal for refusal in refusals if refusal is not None), None)
+
+
+def _unless(ok: bool, param: str, message: str) -> Refusal | None:
+    return None if ok else Refusal(param, message)
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first failing field as a ConfigError, with every message pydantic gave for it (each member of a
+    union gives one)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    param = _param(first)
+    if first["type"] == "fields_disagree":
+        return ConfigError(first["msg"], param)
+    if first["type"] == "missing":
+        return ConfigError(f"{param} is required", param)
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{param} is no run configuration field", param)
+    messages = "; ".join(dict.fromkeys(error["msg"] for error in errors if _param(error) == param))
+    return ConfigError(f"Invalid value for '{param}': {messages}.", param)
+
+
+def _param(error: ErrorDetails) -> str:
+    return str(error["loc"][0]) if error["loc"] else str(error.get("ctx", {})["param"])
