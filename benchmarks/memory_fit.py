@@ -1,0 +1,181 @@
+"""From benchmarks/memory.py's measurements: the per-token and per-parameter costs, and the check of
+docs/multi-device.md's memory arithmetic (`predicted_peak`, with the docs' constants) against every run.
+
+A configuration measured at two or more token counts gives a straight line: its slope is the step's
+activation cost per token, its intercept what the step holds whatever its length (weights, gradients,
+optimizer moments, transients of the optimizer step). One measured at one token count takes the slope
+of the policy-only (GRPO, LoRA) line of its dtype and checkpointing.
+"""
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+DOCS_COSTS: dict[str, Any] = {
+    # bytes per frozen parameter, by dtype: the LoRA policy's base stored in the compute dtype
+    "frozen": {"float32": 4.0, "bfloat16": 2.0},
+    # bytes per trained parameter at the update's peak: float32 weight, gradient, AdamW m and v
+    "trained": 16.0,
+    # activations kept per token per layer without checkpointing, in units of (6h + 2kv + 4i) elements
+    "activation_units": {"float32": 4.0, "bfloat16": 2.0},
+    # with checkpointing: each layer's input kept (h elements per layer) plus one layer's activations
+    "checkpoint_input": {"float32": 4.0, "bfloat16": 2.0},
+}
+"""docs/multi-device.md's constants ("Memory"); `check` compares their arithmetic with the measurements
+(the rollout's KV cache and sampling logits are left out: under 1% at the mid-size model)."""
+
+
+def group_key(run: dict[str, Any]) -> str:
+    """A run's configuration without its token count."""
+    return str(run["name"]).rsplit("/", 1)[0]
+
+
+def layer_units(model: dict[str, Any]) -> int:
+    """The elements a decoder layer keeps per token for its backward (docs/multi-device.md): the layer
+    input, norms, q, attention output and o's input (6h), k and v (2 x KV width), and the SwiGLU's gate,
+    up, activation and product (4i)."""
+    hidden, intermediate = int(model["hidden_size"]), int(model["intermediate_size"])
+    kv = hidden // int(model["num_attention_heads"]) * int(model["num_key_value_heads"])
+    return 6 * hidden + 2 * kv + 4 * intermediate
+
+
+def lines(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Slope (bytes per token) and intercept of the update's peak for each configuration."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if "error" not in run:
+            groups[group_key(run)].append(run)
+    fitted: dict[str, dict[str, float]] = {}
+    for key, members in groups.items():
+        points = sorted({run["tokens"]: run["update_peak_bytes"] for run in members}.items())
+        if len(points) >= 2:
+            n = len(points)
+            mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+            spread = sum((x - mean_x) ** 2 for x, _ in points)
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+            fitted[key] = {"slope": slope, "intercept": mean_y - slope * mean_x, "points": n}
+    for key, members in groups.items():
+        if key not in fitted:
+            run = members[0]
+            ckpt = "ckpt" if run["gradient_checkpointing"] else "no-ckpt"
+            borrowed = fitted.get(f"grpo/{run['dtype']}/{ckpt}/lora/none")
+            if borrowed is not None:
+                intercept = run["update_peak_bytes"] - borrowed["slope"] * run["tokens"]
+                fitted[key] = {"slope": borrowed["slope"], "intercept": intercept, "points": 1}
+    return fitted
+
+
+def costs(
+    runs: list[dict[str, Any]], model: dict[str, Any], fitted: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The per-parameter and per-token costs the docs' arithmetic uses, as measured."""
+    layers, units, hidden = model["num_hidden_layers"], layer_units(model), model["hidden_size"]
+    found: dict[str, Any] = {"frozen_bytes_per_param": {}, "activation_units": {}, "checkpoint_input": {},
+                             "slope_bytes_per_token": {}, "trained_bytes_per_param": {},
+                             "critic_bytes_per_param": {}, "rollout_extra_bytes": {}}  # fmt: skip
+    for run in runs:
+        if "error" not in run and run["algorithm"] == "grpo" and run.get("use_lora", True):
+            trained_bytes = 4 * run["policy_trained_params"]
+            frozen = (run["policy_weight_bytes"] - trained_bytes) / run["policy_frozen_params"]
+            found["frozen_bytes_per_param"][run["dtype"]] = frozen
+    for key, line in fitted.items():
+        found["slope_bytes_per_token"][key] = line["slope"]
+    for dtype in ("float32", "bfloat16"):
+        plain = fitted.get(f"grpo/{dtype}/no-ckpt/lora/none")
+        checkpointed = fitted.get(f"grpo/{dtype}/ckpt/lora/none")
+        if plain is not None and plain["points"] >= 2:
+            found["activation_units"][dtype] = plain["slope"] / layers / units
+        if plain is not None and checkpointed is not None and checkpointed["points"] >= 2:
+            one_layer = plain["slope"] / layers
+            found["checkpoint_input"][dtype] = (checkpointed["slope"] - one_layer) / (layers * hidden)
+    by_key = {group_key(run): run for run in runs if "error" not in run}
+    for key, line in fitted.items():
+        run = by_key[key]
+        if run["algorithm"] == "grpo" and run.get("use_lora") is False:
+            params = run["policy_trained_params"]
+            found["trained_bytes_per_param"][run["dtype"]] = line["intercept"] / params
+        if run.get("critic") in ("separate", "shared_lora"):
+            ckpt = "ckpt" if run["gradient_checkpointing"] else "no-ckpt"
+            base = fitted.get(f"grpo/{run['dtype']}/{ckpt}/lora/none")
+            if base is not None:
+                extra = line["intercept"] - base["intercept"]
+                name = key.split("/", 1)[0] + "/" + key.rsplit("/", 1)[1]
+                found["critic_bytes_per_param"][name] = {
+                    "extra_intercept_bytes": extra,
+                    "per_critic_param": extra / run["critic_params"],
+                    "per_trained_critic_param": extra / run["critic_trained_params"],
+                    "extra_slope_bytes_per_token": line["slope"] - base["slope"],
+                }
+    for run in runs:
+        if "error" not in run:
+            found["rollout_extra_bytes"][run["name"]] = run["rollout_peak_bytes"] - run["step_start_bytes"]
+    return found
+
+
+def merged_copy_params(run: dict[str, Any], model: dict[str, Any]) -> int:
+    """The frozen weights a LoRA rollout copies (policy.lora_merged saves every adapted linear layer's base
+    weight before merging, to restore it bit for bit): all frozen ones but embeddings, unembedding, norms."""
+    if not run.get("use_lora", True):
+        return 0
+    hidden, layers = model["hidden_size"], model["num_hidden_layers"]
+    return int(run["policy_frozen_params"] - 2 * model["vocab_size"] * hidden - (2 * layers + 1) * hidden)
+
+
+def predicted(run: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
+    """docs/multi-device.md's arithmetic (DOCS_COSTS) for the rollout's and the update's peaks of `run`."""
+    dtype, layers, hidden = run["dtype"], model["num_hidden_layers"], model["hidden_size"]
+    frozen_bytes = DOCS_COSTS["frozen"][dtype]
+    frozen = run["policy_frozen_params"] * frozen_bytes
+    trained = run["policy_trained_params"] + run["critic_trained_params"]
+    critic_frozen = (run["critic_params"] - run["critic_trained_params"]) * frozen_bytes
+    at_rest = frozen + critic_frozen + trained * (DOCS_COSTS["trained"] - 4)  # no gradients between steps
+    one_layer = DOCS_COSTS["activation_units"][dtype] * layer_units(model)
+    if run["gradient_checkpointing"]:
+        per_token = DOCS_COSTS["checkpoint_input"][dtype] * hidden * layers + one_layer
+    else:
+        per_token = one_layer * layers
+    return {
+        "rollout": at_rest + merged_copy_params(run, model) * frozen_bytes,
+        "update": at_rest + 4 * trained + per_token * run["tokens"],
+    }
+
+
+def fit(runs: list[dict[str, Any]], model: dict[str, Any]) -> dict[str, Any]:
+    fitted = lines(runs)
+    check = {}
+    for run in runs:
+        if "error" not in run:
+            docs = predicted(run, model)
+            step = max(docs.values())
+            check[run["name"]] = {
+                "rollout_measured_mb": run["rollout_peak_bytes"] / 2**20,
+                "rollout_docs_mb": docs["rollout"] / 2**20,
+                "update_measured_mb": run["update_peak_bytes"] / 2**20,
+                "update_docs_mb": docs["update"] / 2**20,
+                "update_docs_over_measured": docs["update"] / run["update_peak_bytes"],
+                "step_docs_over_measured": step / run["step_peak_bytes"],
+            }
+    return {"lines": fitted, "costs": costs(runs, model, fitted), "docs_costs": DOCS_COSTS, "check": check}
+
+
+def plot(runs: list[dict[str, Any]], target: Path) -> None:
+    """Update peak against tokens, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for run in runs:
+        if "error" not in run:
+            groups[group_key(run)].append((run["tokens"], run["update_peak_bytes"] / 2**30))
+    figure, axes = plt.subplots(figsize=(9, 6))
+    for key, points in sorted(groups.items()):
+        xs, ys = zip(*sorted(points), strict=True)
+        axes.plot(xs, ys, marker="o", label=key)
+    axes.set_xlabel("tokens in the step (rows x padded width)")
+    axes.set_ylabel("peak tensor memory of the update (GiB)")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
