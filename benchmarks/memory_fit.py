@@ -140,6 +140,44 @@ def predicted(run: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
     }
 
 
+QWEN_7B = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+           "num_attention_heads": 28, "num_key_value_heads": 4, "params": 7_615_616_512,
+           "lora_params": 40_370_176}  # fmt: skip
+"""Qwen2.5-7B's config.json; LoRA r 16 on every linear layer of its decoder (docs/multi-device.md)."""
+QWEN_1_5B = {"params": 1_543_714_304}
+
+
+def extrapolated() -> dict[str, dict[str, float]]:
+    """The docs' arithmetic (DOCS_COSTS) for a 7B bf16 policy with a 1.5B critic, per GPU, checkpointing on
+    (what `auto` does from 300M parameters): GB (1e9 bytes) at rest, at the rollout's peak before its KV
+    cache, at the update's peak before activations, and activation bytes per token of a micro-batch."""
+    policy, lora, critic = QWEN_7B["params"], QWEN_7B["lora_params"], QWEN_1_5B["params"]
+    run = {"policy_frozen_params": policy, "use_lora": True}
+    copy = merged_copy_params(run, QWEN_7B) * DOCS_COSTS["frozen"]["bfloat16"]
+    frozen = policy * DOCS_COSTS["frozen"]["bfloat16"]
+    rest = DOCS_COSTS["trained"] - 4  # weight, AdamW m and v; the gradient only in the update
+    one_layer = DOCS_COSTS["activation_units"]["bfloat16"] * layer_units(QWEN_7B)
+    inputs = (
+        DOCS_COSTS["checkpoint_input"]["bfloat16"] * QWEN_7B["hidden_size"] * QWEN_7B["num_hidden_layers"]
+    )
+    setups = {
+        "lora+separate": (frozen, lora + critic, copy),
+        "lora+shared_lora": (frozen, 2 * lora, copy),
+        "full+separate": (0.0, policy + critic, 0.0),
+        "full+separate/4 devices": (0.0, policy / 4 + critic, 0.0),  # FSDP2 shards the policy, not the critic
+    }
+    table = {}
+    for name, (frozen_bytes, trained, merged) in setups.items():
+        at_rest = frozen_bytes + trained * rest
+        table[name] = {
+            "at_rest_gb": at_rest / 1e9,
+            "rollout_gb": (at_rest + merged) / 1e9,
+            "update_gb": (at_rest + 4 * trained) / 1e9,
+            "activation_bytes_per_token": inputs + one_layer,
+        }
+    return table
+
+
 def fit(runs: list[dict[str, Any]], model: dict[str, Any]) -> dict[str, Any]:
     fitted = lines(runs)
     check = {}
@@ -155,7 +193,8 @@ def fit(runs: list[dict[str, Any]], model: dict[str, Any]) -> dict[str, Any]:
                 "update_docs_over_measured": docs["update"] / run["update_peak_bytes"],
                 "step_docs_over_measured": step / run["step_peak_bytes"],
             }
-    return {"lines": fitted, "costs": costs(runs, model, fitted), "docs_costs": DOCS_COSTS, "check": check}
+    return {"lines": fitted, "costs": costs(runs, model, fitted), "docs_costs": DOCS_COSTS, "check": check,
+            "extrapolated_7b_1_5b": extrapolated()}  # fmt: skip
 
 
 def plot(runs: list[dict[str, Any]], target: Path) -> None:
