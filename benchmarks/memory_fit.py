@@ -14,8 +14,13 @@ from typing import Any
 DOCS_COSTS: dict[str, Any] = {
     # bytes per frozen parameter, by dtype: the LoRA policy's base stored in the compute dtype
     "frozen": {"float32": 4.0, "bfloat16": 2.0},
-    # bytes per trained parameter at the update's peak: float32 weight, gradient, AdamW m and v
+    # bytes per trained parameter between steps: float32 weight, AdamW m and v, and the gradient, which
+    # the engine frees at the next minibatch's start (update.py), so the rollout runs beside it
     "trained": 16.0,
+    # a fully trained model's extra bytes per parameter at the update's peak (bf16: autocast's bf16 copy
+    # of the weights and the step's transients) and in the rollout (bf16: the same autocast copy)
+    "full_update_extra": {"float32": 4.0, "bfloat16": 8.0},
+    "full_rollout_extra": {"float32": 0.0, "bfloat16": 2.0},
     # activations kept per token per layer without checkpointing, in units of (6h + 2kv + 4i) elements
     "activation_units": {"float32": 4.0, "bfloat16": 2.0},
     # with checkpointing: each layer's input kept (h elements per layer) plus one layer's activations
@@ -39,15 +44,17 @@ def layer_units(model: dict[str, Any]) -> int:
     return 6 * hidden + 2 * kv + 4 * intermediate
 
 
-def lines(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Slope (bytes per token) and intercept of the update's peak for each configuration."""
+def lines(runs: list[dict[str, Any]], field: str = "update_peak_bytes") -> dict[str, dict[str, float]]:
+    """Slope (bytes per token) and intercept of a peak (`field`: the update's; the forwards' and
+    backwards' before the optimizer steps, which at few tokens can sit below the optimizer step's
+    peak) for each configuration."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        if "error" not in run:
+        if "error" not in run and field in run:
             groups[group_key(run)].append(run)
     fitted: dict[str, dict[str, float]] = {}
     for key, members in groups.items():
-        points = sorted({run["tokens"]: run["update_peak_bytes"] for run in members}.items())
+        points = sorted({run["tokens"]: run[field] for run in members}.items())
         if len(points) >= 2:
             n = len(points)
             mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
@@ -60,7 +67,7 @@ def lines(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             ckpt = "ckpt" if run["gradient_checkpointing"] else "no-ckpt"
             borrowed = fitted.get(f"grpo/{run['dtype']}/{ckpt}/lora/none")
             if borrowed is not None:
-                intercept = run["update_peak_bytes"] - borrowed["slope"] * run["tokens"]
+                intercept = run[field] - borrowed["slope"] * run["tokens"]
                 fitted[key] = {"slope": borrowed["slope"], "intercept": intercept, "points": 1}
     return fitted
 
@@ -80,14 +87,16 @@ def costs(
             found["frozen_bytes_per_param"][run["dtype"]] = frozen
     for key, line in fitted.items():
         found["slope_bytes_per_token"][key] = line["slope"]
+    activations = {**fitted, **lines(runs, "forward_backward_peak_bytes")}
     for dtype in ("float32", "bfloat16"):
-        plain = fitted.get(f"grpo/{dtype}/no-ckpt/lora/none")
-        checkpointed = fitted.get(f"grpo/{dtype}/ckpt/lora/none")
+        plain = activations.get(f"grpo/{dtype}/no-ckpt/lora/none")
+        checkpointed = activations.get(f"grpo/{dtype}/ckpt/lora/none")
         if plain is not None and plain["points"] >= 2:
             found["activation_units"][dtype] = plain["slope"] / layers / units
         if plain is not None and checkpointed is not None and checkpointed["points"] >= 2:
             one_layer = plain["slope"] / layers
             found["checkpoint_input"][dtype] = (checkpointed["slope"] - one_layer) / (layers * hidden)
+            found["slope_bytes_per_token"][f"{dtype} checkpointed activations"] = checkpointed["slope"]
     by_key = {group_key(run): run for run in runs if "error" not in run}
     for key, line in fitted.items():
         run = by_key[key]
@@ -128,16 +137,16 @@ def predicted(run: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
     frozen = run["policy_frozen_params"] * frozen_bytes
     trained = run["policy_trained_params"] + run["critic_trained_params"]
     critic_frozen = (run["critic_params"] - run["critic_trained_params"]) * frozen_bytes
-    at_rest = frozen + critic_frozen + trained * (DOCS_COSTS["trained"] - 4)  # no gradients between steps
+    at_rest = frozen + critic_frozen + trained * DOCS_COSTS["trained"]
+    full = 0 if run.get("use_lora", True) else run["policy_trained_params"]
     one_layer = DOCS_COSTS["activation_units"][dtype] * layer_units(model)
     if run["gradient_checkpointing"]:
         per_token = DOCS_COSTS["checkpoint_input"][dtype] * hidden * layers + one_layer
     else:
         per_token = one_layer * layers
-    return {
-        "rollout": at_rest + merged_copy_params(run, model) * frozen_bytes,
-        "update": at_rest + 4 * trained + per_token * run["tokens"],
-    }
+    rollout = merged_copy_params(run, model) * frozen_bytes + full * DOCS_COSTS["full_rollout_extra"][dtype]
+    update = per_token * run["tokens"] + full * DOCS_COSTS["full_update_extra"][dtype]
+    return {"rollout": at_rest + rollout, "update": at_rest + update}
 
 
 QWEN_7B = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -155,24 +164,26 @@ def extrapolated() -> dict[str, dict[str, float]]:
     run = {"policy_frozen_params": policy, "use_lora": True}
     copy = merged_copy_params(run, QWEN_7B) * DOCS_COSTS["frozen"]["bfloat16"]
     frozen = policy * DOCS_COSTS["frozen"]["bfloat16"]
-    rest = DOCS_COSTS["trained"] - 4  # weight, AdamW m and v; the gradient only in the update
+    trained_bytes, full_extra = DOCS_COSTS["trained"], DOCS_COSTS["full_update_extra"]["bfloat16"]
+    autocast_copy = DOCS_COSTS["full_rollout_extra"]["bfloat16"]
     one_layer = DOCS_COSTS["activation_units"]["bfloat16"] * layer_units(QWEN_7B)
     inputs = (
         DOCS_COSTS["checkpoint_input"]["bfloat16"] * QWEN_7B["hidden_size"] * QWEN_7B["num_hidden_layers"]
     )
     setups = {
-        "lora+separate": (frozen, lora + critic, copy),
-        "lora+shared_lora": (frozen, 2 * lora, copy),
-        "full+separate": (0.0, policy + critic, 0.0),
-        "full+separate/4 devices": (0.0, policy / 4 + critic, 0.0),  # FSDP2 shards the policy, not the critic
+        "lora+separate": (frozen, lora + critic, 0.0, copy),
+        "lora+shared_lora": (frozen, 2 * lora, 0.0, copy),
+        "full+separate": (0.0, policy + critic, policy, policy * autocast_copy),
+        # FSDP2 shards the policy (gathered a layer at a time in bf16), not the critic
+        "full+separate/4 devices": (0.0, policy / 4 + critic, policy / 4, 0.0),
     }
     table = {}
-    for name, (frozen_bytes, trained, merged) in setups.items():
-        at_rest = frozen_bytes + trained * rest
+    for name, (frozen_bytes, trained, full, rollout) in setups.items():
+        at_rest = frozen_bytes + trained * trained_bytes
         table[name] = {
             "at_rest_gb": at_rest / 1e9,
-            "rollout_gb": (at_rest + merged) / 1e9,
-            "update_gb": (at_rest + 4 * trained) / 1e9,
+            "rollout_gb": (at_rest + rollout) / 1e9,
+            "update_gb": (at_rest + full * full_extra) / 1e9,
             "activation_bytes_per_token": inputs + one_layer,
         }
     return table

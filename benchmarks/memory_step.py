@@ -1,7 +1,7 @@
 """One configuration of benchmarks/memory.py, measured in a process of its own: a fresh trainer, one
 untracked warm-up step (the optimizers' moments exist from then on, as in every later step), then one
-step under TensorMemory with the rollout's peak and the rest of the step's (critic fit, advantages,
-PPO update, optimizer steps) recorded apart.
+step under TensorMemory with the peaks of its phases recorded apart: the rollout, the forwards and
+backwards before each optimizer step (critic fit, PPO update), the optimizer steps themselves.
 """
 
 import gc
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from benchmarks.gpu_checks import run_config
 from benchmarks.tensor_memory import TensorMemory
@@ -73,8 +74,16 @@ def measure(model_dir: Path, setup: dict[str, Any]) -> dict[str, Any]:
         with TensorMemory() as memory:
             before = memory.current
             trainer.collect = ended(memory, shape, trainer.collect)  # type: ignore[method-assign, assignment]
+            # every optimizer step (critic fit, policy update) splits the update: the forwards and
+            # backwards before it (activations, gradients) and the step itself (AdamW's temporaries)
+            hooks = [
+                register_optimizer_step_pre_hook(lambda *_: memory.end_phase("forward_backward")),
+                register_optimizer_step_post_hook(lambda *_: memory.end_phase("optimizer_step")),
+            ]
             trainer.train_step()
-            memory.end_phase("update")
+            for hook in hooks:
+                hook.remove()
+            memory.end_phase("after_steps")
         parts = static_parts(trainer)
     return {
         **setup,
@@ -82,7 +91,9 @@ def measure(model_dir: Path, setup: dict[str, Any]) -> dict[str, Any]:
         **parts,
         "step_start_bytes": before,
         "rollout_peak_bytes": memory.phases["rollout"],
-        "update_peak_bytes": memory.phases["update"],
+        "update_peak_bytes": max(v for k, v in memory.phases.items() if k != "rollout"),
+        "forward_backward_peak_bytes": memory.phases["forward_backward"],
+        "optimizer_step_peak_bytes": memory.phases["optimizer_step"],
         "step_peak_bytes": max(memory.phases.values()),
         "vmhwm_step_mb": peak_memory_mb(torch.device("cpu")),
         "seconds": time.perf_counter() - started,

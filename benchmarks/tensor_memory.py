@@ -79,6 +79,7 @@ class TensorMemory(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch
         self.peak = self.current
 
     def end_phase(self, name: str) -> None:
-        """Record the peak since the last reset as phase `name`, and start the next phase's count."""
-        self.phases[name] = self.peak
+        """Record the peak since the last reset as phase `name` (the highest, when a phase recurs), and
+        start the next phase's count."""
+        self.phases[name] = max(self.phases.get(name, 0), self.peak)
         self.reset_peak()
