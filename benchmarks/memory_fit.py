@@ -145,7 +145,16 @@ def predicted(run: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
     else:
         per_token = one_layer * layers
     rollout = merged_copy_params(run, model) * frozen_bytes + full * DOCS_COSTS["full_rollout_extra"][dtype]
-    update = per_token * run["tokens"] + full * DOCS_COSTS["full_update_extra"][dtype]
+    extra = DOCS_COSTS["full_update_extra"][dtype]
+    policy = per_token * run["tokens"] + full * extra
+    # a separate critic trains in full: its fit (SPPO: before the policy's update, on prompts only) has the
+    # same transients; PPO's token critic trains in the policy's micro-batches, over the same tokens
+    critic = run["critic_trained_params"] * extra if run.get("critic") == "separate" else 0.0
+    if run["algorithm"] == "ppo":
+        critic_layers = run.get("critic_layers") or layers
+        update = policy + critic + per_token * run["tokens"] * critic_layers / layers
+    else:
+        update = max(policy, critic)
     return {"rollout": at_rest + rollout, "update": at_rest + update}
 
 
@@ -171,19 +180,20 @@ def extrapolated() -> dict[str, dict[str, float]]:
         DOCS_COSTS["checkpoint_input"]["bfloat16"] * QWEN_7B["hidden_size"] * QWEN_7B["num_hidden_layers"]
     )
     setups = {
-        "lora+separate": (frozen, lora + critic, 0.0, copy),
-        "lora+shared_lora": (frozen, 2 * lora, 0.0, copy),
-        "full+separate": (0.0, policy + critic, policy, policy * autocast_copy),
-        # FSDP2 shards the policy (gathered a layer at a time in bf16), not the critic
-        "full+separate/4 devices": (0.0, policy / 4 + critic, policy / 4, 0.0),
+        "lora+separate": (frozen, lora + critic, 0.0, critic, copy),
+        "lora+shared_lora": (frozen, 2 * lora, 0.0, 0.0, copy),
+        "full+separate": (0.0, policy + critic, policy, critic, policy * autocast_copy),
+        # FSDP2 shards the policy, not the critic; generate runs with the whole policy gathered in bf16
+        "full+separate/4 devices": (0.0, policy / 4 + critic, policy / 4, critic, policy * autocast_copy),
     }
     table = {}
-    for name, (frozen_bytes, trained, full, rollout) in setups.items():
+    for name, (frozen_bytes, trained, full, full_critic, rollout) in setups.items():
         at_rest = frozen_bytes + trained * trained_bytes
         table[name] = {
             "at_rest_gb": at_rest / 1e9,
             "rollout_gb": (at_rest + rollout) / 1e9,
-            "update_gb": (at_rest + full * full_extra) / 1e9,
+            # SPPO: the critic's fit and the policy's update are one after the other
+            "update_gb": (at_rest + max(full, full_critic) * full_extra) / 1e9,
             "activation_bytes_per_token": inputs + one_layer,
         }
     return table
