@@ -21,8 +21,9 @@ DOCS_COSTS: dict[str, Any] = {
     # of the weights and the step's transients) and in the rollout (bf16: the same autocast copy)
     "full_update_extra": {"float32": 4.0, "bfloat16": 8.0},
     "full_rollout_extra": {"float32": 0.0, "bfloat16": 2.0},
-    # activations kept per token per layer without checkpointing, in units of (6h + 2kv + 4i) elements
-    "activation_units": {"float32": 4.0, "bfloat16": 2.0},
+    # activations kept per token per layer without checkpointing, bytes per (6h + 2kv + 4i) elements;
+    # measured 4.09 and 2.50: under bf16 autocast some of them stay float32 (RMSNorm upcasts its input)
+    "activation_units": {"float32": 4.0, "bfloat16": 2.5},
     # with checkpointing: each layer's input kept (h elements per layer) plus one layer's activations
     "checkpoint_input": {"float32": 4.0, "bfloat16": 2.0},
 }
@@ -87,10 +88,12 @@ def costs(
             found["frozen_bytes_per_param"][run["dtype"]] = frozen
     for key, line in fitted.items():
         found["slope_bytes_per_token"][key] = line["slope"]
-    activations = {**fitted, **lines(runs, "forward_backward_peak_bytes")}
+    # checkpointed activations can sit below the optimizer step's peak: only the forwards' and backwards'
+    # own peak (runs that recorded it) gives their slope
+    phased = lines(runs, "forward_backward_peak_bytes")
     for dtype in ("float32", "bfloat16"):
-        plain = activations.get(f"grpo/{dtype}/no-ckpt/lora/none")
-        checkpointed = activations.get(f"grpo/{dtype}/ckpt/lora/none")
+        plain = phased.get(f"grpo/{dtype}/no-ckpt/lora/none") or fitted.get(f"grpo/{dtype}/no-ckpt/lora/none")
+        checkpointed = phased.get(f"grpo/{dtype}/ckpt/lora/none")
         if plain is not None and plain["points"] >= 2:
             found["activation_units"][dtype] = plain["slope"] / layers / units
         if plain is not None and checkpointed is not None and checkpointed["points"] >= 2:
