@@ -1,6 +1,6 @@
 """Peak tensor memory of one training step, measured on a CPU over a matrix that separates the costs.
 
-    python benchmarks/memory.py                # the mid-size model (Qwen2.5-0.5B's shape): ~30 min, ~8 GB
+    python benchmarks/memory.py                # the mid-size model (Qwen2.5-0.5B's shape): ~40 min, ~10 GB
     python benchmarks/memory.py --tiny --out /tmp/x   # the smoke run `make test` does: seconds per config
     python benchmarks/memory.py --fit-only     # refit and rewrite the report from the saved measurements
 
