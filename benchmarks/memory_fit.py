@@ -17,9 +17,10 @@ DOCS_COSTS: dict[str, Any] = {
     # bytes per trained parameter between steps: float32 weight, AdamW m and v, and the gradient, which
     # the engine frees at the next minibatch's start (update.py), so the rollout runs beside it
     "trained": 16.0,
-    # a fully trained model's extra bytes per parameter at the update's peak (bf16: autocast's bf16 copy
-    # of the weights and the step's transients) and in the rollout (bf16: the same autocast copy)
-    "full_update_extra": {"float32": 4.0, "bfloat16": 8.0},
+    # every trained parameter again in float64, all at once, around the update: the health check's
+    # fingerprint (health.py) copies them before it sums; it is the update's peak unless activations are
+    "fingerprint": 8.0,
+    # a fully trained model in the rollout, bf16: autocast's bf16 copy of its float32 weights
     "full_rollout_extra": {"float32": 0.0, "bfloat16": 2.0},
     # activations kept per token per layer without checkpointing, bytes per (6h + 2kv + 4i) elements;
     # measured 4.09 and 2.50: under bf16 autocast some of them stay float32 (RMSNorm upcasts its input)
@@ -148,16 +149,10 @@ def predicted(run: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
     else:
         per_token = one_layer * layers
     rollout = merged_copy_params(run, model) * frozen_bytes + full * DOCS_COSTS["full_rollout_extra"][dtype]
-    extra = DOCS_COSTS["full_update_extra"][dtype]
-    policy = per_token * run["tokens"] + full * extra
-    # a separate critic trains in full: its fit (SPPO: before the policy's update, on prompts only) has the
-    # same transients; PPO's token critic trains in the policy's micro-batches, over the same tokens
-    critic = run["critic_trained_params"] * extra if run.get("critic") == "separate" else 0.0
-    if run["algorithm"] == "ppo":
-        critic_layers = run.get("critic_layers") or layers
-        update = policy + critic + per_token * run["tokens"] * critic_layers / layers
-    else:
-        update = max(policy, critic)
+    activations = per_token * run["tokens"]
+    if run["algorithm"] == "ppo":  # the token-level critic runs over the same tokens
+        activations *= 1 + (run.get("critic_layers") or layers) / layers
+    update = max(activations, trained * DOCS_COSTS["fingerprint"])  # one after the other
     return {"rollout": at_rest + rollout, "update": at_rest + update}
 
 
@@ -171,32 +166,31 @@ QWEN_1_5B = {"params": 1_543_714_304}
 def extrapolated() -> dict[str, dict[str, float]]:
     """The docs' arithmetic (DOCS_COSTS) for a 7B bf16 policy with a 1.5B critic, per GPU, checkpointing on
     (what `auto` does from 300M parameters): GB (1e9 bytes) at rest, at the rollout's peak before its KV
-    cache, at the update's peak before activations, and activation bytes per token of a micro-batch."""
+    cache, at the health fingerprint's peak, and activation bytes per token of a micro-batch."""
     policy, lora, critic = QWEN_7B["params"], QWEN_7B["lora_params"], QWEN_1_5B["params"]
     run = {"policy_frozen_params": policy, "use_lora": True}
     copy = merged_copy_params(run, QWEN_7B) * DOCS_COSTS["frozen"]["bfloat16"]
     frozen = policy * DOCS_COSTS["frozen"]["bfloat16"]
-    trained_bytes, full_extra = DOCS_COSTS["trained"], DOCS_COSTS["full_update_extra"]["bfloat16"]
+    trained_bytes, fingerprint = DOCS_COSTS["trained"], DOCS_COSTS["fingerprint"]
     autocast_copy = DOCS_COSTS["full_rollout_extra"]["bfloat16"]
     one_layer = DOCS_COSTS["activation_units"]["bfloat16"] * layer_units(QWEN_7B)
     inputs = (
         DOCS_COSTS["checkpoint_input"]["bfloat16"] * QWEN_7B["hidden_size"] * QWEN_7B["num_hidden_layers"]
     )
     setups = {
-        "lora+separate": (frozen, lora + critic, 0.0, critic, copy),
-        "lora+shared_lora": (frozen, 2 * lora, 0.0, 0.0, copy),
-        "full+separate": (0.0, policy + critic, policy, critic, policy * autocast_copy),
+        "lora+separate": (frozen, lora + critic, copy),
+        "lora+shared_lora": (frozen, 2 * lora, copy),
+        "full+separate": (0.0, policy + critic, policy * autocast_copy),
         # FSDP2 shards the policy, not the critic; generate runs with the whole policy gathered in bf16
-        "full+separate/4 devices": (0.0, policy / 4 + critic, policy / 4, critic, policy * autocast_copy),
+        "full+separate/4 devices": (0.0, policy / 4 + critic, policy * autocast_copy),
     }
     table = {}
-    for name, (frozen_bytes, trained, full, full_critic, rollout) in setups.items():
+    for name, (frozen_bytes, trained, rollout) in setups.items():
         at_rest = frozen_bytes + trained * trained_bytes
         table[name] = {
             "at_rest_gb": at_rest / 1e9,
             "rollout_gb": (at_rest + rollout) / 1e9,
-            # SPPO: the critic's fit and the policy's update are one after the other
-            "update_gb": (at_rest + max(full, full_critic) * full_extra) / 1e9,
+            "update_gb": (at_rest + trained * fingerprint) / 1e9,
             "activation_bytes_per_token": inputs + one_layer,
         }
     return table
