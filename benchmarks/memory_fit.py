@@ -78,8 +78,8 @@ def costs(
     runs: list[dict[str, Any]], model: dict[str, Any], fitted: dict[str, dict[str, float]]
 ) -> dict[str, Any]:
     """The per-parameter and per-token costs the docs' arithmetic uses, as measured."""
-    layers, units, hidden = model["num_hidden_layers"], layer_units(model), model["hidden_size"]
-    found: dict[str, Any] = {"frozen_bytes_per_param": {}, "activation_units": {}, "checkpoint_input": {},
+    layers, units = model["num_hidden_layers"], layer_units(model)
+    found: dict[str, Any] = {"frozen_bytes_per_param": {}, "activation_units": {},
                              "slope_bytes_per_token": {}, "trained_bytes_per_param": {},
                              "critic_bytes_per_param": {}, "rollout_extra_bytes": {}}  # fmt: skip
     for run in runs:
@@ -89,18 +89,12 @@ def costs(
             found["frozen_bytes_per_param"][run["dtype"]] = frozen
     for key, line in fitted.items():
         found["slope_bytes_per_token"][key] = line["slope"]
-    # checkpointed activations can sit below the optimizer step's peak: only the forwards' and backwards'
-    # own peak (runs that recorded it) gives their slope
-    phased = lines(runs, "forward_backward_peak_bytes")
+    # with checkpointing the update's peak at these token counts is the fingerprint's (DOCS_COSTS), flat in
+    # tokens: its per-token cost stays arithmetic, and only the lines without it give one
     for dtype in ("float32", "bfloat16"):
-        plain = phased.get(f"grpo/{dtype}/no-ckpt/lora/none") or fitted.get(f"grpo/{dtype}/no-ckpt/lora/none")
-        checkpointed = phased.get(f"grpo/{dtype}/ckpt/lora/none")
+        plain = fitted.get(f"grpo/{dtype}/no-ckpt/lora/none")
         if plain is not None and plain["points"] >= 2:
             found["activation_units"][dtype] = plain["slope"] / layers / units
-        if plain is not None and checkpointed is not None and checkpointed["points"] >= 2:
-            one_layer = plain["slope"] / layers
-            found["checkpoint_input"][dtype] = (checkpointed["slope"] - one_layer) / (layers * hidden)
-            found["slope_bytes_per_token"][f"{dtype} checkpointed activations"] = checkpointed["slope"]
     by_key = {group_key(run): run for run in runs if "error" not in run}
     for key, line in fitted.items():
         run = by_key[key]
