@@ -46,17 +46,15 @@ def layer_units(model: dict[str, Any]) -> int:
     return 6 * hidden + 2 * kv + 4 * intermediate
 
 
-def lines(runs: list[dict[str, Any]], field: str = "update_peak_bytes") -> dict[str, dict[str, float]]:
-    """Slope (bytes per token) and intercept of a peak (`field`: the update's; the forwards' and
-    backwards' before the optimizer steps, which at few tokens can sit below the optimizer step's
-    peak) for each configuration."""
+def lines(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Slope (bytes per token) and intercept of the update's peak for each configuration."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        if "error" not in run and field in run:
+        if "error" not in run:
             groups[group_key(run)].append(run)
     fitted: dict[str, dict[str, float]] = {}
     for key, members in groups.items():
-        points = sorted({run["tokens"]: run[field] for run in members}.items())
+        points = sorted({run["tokens"]: run["update_peak_bytes"] for run in members}.items())
         if len(points) >= 2:
             n = len(points)
             mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
@@ -69,7 +67,7 @@ def lines(runs: list[dict[str, Any]], field: str = "update_peak_bytes") -> dict[
             ckpt = "ckpt" if run["gradient_checkpointing"] else "no-ckpt"
             borrowed = fitted.get(f"grpo/{run['dtype']}/{ckpt}/lora/none")
             if borrowed is not None:
-                intercept = run[field] - borrowed["slope"] * run["tokens"]
+                intercept = run["update_peak_bytes"] - borrowed["slope"] * run["tokens"]
                 fitted[key] = {"slope": borrowed["slope"], "intercept": intercept, "points": 1}
     return fitted
 
