@@ -45,7 +45,8 @@ deploy-check: $(STAMP)
 # BENCH_ARGS passes flags to the benchmark, e.g. BENCH_ARGS="--budget-s 20 --seeds 1" for a smoke run;
 # INFERENCE_BENCH_ARGS to the model server's (e.g. "--requests-per-client 2"); CHAOS_ARGS to the fault
 # soak (e.g. "--jobs 4 --budget-s 600 --label reduced"); LOAD_ARGS to the load one (e.g. "--runs 1 --duration-s 3");
-# MULTI_DEVICE_ARGS to the 1-vs-2-process one (e.g. "--steps 2").
+# MULTI_DEVICE_ARGS to the 1-vs-2-process one (e.g. "--steps 2"); MEMORY_ARGS to the CPU memory one
+# (benchmarks/memory.py: about 40 minutes on 2 cores, ~10 GB; e.g. "--model-dir DIR" to reuse a built model).
 # Optional last: our GRPO against TRL's GRPOTrainer, with the python of TRL_VENV (trl kept out of .venv so
 # the project's own dependencies stay as installed; `pip install trl` there, see benchmarks/trl_grpo.py);
 # without that venv the main one runs it and it reports the skip. TRL_ARGS e.g. "--rounds 2 --steps 3".
@@ -58,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serving.py $(INFERENCE_BENCH_ARGS)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
 	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
+	$(BIN)/python benchmarks/memory.py $(MEMORY_ARGS)
 	$(if $(wildcard $(TRL_VENV)/bin/python),$(TRL_VENV),$(VENV))/bin/python benchmarks/trl_grpo.py $(TRL_ARGS)
 
 # The engine on one GPU within one 8-minute lease, no network (benchmarks/gpu_check.py): writes

@@ -28,7 +28,7 @@ from worker.engine.errors import ConfigError
 
 CHECKPOINTING_MIN_PARAMETERS = 300_000_000
 """gradient_checkpointing "auto" turns it on for models of this size and more. From about here a training
-forward keeps over 1 MB of bf16 activations per token (Qwen2.5-0.5B 1.2 MB, 1.5B 2.6 MB, 7B 5.5 MB), so
+forward keeps over 1 MB of bf16 activations per token (Qwen2.5-0.5B 1.5 MB, 1.5B 3.2 MB, 7B 6.9 MB), so
 the default 65,536-token micro-batch would need 80 GB and more; checkpointed, a layer's input is kept
 (0.5B: 43 KB per token) and its activations are recomputed in the backward, one more forward per
 micro-batch (about a third more compute in the update). Smaller models fit without it."""
