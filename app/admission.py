@@ -21,12 +21,12 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import get_sessionmaker
 from app.errors import DB_UNAVAILABLE, APIError, ServiceUnavailable
 from app.middleware import bad_target, send_error
-from app.models import Tenant
-from app.security import hash_api_key
 from app.services.keys import authenticate
+from core.db import get_sessionmaker
+from core.models import Tenant
+from core.security import hash_api_key
 
 # Liveness must answer while the API is saturated; it touches neither the DB nor a thread.
 _EXEMPT = ("/health",)

@@ -1,6 +1,6 @@
 """Hand-offs to the worker through Redis: the Celery task message and the per-job control key.
 
-The API sends the task by name (`sppo.train` on the queue of the job's device count, app/queues.py) and
+The API sends the task by name (`sppo.train` on the queue of the job's device count, core/queues.py) and
 never imports the worker code. A job that has run before (requeued after its worker was lost or shut
 down, or resumed after a pause) is sent ahead of jobs that have never started: it holds checkpoints and a
 user is watching its progress, and at the back of the queue it would wait behind every job submitted
@@ -16,8 +16,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import ServiceUnavailable
-from app.models import Job, JobStatus, WebhookDelivery, now
-from app.queues import (
+from core.models import Job, JobStatus, WebhookDelivery, now
+from core.queues import (
     CONTROL_TTL_S,
     EVALUATE_TASK,
     EVALUATION_QUEUE,
@@ -29,7 +29,7 @@ from app.queues import (
     job_devices,
     training_queue,
 )
-from app.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -158,7 +158,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # An exhausted pool (bounded wait, see app/db.py) or a dropped connection: a retry will do.
+    # An exhausted pool (bounded wait, see core/db.py) or a dropped connection: a retry will do.
     if (
         isinstance(exc, DBAPIError)
         and not isinstance(exc, OperationalError)

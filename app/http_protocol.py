@@ -20,7 +20,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 MAX_HEAD_BYTES = 64 * 1024
 _MESSAGE = b"The request head was not received in time."

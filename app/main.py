@@ -11,16 +11,16 @@ from fastapi import FastAPI
 from app.admission import AdmissionMiddleware, AuthFirstMiddleware
 from app.api.openapi import AUTHENTICATED, errors, install_openapi
 from app.api.routes import evaluations, files, graders, health, inference, jobs, metrics, models, webhooks
-from app.db import get_sessionmaker
 from app.errors import install_error_handlers
-from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.services.reaper import reap_once
-from app.settings import get_settings
 from app.shutdown import watch_signals
 from app.throttle import RateLimitMiddleware
 from app.web import install_dashboard
 from app.web.headers import SecurityHeadersMiddleware
+from core.db import get_sessionmaker
+from core.logs import configure_logging
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

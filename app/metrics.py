@@ -4,7 +4,7 @@ HTTP series are kept by the middleware of each API process; with several (`SPPO_
 serve` points prometheus-client's multiprocess mode at a shared directory (`PROMETHEUS_MULTIPROC_DIR`)
 and a scrape sums every process's files, whichever process answers it. Everything else is read
 at scrape time from where the truth is, so no series is lost with a process and any API replica reports
-the same values: jobs from the DB, queue depth and worker presence from Redis (app/presence.py), and the
+the same values: jobs from the DB, queue depth and worker presence from Redis (core/presence.py), and the
 training rates of each running job from the last two step records in its Redis metrics stream.
 """
 
@@ -21,11 +21,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobStatus
-from app.presence import read_presence
-from app.queues import EVALUATION_QUEUE, broker_lists, training_queues
-from app.settings import get_settings
-from app.streams import decode_step, metrics_stream_key
+from core.models import Job, JobStatus
+from core.presence import read_presence
+from core.queues import EVALUATION_QUEUE, broker_lists, training_queues
+from core.settings import get_settings
+from core.streams import decode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

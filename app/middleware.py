@@ -13,8 +13,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import APIError, InvalidRequest, PayloadTooLarge, error_body
-from app.logs import new_log_context, reset_log_context
 from app.metrics import observe_request
+from core.logs import new_log_context, reset_log_context
 
 log = logging.getLogger(__name__)
 request_log = structlog.get_logger("sppo.request")

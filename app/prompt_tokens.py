@@ -25,7 +25,7 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from app.storage import ArtifactStore
+from core.storage import ArtifactStore
 from jobspec.items import normalise_item
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_body
-from app.queues import redis_key
 from app.ratelimit import STREAM_REFRESH_S, Hit, Limiter, Window
-from app.settings import Settings
 from app.web.session import COOKIE
+from core.queues import redis_key
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from app.db import session_scope, upgrade_database
-from app.models import Job, MetricPoint
 from app.services.keys import create_key
+from core.db import session_scope, upgrade_database
+from core.models import Job, MetricPoint
 from worker.engine.fixtures import FIXTURE_GRADER, ensure_fixture
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,8 +40,8 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from app.security import display_prefix, generate_api_key, hash_api_key
 from benchmarks.loadgen import burst, client, subscribe
+from core.security import display_prefix, generate_api_key, hash_api_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 ROOT = Path(__file__).resolve().parents[1]

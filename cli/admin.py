@@ -22,8 +22,8 @@ def keys_create(
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
-    from app.db import session_scope
     from app.services.keys import create_key
+    from core.db import session_scope
 
     with session_scope() as session:
         created = create_key(session, tenant_name=tenant, key_name=name)
@@ -34,8 +34,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
     """List API keys (id, tenant, prefix, state); never the keys themselves."""
-    from app.db import session_scope
     from app.services.keys import list_keys
+    from core.db import session_scope
 
     with session_scope() as session:
         for key, owner in list_keys(session, tenant_name=tenant):
@@ -46,9 +46,9 @@ def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id shown by `sppo keys list`.")]) -> None:
     """Revoke an API key; requests with it answer 401 from now on."""
-    from app.db import session_scope
     from app.errors import NotFound
     from app.services.keys import revoke_key
+    from core.db import session_scope
 
     try:
         with session_scope() as session:
@@ -64,8 +64,8 @@ def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision (default: the newest).")] = "head",
 ) -> None:
     """Create or upgrade the schema of SPPO_DATABASE_URL with the migrations shipped in the package."""
-    from app.db import upgrade_database
-    from app.settings import get_settings
+    from core.db import upgrade_database
+    from core.settings import get_settings
 
     settings = get_settings()
     upgrade_database(settings.db_url, revision)
@@ -80,8 +80,8 @@ def serve(
     """Run the API server (`uvicorn app.main:app`); run `sppo migrate` first."""
     import uvicorn
 
-    from app.logs import configure_logging
-    from app.settings import get_settings
+    from core.logs import configure_logging
+    from core.settings import get_settings
 
     settings = get_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
@@ -118,8 +118,8 @@ def share_http_metrics(directory: Path) -> None:
 
 def ensure_dev_key(key_file: Path) -> str:
     """The dev tenant's key, created once and kept in a 0600 file so every `sppo run` prints the same one."""
-    from app.db import session_scope
     from app.services.keys import authenticate, create_key
+    from core.db import session_scope
 
     if key_file.exists():
         key = key_file.read_text().strip()
@@ -145,9 +145,9 @@ def run() -> None:
     Each step is one call; Ctrl-C, SIGTERM or a closed output pipe stop the API, then the workers and the
     Redis server it started.
     """
-    from app.db import upgrade_database
-    from app.settings import get_settings
     from cli.stack import local_stack, port_in_use, say
+    from core.db import upgrade_database
+    from core.settings import get_settings
 
     settings = get_settings()
     secret = settings.inference_secret.get_secret_value() if settings.inference_secret is not None else None

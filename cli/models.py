@@ -21,7 +21,7 @@ def serve_models(
 
     import uvicorn
 
-    from app.settings import get_settings
+    from core.settings import get_settings
     from inference.auth import InsecureStart
     from inference.server import create_app
 

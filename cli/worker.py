@@ -39,8 +39,8 @@ def worker(
     loglevel: Annotated[str | None, typer.Option(help="Log level (default SPPO_LOG_LEVEL).")] = None,
 ) -> None:
     """Run a Celery worker for training and evaluation tasks (one task at a time)."""
-    from app.logs import configure_logging
-    from app.settings import get_settings
+    from core.logs import configure_logging
+    from core.settings import get_settings
 
     if device is not None:
         os.environ["SPPO_DEVICE"] = device
@@ -95,7 +95,7 @@ def worker(
 
 def default_queues(devices: int) -> str:
     """The training queue of jobs with exactly `devices` devices, evaluations and webhook deliveries."""
-    from app.queues import EVALUATION_QUEUE, WEBHOOK_QUEUE, training_queue
+    from core.queues import EVALUATION_QUEUE, WEBHOOK_QUEUE, training_queue
 
     return f"{training_queue(devices)},{EVALUATION_QUEUE},{WEBHOOK_QUEUE}"
 

@@ -15,6 +15,7 @@ COPY docker/api_requirements.py docker/
 RUN python docker/api_requirements.py pyproject.toml ${EXTRAS} > /tmp/requirements.txt \
  && /opt/sppo/bin/pip install -r /tmp/requirements.txt
 COPY app app
+COPY core core
 COPY worker worker
 COPY cli cli
 COPY jobspec jobspec

@@ -25,6 +25,7 @@ RUN python3 -m venv /opt/sppo \
  && /opt/sppo/bin/pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md ./
 COPY app app
+COPY core core
 COPY worker worker
 COPY cli cli
 COPY inference inference

@@ -5,7 +5,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from app.settings import Settings
+from core.settings import Settings
 from worker.runconfig import base_model_dir
 
 

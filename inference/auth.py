@@ -12,7 +12,7 @@ import ipaddress
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.settings import Settings
+from core.settings import Settings
 from inference.prepare import RequestError
 
 OPEN_PATHS = frozenset({"/health"})

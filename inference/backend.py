@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 import torch
 
-from app.settings import Settings
+from core.settings import Settings
 from inference.batcher import Batcher, Event, Generation
 from inference.models import AdapterNotFound, ModelCache, adapter_path
 from inference.prepare import GenerateRequest, RequestError, prepare

@@ -16,8 +16,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from app.settings import Settings
-from app.storage import artifact_store
+from core.settings import Settings
+from core.storage import artifact_store
 from worker.engine.policy import load_base_model, load_tokenizer
 from worker.runconfig import base_model_dir
 

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from app.settings import Settings
+from core.settings import Settings
 from inference.archive import base_model_archive
 from inference.auth import SecretRequired, server_secret
 from inference.backend import Backend, TransformersBackend, make_backend

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from app.settings import Settings
+from core.settings import Settings
 from inference.batcher import Busy, Delta, Done, Event, Failed, Finished
 from inference.models import AdapterNotFound, adapter_path
 from inference.prepare import GenerateRequest, RequestError, prepare

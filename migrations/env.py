@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from app.settings (or a caller's `database_url` attribute)."""
+"""Alembic environment: the URL comes from core.settings (or a caller's `database_url` attribute)."""
 
 from logging.config import fileConfig
 
 from alembic import context
 
-from app.db import create_db_engine
-from app.models import Base
-from app.settings import get_settings
+from core.db import create_db_engine
+from core.models import Base
+from core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("database_url"):

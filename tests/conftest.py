@@ -76,7 +76,7 @@ def _create_postgres_database(server_url: str) -> str:
 
 
 def _drop_postgres_database(server_url: str, url: str) -> None:
-    from app.db import get_engine, get_sessionmaker
+    from core.db import get_engine, get_sessionmaker
 
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
@@ -118,7 +118,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database per backend, shared by the session's DB tests (they create their own tenants)."""
-    from app.db import upgrade_database
+    from core.db import upgrade_database
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'sppo.db'}"

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from app.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,7 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [
     "app",
+    "core",
     "worker",
     "cli",
     "inference",

@@ -1,4 +1,4 @@
-"""A job's run directory and the artifact store (app/storage.py): inputs fetched before a run, checkpoints
+"""A job's run directory and the artifact store (core/storage.py): inputs fetched before a run, checkpoints
 published as they are written, and a run resumed on any host from the checkpoints the store holds.
 
 The engine reads and writes only the run directory on local disk (`<data_dir>/jobs/<id>/run`); this module
@@ -10,7 +10,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from app.storage import ArtifactStore
+from core.storage import ArtifactStore
 from worker.engine.checkpoint import METRICS_FILE, STEP_DIR, checkpoints_dir, list_checkpoints
 from worker.engine.config import RunConfig
 from worker.engine.errors import DataFileError, EngineError

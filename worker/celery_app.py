@@ -16,8 +16,8 @@ job comes back within that time; lost *running* jobs are recovered sooner by the
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, training_queues
-from app.settings import get_settings
+from core.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, training_queues
+from core.settings import get_settings
 
 VISIBILITY_TIMEOUT_S = 30 * 60
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import case, func, or_, update
 
-from app.db import get_sessionmaker
-from app.models import Evaluation, File, JobStatus, now
-from app.settings import Settings
-from app.storage import ArtifactStore, artifact_store
-from app.webhooks import enqueue_evaluation_event
+from core.db import get_sessionmaker
+from core.models import Evaluation, File, JobStatus, now
+from core.settings import Settings
+from core.storage import ArtifactStore, artifact_store
+from core.webhooks import enqueue_evaluation_event
 from jobspec.hyperparameters import REFERENCE_DEFAULTS, grader_pass_threshold
 from worker.dbretry import retrying
 from worker.engine.checkpoint import crash_point

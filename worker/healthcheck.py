@@ -7,8 +7,8 @@ import time
 
 import redis
 
-from app.presence import read_presence
-from app.settings import get_settings
+from core.presence import read_presence
+from core.settings import get_settings
 
 
 def healthy() -> bool:

@@ -1,6 +1,6 @@
 """A job's lifecycle as a worker writes it: claim, succeed (model, adapter, result file), fail, pause.
 
-Each function is one guarded transition (app/lifecycle.py) in one transaction: a claim only takes a
+Each function is one guarded transition (core/lifecycle.py) in one transaction: a claim only takes a
 `queued` job, and every later write also requires `worker_id = me`, so a worker whose job was cancelled,
 or requeued by the reaper and claimed by another worker, can never overwrite its outcome.
 """
@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.lifecycle import last_checkpoint_step, transition
-from app.models import File, FineTunedModel, Job, JobStatus, MetricPoint, Tenant, new_id, now
-from app.settings import Settings
-from app.storage import artifact_store
+from core.lifecycle import last_checkpoint_step, transition
+from core.models import File, FineTunedModel, Job, JobStatus, MetricPoint, Tenant, new_id, now
+from core.settings import Settings
+from core.storage import artifact_store
 
 S = JobStatus
 RESULTS_PURPOSE = "fine-tune-results"  # OpenAI's purpose for a job's result file

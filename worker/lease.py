@@ -27,8 +27,8 @@ import redis
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Job, JobStatus, now
-from app.queues import control_key
+from core.models import Job, JobStatus, now
+from core.queues import control_key
 from worker.dbretry import retrying
 from worker.engine.callbacks import Control
 

@@ -1,4 +1,4 @@
-"""A job's live metrics stream in Redis (app/streams.py): appended per step, repaired when Redis lost it.
+"""A job's live metrics stream in Redis (core/streams.py): appended per step, repaired when Redis lost it.
 
 Best effort throughout: the DB's metric points are the truth, so a Redis error (or a failed DB read for a
 repair) is logged, never raised.
@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import MetricPoint, now
-from app.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
+from core.models import MetricPoint, now
+from core.streams import STREAM_MAXLEN, STREAM_TTL_S, decode_step, encode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
 

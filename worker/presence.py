@@ -1,6 +1,6 @@
 """What a worker process tells the rest of the service about itself, through Celery's signals:
 
-- presence in Redis (app/presence.py) every heartbeat interval: last seen, device, the task it runs and,
+- presence in Redis (core/presence.py) every heartbeat interval: last seen, device, the task it runs and,
   on a GPU, its CUDA memory. The API's `/metrics` exports it; nothing is kept in the worker process.
 - the ids of the task it runs (`job_id` or `evaluation_id`) on every log line, and the log format from
   the settings instead of Celery's own logging set-up.
@@ -15,10 +15,10 @@ from typing import Any
 import redis
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_ready, worker_shutdown
 
-from app.logs import configure_logging, new_log_context, reset_log_context
-from app.presence import forget_presence, record_presence
-from app.queues import EVALUATE_TASK, TRAIN_TASK
-from app.settings import get_settings
+from core.logs import configure_logging, new_log_context, reset_log_context
+from core.presence import forget_presence, record_presence
+from core.queues import EVALUATE_TASK, TRAIN_TASK
+from core.settings import get_settings
 from worker.jobs import worker_identity
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.models import Checkpoint, MetricPoint, TrainingSample, new_id, now
+from core.models import Checkpoint, MetricPoint, TrainingSample, new_id, now
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.lifecycle import add_event
-from app.models import now
-from app.storage import ArtifactStore
+from core.lifecycle import add_event
+from core.models import now
+from core.storage import ArtifactStore
 from worker.alarms import AlarmBook
 from worker.artifacts import publish_checkpoints
 from worker.engine.callbacks import Control, Level, StartInfo, TrainerCallbacks

@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.grading_context import API_KEY_ENV, MODEL_SERVER_KEY_ENV, GradingSetupError, grading_context
-from app.model_targets import find_model_target
-from app.models import File, Job
-from app.registry import find_base_model
-from app.settings import Settings
-from app.storage import artifact_store
+from core.grading_context import API_KEY_ENV, MODEL_SERVER_KEY_ENV, GradingSetupError, grading_context
+from core.model_targets import find_model_target
+from core.models import File, Job
+from core.registry import find_base_model
+from core.settings import Settings
+from core.storage import artifact_store
 from grading.build import GraderConfigError, parse_grader
 from jobspec.hyperparameters import (
     METHOD,

@@ -9,8 +9,8 @@ from typing import Any
 
 from celery.signals import worker_shutting_down
 
-from app.queues import EVALUATE_TASK, TRAIN_TASK, WEBHOOK_TASK
-from app.settings import get_settings
+from core.queues import EVALUATE_TASK, TRAIN_TASK, WEBHOOK_TASK
+from core.settings import get_settings
 from worker.celery_app import app
 from worker.lease import SHUTDOWN
 

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import httpx
 
-from app.models import Job
-from app.sealing import unseal
-from app.settings import Settings
+from core.models import Job
+from core.sealing import unseal
+from core.settings import Settings
 from jobspec.integrations import Integration, MlflowSettings, WandbSettings, mlflow_tracking_uri
 
 Outcome = Literal["completed", "cancelled", "paused", "failed"]

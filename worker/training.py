@@ -18,12 +18,12 @@ from typing import Any
 import redis
 from sqlalchemy import update
 
-from app.db import get_sessionmaker
-from app.lifecycle import transition
-from app.models import Job, JobStatus
-from app.queues import control_key
-from app.settings import Settings
-from app.storage import artifact_store
+from core.db import get_sessionmaker
+from core.lifecycle import transition
+from core.models import Job, JobStatus
+from core.queues import control_key
+from core.settings import Settings
+from core.storage import artifact_store
 from jobspec.hyperparameters import request_param
 from worker.alarms import AlarmBook
 from worker.artifacts import fetch_inputs, restore_run

@@ -1,4 +1,4 @@
-"""Sending one webhook delivery (an outbox row of app/webhooks.py): sign, POST, record the attempt.
+"""Sending one webhook delivery (an outbox row of core/webhooks.py): sign, POST, record the attempt.
 
 No DB session is held across the HTTP call. An attempt succeeds on any 2xx; anything else (another status,
 a redirect, which is never followed, a timeout, a refused address) is recorded with its status or error and
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import select, update
 
-from app.db import get_sessionmaker
-from app.models import WebhookDelivery, WebhookEndpoint, now
-from app.settings import Settings
-from app.webhooks import (
+from core.db import get_sessionmaker
+from core.models import WebhookDelivery, WebhookEndpoint, now
+from core.settings import Settings
+from core.webhooks import (
     UnsafeWebhookURL,
     check_url,
     endpoint_secret,

@@ -8,11 +8,11 @@ import anyio.to_thread
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
 from app.errors import AuthenticationError
-from app.logs import bind_log_ids
-from app.models import Tenant
-from app.settings import Settings, get_settings
+from core.db import get_sessionmaker
+from core.logs import bind_log_ids
+from core.models import Tenant
+from core.settings import Settings, get_settings
 
 
 async def get_session() -> AsyncIterator[Session]:

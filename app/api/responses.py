@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app.errors import NotFound
-from app.models import Tenant
 from app.services import live_metrics, progress
 from app.services.jobs import get_job
-from app.settings import Settings
-from app.storage import artifact_store
+from core.models import Tenant
+from core.settings import Settings
+from core.storage import artifact_store
 
 _CHUNK = 1024 * 1024
 

@@ -1,6 +1,6 @@
 """Read-only routes run again once when the database dropped their connection mid-request.
 
-Pool pre-ping (app/db.py) replaces a connection that died while idle in the pool, but not one the server
+Pool pre-ping (core/db.py) replaces a connection that died while idle in the pool, but not one the server
 drops while a request uses it (a restart, a failover, `pg_terminate_backend`): that request fails. A GET
 or HEAD reads only (its one bookkeeping write, the key's `last_used_at`, is made before and apart), so
 running it again on a fresh connection is safe, and the client gets its answer instead of a 503. Other

@@ -4,9 +4,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.models import Evaluation
 from app.schemas.common import Metadata, StrictModel
 from app.schemas.jobs import JobError
+from core.models import Evaluation
 from jobspec.graders import Grader
 
 

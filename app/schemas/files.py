@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from app.models import File
+from core.models import File
 
 
 class FileObject(BaseModel):

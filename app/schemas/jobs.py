@@ -4,9 +4,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.models import Checkpoint, Job, JobEvent
 from app.schemas.common import Metadata, StrictModel
 from app.schemas.method import Method
+from core.models import Checkpoint, Job, JobEvent
 from jobspec.integrations import Integration
 
 MAX_SEED = 2**31 - 1

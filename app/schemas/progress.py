@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from app.models import MetricPoint
+from core.models import MetricPoint
 
 # The step metrics a person watches (dashboard charts, `sppo jobs watch`); names as the engine reports them.
 HEADLINE_METRICS = (

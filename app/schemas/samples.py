@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.models import TrainingSample
+from core.models import TrainingSample
 
 
 class SamplePublic(BaseModel):

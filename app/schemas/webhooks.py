@@ -4,8 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.models import WebhookDelivery, WebhookEndpoint
 from app.schemas.common import StrictModel
+from core.models import WebhookDelivery, WebhookEndpoint
 
 
 class WebhookCreate(StrictModel):

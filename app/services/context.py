@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.errors import InvalidRequest
-from app.models import File
 from app.prompt_tokens import longest_prompt
-from app.registry import BaseModelEntry, fewest_tokens
-from app.settings import Settings
-from app.storage import artifact_store
+from core.models import File
+from core.registry import BaseModelEntry, fewest_tokens
+from core.settings import Settings
+from core.storage import artifact_store
 from jobspec.context import Overflow, prompt_overflow, resolve_max_response_tokens, response_overflow
 
 MAX_RESPONSE_TOKENS = "method.reinforcement.hyperparameters.max_response_tokens"

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.lifecycle import RESUMABLE_ERRORS
-from app.models import FINISHED_STATUSES, Job, JobStatus, MetricPoint, Tenant
 from app.services import progress
 from app.services.jobs import get_job
+from core.lifecycle import RESUMABLE_ERRORS
+from core.models import FINISHED_STATUSES, Job, JobStatus, MetricPoint, Tenant
 
 S = JobStatus
 # Mirrors the guarded transitions in app/services/jobs.py: which statuses each control accepts.

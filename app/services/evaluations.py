@@ -9,17 +9,17 @@ from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.errors import InvalidRequest, NotFound, ServiceUnavailable
-from app.model_targets import find_model_target
-from app.models import Evaluation, JobStatus, Tenant, now
-from app.registry import find_base_model
 from app.schemas.evaluations import EvaluationCreate
 from app.services.context import check_file_context
 from app.services.files import get_file
 from app.services.grading import check_grader
 from app.services.pagination import page
-from app.settings import Settings
-from app.storage import artifact_store
-from app.webhooks import enqueue_evaluation_event
+from core.model_targets import find_model_target
+from core.models import Evaluation, JobStatus, Tenant, now
+from core.registry import find_base_model
+from core.settings import Settings
+from core.storage import artifact_store
+from core.webhooks import enqueue_evaluation_event
 
 
 def resolve_model(

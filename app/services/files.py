@@ -1,5 +1,5 @@
 """Uploaded files: streamed to disk under a server-generated name, size-limited, hashed and validated, then
-published to the artifact store (app/storage.py) under a key made of the file's id."""
+published to the artifact store (core/storage.py) under a key made of the file's id."""
 
 import hashlib
 import itertools
@@ -12,10 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from app.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
 from app.services.pagination import page
-from app.settings import Settings
-from app.storage import artifact_store
+from core.models import ACTIVE_STATUSES, File, Job, JobStatus, Tenant, new_id
+from core.settings import Settings
+from core.storage import artifact_store
 from jobspec.items import ItemError, normalise_item
 from jobspec.templates import MAX_PATH_DEPTH, ItemPath, present_paths
 

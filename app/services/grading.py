@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, QuotaExceeded
-from app.grading_context import GradingSetupError, grading_context
-from app.models import File, Tenant
 from app.services.files import missing_item_paths
-from app.settings import Settings
+from core.grading_context import GradingSetupError, grading_context
+from core.models import File, Tenant
+from core.settings import Settings
 from grading.build import GraderConfigError, build_grader, parse_grader
 from grading.context import GradingContext
 from grading.result import GradeResult, openai_errors

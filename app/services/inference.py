@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
-from app.model_targets import ModelTarget, find_model_target
-from app.models import Tenant
-from app.settings import Settings
+from core.model_targets import ModelTarget, find_model_target
+from core.models import Tenant
+from core.settings import Settings
 from grading.http import auth_headers
 from jobspec.serving import choices_refusal
 
@@ -37,7 +37,7 @@ def model_not_found(model: str) -> NotFound:
 
 
 def resolve_model(session: Session, *, settings: Settings, tenant: Tenant, model: str) -> ModelTarget:
-    """A base model, the tenant's `ft:` model, or a checkpoint of the tenant's job (app.model_targets)."""
+    """A base model, the tenant's `ft:` model, or a checkpoint of the tenant's job (core.model_targets)."""
     target = find_model_target(session, settings=settings, tenant_id=tenant.id, model=model)
     if target is None:
         raise model_not_found(model)

@@ -5,8 +5,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.errors import InvalidRequest
-from app.sealing import seal
-from app.settings import Settings
+from core.sealing import seal
+from core.settings import Settings
 from jobspec.integrations import (
     Integration,
     IntegrationError,

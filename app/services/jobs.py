@@ -2,7 +2,7 @@
 
 Cancel of a running job marks it `cancelled` at once and sets the Redis control key "cancel". This is
 safe because every write the worker makes is a transition guarded by `status = 'running'` (see
-app/lifecycle.py): once the API has cancelled the job, the worker's next heartbeat, checkpoint or
+core/lifecycle.py): once the API has cancelled the job, the worker's next heartbeat, checkpoint or
 finish matches no row, and the worker stops. The control key only makes it stop sooner (within a step).
 Pause has no such shortcut: the worker must write a checkpoint first, so it moves running → paused. A
 pause is recorded in the job row (`pause_requested_at`), which the worker reads with its heartbeat, and
@@ -19,16 +19,16 @@ from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
-from app.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, transition
-from app.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
-from app.registry import BaseModelEntry
 from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.context import check_job_context
 from app.services.grading import check_grader
 from app.services.integrations import check_integrations
 from app.services.lineage import resolve_lineage
 from app.services.pagination import page
-from app.settings import Settings
+from core.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, transition
+from core.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
+from core.registry import BaseModelEntry
+from core.settings import Settings
 from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
 from jobspec.limits import device_share, early_stopping
 

@@ -8,8 +8,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.errors import AuthenticationError, NotFound
-from app.models import ApiKey, Tenant, now
-from app.security import display_prefix, generate_api_key, hash_api_key, key_matches
+from core.models import ApiKey, Tenant, now
+from core.security import display_prefix, generate_api_key, hash_api_key, key_matches
 
 log = logging.getLogger(__name__)
 

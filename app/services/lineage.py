@@ -1,7 +1,7 @@
 """What a new job's `model` means: the registry model it trains on and, for a warm start, the parent it
 continues (one of the tenant's fine-tuned models or checkpoints) with that parent's adapter config.
 
-The name resolves with app.model_targets, the one resolver of a tenant's model names. A name the tenant
+The name resolves with core.model_targets, the one resolver of a tenant's model names. A name the tenant
 cannot use (unknown, deleted, another tenant's) is one 404, whose answer never tells whether someone
 else's model exists. What a parent fixes and what it refuses is jobspec.warmstart's rule, which the worker
 applies again when it builds the run.
@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound
-from app.model_targets import find_model_target
-from app.models import Tenant
-from app.registry import BaseModelEntry, find_base_model, list_base_models
-from app.settings import Settings
-from app.storage import artifact_store
+from core.model_targets import find_model_target
+from core.models import Tenant
+from core.registry import BaseModelEntry, find_base_model, list_base_models
+from core.settings import Settings
+from core.storage import artifact_store
 from jobspec.warmstart import ADAPTER_CONFIG, WarmStartError, continued_hyperparameters
 
 MODELS_LISTED = 20  # an unknown model's error lists this many names; GET /v1/models has them all

@@ -31,11 +31,11 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from app import shutdown
-from app.db import get_sessionmaker
 from app.errors import InvalidRequest
-from app.models import FINISHED_STATUSES, Job, MetricPoint
-from app.settings import Settings
-from app.streams import decode_step, encode_step, metrics_stream_key
+from core.db import get_sessionmaker
+from core.models import FINISHED_STATUSES, Job, MetricPoint
+from core.settings import Settings
+from core.streams import decode_step, encode_step, metrics_stream_key
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ server path) and a README model card saying what it is and how to load it."""
 import json
 from typing import Any
 
-from app.models import Checkpoint, Job
+from core.models import Checkpoint, Job
 
 
 def portable_adapter_config(raw: bytes, *, base_model: str) -> bytes:

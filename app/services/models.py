@@ -4,12 +4,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import PermissionDenied
-from app.models import Checkpoint, FineTunedModel, Tenant
-from app.registry import find_base_model, list_base_models
 from app.schemas.models import ModelObject
 from app.services.inference import model_not_found
-from app.settings import Settings
-from app.storage import artifact_store
+from core.models import Checkpoint, FineTunedModel, Tenant
+from core.registry import find_base_model, list_base_models
+from core.settings import Settings
+from core.storage import artifact_store
 
 
 def list_models(session: Session, *, settings: Settings, tenant: Tenant) -> list[ModelObject]:

@@ -13,11 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
-from app.models import Checkpoint, Job, MetricPoint, Tenant
 from app.services.jobs import get_job
 from app.services.model_card import model_card, portable_adapter_config
-from app.settings import Settings
-from app.storage import artifact_store
+from core.models import Checkpoint, Job, MetricPoint, Tenant
+from core.settings import Settings
+from core.storage import artifact_store
 
 
 def list_metrics(

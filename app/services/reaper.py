@@ -36,11 +36,11 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app import dispatch
-from app.lifecycle import last_checkpoint_step, transition
-from app.models import Evaluation, Job, JobStatus, now
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_lists, redis_key, training_queues
-from app.settings import Settings
-from app.webhooks import enqueue_evaluation_event
+from core.lifecycle import last_checkpoint_step, transition
+from core.models import Evaluation, Job, JobStatus, now
+from core.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_lists, redis_key, training_queues
+from core.settings import Settings
+from core.webhooks import enqueue_evaluation_event
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from itertools import groupby
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Tenant, TrainingSample
 from app.services.jobs import get_job
+from core.models import Tenant, TrainingSample
 
 StepSamples = tuple[int, list[TrainingSample]]
 

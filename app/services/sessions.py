@@ -10,9 +10,9 @@ import secrets
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.models import ApiKey, DashboardSession, Tenant, now
-from app.security import hash_api_key
 from app.services.keys import authenticate
+from core.models import ApiKey, DashboardSession, Tenant, now
+from core.security import hash_api_key
 
 SESSION_TTL_S = 12 * 3600
 

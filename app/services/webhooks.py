@@ -5,10 +5,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest, NotFound
-from app.models import Tenant, WebhookDelivery, WebhookEndpoint
 from app.services.pagination import page
-from app.settings import Settings
-from app.webhooks import UnsafeWebhookURL, check_url, endpoint_secret
+from core.models import Tenant, WebhookDelivery, WebhookEndpoint
+from core.settings import Settings
+from core.webhooks import UnsafeWebhookURL, check_url, endpoint_secret
 
 MAX_ENDPOINTS_PER_TENANT = 10
 

@@ -10,15 +10,15 @@ from starlette.datastructures import FormData, UploadFile
 
 from app.api.deps import SessionDep, SettingsDep
 from app.errors import APIError, validation_error
-from app.models import Tenant
 from app.schemas.jobs import JobCreate
 from app.schemas.models import ModelObject
 from app.services import files, jobs
 from app.services.models import list_models
-from app.settings import Settings
 from app.web.graders import grader_field, grader_spec, grader_values
 from app.web.render import PageRoute, redirect, render
 from app.web.session import CSRF_FIELD, CsrfChecked, PostedForm, WebTenant, form_text
+from core.models import Tenant
+from core.settings import Settings
 from jobspec.graders import SIMILARITY_METRICS
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)

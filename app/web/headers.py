@@ -9,7 +9,7 @@ Swagger UI from a CDN with an inline script, so they get every header but the CS
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.settings import Settings
+from core.settings import Settings
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Form, Query, Request, Response
 
 from app.api.deps import SessionDep, SettingsDep
 from app.errors import AuthenticationError
-from app.models import JobStatus
 from app.schemas.jobs import JobPublic
 from app.schemas.progress import HEADLINE_METRICS
 from app.services import dashboard, jobs, samples
@@ -26,6 +25,7 @@ from app.web.session import (
     save_session,
     start_session,
 )
+from core.models import JobStatus
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

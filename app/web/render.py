@@ -11,8 +11,8 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.retry import ReadRetryRoute
 from app.errors import APIError
-from app.settings import get_settings
 from app.web.session import CSRF_FIELD, CsrfFailed, LoginRequired, WebSession, load_session, save_session
+from core.settings import get_settings
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"

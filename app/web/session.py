@@ -18,12 +18,12 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
 
 from app.api.deps import SessionDep, SettingsDep
-from app.logs import bind_log_ids
-from app.models import Tenant
-from app.security import secret_from_file
 from app.services.sessions import SESSION_TTL_S, session_tenant
-from app.settings import Settings
 from app.web.headers import is_secure
+from core.logs import bind_log_ids
+from core.models import Tenant
+from core.security import secret_from_file
+from core.settings import Settings
 
 COOKIE = "sppo_session"
 CSRF_FIELD = "csrf_token"

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db import session_scope
-from app.models import Checkpoint, FineTunedModel, Job
 from app.services.keys import authenticate, create_key
+from core.db import session_scope
+from core.models import Checkpoint, FineTunedModel, Job
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,11 +5,11 @@ import time
 import httpx
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.models import ApiKey
-from app.security import hash_api_key
 from app.services.keys import revoke_key
-from app.settings import Settings
+from core.db import session_scope
+from core.models import ApiKey
+from core.security import hash_api_key
+from core.settings import Settings
 
 from .conftest import Server, assert_error
 

@@ -15,9 +15,9 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from app.db import session_scope, upgrade_database
-from app.models import ApiKey, Job, Tenant
 from app.services.reaper import LOCK_NAME
+from core.db import session_scope, upgrade_database
+from core.models import ApiKey, Job, Tenant
 from tests.app.conftest import Server, method, run_api_server
 
 pytestmark = pytest.mark.postgres

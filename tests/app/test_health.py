@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_session
-from app.db import get_sessionmaker, session_scope
 from app.main import create_app
-from app.models import FineTunedModel
-from app.settings import Settings, get_settings
+from core.db import get_sessionmaker, session_scope
+from core.models import FineTunedModel
+from core.settings import Settings, get_settings
 
 from .conftest import REGISTRY_CONTEXT, REGISTRY_GRADER, REGISTRY_MODEL, Server, assert_error, method
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.registry import FIXTURES_ROOT
+from core.registry import FIXTURES_ROOT
 from tests.app.conftest import REGISTRY_MODEL, assert_error, method
 
 JOBS = "/v1/fine_tuning/jobs"

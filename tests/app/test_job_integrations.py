@@ -10,10 +10,10 @@ import pytest
 from openai import OpenAI
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.models import Job
-from app.sealing import unseal
-from app.settings import Settings
+from core.db import session_scope
+from core.models import Job
+from core.sealing import unseal
+from core.settings import Settings
 
 from .conftest import ITEM, MLFLOW_URIS, Server, assert_error, method
 

@@ -9,10 +9,10 @@ import httpx
 import pytest
 import redis
 
-from app.db import session_scope
-from app.lifecycle import transition
-from app.models import Checkpoint, JobStatus
-from app.queues import TRAIN_QUEUE, broker_lists
+from core.db import session_scope
+from core.lifecycle import transition
+from core.models import Checkpoint, JobStatus
+from core.queues import TRAIN_QUEUE, broker_lists
 
 from .conftest import GRADER, MAX_JOBS, REGISTRY_CONTEXT, REGISTRY_MODEL, Server, assert_error, method
 

@@ -1,7 +1,7 @@
 """The API process's cache of checked keys (app/admission.py `KeyCache`): hits, expiry, bound."""
 
 from app.admission import KeyCache
-from app.models import Tenant
+from core.models import Tenant
 
 
 class Clock:

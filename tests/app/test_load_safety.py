@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import update
 
-from app.db import session_scope, upgrade_database
-from app.models import ApiKey, Job, JobStatus, now
 from app.services.keys import create_key
 from benchmarks.loadgen import burst, client, subscribe
+from core.db import session_scope, upgrade_database
+from core.models import ApiKey, Job, JobStatus, now
 from tests.app.conftest import Server, method, run_api_server
 from tests.conftest import run_in_own_loop
 

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import redis
 
-from app.settings import Settings
-from app.streams import encode_step, metrics_stream_key
+from core.settings import Settings
+from core.streams import encode_step, metrics_stream_key
 
 from .conftest import Server, assert_error, method, sse_events
 

@@ -10,9 +10,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.db import get_sessionmaker, session_scope
 from app.metrics import training_rates
-from app.storage import ArtifactStore
+from core.db import get_sessionmaker, session_scope
+from core.storage import ArtifactStore
 from worker.jobs import claim_job, fail_job
 from worker.presence import Presence
 from worker.reporting import JobReporter

@@ -3,8 +3,8 @@
 import sqlalchemy as sa
 from alembic import command
 
-from app.db import alembic_config, create_db_engine, upgrade_database
-from app.models import Base
+from core.db import alembic_config, create_db_engine, upgrade_database
+from core.models import Base
 
 
 def test_upgrade_check_downgrade(empty_db_url: str) -> None:

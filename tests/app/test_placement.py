@@ -8,8 +8,8 @@ import httpx
 import pytest
 import redis
 
-from app.queues import broker_lists, training_queue
 from cli.worker import default_queues
+from core.queues import broker_lists, training_queue
 
 from .conftest import DEVICE_COUNTS, Server, assert_error, method
 

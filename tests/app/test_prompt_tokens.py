@@ -10,8 +10,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer
 
 from app.prompt_tokens import LongestPrompt, load_counter, longest_prompt
-from app.registry import FIXTURES_ROOT
-from app.storage import ArtifactStore
+from core.registry import FIXTURES_ROOT
+from core.storage import ArtifactStore
 
 CHATML = (
     "{%- for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"

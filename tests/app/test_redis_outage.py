@@ -17,11 +17,11 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
-from app.db import get_sessionmaker, session_scope, upgrade_database
-from app.models import ApiKey, Job, JobStatus, MetricPoint
-from app.settings import Settings
-from app.storage import ArtifactStore
-from app.streams import encode_step
+from core.db import get_sessionmaker, session_scope, upgrade_database
+from core.models import ApiKey, Job, JobStatus, MetricPoint
+from core.settings import Settings
+from core.storage import ArtifactStore
+from core.streams import encode_step
 from tests.app.conftest import Server, method, run_api_server
 from tests.conftest import RedisServer
 from worker.livestream import publish_step

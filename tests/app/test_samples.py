@@ -5,7 +5,7 @@ from typing import Any
 
 import httpx
 
-from app.db import session_scope
+from core.db import session_scope
 from worker.records import replace_samples
 
 from .conftest import Server, assert_error, method

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
+from core.db import session_scope, upgrade_database
 from tests.conftest import free_port
 
 from .conftest import method

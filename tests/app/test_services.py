@@ -8,16 +8,16 @@ import redis
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from app.db import session_scope
 from app.dispatch import dispatch_pending_jobs
 from app.errors import AuthenticationError
-from app.lifecycle import transition
-from app.models import File, Job, JobEvent, JobStatus, Tenant
-from app.queues import TRAIN_QUEUE, broker_lists
 from app.schemas.jobs import JobCreate
 from app.services import jobs
 from app.services.keys import authenticate, create_key, revoke_key
-from app.settings import Settings
+from core.db import session_scope
+from core.lifecycle import transition
+from core.models import File, Job, JobEvent, JobStatus, Tenant
+from core.queues import TRAIN_QUEUE, broker_lists
+from core.settings import Settings
 
 from .conftest import method
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from app.settings import Settings
+from core.settings import Settings
 
 
 def test_defaults_put_everything_under_the_data_dir(tmp_path: Path) -> None:
@@ -46,9 +46,9 @@ def test_data_dir_must_be_a_directory(tmp_path: Path) -> None:
 
 
 def test_redis_prefix_names_every_key_and_broker_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.queues import broker_options, control_key
-    from app.settings import get_settings
-    from app.streams import metrics_stream_key
+    from core.queues import broker_options, control_key
+    from core.settings import get_settings
+    from core.streams import metrics_stream_key
 
     monkeypatch.setenv("SPPO_REDIS_PREFIX", "second")
     get_settings.cache_clear()

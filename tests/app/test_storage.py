@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
-from app.storage import ArtifactStore, artifact_store, is_local_store
+from core.settings import Settings
+from core.storage import ArtifactStore, artifact_store, is_local_store
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -18,10 +18,10 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app.db import session_scope, upgrade_database
-from app.models import Evaluation, JobStatus, Tenant, WebhookDelivery, WebhookEndpoint
-from app.settings import Settings
-from app.webhooks import UnsafeWebhookURL, check_url
+from core.db import session_scope, upgrade_database
+from core.models import Evaluation, JobStatus, Tenant, WebhookDelivery, WebhookEndpoint
+from core.settings import Settings
+from core.webhooks import UnsafeWebhookURL, check_url
 from tests.app.conftest import ITEM, ROOT, Server, method, migrate, run_api_server
 from tests.conftest import RedisServer
 from worker import evaluations

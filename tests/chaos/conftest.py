@@ -16,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.models import Checkpoint, FineTunedModel
+from core.db import session_scope
+from core.models import Checkpoint, FineTunedModel
 from tests.conftest import _claim_redis_database
 from tests.e2e.conftest import FINISHED, Stack, api, jsonl, key, sppo_method, stack, upload, wait_for
 from worker.engine.fixtures import Fixture

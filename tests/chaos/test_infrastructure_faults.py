@@ -11,9 +11,9 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from app.db import session_scope
-from app.models import Evaluation
-from app.streams import decode_step, metrics_stream_key
+from core.db import session_scope
+from core.models import Evaluation
+from core.streams import decode_step, metrics_stream_key
 from tests.chaos.conftest import STEPS, assert_recorded_once, only_worker
 from tests.e2e.conftest import FINISHED, Stack, jsonl, wait_for
 from worker.engine.checkpoint import CRASH_AT_ENV, CRASH_EXIT_CODE

@@ -13,8 +13,8 @@ import openai
 import pytest
 from sqlalchemy import update
 
-from app.db import session_scope
-from app.models import Job
+from core.db import session_scope
+from core.models import Job
 from tests.chaos.conftest import STEPS, assert_recorded_once, stop_workers
 from tests.e2e.conftest import FINISHED, Stack, events, wait_for
 from worker.engine.checkpoint import CRASH_AT_ENV, CRASH_EXIT_CODE

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.db import session_scope, upgrade_database
 from app.errors import AuthenticationError
 from app.services.keys import authenticate
+from core.db import session_scope, upgrade_database
 from tests.conftest import free_port
 
 SPPO = str(Path(sys.executable).parent / "sppo")
@@ -52,8 +52,8 @@ def test_dev_key_is_stable_and_private(tmp_path: Path, monkeypatch: pytest.Monke
     db_url = f"sqlite:///{tmp_path / 'dev.db'}"
     upgrade_database(db_url)
     monkeypatch.setenv("SPPO_DATABASE_URL", db_url)
-    from app.db import get_engine, get_sessionmaker
-    from app.settings import get_settings
+    from core.db import get_engine, get_sessionmaker
+    from core.settings import get_settings
 
     for cached in (get_settings, get_engine, get_sessionmaker):
         cached.cache_clear()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from app.db import session_scope
-from app.models import Checkpoint, Job
+from core.db import session_scope
+from core.models import Checkpoint, Job
 
 from ..app.conftest import REGISTRY_GRADER, REGISTRY_MODEL, Server, add_fine_tuned
 from .conftest import Sppo, as_json, run_sppo

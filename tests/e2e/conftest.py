@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db import session_scope, upgrade_database
 from app.services.keys import create_key
+from core.db import session_scope, upgrade_database
 from tests.app.conftest import UVICORN
 from tests.conftest import free_port
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.models import Job
+from core.db import session_scope
+from core.models import Job
 from tests.e2e.conftest import Stack, jsonl, metric_steps, sppo_method, wait_for
 from worker.engine.fixtures import Fixture
 

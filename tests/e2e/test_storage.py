@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.db import upgrade_database
+from core.db import upgrade_database
 from tests.conftest import free_port
 from tests.e2e.conftest import (
     FINISHED,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from app.settings import Settings
+from core.settings import Settings
 from grading.embeddings import EmbeddingsError, EmbeddingsTarget, cosine_similarities
 from grading.judges import JudgeLimits, JudgeTarget, ModelJudge, parse_label, parse_score
 from inference.server import create_app

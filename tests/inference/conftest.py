@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from peft import LoraConfig, get_peft_model
 
-from app.settings import Settings
+from core.settings import Settings
 from inference.server import create_app
 from worker.engine.fixture_build import build_model, build_tokenizer
 

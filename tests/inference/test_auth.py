@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from app.settings import Settings, get_settings
 from cli.main import app as cli
+from core.settings import Settings, get_settings
 from inference.auth import InsecureStart
 from inference.server import create_app
 

@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from app.settings import Settings
+from core.settings import Settings
 from inference.batcher import Batcher, Busy, Delta, Done, Event, Finished, Generation
 from inference.models import ModelCache
 from worker.engine.data import encode_prompts

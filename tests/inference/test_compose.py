@@ -19,12 +19,12 @@ import httpx
 import pytest
 import yaml
 
-from app.db import session_scope
 from app.errors import ServiceUnavailable
-from app.model_targets import ModelTarget
 from app.services.inference import proxy_generate
 from app.services.keys import create_key
-from app.settings import Settings
+from core.db import session_scope
+from core.model_targets import ModelTarget
+from core.settings import Settings
 from tests.conftest import free_port, run_in_own_loop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,4 +209,4 @@ def test_the_model_servers_image_carries_the_inference_package() -> None:
         copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "docker" / dockerfile).read_text(), re.M))
         assert copied - admitted == set(), dockerfile
         if dockerfile == "worker.Dockerfile":
-            assert {"app", "worker", "cli", "inference", "jobspec", "grading"} <= copied
+            assert {"app", "core", "worker", "cli", "inference", "jobspec", "grading"} <= copied

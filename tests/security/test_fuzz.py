@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db import session_scope
-from app.models import Checkpoint
+from core.db import session_scope
+from core.models import Checkpoint
 
 from ..app.conftest import GRADER, ITEM, Server, method, migrate, run_api_server
 

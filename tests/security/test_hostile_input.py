@@ -232,8 +232,8 @@ def test_no_body_is_read_before_authentication(server: Server) -> None:
 
 
 def test_revoked_and_malformed_keys(server: Server) -> None:
-    from app.db import session_scope
     from app.services.keys import create_key, revoke_key
+    from core.db import session_scope
 
     with session_scope(server.db_url) as session:
         created = create_key(session, tenant_name="revoked-tenant")
@@ -315,8 +315,8 @@ def test_a_prompt_longer_than_the_models_context(
 
 
 def test_the_api_knows_the_fixtures_context(tiny: Any) -> None:
-    from app.registry import FIXTURE_MODEL, find_base_model
-    from app.settings import Settings
+    from core.registry import FIXTURE_MODEL, find_base_model
+    from core.settings import Settings
 
     entry = find_base_model(Settings(), FIXTURE_MODEL)
     config = json.loads((tiny.model_dir / "config.json").read_text())

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from starlette.datastructures import Headers
 
 from app.ratelimit import STREAM_SLOT_TTL_S, Limiter, Window
-from app.settings import Settings
 from app.throttle import subject_of, windows_for
+from core.settings import Settings
 
 from ..app.conftest import GRADER, ITEM, Server, assert_error, method, migrate, run_api_server
 from ..conftest import run_in_own_loop

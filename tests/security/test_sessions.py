@@ -11,12 +11,12 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import ApiKey, DashboardSession
-from app.security import hash_api_key
 from app.services.keys import revoke_key
 from app.web.headers import CONTENT_SECURITY_POLICY
 from app.web.session import COOKIE
+from core.db import session_scope
+from core.models import ApiKey, DashboardSession
+from core.security import hash_api_key
 
 from ..app.conftest import ITEM, Server, method, migrate, run_api_server
 from ..app.web.conftest import Browser, chromium, csrf_of, signed_in_page

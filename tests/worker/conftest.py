@@ -8,10 +8,10 @@ import pytest
 import redis
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker, upgrade_database
-from app.models import Job, JobStatus, Tenant, new_id
-from app.settings import Settings
-from app.storage import artifact_store
+from core.db import get_sessionmaker, upgrade_database
+from core.models import Job, JobStatus, Tenant, new_id
+from core.settings import Settings
+from core.storage import artifact_store
 from worker.jobs import claim_job
 from worker.reporting import JobReporter
 

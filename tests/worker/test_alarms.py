@@ -7,11 +7,11 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
-from app.models import Job, JobEvent
 from app.schemas.jobs import Alarm
-from app.settings import Settings
-from app.storage import artifact_store
+from core.db import get_sessionmaker
+from core.models import Job, JobEvent
+from core.settings import Settings
+from core.storage import artifact_store
 from worker.alarms import AlarmBook
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job

@@ -3,7 +3,7 @@ are written, restored on a host that never ran the job, left alone by the defaul
 
 from pathlib import Path
 
-from app.storage import ArtifactStore
+from core.storage import ArtifactStore
 from worker.artifacts import publish_checkpoints, published_checkpoints, restore_run
 from worker.engine.checkpoint import METRICS_FILE, list_checkpoints
 

@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
-from app.models import MetricPoint
-from app.settings import Settings
-from app.storage import artifact_store
+from core.db import get_sessionmaker
+from core.models import MetricPoint
+from core.settings import Settings
+from core.storage import artifact_store
 from worker.dbretry import retrying
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job

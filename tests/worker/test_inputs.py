@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from app.models import File, Job
-from app.settings import Settings
+from core.models import File, Job
+from core.settings import Settings
 from worker.engine.config import RunConfig
 from worker.engine.errors import ConfigError, DataFileError
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture

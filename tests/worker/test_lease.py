@@ -9,12 +9,12 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
-from app.lifecycle import add_event, transition
-from app.models import Job, JobEvent, JobStatus, now
-from app.queues import control_key
 from app.services.reaper import reap_once
-from app.settings import Settings
+from core.db import get_sessionmaker
+from core.lifecycle import add_event, transition
+from core.models import Job, JobEvent, JobStatus, now
+from core.queues import control_key
+from core.settings import Settings
 from worker.jobs import claim_job
 from worker.lease import SHUTDOWN, JobLease
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from app.db import upgrade_database
-from app.presence import workers_key
-from app.queues import TRAIN_TASK, broker_options
+from core.db import upgrade_database
+from core.presence import workers_key
+from core.queues import TRAIN_TASK, broker_options
 
 QUEUE = "log-test"  # its own queue: the shared test Redis also holds other tests' `training` messages
 

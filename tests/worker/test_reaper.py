@@ -9,10 +9,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.dispatch import dispatch, send_evaluation_task, send_training_task
-from app.models import Checkpoint, Evaluation, Job, JobEvent, JobStatus, now
-from app.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, redis_key
 from app.services.reaper import broker_holds, lock_ttl_s, reap_once
-from app.settings import Settings
+from core.models import Checkpoint, Evaluation, Job, JobEvent, JobStatus, now
+from core.queues import EVALUATION_QUEUE, TRAIN_QUEUE, broker_options, redis_key
+from core.settings import Settings
 from worker.evaluations import claim_evaluation
 from worker.jobs import claim_job
 

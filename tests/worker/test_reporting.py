@@ -10,12 +10,12 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.lifecycle import transition
-from app.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint, TrainingSample, now
-from app.queues import control_key
 from app.services.reaper import reap_once
-from app.settings import Settings
-from app.streams import decode_step, metrics_stream_key
+from core.lifecycle import transition
+from core.models import Checkpoint, Job, JobEvent, JobStatus, MetricPoint, TrainingSample, now
+from core.queues import control_key
+from core.settings import Settings
+from core.streams import decode_step, metrics_stream_key
 from tests.worker.conftest import MakeReporter
 from worker.engine.callbacks import StartInfo
 from worker.reporting import JobReporter

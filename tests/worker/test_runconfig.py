@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
-from app.models import File, Job, Tenant, new_id
-from app.settings import Settings
+from core.models import File, Job, Tenant, new_id
+from core.settings import Settings
 from grading.context import GradingContext
 from worker.engine.config import RunConfig
 from worker.engine.errors import EngineError

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
-from app.models import Job, JobEvent
-from app.sealing import seal
-from app.settings import Settings
+from core.db import get_sessionmaker
+from core.models import Job, JobEvent
+from core.sealing import seal
+from core.settings import Settings
 from tests.conftest import free_port, mlflow_metrics, mlflow_server, wandb_history
 from tests.worker.conftest import MakeReporter
 from worker.engine.callbacks import StartInfo

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import File, FineTunedModel, Job, JobEvent, JobStatus
-from app.settings import Settings
+from core.models import File, FineTunedModel, Job, JobEvent, JobStatus
+from core.settings import Settings
 from worker.engine.fixtures import FIXTURE_GRADER, Fixture
 from worker.training import run_job
 

@@ -7,10 +7,10 @@ from sqlalchemy.orm import Session
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import errors
 from app.api.retry import ReadRetryRoute
-from app.models import Tenant
 from app.schemas.inference import ChatCompletionCreate, CompletionCreate
 from app.services.inference import proxy_generate, resolve_model
-from app.settings import Settings
+from core.models import Tenant
+from core.settings import Settings
 
 router = APIRouter(tags=["inference"], route_class=ReadRetryRoute)
 

@@ -9,11 +9,11 @@ from app.api.deps import CurrentTenant, SessionDep, SettingsDep
 from app.api.openapi import errors
 from app.api.retry import ReadRetryRoute
 from app.errors import NotFound
-from app.registry import find_base_model
 from app.schemas.common import DeletedPublic, ListPublic
 from app.schemas.models import ModelObject
 from app.services.inference import proxy_model_files
 from app.services.models import delete_model, get_model, list_models
+from core.registry import find_base_model
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=ReadRetryRoute)
 

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db import session_scope
-from app.models import MetricPoint
+from core.db import session_scope
+from core.models import MetricPoint
 
 from ..conftest import ITEM, Server, method
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import redis
 
-from app.streams import encode_step, metrics_stream_key
+from core.streams import encode_step, metrics_stream_key
 
 from ..conftest import ITEM, Server
 from .conftest import add_points, signed_in_page

@@ -8,10 +8,10 @@ from typing import Any
 import redis
 from sqlalchemy import update
 
-from app.db import session_scope
-from app.lifecycle import transition
-from app.models import Job, JobStatus
-from app.streams import encode_step, metrics_stream_key
+from core.db import session_scope
+from core.lifecycle import transition
+from core.models import Job, JobStatus
+from core.streams import encode_step, metrics_stream_key
 
 from ..conftest import Server
 from .conftest import SCREENSHOTS, signed_in_page

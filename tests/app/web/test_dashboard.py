@@ -10,12 +10,12 @@ import httpx
 import redis
 from sqlalchemy import select, update
 
-from app.db import session_scope
-from app.lifecycle import transition
-from app.models import ApiKey, Checkpoint, Job, JobStatus
-from app.security import hash_api_key
 from app.services.keys import revoke_key
-from app.streams import encode_step, metrics_stream_key
+from core.db import session_scope
+from core.lifecycle import transition
+from core.models import ApiKey, Checkpoint, Job, JobStatus
+from core.security import hash_api_key
+from core.streams import encode_step, metrics_stream_key
 from worker.records import replace_samples
 
 from ..conftest import ITEM, Server, add_fine_tuned, method, sse_events

@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from app.db import session_scope
-from app.models import FineTunedModel, Job
+from core.db import session_scope
+from core.models import FineTunedModel, Job
 
 from ..conftest import Server
 from .conftest import Browser

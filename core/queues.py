@@ -10,7 +10,7 @@ Every Redis key and Celery queue carries `SPPO_REDIS_PREFIX`, so two installs ca
 
 from typing import Any
 
-from app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 TRAIN_TASK = "sppo.train"
 TRAIN_QUEUE = "training"

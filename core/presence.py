@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import redis
 
-from app.queues import redis_key
+from core.queues import redis_key
 
 FORGET_AFTER_S = 24 * 3600
 

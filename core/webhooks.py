@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Evaluation, Job, JobStatus, WebhookDelivery, WebhookEndpoint, now
-from app.security import secret_from_file
-from app.settings import Settings
+from core.models import Evaluation, Job, JobStatus, WebhookDelivery, WebhookEndpoint, now
+from core.security import secret_from_file
+from core.settings import Settings
 
 KEY_FILE = "webhook-key"
 SECRET_PREFIX = "whsec_"

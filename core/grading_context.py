@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.model_targets import find_model_target
-from app.registry import find_base_model
-from app.settings import Settings
+from core.model_targets import find_model_target
+from core.registry import find_base_model
+from core.settings import Settings
 from jobspec.graders import LabelModelGrader, ScoreModelGrader
 from jobspec.walk import leaf_graders
 

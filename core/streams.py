@@ -8,7 +8,7 @@ the truth (a capped stream drops old steps, and a step re-run after a crash is a
 import json
 from typing import Any
 
-from app.queues import redis_key
+from core.queues import redis_key
 
 # Enough for the live view of a long run; older steps are served from the DB.
 STREAM_MAXLEN = 10_000

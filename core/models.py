@@ -157,7 +157,7 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     # Experiment trackers as asked for, minus secrets (jobspec/integrations.py), and those secrets sealed
-    # (app/sealing.py) by integration type: never shown, opened only by the worker running the job.
+    # (core/sealing.py) by integration type: never shown, opened only by the worker running the job.
     integrations: Mapped[list[Any] | None]
     sealed_secrets: Mapped[dict[str, Any] | None]
     created_at: Mapped[int] = mapped_column(default=now)
@@ -280,10 +280,10 @@ class DashboardSession(Base):
 
 
 class WebhookEndpoint(Base):
-    """A tenant's URL that receives terminal job and evaluation events (app/webhooks.py, an extension).
+    """A tenant's URL that receives terminal job and evaluation events (core/webhooks.py, an extension).
 
     No secret is stored: an endpoint's signing secret is derived from the operator's key and the endpoint's
-    id (app/webhooks.py), so a copy of the database alone cannot forge a delivery.
+    id (core/webhooks.py), so a copy of the database alone cannot forge a delivery.
     """
 
     __tablename__ = "webhook_endpoints"

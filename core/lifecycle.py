@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, ScalarSelect, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.models import Checkpoint, Job, JobEvent, JobStatus, now
-from app.webhooks import enqueue_job_event
+from core.models import Checkpoint, Job, JobEvent, JobStatus, now
+from core.webhooks import enqueue_job_event
 
 # OpenAI's event levels; the engine says "warning", the API speaks "warn".
 _LEVELS = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.models import Checkpoint, FineTunedModel, Job
-from app.registry import find_base_model
-from app.settings import Settings
+from core.models import Checkpoint, FineTunedModel, Job
+from core.registry import find_base_model
+from core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from app.settings import Settings
+from core.settings import Settings
 from jobspec.context import read_context_length
 from jobspec.graders import Grader
 from jobspec.hyperparameters import DEFAULTS_FILE

@@ -24,7 +24,7 @@ from typing import IO
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
-from app.settings import Settings
+from core.settings import Settings
 
 # Ids and the names the service gives files: no `..`, no absolute path, nothing a shell or URL would read.
 _KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")

@@ -11,8 +11,8 @@ import hmac
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from app.security import secret_from_file
-from app.settings import Settings
+from core.security import secret_from_file
+from core.settings import Settings
 
 KEY_FILE = "secrets-key"
 
