@@ -30,7 +30,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     return found
 
 
-@router.post("", response_model=JobPublic, responses=errors(400, 413))
+@router.post("", response_model=JobPublic, responses=errors(400, 404, 413))
 def create_job(
     session: SessionDep, settings: SettingsDep, tenant: CurrentTenant, body: JobCreate
 ) -> JobPublic:
