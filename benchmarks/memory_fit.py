@@ -14,12 +14,12 @@ from typing import Any
 DOCS_COSTS: dict[str, Any] = {
     # bytes per frozen parameter, by dtype: the LoRA policy's base stored in the compute dtype
     "frozen": {"float32": 4.0, "bfloat16": 2.0},
-    # bytes per trained parameter between steps: float32 weight, AdamW m and v, and the gradient, which
-    # the engine frees at the next minibatch's start (update.py), so the rollout runs beside it
-    "trained": 16.0,
-    # every trained parameter again in float64, all at once, around the update: the health check's
-    # fingerprint (health.py) copies them before it sums; it is the update's peak unless activations are
-    "fingerprint": 8.0,
+    # bytes per trained parameter between steps: float32 weight, AdamW m and v (the gradient is freed
+    # right after each optimizer step: update.py, optim.py)
+    "trained": 12.0,
+    # the float32 gradient, from a model's first backward of a minibatch to its optimizer step, beside the
+    # activations; the SPPO critic is fitted before the policy's update, so their gradients never meet
+    "gradient": 4.0,
     # a fully trained model in the rollout, bf16: autocast's bf16 copy of its float32 weights
     "full_rollout_extra": {"float32": 0.0, "bfloat16": 2.0},
     # activations kept per token per layer without checkpointing, bytes per (6h + 2kv + 4i) elements;
@@ -87,8 +87,8 @@ def costs(
             found["frozen_bytes_per_param"][run["dtype"]] = frozen
     for key, line in fitted.items():
         found["slope_bytes_per_token"][key] = line["slope"]
-    # with checkpointing the update's peak at these token counts is the fingerprint's (DOCS_COSTS), flat in
-    # tokens: its per-token cost stays arithmetic, and only the lines without it give one
+    # the per-element cost from the lines without checkpointing, whose slope is all activations; a
+    # checkpointed line's slope (slope_bytes_per_token) mixes layer inputs and one recomputed layer
     for dtype in ("float32", "bfloat16"):
         plain = fitted.get(f"grpo/{dtype}/no-ckpt/lora/none")
         if plain is not None and plain["points"] >= 2:
@@ -98,7 +98,10 @@ def costs(
         run = by_key[key]
         if run["algorithm"] == "grpo" and run.get("use_lora") is False:
             params = run["policy_trained_params"]
-            found["trained_bytes_per_param"][run["dtype"]] = line["intercept"] / params
+            found["trained_bytes_per_param"][run["dtype"]] = {
+                "between_steps": run["step_start_bytes"] / params,
+                "update_intercept": line["intercept"] / params,
+            }
         if run.get("critic") in ("separate", "shared_lora"):
             ckpt = "ckpt" if run["gradient_checkpointing"] else "no-ckpt"
             base = fitted.get(f"grpo/{run['dtype']}/{ckpt}/lora/none")
@@ -144,7 +147,12 @@ def predicted(run: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
     activations = per_token * run["tokens"]
     if run["algorithm"] == "ppo":  # the token-level critic runs over the same tokens
         activations *= 1 + (run.get("critic_layers") or layers) / layers
-    update = max(activations, trained * DOCS_COSTS["fingerprint"])  # one after the other
+    policy_grads = run["policy_trained_params"]
+    if run["algorithm"] == "ppo":  # the token critic's backward runs in the policy's minibatches
+        policy_grads += run["critic_trained_params"]
+    critic_fit = run["critic_trained_params"] if run["algorithm"] == "sppo" else 0
+    gradient = DOCS_COSTS["gradient"]
+    update = max(policy_grads * gradient + activations, critic_fit * gradient)  # one after the other
     return {"rollout": at_rest + rollout, "update": at_rest + update}
 
 
@@ -156,33 +164,35 @@ QWEN_1_5B = {"params": 1_543_714_304}
 
 
 def extrapolated() -> dict[str, dict[str, float]]:
-    """The docs' arithmetic (DOCS_COSTS) for a 7B bf16 policy with a 1.5B critic, per GPU, checkpointing on
-    (what `auto` does from 300M parameters): GB (1e9 bytes) at rest, at the rollout's peak before its KV
-    cache, at the health fingerprint's peak, and activation bytes per token of a micro-batch."""
+    """The docs' arithmetic (DOCS_COSTS) for a 7B bf16 policy with a 1.5B critic (SPPO), per GPU,
+    checkpointing on (what `auto` does from 300M parameters): GB (1e9 bytes) at rest, at the rollout's peak
+    before its KV cache, at the policy update's start (its gradients: activations come on top) and at the
+    critic fit's (the critic's gradients), and activation bytes per token of a micro-batch."""
     policy, lora, critic = QWEN_7B["params"], QWEN_7B["lora_params"], QWEN_1_5B["params"]
     run = {"policy_frozen_params": policy, "use_lora": True}
     copy = merged_copy_params(run, QWEN_7B) * DOCS_COSTS["frozen"]["bfloat16"]
     frozen = policy * DOCS_COSTS["frozen"]["bfloat16"]
-    trained_bytes, fingerprint = DOCS_COSTS["trained"], DOCS_COSTS["fingerprint"]
+    trained_bytes, gradient = DOCS_COSTS["trained"], DOCS_COSTS["gradient"]
     autocast_copy = DOCS_COSTS["full_rollout_extra"]["bfloat16"]
     one_layer = DOCS_COSTS["activation_units"]["bfloat16"] * layer_units(QWEN_7B)
     inputs = (
         DOCS_COSTS["checkpoint_input"]["bfloat16"] * QWEN_7B["hidden_size"] * QWEN_7B["num_hidden_layers"]
     )
-    setups = {
-        "lora+separate": (frozen, lora + critic, copy),
-        "lora+shared_lora": (frozen, 2 * lora, copy),
-        "full+separate": (0.0, policy + critic, policy * autocast_copy),
+    setups = {  # frozen bytes, trained policy and critic parameters, the rollout's extra bytes
+        "lora+separate": (frozen, lora, critic, copy),
+        "lora+shared_lora": (frozen, lora, lora, copy),
+        "full+separate": (0.0, policy, critic, policy * autocast_copy),
         # FSDP2 shards the policy, not the critic; generate runs with the whole policy gathered in bf16
-        "full+separate/4 devices": (0.0, policy / 4 + critic, policy * autocast_copy),
+        "full+separate/4 devices": (0.0, policy / 4, critic, policy * autocast_copy),
     }
     table = {}
-    for name, (frozen_bytes, trained, rollout) in setups.items():
-        at_rest = frozen_bytes + trained * trained_bytes
+    for name, (frozen_bytes, policy_trained, critic_trained, rollout) in setups.items():
+        at_rest = frozen_bytes + (policy_trained + critic_trained) * trained_bytes
         table[name] = {
             "at_rest_gb": at_rest / 1e9,
             "rollout_gb": (at_rest + rollout) / 1e9,
-            "update_gb": (at_rest + trained * fingerprint) / 1e9,
+            "policy_update_gb": (at_rest + policy_trained * gradient) / 1e9,
+            "critic_fit_gb": (at_rest + critic_trained * gradient) / 1e9,
             "activation_bytes_per_token": inputs + one_layer,
         }
     return table

@@ -15,9 +15,16 @@ HACKING_MARGIN = 0.05  # reward up and validation down by more than this between
 def fingerprint(parameters: list[nn.Parameter]) -> torch.Tensor:
     """Per-tensor (sum, sum of squares) in float64: cheap to keep, changes whenever a tensor moves.
     A sharded tensor's sums are taken over its shards on every rank (a collective) and added up."""
-    parts = [local_part(p.detach()).double() for p in parameters]
-    rows = torch.stack([torch.stack([t.sum(), t.pow(2).sum()]) for t in parts]).cpu()  # (N, 2)
+    rows = torch.stack([_sums(p) for p in parameters]).cpu()  # (N, 2)
     return sum_over_shards(rows, parameters)
+
+
+def _sums(parameter: nn.Parameter) -> torch.Tensor:
+    """(sum, sum of squares) of one tensor in float64. One float64 copy at a time, squared in place: copies
+    of every trained tensor alive together would be 8 bytes per trained parameter at the update's peak."""
+    copy = local_part(parameter.detach()).to(torch.float64, copy=True)
+    total = copy.sum()
+    return torch.stack([total, copy.pow_(2).sum()])
 
 
 @dataclass

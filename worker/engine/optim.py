@@ -56,6 +56,8 @@ def replicated_step(
     dist.reduce_gradients(params)
     nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+    # nothing reads them again; kept to the next minibatch they would sit through the rollout
+    optimizer.zero_grad(set_to_none=True)
 
 
 def check_finite(value: torch.Tensor, what: str) -> None:

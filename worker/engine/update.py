@@ -251,6 +251,7 @@ class PPOUpdate:
         grad_norm = full_value(nn.utils.clip_grad_norm_(self.opt.actor_params, self.max_grad_norm))
         check_finite(grad_norm, "policy gradient")
         self.opt.actor.step()
+        self.opt.actor.zero_grad(set_to_none=True)  # nothing reads them again: freed before the rollout
         return grad_norm
 
     def _step_critic(self) -> None:

@@ -1,8 +1,10 @@
-"""Health checks of a step: an unchanged trainable tensor is a warning only when it stays put two steps."""
+"""Health checks of a step: an unchanged trainable tensor is a warning only when it stays put two steps;
+the fingerprint that tells whether a tensor moved."""
 
 import torch
+from torch import nn
 
-from worker.engine.health import HealthMonitor
+from worker.engine.health import HealthMonitor, fingerprint
 
 ADVANTAGES = torch.tensor([[0.5, 0.5], [-0.5, 0.0]])
 MASK = torch.ones(2, 2)
@@ -32,3 +34,21 @@ def test_the_last_step_survives_a_checkpoint() -> None:
     older = {k: v for k, v in monitor.state_dict().items() if k != "unchanged_last_step"}
     resumed.load_state_dict(older)  # a checkpoint from before the field: no warning on the first step
     assert _step(resumed, [False, True]) == []
+
+
+def _fingerprint_all_at_once(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """The fingerprint as first written: a float64 copy of every tensor alive together."""
+    parts = [p.detach().double() for p in parameters]
+    return torch.stack([torch.stack([t.sum(), t.pow(2).sum()]) for t in parts])
+
+
+def test_the_fingerprint_one_tensor_at_a_time_is_bit_identical_and_leaves_the_tensors_alone() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 64), nn.Linear(64, 256), nn.Linear(256, 64))
+    parameters = [*model.parameters(), nn.Parameter(torch.randn(300, dtype=torch.float64))]
+    parameters += [nn.Parameter(torch.randn(40, 70).to(torch.bfloat16))]
+    originals = [p.detach().clone() for p in parameters]
+    rows = fingerprint(parameters)
+    assert rows.dtype == torch.float64 and rows.shape == (len(parameters), 2)
+    assert torch.equal(rows, _fingerprint_all_at_once(parameters))
+    assert all(torch.equal(p, o) for p, o in zip(parameters, originals, strict=True))  # squared a copy

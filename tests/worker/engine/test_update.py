@@ -10,7 +10,7 @@ from torch import nn
 
 from worker.engine.algorithms import get_algorithm
 from worker.engine.distributed import DistContext
-from worker.engine.optim import Optimizers
+from worker.engine.optim import Optimizers, replicated_step
 from worker.engine.rollout import Rollout
 from worker.engine.update import PPOUpdate, StepBatch
 
@@ -70,6 +70,7 @@ def _one_minibatch(
     batch = StepBatch(_two_rows(old_logprobs), advantages, torch.zeros(2), None, None)
     metrics = update.run(batch, ppo_epochs=1, minibatch_size=2)
     assert len(gradients) == 1
+    assert policy.table.grad is None  # freed after the step: it would otherwise sit through the rollout
     return gradients[0], metrics
 
 
@@ -108,3 +109,13 @@ def test_the_entropy_bonus_pushes_towards_a_flatter_policy(micro_batch_tokens: i
     without, metrics_without = _one_minibatch(skewed, no_advantage, micro_batch_tokens=micro_batch_tokens)
     assert torch.count_nonzero(without) == 0  # no bonus, no advantage: nothing to move
     assert metrics_without["train/entropy"] == pytest.approx(metrics["train/entropy"], abs=1e-7)
+
+
+def test_a_critic_step_frees_its_gradients_once_applied() -> None:
+    critic = nn.Linear(3, 1)
+    before = critic.weight.detach().clone()
+    optimizer = torch.optim.SGD(critic.parameters(), lr=0.1)
+    critic(torch.ones(2, 3)).sum().backward()
+    replicated_step(optimizer, list(critic.parameters()), max_grad_norm=1e9, dist=DistContext())
+    assert not torch.equal(critic.weight, before)
+    assert critic.weight.grad is None and critic.bias.grad is None
