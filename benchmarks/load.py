@@ -41,6 +41,7 @@ import redis
 import sqlalchemy as sa
 
 from benchmarks.loadgen import burst, client, subscribe
+from cli.stack import stop
 from core.security import display_prefix, generate_api_key, hash_api_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
@@ -108,12 +109,7 @@ def api_server(
                 time.sleep(0.2)
         yield ApiServer(base_url, process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 15)
 
 
 def seed(db_url: str, extra_keys: int = 0) -> tuple[str, str, tuple[str, str], tuple[str, ...]]:

@@ -9,9 +9,12 @@ each job on its host's 4 devices with torchrun; docs/multi-device.md).
 
 import logging
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 app = typer.Typer()
 log = logging.getLogger(__name__)
@@ -39,6 +42,22 @@ def worker(
     loglevel: Annotated[str | None, typer.Option(help="Log level (default SPPO_LOG_LEVEL).")] = None,
 ) -> None:
     """Run a Celery worker for training and evaluation tasks (one task at a time)."""
+    settings = _settings(device=device, devices=devices, loglevel=loglevel)
+    chosen = settings.device or _auto_device()
+    queues = queues or default_queues(settings.worker_devices)
+    _check_offer(settings, chosen)
+    log.info(
+        "sppo worker: queues %s, device %s, broker %s", queues, chosen, _redacted(str(settings.redis_url))
+    )
+    if prepare_fixture:
+        from worker.engine.fixtures import ensure_fixture
+
+        log.info("sppo-tiny fixture ready at %s", ensure_fixture().model_dir)
+    _run_celery(settings, queues)
+
+
+def _settings(*, device: str | None, devices: int | None, loglevel: str | None) -> "Settings":
+    """The settings with the command's options over the environment's, and the log configured by them."""
     from core.logs import configure_logging
     from core.settings import get_settings
 
@@ -51,8 +70,11 @@ def worker(
     get_settings.cache_clear()
     settings = get_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    chosen = settings.device or _auto_device()
-    queues = queues or default_queues(settings.worker_devices)
+    return settings
+
+
+def _check_offer(settings: "Settings", device: str) -> None:
+    """Warn of a device count no job asks for; refuse (exit 2) a rollout backend every job would fail on."""
     if settings.worker_devices not in settings.training_device_counts:
         log.warning(
             "this worker offers %d device(s), but SPPO_TRAINING_DEVICE_COUNTS (%s) does not list it: the API "
@@ -63,16 +85,12 @@ def worker(
         from worker.engine.vllm_rollout import unavailable_reason
 
         # refused here, not job by job: every job this worker took would fail on it
-        if (problem := unavailable_reason(chosen)) is not None:
+        if (problem := unavailable_reason(device)) is not None:
             log.error("SPPO_ROLLOUT_BACKEND=vllm: %s", problem)
             raise typer.Exit(2)
-    log.info(
-        "sppo worker: queues %s, device %s, broker %s", queues, chosen, _redacted(str(settings.redis_url))
-    )
-    if prepare_fixture:
-        from worker.engine.fixtures import ensure_fixture
 
-        log.info("sppo-tiny fixture ready at %s", ensure_fixture().model_dir)
+
+def _run_celery(settings: "Settings", queues: str) -> None:
     from worker.celery_app import app as celery
 
     # JSON logs: no ASCII-art banner on stdout, so every line a container writes parses.

@@ -99,30 +99,42 @@ def create_app(settings: Settings) -> FastAPI:
     """The app; inference.auth.InsecureStart when it would answer callers without the secret."""
     secret = server_secret(settings)
     backend = make_backend(settings)
-    embedder = Embedder(backend.cache) if isinstance(backend, TransformersBackend) else None
+    app = FastAPI(title="SPPO model server", lifespan=_lifespan(backend))
+    if secret is not None:
+        app.add_middleware(SecretRequired, secret=secret)
+    app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    _add_generation(app, settings, backend)
+    _add_embeddings(app, Embedder(backend.cache) if isinstance(backend, TransformersBackend) else None)
+    _add_archives(app, settings)
+    return app
 
+
+def _lifespan(backend: Backend) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         backend.start()
         yield
         backend.stop()
 
-    app = FastAPI(title="SPPO model server", lifespan=lifespan)
-    if secret is not None:
-        app.add_middleware(SecretRequired, secret=secret)
+    return lifespan
 
-    @app.exception_handler(RequestError)
-    async def _request_error(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestError)
-        return _error(exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"][1:]) or None
-        return _error(RequestError(400, f"Invalid value for '{param}': {first['msg']}.", param=param,
-                                   code="invalid_value"))  # fmt: skip
+async def _request_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestError)
+    return _error(exc)
+
+
+async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"][1:]) or None
+    return _error(RequestError(400, f"Invalid value for '{param}': {first['msg']}.", param=param,
+                               code="invalid_value"))  # fmt: skip
+
+
+def _add_generation(app: FastAPI, settings: Settings, backend: Backend) -> None:
+    """`GET /health` and `POST /internal/generate`, answered by `backend`."""
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -143,12 +155,20 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             cancel()
 
+
+def _add_embeddings(app: FastAPI, embedder: Embedder | None) -> None:
+    """`POST /internal/embeddings`: 501 where the backend has no embedder."""
+
     @app.post("/internal/embeddings")
     async def embeddings(request: EmbeddingsRequest) -> dict[str, Any]:
         if embedder is None:
             raise RequestError(501, "Embeddings are served by the transformers backend only.",
                                code="unsupported_backend")  # fmt: skip
         return await embedder.answer(request)
+
+
+def _add_archives(app: FastAPI, settings: Settings) -> None:
+    """`GET /internal/models/{name}/files`: a base model's files as one archive, deleted once sent."""
 
     @app.get("/internal/models/{name:path}/files", response_class=FileResponse)
     async def model_files(name: str) -> FileResponse:
@@ -160,5 +180,3 @@ def create_app(settings: Settings) -> FastAPI:
         filename = f"{name.replace('/', '--')}.tar.gz"
         return FileResponse(archive, media_type="application/gzip", filename=filename,
                             background=BackgroundTask(archive.unlink, missing_ok=True))  # fmt: skip
-
-    return app

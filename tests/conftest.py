@@ -23,6 +23,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from cli.stack import stop
+
 if TYPE_CHECKING:
     from worker.engine.fixtures import Fixture
 
@@ -254,11 +256,7 @@ def mlflow_server(root: Path, port: int) -> Iterator[str]:
             time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, 15)
 
 
 def mlflow_metrics(url: str, experiment: str) -> dict[str, dict[int, float]]:

@@ -101,21 +101,33 @@ def parent_adapter(session: Session, *, settings: Settings, job: Job) -> tuple[s
     return str(store.local_path(target.adapter_uri)), config
 
 
+def warm_start(session: Session, *, settings: Settings, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the job's hyperparameters, the run config values its parent's adapter fixes): as the job asked, with
+    nothing fixed, for a job that starts from its base model (jobspec.warmstart)."""
+    hyper = dict(job.hyperparameters)
+    if job.parent_model is None:
+        return hyper, {}
+    adapter, adapter_config = parent_adapter(session, settings=settings, job=job)
+    try:
+        hyper = continued_hyperparameters(hyper, adapter_config, parent=job.parent_model)
+        return hyper, {"init_adapter": adapter, **adapter_values(adapter_config, parent=job.parent_model)}
+    except WarmStartError as exc:
+        raise EngineError("invalid_model", exc.message, exc.param) from None
+
+
+def rollout_backend(settings: Settings, hyper: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """The worker's choice where vLLM can serve the job (a LoRA policy on one device), else hf."""
+    if int(hyper.get("n_devices") or 1) == 1 and resolve_defaults(defaults, {})["use_lora"]:
+        return settings.rollout_backend
+    return "hf"
+
+
 def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple[RunConfig, dict[str, Any]]:
     """(RunConfig, resolved hyperparameters) for a job; EngineError when it cannot run as specified."""
     reinforcement = job.method["reinforcement"]
-    hyper = dict(job.hyperparameters)
     model_dir = base_model_dir(settings, job.base_model)
     defaults = model_defaults(model_dir)
-    continued: dict[str, Any] = {}  # what the parent's adapter fixes (jobspec.warmstart)
-    if job.parent_model is not None:
-        adapter, adapter_config = parent_adapter(session, settings=settings, job=job)
-        try:
-            hyper = continued_hyperparameters(hyper, adapter_config, parent=job.parent_model)
-            continued = {"init_adapter": adapter,
-                         **adapter_values(adapter_config, parent=job.parent_model)}  # fmt: skip
-        except WarmStartError as exc:
-            raise EngineError("invalid_model", exc.message, exc.param) from None
+    hyper, continued = warm_start(session, settings=settings, job=job)
     values: dict[str, Any] = {
         "model": str(model_dir),
         "train_file": str(file_path(session, settings=settings, job=job, file_id=job.training_file,
@@ -125,10 +137,7 @@ def build_run_config(session: Session, *, settings: Settings, job: Job) -> tuple
         "algorithm": reinforcement.get("algorithm", "sppo"),
         "seed": job.seed,
         "device": settings.device or "auto",
-        # the worker's choice where vLLM can serve the job (a LoRA policy on one device), else hf
-        "rollout_backend": settings.rollout_backend
-        if int(hyper.get("n_devices") or 1) == 1 and resolve_defaults(defaults, {})["use_lora"]
-        else "hf",
+        "rollout_backend": rollout_backend(settings, hyper, defaults),
         "rollout_gpu_memory_utilization": settings.rollout_gpu_memory_utilization,
         "metrics": {"job_id": job.id},
         "samples_kept": settings.samples_kept_per_step,

@@ -116,62 +116,74 @@ def run_job(job_id: str, *, settings: Settings, worker_id: str | None = None) ->
 
 
 def _run(job: Job, *, settings: Settings, reporter: JobReporter, model_name: str) -> str:
-    sessions = get_sessionmaker(settings.db_url)
-
-    def configure() -> tuple[RunConfig, dict[str, Any]]:
-        with sessions() as session, reporting_preparation(job.base_model, _detail(reporter)):
-            config, resolved = build_run_config(session, settings=settings, job=job)
-            session.execute(
-                update(Job).where(*reporter.lease.owned).values(resolved_hyperparameters=resolved)
-            )
-            session.commit()
-        return config, resolved
-
     try:
-        config, resolved = retrying(configure, what=f"job {job.id}", deadline_s=settings.db_retry_s)
-        fetch_inputs(reporter.store, config)  # outside any DB session: these may be downloads
-        restore_run(reporter.store, Path(config.output_dir))
-        check_prompts(config)
-        reporter.alarms.grader = grader_label(config.grader)
-        reporter.alarms.max_response_tokens = config.max_response_tokens
-        if job.current_step == 0:  # a resumed or requeued job passed its preflight before
-            _preflight(job, config, settings=settings, reporter=reporter)
-        result = _train(job, config, settings=settings, reporter=reporter, hyperparameters=resolved)
+        result = _prepare_and_train(job, settings=settings, reporter=reporter)
     except Exception as exc:
-        if is_connection_error(exc):
-            log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
-            return "abandoned (database unreachable)"
-        error = _user_error(exc, job)
-        if error is None:
-            log.exception("job %s failed unexpectedly", job.id)
-            error = (*INTERNAL_ERROR, None)
-        else:
-            log.warning("job %s failed: %s", job.id, exc)
-        if reporter.lease.lost:
-            return "lost"
-        with contextlib.suppress(Exception):
-            reporter.flush()
-
-        def fail() -> None:
-            with sessions() as session:
-                fail_job(
-                    session,
-                    job_id=job.id,
-                    worker_id=reporter.lease.worker_id,
-                    code=error[0],
-                    message=error[1],
-                    param=error[2],
-                )
-
-        retrying(fail, what=f"job {job.id}", deadline_s=settings.db_retry_s)
-        return "failed"
+        return _failed(job, exc, settings=settings, reporter=reporter)
     try:
         return _record(job, result, settings=settings, reporter=reporter, model_name=model_name)
     except Exception as exc:
         if not is_connection_error(exc):
             raise
-        log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
-        return "abandoned (database unreachable)"
+        return _abandoned(job)
+
+
+def _prepare_and_train(job: Job, *, settings: Settings, reporter: JobReporter) -> TrainingResult:
+    """The job's run config and inputs, its preflight on a first start, then the engine's run."""
+    config, resolved = retrying(
+        lambda: _configure(job, settings=settings, reporter=reporter),
+        what=f"job {job.id}",
+        deadline_s=settings.db_retry_s,
+    )
+    fetch_inputs(reporter.store, config)  # outside any DB session: these may be downloads
+    restore_run(reporter.store, Path(config.output_dir))
+    check_prompts(config)
+    reporter.alarms.grader = grader_label(config.grader)
+    reporter.alarms.max_response_tokens = config.max_response_tokens
+    if job.current_step == 0:  # a resumed or requeued job passed its preflight before
+        _preflight(job, config, settings=settings, reporter=reporter)
+    return _train(job, config, settings=settings, reporter=reporter, hyperparameters=resolved)
+
+
+def _configure(job: Job, *, settings: Settings, reporter: JobReporter) -> tuple[RunConfig, dict[str, Any]]:
+    with (
+        get_sessionmaker(settings.db_url)() as session,
+        reporting_preparation(job.base_model, _detail(reporter)),
+    ):
+        config, resolved = build_run_config(session, settings=settings, job=job)
+        session.execute(update(Job).where(*reporter.lease.owned).values(resolved_hyperparameters=resolved))
+        session.commit()
+    return config, resolved
+
+
+def _failed(job: Job, exc: Exception, *, settings: Settings, reporter: JobReporter) -> str:
+    """Record the job's failure on `exc` (called in its `except` block, so the log keeps the traceback)."""
+    if is_connection_error(exc):
+        return _abandoned(job)
+    error = _user_error(exc, job)
+    if error is None:
+        log.exception("job %s failed unexpectedly", job.id)
+        error = (*INTERNAL_ERROR, None)
+    else:
+        log.warning("job %s failed: %s", job.id, exc)
+    if reporter.lease.lost:
+        return "lost"
+    with contextlib.suppress(Exception):
+        reporter.flush()
+    code, message, param = error
+
+    def fail() -> None:
+        with get_sessionmaker(settings.db_url)() as session:
+            fail_job(session, job_id=job.id, worker_id=reporter.lease.worker_id, code=code, message=message,
+                     param=param)  # fmt: skip
+
+    retrying(fail, what=f"job {job.id}", deadline_s=settings.db_retry_s)
+    return "failed"
+
+
+def _abandoned(job: Job) -> str:
+    log.error("job %s: the database stayed unreachable; the reaper requeues the job", job.id)
+    return "abandoned (database unreachable)"
 
 
 def _train(

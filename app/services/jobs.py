@@ -13,6 +13,8 @@ an internal error, ...): both continue from their last checkpoint.
 
 import logging
 import secrets
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
@@ -23,7 +25,7 @@ from app.schemas.jobs import MAX_SEED, JobCreate
 from app.services.context import check_job_context
 from app.services.grading import check_grader
 from app.services.integrations import check_integrations
-from app.services.lineage import resolve_lineage
+from app.services.lineage import Lineage, resolve_lineage
 from app.services.pagination import page
 from core.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, transition
 from core.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
@@ -112,11 +114,35 @@ def _check_selection(request: JobCreate) -> None:
         raise InvalidRequest(refusal.message, param=f"{HYPERPARAMETERS}.{refusal.param}")
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the checks of a job's request found, for the job row and its first events."""
+
+    warnings: list[str]
+    integrations: list[dict[str, Any]]
+    sealed_secrets: dict[str, str]
+
+
 def create_job(session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate) -> Job:
     lineage = resolve_lineage(session, settings=settings, tenant=tenant, model=request.model)
-    entry = lineage.entry
     method = request.method.model_dump(mode="json", exclude_none=True)
     hyperparameters = lineage.hyperparameters(method["reinforcement"]["hyperparameters"])
+    checked = _check_request(session, settings=settings, tenant=tenant, request=request, entry=lineage.entry)
+    _check_quota(session, settings=settings, tenant=tenant)
+    job = _new_job(request, tenant=tenant, lineage=lineage, method=method, hyperparameters=hyperparameters,
+                   checked=checked)  # fmt: skip
+    session.add(job)
+    session.flush()
+    _add_creation_events(session, job=job, lineage=lineage, warnings=checked.warnings)
+    session.commit()
+    _dispatch(session, settings=settings, job=job)
+    return job
+
+
+def _check_request(
+    session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate, entry: BaseModelEntry
+) -> _Checked:
+    """Every 400 of a request but its warm start's, in the order the API reports them."""
     files = [_training_file(session, tenant=tenant, file_id=request.training_file, param="training_file")]
     if request.validation_file is not None:
         files.append(
@@ -137,11 +163,22 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
         hyperparameters=request.method.reinforcement.hyperparameters.model_dump(exclude_none=True),
         files=list(zip(files, ("training_file", "validation_file"), strict=False)),
     )
-    _check_quota(session, settings=settings, tenant=tenant)
-    job = Job(
+    return _Checked(warnings, integrations, sealed_secrets)
+
+
+def _new_job(
+    request: JobCreate,
+    *,
+    tenant: Tenant,
+    lineage: Lineage,
+    method: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    checked: _Checked,
+) -> Job:
+    return Job(
         tenant_id=tenant.id,
         model=request.model,
-        base_model=entry.name,
+        base_model=lineage.entry.name,
         parent_model=lineage.parent_model,
         training_file=request.training_file,
         validation_file=request.validation_file,
@@ -153,30 +190,29 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
             hyperparameters,
             algorithm=method["reinforcement"]["algorithm"],
             grader=method["reinforcement"]["grader"],
-            model_defaults=entry.defaults or {},
+            model_defaults=lineage.entry.defaults or {},
             has_validation_file=request.validation_file is not None,
         ),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         suffix=request.suffix,
         metadata_=request.metadata,
-        integrations=integrations or None,
-        sealed_secrets=sealed_secrets or None,
+        integrations=checked.integrations or None,
+        sealed_secrets=checked.sealed_secrets or None,
     )
-    session.add(job)
-    session.flush()
+
+
+def _add_creation_events(session: Session, *, job: Job, lineage: Lineage, warnings: list[str]) -> None:
     add_event(session, job_id=job.id, message="Created fine-tuning job", data={"status": S.queued.value})
     if lineage.parent_model is not None:
+        base = lineage.entry.name
         add_event(
             session,
             job_id=job.id,
-            message=f"The job continues the adapter of '{lineage.parent_model}' (base model '{entry.name}')",
-            data={"parent_model": lineage.parent_model, "base_model": entry.name},
+            message=f"The job continues the adapter of '{lineage.parent_model}' (base model '{base}')",
+            data={"parent_model": lineage.parent_model, "base_model": base},
         )
     for warning in warnings:
         add_event(session, job_id=job.id, level="warn", message=warning)
-    session.commit()
-    _dispatch(session, settings=settings, job=job)
-    return job
 
 
 def _dispatch(session: Session, *, settings: Settings, job: Job) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from app.services.keys import authenticate, create_key
+from cli.stack import stop
 from core.db import session_scope
 from core.models import Checkpoint, FineTunedModel, Job
 from tests.conftest import free_port
@@ -119,12 +120,7 @@ def run_api_server(
             base_url=base_url, db_url=db_url, redis_url=redis_url, data_dir=data_dir, process=process
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 10)
 
 
 def migrate(data_dir: Path, db_url: str) -> None:

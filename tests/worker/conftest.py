@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import redis
@@ -12,10 +12,15 @@ from core.db import get_sessionmaker, upgrade_database
 from core.models import Job, JobStatus, Tenant, new_id
 from core.settings import Settings
 from core.storage import artifact_store
+from worker.alarms import AlarmBook
 from worker.jobs import claim_job
 from worker.reporting import JobReporter
 
-MakeReporter = Callable[[str], JobReporter]
+
+class MakeReporter(Protocol):
+    def __call__(
+        self, job_id: str, *, alarms: AlarmBook | None = None, db_retry_s: float | None = None
+    ) -> JobReporter: ...
 
 
 @pytest.fixture
@@ -67,10 +72,13 @@ def job_id(session: Session, make_job: Callable[..., str]) -> str:
 
 @pytest.fixture
 def reporter_for(settings: Settings) -> Iterator[MakeReporter]:
-    """JobReporters of worker "w:1" for given jobs, closed after the test."""
+    """JobReporters of worker "w:1" for given jobs, closed after the test (alarms and DB retry deadline as
+    the worker's unless given)."""
     made: list[JobReporter] = []
 
-    def _make(job_id: str) -> JobReporter:
+    def _make(
+        job_id: str, *, alarms: AlarmBook | None = None, db_retry_s: float | None = None
+    ) -> JobReporter:
         made.append(
             JobReporter(
                 job_id=job_id,
@@ -80,7 +88,8 @@ def reporter_for(settings: Settings) -> Iterator[MakeReporter]:
                 sessions=get_sessionmaker(settings.db_url),
                 redis_client=redis.Redis.from_url(str(settings.redis_url)),
                 heartbeat_interval_s=settings.heartbeat_interval_s,
-                db_retry_s=settings.db_retry_s,
+                db_retry_s=settings.db_retry_s if db_retry_s is None else db_retry_s,
+                alarms=alarms,
             )
         )
         return made[-1]

@@ -1,20 +1,15 @@
 """Training-health alarms: exact outcomes of the pure checks, and one collapsed alarm on the job object."""
 
-from collections.abc import Callable, Iterator
-
 import pytest
-import redis
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from app.schemas.jobs import Alarm
 from core.db import get_sessionmaker
 from core.models import Job, JobEvent
 from core.settings import Settings
-from core.storage import artifact_store
+from tests.worker.conftest import MakeReporter
 from worker.alarms import AlarmBook
 from worker.engine.callbacks import StartInfo
-from worker.jobs import claim_job
 from worker.reporting import JobReporter
 
 
@@ -78,22 +73,8 @@ def test_engine_warnings_alike_but_for_numbers_are_one_alarm() -> None:
 
 
 @pytest.fixture
-def reporter(settings: Settings, session: Session, make_job: Callable[..., str]) -> Iterator[JobReporter]:
-    job_id = make_job()
-    assert claim_job(session, job_id=job_id, worker_id="w:1") is not None
-    made = JobReporter(
-        job_id=job_id,
-        worker_id="w:1",
-        model_name=f"ft:sppo-tiny:t::{job_id}",
-        store=artifact_store(settings),
-        sessions=get_sessionmaker(settings.db_url),
-        redis_client=redis.Redis.from_url(str(settings.redis_url)),
-        heartbeat_interval_s=settings.heartbeat_interval_s,
-        db_retry_s=settings.db_retry_s,
-        alarms=AlarmBook(window=3),
-    )
-    yield made
-    made.close()
+def reporter(reporter_for: MakeReporter, job_id: str) -> JobReporter:
+    return reporter_for(job_id, alarms=AlarmBook(window=3))
 
 
 def test_constant_reward_under_sppo_is_one_collapsed_alarm_on_the_job(reporter: JobReporter,

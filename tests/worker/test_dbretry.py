@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -16,11 +15,10 @@ from sqlalchemy.orm import Session
 from core.db import get_sessionmaker
 from core.models import MetricPoint
 from core.settings import Settings
-from core.storage import artifact_store
+from tests.worker.conftest import MakeReporter
 from worker.dbretry import retrying
 from worker.engine.callbacks import StartInfo
 from worker.jobs import claim_job
-from worker.reporting import JobReporter
 
 pytestmark = pytest.mark.postgres
 
@@ -106,21 +104,13 @@ def test_reporter_records_every_step_once_while_backends_are_terminated(
     pg_settings: Settings,
     session: Session,
     make_job: Callable[..., str],
+    reporter_for: MakeReporter,
     tmp_path: Path,
 ) -> None:
     job_id = make_job()
     assert claim_job(session, job_id=job_id, worker_id="w:1") is not None
     session.close()
-    reporter = JobReporter(
-        job_id=job_id,
-        worker_id="w:1",
-        model_name=f"ft:sppo-tiny:t::{job_id}",
-        store=artifact_store(pg_settings),
-        sessions=get_sessionmaker(pg_settings.db_url),
-        redis_client=redis.Redis.from_url(str(pg_settings.redis_url)),
-        heartbeat_interval_s=pg_settings.heartbeat_interval_s,
-        db_retry_s=30,
-    )
+    reporter = reporter_for(job_id, db_retry_s=30)
     try:
         with terminating(pg_settings.db_url) as ended:
             reporter.on_start(StartInfo(total_steps=40, start_step=0, output_dir=tmp_path))
