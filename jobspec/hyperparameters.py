@@ -120,10 +120,13 @@ def resolve_defaults(model_defaults: Mapping[str, Any], values: Mapping[str, Any
     """REFERENCE_DEFAULTS <- the model's defaults for `values["algorithm"]` <- `values`.
 
     Without a `batch_size` in `values`, the default batch (samples per step) is divided by the samples per
-    prompt, rounded down to a multiple of `n_devices` (at least one prompt per device).
+    prompt, rounded down to a multiple of `n_devices` (at least one prompt per device). A `shared_lora`
+    critic takes no default `critic_layers`: it is the policy's base, whole.
     """
     algorithm = str(values.get("algorithm", "sppo"))
     merged = {**REFERENCE_DEFAULTS, **model_defaults_for(model_defaults, algorithm), **values}
+    if merged["critic"] == "shared_lora" and "critic_layers" not in values:
+        merged["critic_layers"] = None  # a model's smaller-critic default is for a separate critic
     if values.get("batch_size") is None:
         per_prompt = samples_per_prompt(algorithm, merged.get("group_size"), merged["compute_multiplier"])
         devices = merged.get("n_devices") or 1
@@ -175,6 +178,15 @@ def job_values(
     return values
 
 
+def run_values(
+    hyper: Mapping[str, Any], *, algorithm: str, grader: Mapping[str, Any], model_defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every engine field a job's hyperparameters resolve to (resolve_defaults over job_values): what the
+    rules joining them (jobspec.limits.hyperparameter_refusal) are checked on."""
+    values = job_values(hyper, algorithm=algorithm, grader=grader, model_defaults=model_defaults)
+    return resolve_defaults(model_defaults, {"algorithm": algorithm, **values})
+
+
 def resolved_hyperparameters(
     hyper: Mapping[str, Any],
     *,
@@ -185,8 +197,7 @@ def resolved_hyperparameters(
 ) -> dict[str, Any]:
     """What a job shows as its hyperparameters from the moment it is created: every API hyperparameter as
     the run will use it, the samples per step, and the learning rates with their multipliers."""
-    values = job_values(hyper, algorithm=algorithm, grader=grader, model_defaults=model_defaults)
-    merged = resolve_defaults(model_defaults, {"algorithm": algorithm, **values})
+    merged = run_values(hyper, algorithm=algorithm, grader=grader, model_defaults=model_defaults)
     per_prompt = samples_per_prompt(algorithm, merged["group_size"], merged["compute_multiplier"])
     resolved = {name: merged[name] for name in JOB_FIELDS}
     resolved["model_selection"] = model_selection(merged["model_selection"], has_validation_file)

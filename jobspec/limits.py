@@ -3,8 +3,8 @@ their fields with these, so a value one side accepts the other runs.
 
 These are the limits of what can run. The API caps some further (at most 100 epochs, 64 devices, ...):
 those caps bound what one tenant may ask of a shared service and live in its schema alone. The rules that
-join two fields and that the API checks too are the functions below; the engine's other cross-field rules
-are in its config.
+join hyperparameters are `hyperparameter_refusal`'s, which the API checks at job creation and the engine's
+config again; the engine's config keeps only the rules about how it runs (its rollout backend).
 """
 
 from collections.abc import Mapping
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict
+
+from jobspec.hyperparameters import samples_per_prompt
 
 Count = Annotated[int, Field(ge=1)]
 """A whole number of things (steps, prompts, samples, layers, devices): at least one."""
@@ -64,3 +66,36 @@ def early_stopping(patience: int | None, has_validation_file: bool) -> Refusal |
         "early_stopping_patience stops a run whose validation score no longer improves, and the job has "
         "no validation_file: add one, or leave early_stopping_patience out.",
     )
+
+
+def hyperparameter_refusal(values: Mapping[str, Any], *, has_validation_file: bool) -> Refusal | None:
+    """The first rule joining hyperparameters that `values` break; None when they keep them all.
+
+    `values` are engine fields as the run will use them (jobspec.hyperparameters.resolve_defaults: the job's
+    over the model's defaults over the reference defaults), so a conflict that a model's defaults bring
+    (`use_lora: false`) is refused at creation like one the job asks for.
+    """
+    v = values
+    use_lora = v["use_lora"]
+    grpo_samples = samples_per_prompt("grpo", v["group_size"], v["compute_multiplier"])
+    refusals = (
+        early_stopping(v["early_stopping_patience"], has_validation_file),
+        unless(v["critic"] != "shared_lora" or use_lora, "critic",
+               "A shared_lora critic needs a frozen base: set use_lora to true."),
+        unless(v.get("init_adapter") is None or use_lora, "init_adapter",
+               "init_adapter is a LoRA adapter, which only a use_lora policy can continue."),
+        unless(v["critic_layers"] is None or v["critic"] == "separate", "critic_layers",
+               "Only a separate critic can have fewer layers (a shared_lora critic is the policy's base)."),
+        # the reference of the KL penalty is the frozen base, i.e. the policy with its adapter switched off
+        unless(v["kl_coef"] == 0 or use_lora, "kl_coef", "A KL penalty needs use_lora: true."),
+        device_share(v, v["n_devices"]),
+        unless(v.get("algorithm") != "grpo" or grpo_samples >= 2,
+               "group_size" if v["compute_multiplier"] == 1 else "compute_multiplier",
+               "grpo needs at least 2 samples per prompt to form a group baseline."),
+    )  # fmt: skip
+    return next((refusal for refusal in refusals if refusal is not None), None)
+
+
+def unless(ok: bool, param: str, message: str) -> Refusal | None:
+    """A Refusal of `param` with `message` unless the rule holds."""
+    return None if ok else Refusal(param, message)

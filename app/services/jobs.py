@@ -31,8 +31,8 @@ from core.lifecycle import RESUMABLE_ERRORS, add_event, last_checkpoint_step, tr
 from core.models import ACTIVE_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, Tenant, now
 from core.registry import BaseModelEntry
 from core.settings import Settings
-from jobspec.hyperparameters import HYPERPARAMETERS, resolved_hyperparameters
-from jobspec.limits import device_share, early_stopping
+from jobspec.hyperparameters import HYPERPARAMETERS, request_param, resolved_hyperparameters, run_values
+from jobspec.limits import hyperparameter_refusal
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _check_against_model(entry: BaseModelEntry, request: JobCreate, training: Fi
 
 
 def _check_devices(settings: Settings, request: JobCreate) -> None:
-    """400 for a job no worker can ever take, and for batches its devices cannot share equally."""
+    """400 for a job no worker can ever take (batches its devices cannot share equally are _check_rules')."""
     hyper = request.method.reinforcement.hyperparameters
     n_devices = hyper.n_devices or 1
     offered = settings.training_device_counts
@@ -93,13 +93,11 @@ def _check_devices(settings: Settings, request: JobCreate) -> None:
             f"{', '.join(map(str, offered))} device(s) (SPPO_TRAINING_DEVICE_COUNTS).",
             param=f"{HYPERPARAMETERS}.n_devices",
         )
-    refusal = device_share(dict(hyper), n_devices)
-    if refusal is not None:
-        raise InvalidRequest(refusal.message, param=f"{HYPERPARAMETERS}.{refusal.param}")
 
 
 def _check_selection(request: JobCreate) -> None:
-    """400 for a hyperparameter that needs validation scores on a job without a validation file."""
+    """400 for model_selection 'best', which needs validation scores, on a job without a validation file
+    (early stopping, which needs them too, is one of _check_rules')."""
     if request.validation_file is not None:
         return
     hyper = request.method.reinforcement.hyperparameters
@@ -109,9 +107,23 @@ def _check_selection(request: JobCreate) -> None:
             "no validation_file: add one, or use 'last'.",
             param=f"{HYPERPARAMETERS}.model_selection",
         )
-    refusal = early_stopping(hyper.early_stopping_patience, has_validation_file=False)
+
+
+def _check_rules(lineage: Lineage, request: JobCreate) -> None:
+    """400 for hyperparameters at odds with each other as the run will resolve them (the model's defaults
+    and the parent's adapter included), with the message the engine would fail the job with."""
+    reinforcement = request.method.model_dump(mode="json", exclude_none=True)["reinforcement"]
+    values = run_values(
+        reinforcement["hyperparameters"],
+        algorithm=reinforcement["algorithm"],
+        grader=reinforcement["grader"],
+        model_defaults=lineage.entry.defaults or {},
+    )
+    refusal = hyperparameter_refusal(
+        {**values, **lineage.engine_values()}, has_validation_file=request.validation_file is not None
+    )
     if refusal is not None:
-        raise InvalidRequest(refusal.message, param=f"{HYPERPARAMETERS}.{refusal.param}")
+        raise InvalidRequest(refusal.message, param=request_param(refusal.param))
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,7 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
     lineage = resolve_lineage(session, settings=settings, tenant=tenant, model=request.model)
     method = request.method.model_dump(mode="json", exclude_none=True)
     hyperparameters = lineage.hyperparameters(method["reinforcement"]["hyperparameters"])
-    checked = _check_request(session, settings=settings, tenant=tenant, request=request, entry=lineage.entry)
+    checked = _check_request(session, settings=settings, tenant=tenant, request=request, lineage=lineage)
     _check_quota(session, settings=settings, tenant=tenant)
     job = _new_job(request, tenant=tenant, lineage=lineage, method=method, hyperparameters=hyperparameters,
                    checked=checked)  # fmt: skip
@@ -140,9 +152,10 @@ def create_job(session: Session, *, settings: Settings, tenant: Tenant, request:
 
 
 def _check_request(
-    session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate, entry: BaseModelEntry
+    session: Session, *, settings: Settings, tenant: Tenant, request: JobCreate, lineage: Lineage
 ) -> _Checked:
     """Every 400 of a request but its warm start's, in the order the API reports them."""
+    entry = lineage.entry
     files = [_training_file(session, tenant=tenant, file_id=request.training_file, param="training_file")]
     if request.validation_file is not None:
         files.append(
@@ -153,6 +166,7 @@ def _check_request(
     warnings = _check_against_model(entry, request, files[0])
     _check_devices(settings, request)
     _check_selection(request)
+    _check_rules(lineage, request)
     integrations, sealed_secrets = check_integrations(settings, request.integrations or [])
     # Last before the quota: it may read the files (once per model and file), with no DB connection held.
     session.commit()

@@ -20,7 +20,7 @@ from core.models import Tenant
 from core.registry import BaseModelEntry, find_base_model, list_base_models
 from core.settings import Settings
 from core.storage import artifact_store
-from jobspec.warmstart import ADAPTER_CONFIG, WarmStartError, continued_hyperparameters
+from jobspec.warmstart import ADAPTER_CONFIG, WarmStartError, adapter_values, continued_hyperparameters
 
 MODELS_LISTED = 20  # an unknown model's error lists this many names; GET /v1/models has them all
 
@@ -42,6 +42,14 @@ class Lineage:
             return continued_hyperparameters(hyper, self.adapter_config, parent=self.parent_model)
         except WarmStartError as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
+
+    def engine_values(self) -> dict[str, Any]:
+        """The engine fields the parent's adapter fixes (use_lora and the adapter's shape), as the worker
+        sets them; none for a fresh adapter. Call after `hyperparameters`, which refuses a parent that
+        cannot be continued."""
+        if self.parent_model is None or self.adapter_config is None:
+            return {}
+        return adapter_values(self.adapter_config, parent=self.parent_model)
 
 
 def resolve_lineage(session: Session, *, settings: Settings, tenant: Tenant, model: str) -> Lineage:

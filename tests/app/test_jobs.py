@@ -2,7 +2,9 @@
 
 import base64
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from core.queues import TRAIN_QUEUE, broker_lists
 from .conftest import GRADER, MAX_JOBS, REGISTRY_CONTEXT, REGISTRY_MODEL, Server, assert_error, method
 
 Upload = Callable[..., dict[str, Any]]
+HYPER = "method.reinforcement.hyperparameters"
 
 
 @pytest.fixture
@@ -476,3 +479,92 @@ def test_model_selection_and_early_stopping_need_a_validation_file(
     asked = job["method"]["reinforcement"]["hyperparameters"]
     assert asked["model_selection"] == "best" and asked["early_stopping_patience"] == 3
     assert job["fine_tuned_model_step"] is None
+
+
+def rl_method(algorithm: str = "sppo", **hyperparameters: Any) -> dict[str, Any]:
+    body = method(**hyperparameters)
+    body["reinforcement"]["algorithm"] = algorithm
+    return body
+
+
+GRPO_GROUP = "grpo needs at least 2 samples per prompt to form a group baseline."
+SHARED_LORA = "A shared_lora critic needs a frozen base: set use_lora to true."
+KL_PENALTY = "A KL penalty needs use_lora: true."
+
+
+@pytest.mark.parametrize(
+    ("job_method", "param", "message"),
+    [
+        (rl_method("grpo", group_size=1), "group_size", GRPO_GROUP),
+        (rl_method("grpo", compute_multiplier=0.1), "compute_multiplier", GRPO_GROUP),  # 8 x 0.1: one sample
+        (
+            rl_method(critic="shared_lora", critic_layers=2),
+            "critic_layers",
+            "Only a separate critic can have fewer layers (a shared_lora critic is the policy's base).",
+        ),
+    ],
+)
+def test_hyperparameters_at_odds_are_refused_with_the_engines_message(
+    api: httpx.Client, training_file: str, job_method: dict[str, Any], param: str, message: str
+) -> None:
+    body = {"model": "sppo-tiny", "training_file": training_file, "method": job_method}
+    error = assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, f"{HYPER}.{param}")
+    assert error["message"] == message and error["type"] == "invalid_request_error"
+
+
+@pytest.fixture
+def registry_model(server: Server) -> Iterator[Callable[[dict[str, Any]], str]]:
+    """Adds a registry model with these sppo_defaults.json (removed after the test: the server is shared)."""
+    added: list[Path] = []
+
+    def _add(defaults: dict[str, Any]) -> str:
+        name = f"acme/defaults-{len(added)}"
+        model_dir = server.data_dir / "registry" / name
+        model_dir.mkdir(parents=True)
+        (model_dir / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+        (model_dir / "model.safetensors").write_bytes(b"")
+        (model_dir / "tokenizer.json").write_text("{}")
+        (model_dir / "sppo_defaults.json").write_text(json.dumps({"max_response_tokens": 32, **defaults}))
+        added.append(model_dir)
+        return name
+
+    yield _add
+    for model_dir in added:
+        shutil.rmtree(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("job_method", "param", "message"),
+    [
+        (rl_method(critic="shared_lora"), "critic", SHARED_LORA),
+        (rl_method(kl_coef=0.05), "kl_coef", KL_PENALTY),
+    ],
+)
+def test_a_conflict_the_models_defaults_bring_is_refused_at_creation(
+    api: httpx.Client,
+    training_file: str,
+    registry_model: Callable[[dict[str, Any]], str],
+    job_method: dict[str, Any],
+    param: str,
+    message: str,
+) -> None:
+    body = {
+        "model": registry_model({"use_lora": False}),
+        "training_file": training_file,
+        "method": job_method,
+    }
+    error = assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, f"{HYPER}.{param}")
+    assert error["message"] == message
+    # the same job on a model trained with LoRA is accepted
+    assert api.post("/v1/fine_tuning/jobs", json={**body, "model": "sppo-tiny"}).status_code == 200
+
+
+def test_a_models_smaller_critic_is_for_a_separate_critic_only(
+    create: Callable[..., dict[str, Any]], registry_model: Callable[[dict[str, Any]], str]
+) -> None:
+    model = registry_model({"critic_layers": 2})
+    separate = create(model=model, method=method(batch_size=8))
+    assert separate["method"]["reinforcement"]["hyperparameters"]["critic_layers"] == 2
+    # the engine gives a shared_lora critic the policy's whole base, and so the job is no conflict
+    shared = create(model=model, method=method(batch_size=8, critic="shared_lora"))
+    assert shared["method"]["reinforcement"]["hyperparameters"]["critic_layers"] is None

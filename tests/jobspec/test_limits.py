@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.schemas.method import ReinforcementHyperparameters
-from jobspec.hyperparameters import JOB_FIELDS
-from jobspec.limits import device_share, early_stopping
+from jobspec.hyperparameters import JOB_FIELDS, resolve_defaults
+from jobspec.limits import device_share, early_stopping, hyperparameter_refusal
 from worker.engine.config import RunConfig
 
 GRADER = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "x",
@@ -57,3 +57,46 @@ def test_early_stopping_needs_a_validation_file() -> None:
     assert early_stopping(3, has_validation_file=True) is None
     refusal = early_stopping(3, has_validation_file=False)
     assert refusal is not None and refusal.param == "early_stopping_patience"
+
+
+@pytest.mark.parametrize(
+    ("model_defaults", "job", "param"),
+    [
+        ({}, {"algorithm": "grpo", "group_size": 1}, "group_size"),
+        ({}, {"algorithm": "grpo", "compute_multiplier": 0.1}, "compute_multiplier"),
+        ({}, {"critic": "shared_lora", "critic_layers": 2}, "critic_layers"),
+        ({}, {"init_adapter": "parent", "use_lora": False}, "init_adapter"),
+        ({}, {"n_devices": 2, "batch_size": 8, "minibatch_size": 3}, "minibatch_size"),
+        ({}, {"early_stopping_patience": 3}, "early_stopping_patience"),
+        ({"use_lora": False}, {"critic": "shared_lora"}, "critic"),  # the model's default makes the conflict
+        ({"use_lora": False}, {"kl_coef": 0.05}, "kl_coef"),
+        ({"use_lora": False, "kl_coef": 0.05}, {}, "kl_coef"),
+    ],
+)
+def test_hyperparameter_refusal_names_the_field_of_the_first_broken_rule(
+    model_defaults: dict[str, Any], job: dict[str, Any], param: str
+) -> None:
+    refusal = hyperparameter_refusal(resolve_defaults(model_defaults, job), has_validation_file=False)
+    assert refusal is not None and refusal.param == param
+
+
+@pytest.mark.parametrize(
+    ("model_defaults", "job"),
+    [
+        ({}, {}),
+        ({}, {"algorithm": "grpo"}),
+        ({}, {"algorithm": "grpo", "group_size": 1, "compute_multiplier": 2.0}),
+        ({}, {"critic": "shared_lora", "kl_coef": 0.05}),
+        ({"critic_layers": 2}, {"critic": "shared_lora"}),  # a model's smaller critic is for a separate one
+        ({"use_lora": False}, {"algorithm": "reinforce"}),
+    ],
+)
+def test_hyperparameter_refusal_passes_values_that_agree(
+    model_defaults: dict[str, Any], job: dict[str, Any]
+) -> None:
+    assert hyperparameter_refusal(resolve_defaults(model_defaults, job), has_validation_file=False) is None
+
+
+def test_a_validation_file_allows_early_stopping() -> None:
+    values = resolve_defaults({}, {"early_stopping_patience": 3})
+    assert hyperparameter_refusal(values, has_validation_file=True) is None

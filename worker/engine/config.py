@@ -39,8 +39,8 @@ from jobspec.limits import (
     Probability,
     Refusal,
     Temperature,
-    device_share,
-    early_stopping,
+    hyperparameter_refusal,
+    unless,
 )
 from jobspec.selection import ModelSelection, model_selection
 from worker.engine.errors import ConfigError
@@ -237,8 +237,6 @@ class RunConfig(BaseModel):
         resolved = resolve_defaults(model_defaults(model) if isinstance(model, str) else {}, values)
         # a model's defaults may name more than the engine reads; `values` may not
         merged = {k: v for k, v in resolved.items() if k in cls.model_fields or k in values}
-        if merged.get("critic") == "shared_lora" and "critic_layers" not in values:
-            merged.pop("critic_layers", None)  # a model's smaller-critic default is for a separate critic
         try:
             return cls(**merged)
         except ValidationError as exc:
@@ -273,33 +271,19 @@ def model_defaults(model_dir: str | Path) -> dict[str, Any]:
 
 
 def _disagreement(config: RunConfig) -> Refusal | None:
-    """The first rule joining fields that `config` breaks; None when it keeps them all."""
+    """The first rule joining fields that `config` breaks; None when it keeps them all. The rules joining
+    hyperparameters are the spec's (the API refuses the same at job creation); those of the rollout backend
+    are the engine's alone."""
     c = config
-    grpo_param = "group_size" if c.compute_multiplier == 1 else "compute_multiplier"
     refusals = (
-        early_stopping(c.early_stopping_patience, c.validation_file is not None),
-        _unless(c.critic != "shared_lora" or c.use_lora, "critic",
-                "A shared_lora critic needs a frozen base: set use_lora to true."),
-        _unless(c.init_adapter is None or c.use_lora, "init_adapter",
-                "init_adapter is a LoRA adapter, which only a use_lora policy can continue."),
-        _unless(c.critic_layers is None or c.critic == "separate", "critic_layers",
-                "Only a separate critic can have fewer layers (a shared_lora critic is the policy's base)."),
-        # the reference of the KL penalty is the frozen base, i.e. the policy with its adapter switched off
-        _unless(c.kl_coef == 0 or c.use_lora, "kl_coef", "A KL penalty needs use_lora: true."),
+        hyperparameter_refusal(dict(c), has_validation_file=c.validation_file is not None),
         # the vLLM engine takes the policy as a LoRA adapter, on one device
-        _unless(c.rollout_backend != "vllm" or c.use_lora, "rollout_backend",
-                "The vllm rollout backend needs use_lora: true."),
-        _unless(c.rollout_backend != "vllm" or c.n_devices == 1, "rollout_backend",
-                "The vllm rollout backend runs on one device."),
-        device_share(dict(c), c.n_devices),
-        _unless(c.algorithm != "grpo" or c.samples_per_prompt >= 2, grpo_param,
-                "grpo needs at least 2 samples per prompt to form a group baseline."),
+        unless(c.rollout_backend != "vllm" or c.use_lora, "rollout_backend",
+               "The vllm rollout backend needs use_lora: true."),
+        unless(c.rollout_backend != "vllm" or c.n_devices == 1, "rollout_backend",
+               "The vllm rollout backend runs on one device."),
     )  # fmt: skip
     return next((refusal for refusal in refusals if refusal is not None), None)
-
-
-def _unless(ok: bool, param: str, message: str) -> Refusal | None:
-    return None if ok else Refusal(param, message)
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
