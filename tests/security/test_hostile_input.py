@@ -65,34 +65,39 @@ def test_non_finite_and_out_of_range_numbers(api: httpx.Client, file_id: str, ra
 
 
 @pytest.mark.parametrize(
-    ("overrides", "param"),
+    ("overrides", "param", "status"),
     [
-        ({"metadata": {"team\u0000": "x"}}, "metadata"),
-        ({"metadata": {"team": "x\u0000"}}, "metadata"),
-        ({"metadata": {"team": "\ud800"}}, "metadata.team"),
-        ({"metadata": {f"k{i}": "v" for i in range(10_000)}}, "metadata"),
-        ({"training_file": "file-\u0000"}, "training_file"),
-        ({"suffix": "a\u0000"}, "suffix"),
-        ({"model": "../../etc/passwd"}, "model"),
-        ({"model": "/etc/passwd"}, "model"),
-        ({"model": "meta-llama/Llama-3.1-8B"}, "model"),
-        ({"model": "https://example.com/model"}, "model"),
-        ({"model": "m\u0000"}, "model"),
-        ({"training_file": "../../../etc/passwd"}, "training_file"),
-        ({"training_file": "/etc/passwd"}, "training_file"),
-        ({"method": grader(input="{% if true %}x{% endif %}")}, "method.reinforcement.grader.input"),
-        ({"method": grader(reference="{# note #}")}, "method.reinforcement.grader.reference"),
+        ({"metadata": {"team\u0000": "x"}}, "metadata", 400),
+        ({"metadata": {"team": "x\u0000"}}, "metadata", 400),
+        ({"metadata": {"team": "\ud800"}}, "metadata.team", 400),
+        ({"metadata": {f"k{i}": "v" for i in range(10_000)}}, "metadata", 400),
+        ({"training_file": "file-\u0000"}, "training_file", 400),
+        ({"suffix": "a\u0000"}, "suffix", 400),
+        ({"model": "../../etc/passwd"}, "model", 404),
+        ({"model": "/etc/passwd"}, "model", 404),
+        ({"model": "meta-llama/Llama-3.1-8B"}, "model", 404),
+        ({"model": "https://example.com/model"}, "model", 404),
+        ({"model": "m\u0000"}, "model", 400),
+        ({"training_file": "../../../etc/passwd"}, "training_file", 400),
+        ({"training_file": "/etc/passwd"}, "training_file", 400),
+        ({"method": grader(input="{% if true %}x{% endif %}")}, "method.reinforcement.grader.input", 400),
+        ({"method": grader(reference="{# note #}")}, "method.reinforcement.grader.reference", 400),
         (
             {"method": grader(type="regex", pattern="(", operation="eq")},
             "method.reinforcement.grader.pattern",
+            400,
         ),
-        ({"method": grader(type="regex", pattern="(a)(b)")}, "method.reinforcement.grader.pattern"),
+        ({"method": grader(type="regex", pattern="(a)(b)")}, "method.reinforcement.grader.pattern", 400),
     ],
 )
-def test_hostile_job_fields(api: httpx.Client, file_id: str, overrides: dict[str, Any], param: str) -> None:
+def test_hostile_job_fields(
+    api: httpx.Client, file_id: str, overrides: dict[str, Any], param: str, status: int
+) -> None:
+    """Refused without touching the filesystem; a model name that is no model of the registry or of the
+    tenant is a 404, like another tenant's model (warm start: nothing tells the two apart)."""
     body = json.dumps(job_body(file_id, **overrides))  # ASCII escapes: a lone surrogate travels as \ud800
     response = api.post(JOBS, content=body, headers={"Content-Type": "application/json"})
-    assert_error(response, 400, param)
+    assert_error(response, status, param)
     assert_still_usable(api, response)
 
 
