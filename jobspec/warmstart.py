@@ -13,6 +13,8 @@ from jobspec.hyperparameters import HYPERPARAMETERS
 
 ADAPTER_CONFIG: Final = "adapter_config.json"
 """The file of a peft adapter folder that holds its config (what peft's `save_pretrained` writes)."""
+ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
+"""The file of a peft adapter folder that holds its weights."""
 PARENT_FIELDS: Final = {"lora_rank": "r", "lora_alpha": "lora_alpha"}
 """API hyperparameters a parent's adapter fixes, and their names in its adapter_config.json."""
 

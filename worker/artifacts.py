@@ -7,11 +7,14 @@ and every function here returns at once.
 """
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from core.storage import ArtifactStore
-from worker.engine.checkpoint import METRICS_FILE, STEP_DIR, checkpoints_dir, list_checkpoints
+from jobspec.warmstart import ADAPTER_CONFIG
+from worker.engine.checkpoint import ADAPTER_DIR, METRICS_FILE, STEP_DIR, checkpoints_dir, list_checkpoints
 from worker.engine.config import RunConfig
 from worker.engine.errors import DataFileError, EngineError
 
@@ -71,6 +74,20 @@ def restore_run(store: ArtifactStore, output_dir: Path) -> None:
     metrics.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):  # a run killed before its first publish has none
         store.fetch(store.key_of(metrics))
+
+
+def resumed_adapter_config(store: ArtifactStore, output_dir: Path) -> dict[str, Any] | None:
+    """The adapter_config.json of the checkpoint the run resumes from (its latest here or in the store,
+    which `restore_run` leaves to the engine); None when the run has no checkpoint and starts afresh."""
+    local = dict(list_checkpoints(output_dir))
+    published = {} if store.is_local else published_checkpoints(store, output_dir)
+    if not local and not published:
+        return None
+    step = max([*local, *published])
+    if step in local:
+        return dict(json.loads((local[step] / ADAPTER_DIR / ADAPTER_CONFIG).read_text()))
+    with store.open(f"{published[step]}/{ADAPTER_DIR}/{ADAPTER_CONFIG}") as handle:
+        return dict(json.load(handle))
 
 
 def publish_checkpoints(store: ArtifactStore, output_dir: Path, written: Path | None = None) -> None:

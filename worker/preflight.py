@@ -1,4 +1,5 @@
-"""The preflight of a new job: score the base model on a sample of its training data with the job's grader.
+"""The preflight of a new job: score the model it starts from (the base model, or the fine-tuned model or
+checkpoint a warm start continues) on a sample of its training data with the job's grader.
 
 A grader that gives every completion the same reward (all 0: it cannot read the model's answers; all 1:
 it accepts anything; any other constant: partial credit that ignores the answer) makes reinforcement
@@ -32,7 +33,7 @@ class PreflightResult:
     completions: int
     reward_mean: float
     example: str
-    """One completion of the base model, to show the user what the grader was given."""
+    """One completion of the model scored, to show the user what the grader was given."""
     reward_spread: float = 0.0
     """Largest minus smallest reward: 0 means the grader gave every completion the same reward."""
     error_rate: float = 0.0
@@ -52,6 +53,12 @@ def grader_label(spec: dict[str, Any]) -> str:
     if spec.get("type") == "regex":
         label += f", pattern {spec.get('pattern')!r}"
     return label + ")"
+
+
+def scored_model(parent_model: str | None) -> str:
+    """How the preflight's messages name the model it scored: the parent of a warm start, which the job
+    continues, or else the base model."""
+    return "the base model" if parent_model is None else f"the model '{parent_model}' this job continues"
 
 
 MIN_SAMPLED = 64
@@ -107,17 +114,20 @@ def run_preflight(config: RunConfig, *, max_items: int) -> PreflightResult:
     )
 
 
-def constant_reward_message(result: PreflightResult, spec: dict[str, Any], *, override: bool) -> str:
+def constant_reward_message(
+    result: PreflightResult, spec: dict[str, Any], *, override: bool, model: str
+) -> str:
+    """`model`: the model scored, as `scored_model` names it."""
     reward = result.constant
     what = {
-        0.0: "never matches the base model's answers",
-        1.0: "accepts every answer of the base model",
+        0.0: "never matches the model's answers",
+        1.0: "accepts every answer of the model",
     }.get(reward or 0.0, "gives the same partial credit whatever the answer")
     if result.error_rate > 0:
         what += f" (grading failed on {result.error_rate:.0%} of them: see the grader's error flags)"
     message = (
         f"Preflight: the {grader_label(spec)} gave reward {reward:g} to all {result.completions} "
-        f"completions of the base model on {result.items} training items: it {what}, so training "
+        f"completions of {model} on {result.items} training items: it {what}, so training "
         f"cannot learn. Example completion: {result.example[:120]!r}."
     )
     if override:
@@ -128,22 +138,23 @@ def constant_reward_message(result: PreflightResult, spec: dict[str, Any], *, ov
     )
 
 
-def check(result: PreflightResult, spec: dict[str, Any], *, override: bool) -> str | None:
+def check(result: PreflightResult, spec: dict[str, Any], *, override: bool, model: str) -> str | None:
     """None when the rewards vary; the warning to record when overridden; else raises the job's error.
+    `model`: the model scored, as `scored_model` names it.
 
     A grader that failed on every completion fails the job whatever the override: it would train on
     nothing but its own errors."""
     if result.error_rate == 1.0:
         raise EngineError(
             GRADER_FAILED,
-            f"Preflight: the {grader_label(spec)} failed on all {result.completions} completions of the base "
-            f"model on {result.items} training items ({result.error}). Try it on a completion with "
+            f"Preflight: the {grader_label(spec)} failed on all {result.completions} completions of {model} "
+            f"on {result.items} training items ({result.error}). Try it on a completion with "
             "POST /v1/fine_tuning/alpha/graders/run (sppo graders run).",
             "grader",
         )
     if result.constant is None:
         return None
-    message = constant_reward_message(result, spec, override=override)
+    message = constant_reward_message(result, spec, override=override, model=model)
     if override:
         return message
     raise EngineError(CODE, message, "grader")

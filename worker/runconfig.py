@@ -28,6 +28,7 @@ from jobspec.hyperparameters import (
     resolved_hyperparameters,
 )
 from jobspec.warmstart import ADAPTER_CONFIG, WarmStartError, adapter_values, continued_hyperparameters
+from worker.artifacts import resumed_adapter_config
 from worker.engine.config import RunConfig, model_defaults
 from worker.engine.errors import DataFileError, EngineError, ModelNotFoundError
 
@@ -101,13 +102,24 @@ def parent_adapter(session: Session, *, settings: Settings, job: Job) -> tuple[s
     return str(store.local_path(target.adapter_uri)), config
 
 
+def continued_adapter(session: Session, *, settings: Settings, job: Job) -> tuple[str | None, dict[str, Any]]:
+    """(the adapter a warm start's policy loads, its adapter_config.json): the parent's on a first start. A
+    run with a checkpoint resumes from it, and it holds the adapter as trained so far, with the parent's
+    config: the policy is a new adapter of that config (None) that takes the checkpoint's weights, and the
+    parent, which may have been deleted since, is not looked up."""
+    resumed = resumed_adapter_config(artifact_store(settings), job_output_dir(settings, job.id))
+    if resumed is not None:
+        return None, resumed
+    return parent_adapter(session, settings=settings, job=job)
+
+
 def warm_start(session: Session, *, settings: Settings, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the job's hyperparameters, the run config values its parent's adapter fixes): as the job asked, with
     nothing fixed, for a job that starts from its base model (jobspec.warmstart)."""
     hyper = dict(job.hyperparameters)
     if job.parent_model is None:
         return hyper, {}
-    adapter, adapter_config = parent_adapter(session, settings=settings, job=job)
+    adapter, adapter_config = continued_adapter(session, settings=settings, job=job)
     try:
         hyper = continued_hyperparameters(hyper, adapter_config, parent=job.parent_model)
         return hyper, {"init_adapter": adapter, **adapter_values(adapter_config, parent=job.parent_model)}

@@ -29,8 +29,9 @@ from worker.alarms import AlarmBook
 from worker.artifacts import fetch_inputs, restore_run
 from worker.dbretry import is_connection_error, retrying
 from worker.engine.callbacks import TrainingResult
+from worker.engine.checkpoint import list_checkpoints
 from worker.engine.config import RunConfig
-from worker.engine.errors import EngineError
+from worker.engine.errors import AdapterLoadError, EngineError
 from worker.engine.run import run_training
 from worker.inputs import check_prompts
 from worker.jobs import (
@@ -43,7 +44,7 @@ from worker.jobs import (
     worker_identity,
 )
 from worker.lease import SHUTDOWN
-from worker.preflight import OVERRIDE, check, grader_label, run_preflight
+from worker.preflight import OVERRIDE, check, grader_label, run_preflight, scored_model
 from worker.preparing import reporting_preparation
 from worker.reporting import JobReporter
 from worker.runconfig import build_run_config
@@ -62,6 +63,14 @@ INTERNAL_ERROR = (
 def _user_error(exc: BaseException, job: Job) -> tuple[str, str, str | None] | None:
     """(code, message, param) of an error a user can act on, with the API's param names; else None."""
     if isinstance(exc, EngineError):
+        if isinstance(exc, AdapterLoadError) and job.parent_model is not None:
+            return (
+                "model_not_found",
+                f"The model '{job.parent_model}' this job continues could not be loaded: its adapter "
+                "files are missing or incomplete. Continue another fine-tuned model or checkpoint, or ask "
+                "the operator.",
+                "model",
+            )
         if exc.code == "model_not_found":  # the engine's message names server paths; say it in API terms
             return (
                 "model_not_found",
@@ -140,7 +149,8 @@ def _prepare_and_train(job: Job, *, settings: Settings, reporter: JobReporter) -
     check_prompts(config)
     reporter.alarms.grader = grader_label(config.grader)
     reporter.alarms.max_response_tokens = config.max_response_tokens
-    if job.current_step == 0:  # a resumed or requeued job passed its preflight before
+    # a resumed or requeued job passed its preflight before (a resumed warm start has no parent to score)
+    if job.current_step == 0 and not list_checkpoints(Path(config.output_dir)):
         _preflight(job, config, settings=settings, reporter=reporter)
     return _train(job, config, settings=settings, reporter=reporter, hyperparameters=resolved)
 
@@ -206,17 +216,16 @@ def _detail(reporter: JobReporter) -> Callable[[str, bool], None]:
 
 
 def _preflight(job: Job, config: RunConfig, *, settings: Settings, reporter: JobReporter) -> None:
-    """Score the base model with the job's grader; raises (the job fails) on a constant reward."""
-    reporter.detail(
-        f"preflight: scoring the base model on training items with the {grader_label(config.grader)}"
-    )
+    """Score the model the job starts from with its grader; raises (the job fails) on a constant reward."""
+    scored = scored_model(job.parent_model)
+    reporter.detail(f"preflight: scoring {scored} on training items with the {grader_label(config.grader)}")
     result = run_preflight(config, max_items=settings.preflight_items)
-    warning = check(result, config.grader, override=bool(job.hyperparameters.get(OVERRIDE)))
+    warning = check(result, config.grader, override=bool(job.hyperparameters.get(OVERRIDE)), model=scored)
     if warning is not None:
         reporter.event(warning, level="warn", data={"code": "grader_constant_reward"})
     else:
         reporter.event(
-            f"Preflight: the base model's mean reward is {result.reward_mean:.3f} over {result.completions} "
+            f"Preflight: the mean reward of {scored} is {result.reward_mean:.3f} over {result.completions} "
             f"completions of {result.items} training items with the {grader_label(config.grader)}",
             data={"preflight/reward_mean": result.reward_mean},
         )

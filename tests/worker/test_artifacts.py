@@ -4,7 +4,7 @@ are written, restored on a host that never ran the job, left alone by the defaul
 from pathlib import Path
 
 from core.storage import ArtifactStore
-from worker.artifacts import publish_checkpoints, published_checkpoints, restore_run
+from worker.artifacts import publish_checkpoints, published_checkpoints, restore_run, resumed_adapter_config
 from worker.engine.checkpoint import METRICS_FILE, list_checkpoints
 
 RUN = "jobs/ftjob-1/run"
@@ -14,7 +14,7 @@ def _checkpoint(output_dir: Path, step: int) -> Path:
     """What the engine leaves after save_checkpoint: a step folder with metrics.json written last."""
     path = output_dir / "checkpoints" / f"step-{step:06d}"
     (path / "adapter").mkdir(parents=True)
-    (path / "adapter" / "adapter_config.json").write_text("{}")
+    (path / "adapter" / "adapter_config.json").write_text(f'{{"step": {step}}}')
     (path / "state.pt").write_bytes(f"state {step}".encode())
     (path / "metrics.json").write_text("{}")
     with (output_dir / METRICS_FILE).open("a") as log:
@@ -74,3 +74,19 @@ def test_the_default_store_leaves_the_run_directory_alone(tmp_path: Path) -> Non
     restore_run(store, output_dir)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs"]
     assert [p for _, p in list_checkpoints(output_dir)] == [path]
+
+
+def test_a_run_resumes_with_the_adapter_config_of_its_latest_checkpoint_here_or_in_the_store(
+    tmp_path: Path,
+) -> None:
+    url = (tmp_path / "store").as_uri()
+    first = ArtifactStore(url, tmp_path / "host-a")
+    ran = first.local_path(RUN)
+    assert resumed_adapter_config(first, ran) is None  # no checkpoint: the run starts afresh
+    publish_checkpoints(first, ran, written=_checkpoint(ran, 2))
+    assert resumed_adapter_config(first, ran) == {"step": 2}
+    _checkpoint(ran, 4)  # saved by a run killed before it published it: this host resumes from it
+    assert resumed_adapter_config(first, ran) == {"step": 4}
+
+    second = ArtifactStore(url, tmp_path / "host-b")  # a host that never ran the job: read from the store
+    assert resumed_adapter_config(second, second.local_path(RUN)) == {"step": 2}

@@ -35,6 +35,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
 
+from jobspec.warmstart import ADAPTER_WEIGHTS
 from worker.engine.errors import CheckpointError
 from worker.engine.policy import POLICY_ADAPTER
 from worker.engine.sharding import is_sharded, load_weights, tied_names
@@ -45,6 +46,7 @@ STEP_DIR = re.compile(r"^step-(\d+)$")  # a complete checkpoint (staging folders
 METRICS_FILE = "metrics.jsonl"
 CRASH_AT_ENV = "SPPO_CRASH_AT"
 CRASH_EXIT_CODE = 137  # what a SIGKILLed process reports
+ADAPTER_DIR = "adapter"  # a checkpoint's LoRA policy, in peft format
 
 
 def crash_point(name: str, step: int) -> None:
@@ -81,8 +83,8 @@ def save_policy(policy: nn.Module, directory: Path, weights: dict[str, torch.Ten
     """The policy in a format `from_pretrained` reads: a peft adapter, or the full model. A sharded
     policy passes its gathered `weights` (sharding.gather_weights): its parameters are only shards."""
     if isinstance(policy, PeftModel):
-        policy.save_pretrained(str(directory / "adapter"), selected_adapters=[POLICY_ADAPTER])
-        return directory / "adapter"
+        policy.save_pretrained(str(directory / ADAPTER_DIR), selected_adapters=[POLICY_ADAPTER])
+        return directory / ADAPTER_DIR
     policy.save_pretrained(directory / "model", state_dict=weights)  # type: ignore[operator]
     return directory / "model"
 
@@ -91,7 +93,7 @@ def copy_policy(checkpoint: Path, directory: Path) -> Path:
     """A checkpoint's policy (adapter/ or model/) copied into `directory`, replacing an earlier copy: the
     run's model when it is an earlier step's. A copy, not a link, so deleting the fine-tuned model leaves
     the checkpoint whole, and pruning never touches it."""
-    for name in ("adapter", "model"):
+    for name in (ADAPTER_DIR, "model"):
         source = checkpoint / name
         if source.is_dir():
             target = directory / name
@@ -149,7 +151,7 @@ def load_checkpoint(path: Path, policy: nn.Module) -> tuple[dict[str, Any] | Non
     """Restore the policy's trainable weights in place; return (critic state, trainer state)."""
     try:
         if isinstance(policy, PeftModel):
-            weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+            weights = load_file(str(path / ADAPTER_DIR / ADAPTER_WEIGHTS))
             set_peft_model_state_dict(policy, weights, adapter_name=POLICY_ADAPTER)
         elif is_sharded(policy):  # rank 0 reads the weights, every rank keeps its shard
             main = dist.get_rank() == 0

@@ -39,6 +39,10 @@ class ModelNotFoundError(EngineError):
         super().__init__("model_not_found", message, param)
 
 
+class AdapterLoadError(ModelNotFoundError):
+    """The LoRA adapter to load on the base model (what a warm start continues) is missing or unreadable."""
+
+
 class OutOfMemoryError(EngineError):
     """A step did not fit in accelerator memory even at the smallest micro-batch."""
 

@@ -10,9 +10,9 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from jobspec.warmstart import ADAPTER_CONFIG
+from jobspec.warmstart import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from worker.engine.config import RunConfig
-from worker.engine.errors import ModelNotFoundError
+from worker.engine.errors import AdapterLoadError, ModelNotFoundError
 from worker.engine.precision import FLOAT32, Precision, enable_gradient_checkpointing
 
 POLICY_ADAPTER = "default"
@@ -91,8 +91,10 @@ def with_adapter(
     itself when there is none: a fine-tuned model as evaluations score it and a warm start trains it."""
     if adapter_dir is None:
         return model
-    if not (Path(adapter_dir) / ADAPTER_CONFIG).is_file():
-        raise ModelNotFoundError(f"the adapter to load has no {ADAPTER_CONFIG}")
+    # checked here: peft would look a missing file up on the Hugging Face Hub
+    missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (Path(adapter_dir) / name).is_file()]
+    if missing:
+        raise AdapterLoadError(f"the adapter to load has no {' or '.join(missing)}")
     return PeftModel.from_pretrained(
         model, str(adapter_dir), adapter_name=POLICY_ADAPTER, is_trainable=trainable
     )
