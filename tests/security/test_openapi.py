@@ -12,7 +12,7 @@ EXPECTED = {
     ("post", "/v1/files"): {"400", "413"},
     ("get", "/v1/files/{file_id}"): {"400", "404"},
     ("delete", "/v1/files/{file_id}"): {"400", "404", "409"},
-    ("post", "/v1/fine_tuning/jobs"): {"400", "413"},
+    ("post", "/v1/fine_tuning/jobs"): {"400", "404", "413"},  # 404: a model not the tenant's (warm start)
     ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"): {"400", "404", "409"},
     ("post", "/v1/fine_tuning/jobs/{job_id}/resume"): {"400", "404", "409"},
     ("get", "/v1/fine_tuning/jobs/{job_id}/metrics/stream"): {"400", "404"},
