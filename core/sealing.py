@@ -11,7 +11,7 @@ import hmac
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from core.security import secret_from_file
+from core.security import operator_secret
 from core.settings import Settings
 
 KEY_FILE = "secrets-key"
@@ -22,10 +22,7 @@ class SealError(ValueError):
 
 
 def _fernet(settings: Settings) -> Fernet:
-    if settings.secrets_key is not None:
-        operator_key = settings.secrets_key.get_secret_value()
-    else:
-        operator_key = secret_from_file(settings.data_dir / KEY_FILE)
+    operator_key = operator_secret(settings.secrets_key, settings.data_dir / KEY_FILE)
     derived = hmac.new(operator_key.encode(), b"sppo.sealed-secret", hashlib.sha256).digest()
     return Fernet(base64.urlsafe_b64encode(derived))
 

@@ -6,6 +6,8 @@ import os
 import secrets
 from pathlib import Path
 
+from pydantic import SecretStr
+
 KEY_PREFIX = "sk-sppo-"
 DISPLAY_PREFIX_LEN = 12
 
@@ -24,6 +26,12 @@ def key_matches(key: str, stored_hash: str) -> bool:
 
 def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LEN]
+
+
+def operator_secret(configured: SecretStr | None, key_file: Path) -> str:
+    """The operator's key as configured, else a random one kept in `key_file` (enough where every process
+    shares data_dir, as under `sppo run`)."""
+    return configured.get_secret_value() if configured is not None else secret_from_file(key_file)
 
 
 def secret_from_file(path: Path) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Evaluation, Job, JobStatus, WebhookDelivery, WebhookEndpoint, now
-from core.security import secret_from_file
+from core.security import operator_secret
 from core.settings import Settings
 
 KEY_FILE = "webhook-key"
@@ -51,9 +51,7 @@ class UnsafeWebhookURL(ValueError):
 
 
 def _operator_key(settings: Settings) -> bytes:
-    if settings.webhook_signing_key is not None:
-        return settings.webhook_signing_key.get_secret_value().encode()
-    return secret_from_file(settings.data_dir / KEY_FILE).encode()
+    return operator_secret(settings.webhook_signing_key, settings.data_dir / KEY_FILE).encode()
 
 
 def endpoint_secret(settings: Settings, endpoint_id: str) -> str:

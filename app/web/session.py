@@ -22,7 +22,7 @@ from app.services.sessions import SESSION_TTL_S, session_tenant
 from app.web.headers import is_secure
 from core.logs import bind_log_ids
 from core.models import Tenant
-from core.security import secret_from_file
+from core.security import operator_secret
 from core.settings import Settings
 
 COOKIE = "sppo_session"
@@ -52,9 +52,7 @@ def _serializer(secret: str) -> URLSafeTimedSerializer:
 
 
 def serializer(settings: Settings) -> URLSafeTimedSerializer:
-    if settings.session_secret is not None:
-        return _serializer(settings.session_secret.get_secret_value())
-    return _serializer(secret_from_file(settings.data_dir / SECRET_FILE))
+    return _serializer(operator_secret(settings.session_secret, settings.data_dir / SECRET_FILE))
 
 
 def load_session(request: Request, settings: SettingsDep) -> WebSession:
